@@ -1,0 +1,99 @@
+//! JSON bodies of meshd's admin API (`/v1/...` on the Unix socket). meshctl prints them
+//! unchanged with `-o json`, so scripts depend on these names: extend, never rename.
+//! Fields whose feature has not landed yet are present and `null`.
+
+use serde::{Deserialize, Serialize};
+
+/// `GET /v1/status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// This node's name.
+    pub node: String,
+    /// meshd's version.
+    pub version: String,
+    /// This node's SPIFFE ID (`spiffe://mesh.local/node/vm-1`), null without a cert.
+    pub identity: Option<String>,
+    /// When this node's cert expires (RFC 3339), null without a cert.
+    pub cert_expires: Option<String>,
+    /// `sha256:` and the hex SHA-256 of the mesh CA certificate, null without one.
+    pub ca_fingerprint: Option<String>,
+    /// Whether this node can sign certificates and issue join tokens; null until known.
+    pub signer: Option<bool>,
+    /// The replicated store's size; null until the store is open.
+    pub store: Option<StoreStatus>,
+    /// Members by state, this node included.
+    pub members: Option<MemberCounts>,
+    /// Number of services known in the mesh; null until the catalog runs.
+    pub services: Option<u64>,
+    /// Number of routes; null until routing runs.
+    pub routes: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreStatus {
+    pub entries: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberCounts {
+    pub alive: u64,
+    pub suspect: u64,
+    pub dead: u64,
+    pub left: u64,
+}
+
+/// One entry of `GET /v1/members`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub name: String,
+    /// The address peers dial (`advertise`).
+    pub addr: String,
+    pub state: MemberState,
+    /// When this node last heard from the member (RFC 3339, UTC).
+    pub last_heard: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberState {
+    Alive,
+    Suspect,
+    Dead,
+    /// Left on purpose, or removed with `meshctl node remove`.
+    Left,
+}
+
+impl MemberState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberState::Alive => "alive",
+            MemberState::Suspect => "suspect",
+            MemberState::Dead => "dead",
+            MemberState::Left => "left",
+        }
+    }
+}
+
+/// Every error response: a short machine-readable `error` and a sentence for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    /// A stable code: `not_found`, `bad_request`, `unavailable`, `internal`.
+    pub error: String,
+    pub detail: String,
+}
+
+/// The response header that carries the state index for blocking queries
+/// (`?index=N&wait=30s`, as Consul's): the request returns once the index passes N.
+pub const INDEX_HEADER: &str = "x-mesh-index";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn member_state_is_lowercase_json() {
+        let json = serde_json::to_string(&MemberState::Suspect).expect("serialize");
+        assert_eq!(json, "\"suspect\"");
+    }
+}
