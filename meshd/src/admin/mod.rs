@@ -1,0 +1,273 @@
+//! The admin API: JSON under `/v1/` on the Unix socket that meshctl talks to, and
+//! `/metrics` (also, alone, on `admin.http` when that is set).
+//!
+//! Handlers read the latest [`Snapshot`](crate::state::Snapshot) and never lock the
+//! store. Errors are `{error, detail}` with a 4xx/5xx status. Reads support Consul-style
+//! blocking queries: `?index=N&wait=30s` returns once the state index passes N, when the
+//! wait ends, or at once when meshd starts draining.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{MatchedPath, Query, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use mesh_proto::api::{self, ApiError, INDEX_HEADER};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use serde::Deserialize;
+
+use crate::drain::DrainSignal;
+use crate::state::{Snapshot, SnapshotRx};
+
+/// The longest a blocking query may wait (Consul's limit too).
+pub const MAX_WAIT: Duration = Duration::from_secs(600);
+/// The wait when a blocking query names an index but no `wait`.
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(300);
+
+/// What the handlers read.
+pub struct AdminState {
+    pub snapshot: SnapshotRx,
+    pub registry: Arc<Registry>,
+    pub draining: DrainSignal,
+    pub metrics: Metrics,
+}
+
+/// The admin API's own metrics.
+#[derive(Clone, Default)]
+pub struct Metrics {
+    requests: Family<RequestLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    path: String,
+    code: u16,
+}
+
+impl Metrics {
+    /// Registers under `mesh_admin_`.
+    pub fn register(registry: &mut Registry) -> Metrics {
+        let m = Metrics::default();
+        registry.sub_registry_with_prefix("admin").register(
+            "requests",
+            "Admin API requests, by route and HTTP status",
+            m.requests.clone(),
+        );
+        m
+    }
+}
+
+/// Everything, for the Unix socket.
+pub fn router(state: Arc<AdminState>) -> Router {
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/members", get(members))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
+        .with_state(state)
+}
+
+/// `/metrics` only, for `admin.http`: a TCP port must not expose the API that changes
+/// the mesh.
+pub fn http_router(state: Arc<AdminState>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
+        .with_state(state)
+}
+
+/// An error response: `{error, detail}` with its status.
+#[derive(Debug)]
+pub struct Error {
+    status: StatusCode,
+    body: ApiError,
+}
+
+impl Error {
+    pub fn new(status: StatusCode, detail: impl Into<String>) -> Error {
+        let error = match status {
+            StatusCode::NOT_FOUND => "not_found",
+            StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+            StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+            s if s.is_client_error() => "bad_request",
+            _ => "internal",
+        };
+        Error {
+            status,
+            body: ApiError {
+                error: error.to_owned(),
+                detail: detail.into(),
+            },
+        }
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body)).into_response()
+    }
+}
+
+async fn not_found(req: Request) -> Error {
+    Error::new(
+        StatusCode::NOT_FOUND,
+        format!("no such endpoint: {}", req.uri().path()),
+    )
+}
+
+async fn method_not_allowed(req: Request) -> Error {
+    Error::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{} is not allowed on {}", req.method(), req.uri().path()),
+    )
+}
+
+async fn count_requests(
+    State(state): State<Arc<AdminState>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let path = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let response = next.run(req).await;
+    state
+        .metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            path,
+            code: response.status().as_u16(),
+        })
+        .inc();
+    response
+}
+
+/// `?index=N&wait=DURATION`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Blocking {
+    index: Option<u64>,
+    wait: Option<String>,
+}
+
+impl Blocking {
+    fn wait(&self) -> Result<Duration, Error> {
+        match &self.wait {
+            None => Ok(DEFAULT_WAIT),
+            Some(w) => mesh_proto::duration::parse(w)
+                .map(|d| d.min(MAX_WAIT))
+                .map_err(|e| Error::new(StatusCode::BAD_REQUEST, format!("wait: {e}"))),
+        }
+    }
+}
+
+/// The snapshot to answer with: the current one, or for a blocking query the first one
+/// past `index` (or the current one when the wait ends or meshd drains).
+async fn snapshot_for(
+    state: &AdminState,
+    query: Result<Query<Blocking>, QueryRejection>,
+) -> Result<Arc<Snapshot>, Error> {
+    let Query(query) = query.map_err(|e| Error::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let wait = query.wait()?;
+    let mut rx = state.snapshot.clone();
+    let Some(index) = query.index else {
+        return Ok(rx.borrow().clone());
+    };
+    let newer = rx.wait_for(|s| s.index > index);
+    tokio::select! {
+        _ = newer => {}
+        _ = tokio::time::sleep(wait) => {}
+        _ = state.draining.signaled() => {}
+    }
+    let current = state.snapshot.borrow().clone();
+    Ok(current)
+}
+
+fn with_index<T: IntoResponse>(snapshot: &Snapshot, body: T) -> Response {
+    let mut response = body.into_response();
+    response
+        .headers_mut()
+        .insert(INDEX_HEADER, HeaderValue::from(snapshot.index));
+    response
+}
+
+async fn status(
+    State(state): State<Arc<AdminState>>,
+    query: Result<Query<Blocking>, QueryRejection>,
+) -> Result<Response, Error> {
+    let snap = snapshot_for(&state, query).await?;
+    let body = api::Status {
+        node: snap.node.clone(),
+        version: mesh_proto::VERSION.to_owned(),
+        identity: None,
+        cert_expires: None,
+        ca_fingerprint: None,
+        signer: None,
+        store: None,
+        members: Some(snap.member_counts()),
+        services: None,
+        routes: None,
+    };
+    Ok(with_index(&snap, Json(body)))
+}
+
+async fn members(
+    State(state): State<Arc<AdminState>>,
+    query: Result<Query<Blocking>, QueryRejection>,
+) -> Result<Response, Error> {
+    let snap = snapshot_for(&state, query).await?;
+    let body: Vec<api::Member> = snap
+        .members
+        .iter()
+        .map(|m| api::Member {
+            name: m.name.clone(),
+            addr: m.addr.to_string(),
+            state: m.state,
+            last_heard: rfc3339(m.last_heard),
+        })
+        .collect();
+    Ok(with_index(&snap, Json(body)))
+}
+
+async fn metrics(State(state): State<Arc<AdminState>>) -> Result<Response, Error> {
+    let text = crate::metrics::encode(&state.registry).map_err(|e| {
+        Error::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding metrics: {e}"),
+        )
+    })?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+#[cfg(test)]
+mod tests;

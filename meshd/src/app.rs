@@ -1,0 +1,250 @@
+//! Wiring. [`build`] binds every socket first and returns a [`Bound`] with the real
+//! addresses (port 0 is legal; tests read the addresses back), then [`Bound::run`]
+//! serves until told to stop, drains within `drain_timeout`, and cleans up. No logic of
+//! its own lives here.
+
+use std::future::Future;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::Router;
+use mesh_proto::api::MemberState;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::task::JoinSet;
+
+use crate::admin::{self, AdminState};
+use crate::config::{AdvertiseError, Config};
+use crate::drain::{self, DrainOutcome, DrainTrigger, DrainWatcher};
+use crate::state::{self, Publisher, Snapshot};
+use crate::{metrics, signal};
+
+/// Why meshd could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// A socket could not be bound (address in use, permission denied...).
+    #[error("cannot bind {what} on {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: String,
+        source: std::io::Error,
+    },
+    /// Another process already serves the admin socket.
+    #[error("another meshd is already serving {}: stop it first, or set admin.socket", path.display())]
+    AlreadyRunning { path: PathBuf },
+    /// The advertise address could not be worked out.
+    #[error(transparent)]
+    Advertise(#[from] AdvertiseError),
+}
+
+impl AppError {
+    /// Whether the operator must change the config (exit 2) rather than the machine's
+    /// state (exit 1).
+    pub fn is_usage(&self) -> bool {
+        matches!(self, AppError::Advertise(_))
+    }
+}
+
+/// Every socket bound, nothing served yet.
+pub struct Bound {
+    /// The admin Unix socket's path.
+    pub admin_socket: PathBuf,
+    /// The `admin.http` address as bound, when set.
+    pub admin_http: Option<SocketAddr>,
+    /// The UDP address as bound: gossip, tunnels and joins (served from the transport
+    /// issue on; bound now so the port is this node's from the start and a clash is
+    /// found at once).
+    pub udp: SocketAddr,
+    /// What peers dial.
+    pub advertise: SocketAddr,
+    drain_timeout: Duration,
+    publisher: Publisher,
+    admin_listener: UnixListener,
+    admin_inode: u64,
+    http_listener: Option<TcpListener>,
+    _udp_socket: UdpSocket,
+    registry: prometheus_client::registry::Registry,
+}
+
+/// Binds every socket `config` names.
+pub async fn build(config: &Config) -> Result<Bound, AppError> {
+    let udp_socket = UdpSocket::bind(config.bind).map_err(|source| AppError::Bind {
+        what: "the mesh UDP port (bind)",
+        addr: config.bind.to_string(),
+        source,
+    })?;
+    let udp = udp_socket.local_addr().map_err(|source| AppError::Bind {
+        what: "the mesh UDP port (bind)",
+        addr: config.bind.to_string(),
+        source,
+    })?;
+    let advertise = config.advertise_addr(udp)?;
+
+    let (admin_listener, admin_inode) = bind_admin_socket(&config.admin.socket)?;
+    let http_listener = match config.admin.http {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| AppError::Bind {
+                    what: "the metrics address (admin.http)",
+                    addr: addr.to_string(),
+                    source,
+                })?,
+        ),
+        None => None,
+    };
+    let admin_http = http_listener.as_ref().and_then(|l| l.local_addr().ok());
+
+    let publisher = Publisher::new(Snapshot {
+        index: 0,
+        node: config.node_name.clone(),
+        members: vec![state::Member {
+            name: config.node_name.clone(),
+            addr: advertise,
+            state: MemberState::Alive,
+            last_heard: SystemTime::now(),
+        }],
+    });
+
+    Ok(Bound {
+        admin_socket: config.admin.socket.clone(),
+        admin_http,
+        udp,
+        advertise,
+        drain_timeout: config.drain_timeout,
+        publisher,
+        admin_listener,
+        admin_inode,
+        http_listener,
+        _udp_socket: udp_socket,
+        registry: metrics::registry(),
+    })
+}
+
+impl Bound {
+    /// Serves until `stop` resolves, then drains for at most `drain_timeout` and returns.
+    /// Tells systemd READY once serving and STOPPING when the drain starts.
+    pub async fn run(mut self, stop: impl Future<Output = ()>) -> DrainOutcome {
+        let (trigger, watcher) = drain::new();
+        let admin_metrics = admin::Metrics::register(&mut self.registry);
+        let state = Arc::new(AdminState {
+            snapshot: self.publisher.subscribe(),
+            registry: Arc::new(self.registry),
+            draining: watcher.signal(),
+            metrics: admin_metrics,
+        });
+
+        let mut tasks = JoinSet::new();
+        tasks.spawn(serve_unix(
+            self.admin_listener,
+            admin::router(state.clone()),
+            watcher.clone(),
+        ));
+        if let Some(listener) = self.http_listener {
+            tasks.spawn(serve_tcp(
+                listener,
+                admin::http_router(state.clone()),
+                watcher.clone(),
+            ));
+        }
+        if let Some(interval) = signal::watchdog_interval() {
+            tasks.spawn(signal::run_watchdog(interval, watcher.clone()));
+        }
+        drop(watcher);
+
+        tracing::info!(
+            admin_socket = %self.admin_socket.display(),
+            admin_http = ?self.admin_http,
+            udp = %self.udp,
+            advertise = %self.advertise,
+            "meshd is serving"
+        );
+        signal::notify_ready();
+
+        stop.await;
+        signal::notify_stopping();
+        tracing::info!(deadline = ?self.drain_timeout, "draining");
+        let outcome = drain_with(trigger, self.drain_timeout).await;
+        tasks.shutdown().await;
+        remove_admin_socket(&self.admin_socket, self.admin_inode);
+        drop(self.publisher);
+        outcome
+    }
+}
+
+async fn drain_with(trigger: DrainTrigger, deadline: Duration) -> DrainOutcome {
+    let outcome = trigger.start_drain_and_wait(deadline).await;
+    match outcome {
+        DrainOutcome::Complete => tracing::info!("drained"),
+        DrainOutcome::DeadlineExceeded => {
+            tracing::warn!(?deadline, "drain deadline passed; cutting what is left")
+        }
+    }
+    outcome
+}
+
+async fn serve_unix(listener: UnixListener, router: Router, drain: DrainWatcher) {
+    let signal = drain.clone();
+    let result = axum::serve(listener, router)
+        .with_graceful_shutdown(async move { signal.signaled().await })
+        .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "admin socket server failed");
+    }
+    drop(drain);
+}
+
+async fn serve_tcp(listener: TcpListener, router: Router, drain: DrainWatcher) {
+    let signal = drain.clone();
+    let result = axum::serve(listener, router)
+        .with_graceful_shutdown(async move { signal.signaled().await })
+        .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "metrics server failed");
+    }
+    drop(drain);
+}
+
+/// Binds the admin socket: its directory is created if missing, a stale socket left by
+/// a crash is replaced, a live one is refused. Mode 0660, group `meshd` if it exists.
+fn bind_admin_socket(path: &Path) -> Result<(UnixListener, u64), AppError> {
+    let bind_err = |source| AppError::Bind {
+        what: "the admin socket (admin.socket)",
+        addr: path.display().to_string(),
+        source,
+    };
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(bind_err)?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(AppError::AlreadyRunning {
+                path: path.to_owned(),
+            });
+        }
+        std::fs::remove_file(path).map_err(bind_err)?;
+    }
+    let listener = UnixListener::bind(path).map_err(bind_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(bind_err)?;
+    if let Ok(Some(group)) = nix::unistd::Group::from_name("meshd") {
+        if let Err(e) = nix::unistd::chown(path, None, Some(group.gid)) {
+            tracing::warn!(error = %e, path = %path.display(), "cannot give the admin socket to group meshd");
+        }
+    }
+    let inode = std::fs::metadata(path).map_err(bind_err)?.ino();
+    Ok((listener, inode))
+}
+
+/// Removes the admin socket at exit, unless another process has replaced it since.
+fn remove_admin_socket(path: &Path, inode: u64) {
+    if std::fs::metadata(path)
+        .map(|m| m.ino() == inode)
+        .unwrap_or(false)
+    {
+        if let Err(e) = std::fs::remove_file(path) {
+            tracing::warn!(error = %e, path = %path.display(), "cannot remove the admin socket");
+        }
+    }
+}

@@ -1,0 +1,501 @@
+//! meshd.toml: every key, its default, and validation that names the file, line and key.
+//!
+//! Every key that DESIGN.md shows is accepted from the first release on, even where the
+//! feature behind it lands later, so one config file serves every version. Unknown keys
+//! are errors. This module is the only place that decides a default; the rest of meshd
+//! reads the resolved [`Config`], which is `Serialize` so the admin API can show it.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+use mesh_proto::duration;
+use mesh_proto::input::{InputError, Source};
+use mesh_proto::service::ServiceSpec;
+use serde::{Deserialize, Serialize};
+
+/// Where meshd looks for its config without `--config`.
+pub const DEFAULT_PATH: &str = "/etc/meshd/meshd.toml";
+
+/// The resolved contents of meshd.toml.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This node's name in the mesh, a DNS label (`NAME.node.mesh`). Default: the
+    /// hostname's first label, lower-cased.
+    #[serde(default = "default_node_name")]
+    pub node_name: String,
+    /// Certificates, keys and the store. Default: `/var/lib/meshd` (systemd's
+    /// `StateDirectory=meshd`).
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// The one UDP port: gossip, tunnels and joins. Default: `0.0.0.0:7946`, the port
+    /// Serf and Consul use for LAN gossip.
+    #[serde(default = "default_bind")]
+    pub bind: SocketAddr,
+    /// What peers dial. Default: `bind`'s address, or with `0.0.0.0` the host's one
+    /// private IPv4 (meshd refuses to guess between several).
+    #[serde(default)]
+    pub advertise: Option<SocketAddr>,
+    /// Members to gossip with once this node has a certificate. Default: none.
+    #[serde(default)]
+    pub join: Vec<SocketAddr>,
+    /// A join token redeemed on first start, for unattended installs. Default: none.
+    #[serde(default, skip_serializing)]
+    pub join_token: Option<String>,
+    /// The SPIFFE trust domain `meshd init` puts in the CA. Default: `mesh.local`.
+    #[serde(default = "default_trust_domain")]
+    pub trust_domain: String,
+    /// How long a busy meshd drains on SIGTERM before it stops anyway; an idle one exits
+    /// at once. Default: 5s. Keep systemd's `TimeoutStopSec` above it.
+    #[serde(default = "default_drain_timeout", with = "duration")]
+    pub drain_timeout: Duration,
+    /// Log filter (`info`, `debug`, `meshd=debug,warn`); `RUST_LOG` overrides it.
+    /// Default: `info`.
+    #[serde(default = "default_log_level")]
+    pub log_level: String,
+    #[serde(default)]
+    pub dns: DnsConfig,
+    #[serde(default)]
+    pub proxy: ProxyConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub identity: IdentityConfig,
+    /// Services on this host.
+    #[serde(default)]
+    pub service: Vec<ServiceSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsConfig {
+    /// UDP and TCP address of the DNS server. Default: `127.0.0.153:53`, where the
+    /// systemd-resolved drop-in sends `~mesh`.
+    #[serde(default = "default_dns_listen")]
+    pub listen: SocketAddr,
+    /// The domain meshd is authoritative for. Default: `mesh`.
+    #[serde(default = "default_dns_domain")]
+    pub domain: String,
+    /// TTL of every answer, whole seconds. Default: 5s: short, because health changes
+    /// must reach clients quickly, and the answers are local and cheap.
+    #[serde(default = "default_dns_ttl", with = "duration")]
+    pub ttl: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Virtual IPs handed out by DNS, one per service and subset. Default:
+    /// `127.77.0.0/16`: loopback, so nothing outside the host can reach them.
+    #[serde(default = "default_vip_range")]
+    pub vip_range: Ipv4Net,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// The Unix socket meshctl talks to; mode 0660, group `meshd` if that group exists.
+    /// Default: `/run/meshd/meshd.sock`.
+    #[serde(default = "default_admin_socket")]
+    pub socket: PathBuf,
+    /// A TCP address for `/metrics` and the dashboard only. Default: off.
+    #[serde(default)]
+    pub http: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// Lifetime of node certificates; they renew at half-life. Default: 24h. Allowed:
+    /// 10s (for tests) to 365 days.
+    #[serde(default = "default_cert_ttl", with = "duration")]
+    pub cert_ttl: Duration,
+}
+
+fn default_node_name() -> String {
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_default();
+    host.split('.')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase()
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("/var/lib/meshd")
+}
+fn default_bind() -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::UNSPECIFIED, 7946))
+}
+fn default_trust_domain() -> String {
+    "mesh.local".to_owned()
+}
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_log_level() -> String {
+    "info".to_owned()
+}
+fn default_dns_listen() -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::new(127, 0, 0, 153), 53))
+}
+fn default_dns_domain() -> String {
+    "mesh".to_owned()
+}
+fn default_dns_ttl() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_vip_range() -> Ipv4Net {
+    Ipv4Net::new(Ipv4Addr::new(127, 77, 0, 0), 16).expect("a /16 is a valid prefix")
+}
+fn default_admin_socket() -> PathBuf {
+    PathBuf::from("/run/meshd/meshd.sock")
+}
+fn default_cert_ttl() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            listen: default_dns_listen(),
+            domain: default_dns_domain(),
+            ttl: default_dns_ttl(),
+        }
+    }
+}
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            vip_range: default_vip_range(),
+        }
+    }
+}
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            socket: default_admin_socket(),
+            http: None,
+        }
+    }
+}
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        IdentityConfig {
+            cert_ttl: default_cert_ttl(),
+        }
+    }
+}
+
+/// Why a config could not be used. Both are the operator's to fix: exit status 2.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The file was read but is not a valid meshd.toml.
+    #[error(transparent)]
+    Invalid(#[from] InputError),
+}
+
+impl Config {
+    /// Reads, parses and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok(Config::parse(&path.display().to_string(), &text)?)
+    }
+
+    /// Parses and validates `text`, naming `file` in errors.
+    pub fn parse(file: &str, text: &str) -> Result<Config, InputError> {
+        let src = Source::new(file, text);
+        let config: Config = src.parse()?;
+        config.validate(&src)?;
+        Ok(config)
+    }
+
+    fn validate(&self, src: &Source<'_>) -> Result<(), InputError> {
+        if !mesh_proto::is_dns_label(&self.node_name) {
+            let why = if self.node_name.is_empty() {
+                "no node name: the hostname is empty; set node_name".to_owned()
+            } else {
+                format!(
+                    "'{}' is not a valid node name: use 1 to 63 lower-case letters, digits and '-'",
+                    self.node_name
+                )
+            };
+            return Err(src.error("node_name", why));
+        }
+        if !is_dns_name(&self.trust_domain) {
+            return Err(src.error(
+                "trust_domain",
+                format!(
+                    "'{}' is not a valid trust domain (a DNS name like mesh.local)",
+                    self.trust_domain
+                ),
+            ));
+        }
+        if self.drain_timeout > Duration::from_secs(3600) {
+            return Err(src.error("drain_timeout", "drain_timeout must be at most 1h"));
+        }
+        if self.bind.port() == 0 && self.advertise.is_none() && !self.join.is_empty() {
+            // Peers could not find us again after a restart.
+            return Err(src.error(
+                "bind",
+                "a fixed port is needed in bind (or advertise) when joining a mesh",
+            ));
+        }
+        if let Some(adv) = self.advertise {
+            if adv.ip().is_unspecified() {
+                return Err(src.error(
+                    "advertise",
+                    "advertise must be an address peers can dial, not 0.0.0.0",
+                ));
+            }
+        }
+        for (i, seed) in self.join.iter().enumerate() {
+            if seed.ip().is_unspecified() || seed.port() == 0 {
+                return Err(src.error(&format!("join[{i}]"), format!("{seed} cannot be dialled")));
+            }
+        }
+        if self.log_level.trim().is_empty()
+            || tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err()
+        {
+            return Err(src.error(
+                "log_level",
+                format!(
+                    "'{}' is not a log filter (try info, debug or meshd=debug,warn)",
+                    self.log_level
+                ),
+            ));
+        }
+        if !is_dns_name(&self.dns.domain) {
+            return Err(src.error(
+                "dns.domain",
+                format!("'{}' is not a valid domain", self.dns.domain),
+            ));
+        }
+        if self.dns.ttl.subsec_nanos() != 0 || self.dns.ttl > Duration::from_secs(86_400) {
+            return Err(src.error("dns.ttl", "ttl must be whole seconds, at most 1 day"));
+        }
+        let vips = self.proxy.vip_range;
+        if vips.trunc() != vips {
+            return Err(src.error(
+                "proxy.vip_range",
+                format!("{vips} has host bits set; did you mean {}?", vips.trunc()),
+            ));
+        }
+        if vips.prefix_len() > 28 {
+            return Err(src.error(
+                "proxy.vip_range",
+                format!("{vips} is too small: use a /28 or larger"),
+            ));
+        }
+        if self.admin.socket.as_os_str().is_empty() {
+            return Err(src.error("admin.socket", "admin.socket must be a path"));
+        }
+        let ttl = self.identity.cert_ttl;
+        if ttl < Duration::from_secs(10) || ttl > Duration::from_secs(365 * 86_400) {
+            return Err(src.error(
+                "identity.cert_ttl",
+                "cert_ttl must be between 10s and 365 days",
+            ));
+        }
+        let mut names = BTreeSet::new();
+        for (i, svc) in self.service.iter().enumerate() {
+            let path = format!("service[{i}]");
+            svc.validate(src, &path)?;
+            if !names.insert(&svc.name) {
+                return Err(src.error(
+                    &format!("{path}.name"),
+                    format!("service '{}' is declared twice", svc.name),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The address peers dial to reach this node, given the address the UDP socket
+    /// actually bound (which has the real port when `bind` asked for port 0).
+    pub fn advertise_addr(&self, bound: SocketAddr) -> Result<SocketAddr, AdvertiseError> {
+        if let Some(mut adv) = self.advertise {
+            if adv.port() == 0 {
+                adv.set_port(bound.port());
+            }
+            return Ok(adv);
+        }
+        if !bound.ip().is_unspecified() {
+            return Ok(bound);
+        }
+        let private = private_ipv4s().map_err(AdvertiseError::Interfaces)?;
+        match private.as_slice() {
+            [one] => Ok(SocketAddr::new(IpAddr::V4(*one), bound.port())),
+            [] => Err(AdvertiseError::NoPrivate),
+            several => Err(AdvertiseError::Several(several.to_vec())),
+        }
+    }
+}
+
+/// `advertise` was left out and could not be worked out.
+#[derive(Debug, thiserror::Error)]
+pub enum AdvertiseError {
+    #[error("bind is 0.0.0.0 and this host has no private IPv4 address: set advertise")]
+    NoPrivate,
+    #[error("bind is 0.0.0.0 and this host has several private IPv4 addresses ({}): set advertise to one of them",
+        .0.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", "))]
+    Several(Vec<Ipv4Addr>),
+    #[error("cannot list network interfaces: {0}")]
+    Interfaces(nix::Error),
+}
+
+/// RFC 1918 and RFC 6598 addresses on this host's interfaces, as Consul picks them.
+fn private_ipv4s() -> Result<Vec<Ipv4Addr>, nix::Error> {
+    let mut out = BTreeSet::new();
+    for ifa in nix::ifaddrs::getifaddrs()? {
+        let Some(ip) = ifa
+            .address
+            .as_ref()
+            .and_then(|a| a.as_sockaddr_in())
+            .map(|s| s.ip())
+        else {
+            continue;
+        };
+        let [a, b, ..] = ip.octets();
+        if ip.is_private() || (a == 100 && (64..128).contains(&b)) {
+            out.insert(ip);
+        }
+    }
+    Ok(out.into_iter().collect())
+}
+
+fn is_dns_name(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(mesh_proto::is_dns_label)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, InputError> {
+        Config::parse("meshd.toml", text)
+    }
+
+    #[test]
+    fn the_design_example_is_accepted() {
+        let text = r#"
+node_name = "vm-1"
+data_dir = "/var/lib/meshd"
+bind = "0.0.0.0:7946"
+advertise = "198.18.0.1:7946"
+join = ["198.18.0.2:7946"]
+trust_domain = "mesh.local"
+drain_timeout = "5s"
+
+[dns]
+listen = "127.0.0.153:53"
+domain = "mesh"
+ttl = "5s"
+
+[proxy]
+vip_range = "127.77.0.0/16"
+
+[admin]
+socket = "/run/meshd/meshd.sock"
+http = "127.0.0.1:9101"
+
+[[service]]
+name = "reviews"
+address = "127.0.0.1"
+port = 9080
+protocol = "http"
+labels = { version = "v1" }
+check = { http = "http://127.0.0.1:9080/health", interval = "5s" }
+"#;
+        let c = parse(text).expect("the example in DESIGN.md is valid");
+        assert_eq!(c.node_name, "vm-1");
+        assert_eq!(c.advertise, Some("198.18.0.1:7946".parse().expect("addr")));
+        assert_eq!(c.service.len(), 1);
+        assert_eq!(c.admin.http, Some("127.0.0.1:9101".parse().expect("addr")));
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse("node_name = \"a\"\n").expect("valid");
+        assert_eq!(c.bind, "0.0.0.0:7946".parse().expect("addr"));
+        assert_eq!(c.dns.listen, "127.0.0.153:53".parse().expect("addr"));
+        assert_eq!(c.dns.ttl, Duration::from_secs(5));
+        assert_eq!(c.drain_timeout, Duration::from_secs(5));
+        assert_eq!(c.admin.socket, PathBuf::from("/run/meshd/meshd.sock"));
+        assert_eq!(c.admin.http, None);
+        assert_eq!(c.proxy.vip_range.to_string(), "127.77.0.0/16");
+        assert_eq!(c.identity.cert_ttl, Duration::from_secs(86_400));
+        assert_eq!(c.trust_domain, "mesh.local");
+    }
+
+    /// Each bad file: the key it must name and the line it is on.
+    #[test]
+    fn bad_files_name_key_and_line() {
+        let cases: &[(&str, &str, usize)] = &[
+            ("bnid = \"0.0.0.0:1\"\n", "bnid", 1),
+            ("node_name = \"a\"\n[dns]\nttl = \"5s\"\nlisten = 53\n", "dns.listen", 4),
+            ("node_name = \"a\"\ndrain_timeout = \"soon\"\n", "drain_timeout", 2),
+            ("node_name = \"a\"\n\nbind = \"10.0.0.300:1\"\n", "bind", 3),
+            ("node_name = \"a\"\n[admin]\nhttp = \"localhost\"\n", "admin.http", 3),
+            ("node_name = \"a\"\njoin = [\"1.2.3.4:1\", \"nope\"]\n", "join[1]", 2),
+            ("node_name = \"VM_1\"\n", "node_name", 1),
+            ("node_name = \"a\"\n[proxy]\nvip_range = \"127.77.0.1/16\"\n", "proxy.vip_range", 3),
+            ("node_name = \"a\"\n[proxy]\nvip_range = \"127.77.0.0/30\"\n", "proxy.vip_range", 3),
+            ("node_name = \"a\"\n[dns]\nttl = \"1500ms\"\n", "dns.ttl", 3),
+            ("node_name = \"a\"\n[dns]\ndomain = \"me sh\"\n", "dns.domain", 3),
+            ("node_name = \"a\"\nlog_level = \"\"\n", "log_level", 2),
+            ("node_name = \"a\"\n[identity]\ncert_ttl = \"1s\"\n", "identity.cert_ttl", 3),
+            ("node_name = \"a\"\nadvertise = \"0.0.0.0:7946\"\n", "advertise", 2),
+            (
+                "node_name = \"a\"\n[[service]]\nname = \"x\"\nport = 1\n[[service]]\nname = \"x\"\nport = 2\n",
+                "service[1].name",
+                6,
+            ),
+            ("node_name = \"a\"\n[[service]]\nname = \"x\"\nport = 70000\n", "service[0].port", 4),
+            ("node_name = \"a\"\n[[service]]\nname = \"x\"\nport = 1\ncolour = \"red\"\n", "service[0].colour", 5),
+        ];
+        for (text, key, line) in cases {
+            let err = parse(text).expect_err(text);
+            assert_eq!(err.key.as_deref(), Some(*key), "{text:?} gave {err}");
+            assert_eq!(err.line, Some(*line), "{text:?} gave {err}");
+            assert!(
+                err.to_string().starts_with(&format!("meshd.toml:{line}: ")),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_key_message_is_the_documented_one() {
+        let err = parse("bnid = \"0.0.0.0:1\"\n").expect_err("unknown key");
+        assert_eq!(
+            err.to_string(),
+            "meshd.toml:1: unknown key 'bnid' (did you mean 'bind'?)"
+        );
+    }
+
+    #[test]
+    fn advertise_resolution() {
+        let c = parse("node_name = \"a\"\nbind = \"127.0.3.1:0\"\n").expect("valid");
+        let bound: SocketAddr = "127.0.3.1:4567".parse().expect("addr");
+        assert_eq!(c.advertise_addr(bound).expect("loopback bind"), bound);
+        let c = parse("node_name = \"a\"\nadvertise = \"198.18.0.1:0\"\n").expect("valid");
+        assert_eq!(
+            c.advertise_addr(bound).expect("explicit"),
+            "198.18.0.1:4567".parse::<SocketAddr>().expect("addr")
+        );
+    }
+}

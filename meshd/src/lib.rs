@@ -1,0 +1,16 @@
+//! meshd: one daemon per host. It joins the mesh by gossip, answers DNS for the mesh's
+//! services, carries traffic between hosts through mutually authenticated QUIC tunnels and
+//! enforces the routes that operators apply with meshctl.
+//!
+//! One module per concern (see DESIGN.md); [`app`] wires them together and owns nothing.
+
+pub mod admin;
+pub mod app;
+pub mod config;
+pub mod datadir;
+pub mod dev;
+pub mod drain;
+pub mod metrics;
+pub mod signal;
+pub mod state;
+pub mod telemetry;

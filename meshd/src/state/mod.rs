@@ -1,0 +1,100 @@
+//! The read model: an immutable [`Snapshot`] of what this node knows about the mesh,
+//! published through a `tokio::sync::watch` channel. Readers (admin API, and later DNS,
+//! routing and the proxy) clone an `Arc` and never lock anything; only the owner of the
+//! [`Publisher`] makes new snapshots.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use mesh_proto::api::MemberState;
+use tokio::sync::watch;
+
+/// Everything a reader needs, as of one moment. `index` grows with every publish, so a
+/// blocking query can wait for "anything newer than N".
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub index: u64,
+    /// This node's name.
+    pub node: String,
+    /// Every member known, this node included.
+    pub members: Vec<Member>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub state: MemberState,
+    pub last_heard: SystemTime,
+}
+
+pub type SnapshotRx = watch::Receiver<Arc<Snapshot>>;
+
+/// The one writer of snapshots.
+pub struct Publisher {
+    tx: watch::Sender<Arc<Snapshot>>,
+}
+
+impl Publisher {
+    /// Starts with `first` (its index is set to 1).
+    pub fn new(mut first: Snapshot) -> Publisher {
+        first.index = 1;
+        Publisher {
+            tx: watch::Sender::new(Arc::new(first)),
+        }
+    }
+
+    pub fn subscribe(&self) -> SnapshotRx {
+        self.tx.subscribe()
+    }
+
+    /// Publishes a changed copy of the current snapshot, with the next index.
+    pub fn update(&self, change: impl FnOnce(&mut Snapshot)) {
+        self.tx.send_modify(|current| {
+            let mut next = Snapshot::clone(current);
+            change(&mut next);
+            next.index = current.index + 1;
+            *current = Arc::new(next);
+        });
+    }
+}
+
+impl Snapshot {
+    /// Members counted by state, for `/v1/status`.
+    pub fn member_counts(&self) -> mesh_proto::api::MemberCounts {
+        let mut counts = mesh_proto::api::MemberCounts::default();
+        for m in &self.members {
+            match m.state {
+                MemberState::Alive => counts.alive += 1,
+                MemberState::Suspect => counts.suspect += 1,
+                MemberState::Dead => counts.dead += 1,
+                MemberState::Left => counts.left += 1,
+            }
+        }
+        counts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn readers_see_each_publish_with_a_growing_index() {
+        let publisher = Publisher::new(Snapshot {
+            index: 0,
+            node: "a".into(),
+            members: vec![],
+        });
+        let mut rx = publisher.subscribe();
+        let first = rx.borrow_and_update().clone();
+        assert_eq!(first.index, 1);
+        publisher.update(|s| s.node = "b".into());
+        rx.changed().await.expect("publisher alive");
+        let second = rx.borrow().clone();
+        assert_eq!((second.index, second.node.as_str()), (2, "b"));
+        // The old snapshot is untouched: readers holding it see a consistent view.
+        assert_eq!(first.node, "a");
+    }
+}

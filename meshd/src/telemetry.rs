@@ -1,0 +1,29 @@
+//! Logging through `tracing`: the filter comes from `RUST_LOG` when it is set (an
+//! operator debugging one host), else from `log_level` in meshd.toml.
+
+use tracing_subscriber::EnvFilter;
+
+/// Installs the global subscriber. Logs go to stderr, which journald collects.
+pub fn init(log_level: &str) {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(env) if !env.trim().is_empty() => EnvFilter::try_new(env).unwrap_or_else(|e| {
+            eprintln!(
+                "meshd: RUST_LOG is not a valid filter ({e}); using log_level = \"{log_level}\""
+            );
+            EnvFilter::new(log_level)
+        }),
+        _ => EnvFilter::new(log_level),
+    };
+    // Under systemd the journal adds its own timestamps.
+    let under_systemd = std::env::var_os("JOURNAL_STREAM").is_some();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = if under_systemd {
+        builder.without_time().try_init()
+    } else {
+        builder.try_init()
+    };
+    // A second init (tests, `meshd dev`) keeps the first subscriber.
+    drop(result);
+}
