@@ -1,0 +1,134 @@
+//! Readable tables for people; `-o json` prints the API body instead.
+
+use std::time::SystemTime;
+
+use mesh_proto::api::{Member, Status};
+
+/// Left-aligned columns separated by two spaces, with a header row.
+pub fn columns(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let last = cells.len().saturating_sub(1);
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i == last {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        out.push('\n');
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+fn or_dash(v: Option<impl ToString>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_else(|| "-".to_owned())
+}
+
+pub fn status(s: &Status) -> String {
+    let members = s.members.as_ref().map(|m| {
+        format!(
+            "{} alive, {} suspect, {} dead, {} left",
+            m.alive, m.suspect, m.dead, m.left
+        )
+    });
+    let store = s
+        .store
+        .as_ref()
+        .map(|st| format!("{} entries, {} bytes", st.entries, st.bytes));
+    let signer = s.signer.map(|b| if b { "yes" } else { "no" });
+    let rows = [
+        ("node", s.node.clone()),
+        ("version", s.version.clone()),
+        ("identity", or_dash(s.identity.as_ref())),
+        ("cert expires", or_dash(s.cert_expires.as_ref())),
+        ("ca fingerprint", or_dash(s.ca_fingerprint.as_ref())),
+        ("signer", or_dash(signer)),
+        ("store", or_dash(store)),
+        ("members", or_dash(members)),
+        ("services", or_dash(s.services)),
+        ("routes", or_dash(s.routes)),
+    ];
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    rows.iter()
+        .map(|(k, v)| format!("{k:<width$}  {v}\n"))
+        .collect()
+}
+
+pub fn members(members: &[Member], now: SystemTime) -> String {
+    let rows: Vec<Vec<String>> = members
+        .iter()
+        .map(|m| {
+            vec![
+                m.name.clone(),
+                m.addr.clone(),
+                m.state.as_str().to_owned(),
+                ago(&m.last_heard, now),
+            ]
+        })
+        .collect();
+    columns(&["NAME", "ADDRESS", "STATE", "LAST HEARD"], &rows)
+}
+
+/// "3s ago" for an RFC 3339 time; the time itself if it cannot be read.
+fn ago(rfc3339: &str, now: SystemTime) -> String {
+    match humantime::parse_rfc3339(rfc3339) {
+        Ok(t) => {
+            let secs = now.duration_since(t).map(|d| d.as_secs()).unwrap_or(0);
+            if secs == 0 {
+                "just now".to_owned()
+            } else {
+                format!(
+                    "{} ago",
+                    humantime::format_duration(std::time::Duration::from_secs(secs))
+                )
+            }
+        }
+        Err(_) => rfc3339.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh_proto::api::MemberState;
+
+    #[test]
+    fn members_table_aligns_and_says_how_long_ago() {
+        let now = humantime::parse_rfc3339("2026-01-01T00:01:05Z").expect("time");
+        let table = members(
+            &[
+                Member {
+                    name: "vm-1".into(),
+                    addr: "198.18.0.1:7946".into(),
+                    state: MemberState::Alive,
+                    last_heard: "2026-01-01T00:01:05Z".into(),
+                },
+                Member {
+                    name: "database-7".into(),
+                    addr: "198.18.0.20:7946".into(),
+                    state: MemberState::Suspect,
+                    last_heard: "2026-01-01T00:00:00Z".into(),
+                },
+            ],
+            now,
+        );
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(
+            lines[0],
+            "NAME        ADDRESS           STATE    LAST HEARD"
+        );
+        assert_eq!(lines[1], "vm-1        198.18.0.1:7946   alive    just now");
+        assert_eq!(lines[2], "database-7  198.18.0.20:7946  suspect  1m 5s ago");
+    }
+}
