@@ -156,7 +156,7 @@ impl Bound {
 
         tracing::info!(
             admin_socket = %self.admin_socket.display(),
-            admin_http = ?self.admin_http,
+            admin_http = %self.admin_http.map_or("off".to_owned(), |a| a.to_string()),
             udp = %self.udp,
             advertise = %self.advertise,
             "meshd is serving"

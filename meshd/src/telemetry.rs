@@ -1,6 +1,8 @@
 //! Logging through `tracing`: the filter comes from `RUST_LOG` when it is set (an
 //! operator debugging one host), else from `log_level` in meshd.toml.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber. Logs go to stderr, which journald collects.
@@ -18,6 +20,7 @@ pub fn init(log_level: &str) {
     let under_systemd = std::env::var_os("JOURNAL_STREAM").is_some();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let result = if under_systemd {
         builder.without_time().try_init()

@@ -235,6 +235,7 @@ async fn members(
     query: Result<Query<Blocking>, QueryRejection>,
 ) -> Result<Response, Error> {
     let snap = snapshot_for(&state, query).await?;
+    let now = SystemTime::now();
     let body: Vec<api::Member> = snap
         .members
         .iter()
@@ -242,7 +243,8 @@ async fn members(
             name: m.name.clone(),
             addr: m.addr.to_string(),
             state: m.state,
-            last_heard: rfc3339(m.last_heard),
+            // A node always hears itself.
+            last_heard: rfc3339(if m.name == snap.node { now } else { m.last_heard }),
         })
         .collect();
     Ok(with_index(&snap, Json(body)))

@@ -1,0 +1,256 @@
+//! The multi-node harness: real `meshd` processes, each in its own temporary directory,
+//! on a loopback block that belongs to one test at a time.
+//!
+//! The binaries are the workspace's own build: a separate crate cannot use
+//! `CARGO_BIN_EXE_*`, so the README's test command builds them first
+//! (`cargo build --workspace --bins`), and [`binaries`] finds them next to the test
+//! executable (`target/debug/deps/..` → `target/debug/`), or where `MESHD_BIN` and
+//! `MESHCTL_BIN` say.
+
+use std::fs::File;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{Flock, FlockArg};
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
+/// Paths of the binaries under test.
+pub struct Binaries {
+    pub meshd: PathBuf,
+    pub meshctl: PathBuf,
+}
+
+/// The built `meshd` and `meshctl`. Panics with what to do when they are missing.
+pub fn binaries() -> &'static Binaries {
+    static BINS: OnceLock<Binaries> = OnceLock::new();
+    BINS.get_or_init(|| {
+        let find = |name: &str, var: &str| -> PathBuf {
+            if let Some(p) = std::env::var_os(var) {
+                return PathBuf::from(p);
+            }
+            let exe = std::env::current_exe().expect("the test's own path");
+            let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/..");
+            let path = dir.join(name);
+            assert!(
+                path.is_file(),
+                "{} not found: build the binaries first (cargo build --workspace --bins), or set {var}",
+                path.display()
+            );
+            path
+        };
+        Binaries { meshd: find("meshd", "MESHD_BIN"), meshctl: find("meshctl", "MESHCTL_BIN") }
+    })
+}
+
+/// A loopback block that belongs to this test alone, across processes (nextest runs
+/// each test in its own): nodes on `127.0.N.x`, virtual IPs in `127.N.0.0/16`.
+/// Held through a lock file; released when dropped.
+pub struct Block {
+    pub n: u8,
+    _lock: Flock<File>,
+}
+
+impl Block {
+    pub fn take() -> Block {
+        let dir = std::env::temp_dir().join("mesh-tests-blocks");
+        std::fs::create_dir_all(&dir).expect("lock directory");
+        // 127.77/16 is meshd's default virtual IP range: leave it out.
+        for n in (10u8..=250).filter(|n| *n != 77) {
+            let file = File::create(dir.join(format!("{n}.lock"))).expect("lock file");
+            if let Ok(lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                return Block { n, _lock: lock };
+            }
+        }
+        panic!("every loopback block is taken: are hundreds of tests running?");
+    }
+
+    /// The address of node `i` (1-based).
+    pub fn node_ip(&self, i: u8) -> Ipv4Addr {
+        Ipv4Addr::new(127, 0, self.n, i)
+    }
+
+    /// This block's virtual IP range.
+    pub fn vip_range(&self) -> String {
+        format!("127.{}.0.0/16", self.n)
+    }
+
+    /// The DNS address of node `i`.
+    pub fn dns_ip(&self, i: u8) -> Ipv4Addr {
+        Ipv4Addr::new(127, 0, self.n, 100 + i)
+    }
+}
+
+/// A `meshd` process and its files. Killed (SIGKILL) when dropped if still running; its
+/// log is printed when the test is failing.
+pub struct Node {
+    pub name: String,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    child: Option<Child>,
+    log: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+impl Node {
+    /// Writes a config for node `i` of `block` (plus `extra` TOML at the end), runs
+    /// `meshd init`, starts `meshd run` and waits until its admin socket answers.
+    pub fn start(block: &Block, i: u8, extra: &str) -> Node {
+        let node = Node::prepare(block, i, extra);
+        let init = node.meshd(&["init"]);
+        assert!(init.status.success(), "meshd init failed: {}", String::from_utf8_lossy(&init.stderr));
+        node.run()
+    }
+
+    /// Writes the config and nothing else. `extra` is appended after the `[admin]`
+    /// table: bare keys there set admin keys (`http = ...`); anything else opens its own
+    /// table (`[[service]]`, `[identity]`).
+    pub fn prepare(block: &Block, i: u8, extra: &str) -> Node {
+        let name = format!("node-{i}");
+        let dir = tempfile::Builder::new().prefix("mesh-test-").tempdir().expect("tempdir");
+        let socket = dir.path().join("meshd.sock");
+        let config = dir.path().join("meshd.toml");
+        let text = format!(
+            r#"node_name = "{name}"
+data_dir = "{data}"
+bind = "{ip}:0"
+drain_timeout = "5s"
+log_level = "debug"
+
+[dns]
+listen = "{dns}:0"
+
+[proxy]
+vip_range = "{vips}"
+
+[admin]
+socket = "{socket}"
+{extra}
+"#,
+            data = dir.path().join("data").display(),
+            ip = block.node_ip(i),
+            dns = block.dns_ip(i),
+            vips = block.vip_range(),
+            socket = socket.display(),
+        );
+        std::fs::write(&config, text).expect("write config");
+        let log = dir.path().join("meshd.log");
+        Node { name, dir, config, socket, child: None, log, env: Vec::new() }
+    }
+
+    /// Sets an environment variable for `meshd run`.
+    pub fn env(mut self, key: &str, value: &str) -> Node {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Runs `meshd ARGS --config CONFIG` to completion.
+    pub fn meshd(&self, args: &[&str]) -> Output {
+        Command::new(&binaries().meshd)
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .expect("run meshd")
+    }
+
+    /// Starts `meshd run` and waits (up to 20 s, far above the usual ~50 ms) for the
+    /// admin socket to answer.
+    pub fn run(mut self) -> Node {
+        let log = File::create(&self.log).expect("log file");
+        let child = Command::new(&binaries().meshd)
+            .arg("run")
+            .arg("--config")
+            .arg(&self.config)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn meshd");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.try_wait() {
+                panic!("meshd exited at start with {status}:\n{}", self.logs());
+            }
+            let out = self.meshctl(&["status", "-o", "json"]);
+            if out.status.success() {
+                return self;
+            }
+            assert!(Instant::now() < deadline, "meshd did not answer within 20s:\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Runs `meshctl --socket SOCKET ARGS`.
+    pub fn meshctl(&self, args: &[&str]) -> Output {
+        Command::new(&binaries().meshctl)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("run meshctl")
+    }
+
+    /// `meshctl ARGS -o json`, which must succeed, parsed.
+    pub fn meshctl_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        let out = self.meshctl(&all);
+        assert!(out.status.success(), "meshctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("meshctl -o json prints JSON")
+    }
+
+    /// An admin API client for this node.
+    pub fn client(&self) -> meshctl::Client {
+        meshctl::Client::new(&self.socket)
+    }
+
+    pub fn pid(&self) -> Pid {
+        let child = self.child.as_ref().expect("running");
+        Pid::from_raw(i32::try_from(child.id()).expect("pid fits"))
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        nix::sys::signal::kill(self.pid(), signal).expect("signal meshd");
+    }
+
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().expect("wait meshd"))
+    }
+
+    /// Waits for the process to exit; panics (with the log) after `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.try_wait() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "meshd still running after {limit:?}:\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Everything meshd logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if child.try_wait().ok().flatten().is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if std::thread::panicking() {
+            eprintln!("---- log of {} ----\n{}", self.name, self.logs());
+        }
+    }
+}

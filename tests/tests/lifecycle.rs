@@ -1,0 +1,191 @@
+//! meshd's life as systemd and operators see it: start, signals, drain, exit codes.
+
+use std::os::unix::net::UnixDatagram;
+use std::time::{Duration, Instant};
+
+use mesh_tests::{binaries, Block, Node};
+use nix::sys::signal::Signal;
+
+/// Liveness bound for things that take milliseconds.
+const LIVENESS: Duration = Duration::from_secs(10);
+
+#[test]
+fn an_idle_meshd_exits_0_at_once_on_sigterm_and_removes_its_socket() {
+    let block = Block::take();
+    let mut node = Node::start(&block, 1, "");
+    assert!(node.socket.exists());
+    let sent = Instant::now();
+    node.signal(Signal::SIGTERM);
+    let status = node.wait_exit(LIVENESS);
+    let took = sent.elapsed();
+    assert_eq!(status.code(), Some(0), "{}", node.logs());
+    // drain_timeout is 5s in the harness: an idle node must not wait for it.
+    assert!(took < Duration::from_secs(4), "idle exit took {took:?}");
+    assert!(!node.socket.exists(), "the admin socket is removed at exit");
+    let logs = node.logs();
+    assert!(logs.contains("draining") && logs.contains("drained"), "{logs}");
+}
+
+#[test]
+fn sigint_drains_like_sigterm() {
+    let block = Block::take();
+    let mut node = Node::start(&block, 1, "");
+    node.signal(Signal::SIGINT);
+    assert_eq!(node.wait_exit(LIVENESS).code(), Some(0), "{}", node.logs());
+}
+
+#[test]
+fn a_request_in_flight_at_sigterm_completes_and_meshd_exits_0() {
+    let block = Block::take();
+    let mut node = Node::start(&block, 1, "");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let client = node.client();
+    // A blocking query: meshd holds it open until the state changes or the wait ends.
+    let in_flight = rt.spawn(async move { client.get("/v1/members?index=1&wait=60s").await });
+    rt.block_on(async {
+        // Let the request reach meshd and park there.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    });
+    assert!(!in_flight.is_finished(), "the query should be parked in meshd");
+    node.signal(Signal::SIGTERM);
+    let response = rt
+        .block_on(async { tokio::time::timeout(LIVENESS, in_flight).await })
+        .expect("the request completes during the drain")
+        .expect("task")
+        .expect("a full response, not a cut connection");
+    assert!(response.status.is_success());
+    let members: serde_json::Value = serde_json::from_slice(&response.body).expect("a whole JSON body");
+    assert_eq!(members[0]["name"], "node-1");
+    assert_eq!(node.wait_exit(LIVENESS).code(), Some(0), "{}", node.logs());
+}
+
+#[test]
+fn systemd_hears_ready_then_stopping() {
+    let block = Block::take();
+    let node = Node::prepare(&block, 1, "");
+    let notify_path = node.dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).expect("notify socket");
+    notify.set_read_timeout(Some(LIVENESS)).expect("timeout");
+    let init = node.meshd(&["init"]);
+    assert!(init.status.success());
+    let mut node = node.env("NOTIFY_SOCKET", &notify_path.display().to_string()).run();
+
+    let mut buf = [0u8; 512];
+    let n = notify.recv(&mut buf).expect("READY within the liveness bound");
+    let first = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(first.lines().any(|l| l == "READY=1"), "first notification: {first:?}");
+
+    node.signal(Signal::SIGTERM);
+    let n = notify.recv(&mut buf).expect("STOPPING at drain");
+    let second = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(second.lines().any(|l| l == "STOPPING=1"), "second notification: {second:?}");
+    assert_eq!(node.wait_exit(LIVENESS).code(), Some(0));
+}
+
+#[test]
+fn an_invalid_config_exits_2_naming_line_and_key_and_starts_nothing() {
+    let block = Block::take();
+    let node = Node::prepare(&block, 1, "");
+    let good = std::fs::read_to_string(&node.config).expect("config");
+    let cases = [
+        (format!("bnid = \"127.0.0.1:1\"\n{good}"), "meshd.toml:1: unknown key 'bnid'"),
+        (good.replace("drain_timeout = \"5s\"", "drain_timeout = \"5 parsecs\""), "drain_timeout"),
+        (format!("{good}\n[[service]]\nname = \"web\"\nport = \"eighty\"\n"), "service[0].port"),
+    ];
+    for (text, expected) in cases {
+        std::fs::write(&node.config, &text).expect("write");
+        for verb in ["run", "init"] {
+            let out = node.meshd(&[verb]);
+            assert_eq!(out.status.code(), Some(2), "{verb}: {text}");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains(expected), "{verb}: expected {expected:?} in {err:?}");
+            let line_named = err.contains("meshd.toml:");
+            assert!(line_named, "{verb}: the file and line are named: {err}");
+            assert!(!node.socket.exists(), "nothing started");
+            assert!(!node.dir.path().join("data").exists(), "nothing created");
+        }
+    }
+}
+
+#[test]
+fn run_without_init_exits_2_and_says_what_to_do() {
+    let block = Block::take();
+    let node = Node::prepare(&block, 1, "");
+    let out = node.meshd(&["run"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("meshd init") && err.contains("meshd join"), "{err}");
+}
+
+#[test]
+fn init_twice_is_refused_with_2() {
+    let block = Block::take();
+    let node = Node::prepare(&block, 1, "");
+    assert!(node.meshd(&["init"]).status.success());
+    let out = node.meshd(&["init"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already holds node 'node-1'"));
+}
+
+#[test]
+fn a_second_meshd_on_the_same_socket_is_refused_and_the_first_keeps_serving() {
+    let block = Block::take();
+    let node = Node::start(&block, 1, "");
+    let out = node.meshd(&["run"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already serving"), "{err}");
+    assert!(node.meshctl(&["status"]).status.success(), "the first meshd still answers");
+}
+
+#[test]
+fn meshd_dev_starts_prints_what_to_try_and_stops_on_ctrl_c() {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(&binaries().meshd)
+        .arg("dev")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("meshd dev");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let mut socket = None;
+    let mut printed = String::new();
+    for line in lines.by_ref() {
+        let line = line.expect("line");
+        printed.push_str(&line);
+        printed.push('\n');
+        if let Some(s) = line.trim().strip_prefix("export MESHD_SOCKET=") {
+            socket = Some(s.to_owned());
+        }
+        if line.starts_with("Ctrl-C") {
+            break;
+        }
+    }
+    let socket = socket.unwrap_or_else(|| panic!("no socket printed:\n{printed}"));
+    assert!(printed.contains("meshctl status"), "{printed}");
+    let out = std::process::Command::new(&binaries().meshctl)
+        .args(["--socket", &socket, "status", "-o", "json"])
+        .output()
+        .expect("meshctl");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(status["node"], "dev-1");
+
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+    nix::sys::signal::kill(pid, Signal::SIGINT).expect("ctrl-c");
+    let deadline = Instant::now() + LIVENESS;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("meshd dev did not stop on Ctrl-C");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(status.code(), Some(0));
+    let dir = std::path::Path::new(&socket).parent().expect("dir");
+    assert!(!dir.exists(), "the temporary directory is removed: {}", dir.display());
+}
