@@ -244,7 +244,11 @@ async fn members(
             addr: m.addr.to_string(),
             state: m.state,
             // A node always hears itself.
-            last_heard: rfc3339(if m.name == snap.node { now } else { m.last_heard }),
+            last_heard: rfc3339(if m.name == snap.node {
+                now
+            } else {
+                m.last_heard
+            }),
         })
         .collect();
     Ok(with_index(&snap, Json(body)))
