@@ -31,11 +31,7 @@ pub struct Response {
 pub enum ClientError {
     /// Nothing answers on the socket.
     #[error("cannot reach meshd at {}: {source}\n  {hint}", socket.display())]
-    Unreachable {
-        socket: PathBuf,
-        source: std::io::Error,
-        hint: &'static str,
-    },
+    Unreachable { socket: PathBuf, source: std::io::Error, hint: &'static str },
     /// The connection broke or the answer was not HTTP.
     #[error("talking to meshd at {}: {detail}", socket.display())]
     Protocol { socket: PathBuf, detail: String },
@@ -59,10 +55,7 @@ impl ClientError {
 
 impl Client {
     pub fn new(socket: impl Into<PathBuf>) -> Client {
-        Client {
-            socket: socket.into(),
-            timeout: Duration::from_secs(30),
-        }
+        Client { socket: socket.into(), timeout: Duration::from_secs(30) }
     }
 
     /// How long a whole request may take. Default: 30s.
@@ -81,75 +74,44 @@ impl Client {
     }
 
     /// `GET path` decoded as JSON.
-    pub async fn get_json<T: serde::de::DeserializeOwned>(
-        &self,
-        path: &str,
-    ) -> Result<T, ClientError> {
+    pub async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         let response = self.get(path).await?;
         serde_json::from_slice(&response.body).map_err(|e| ClientError::Decode(e.to_string()))
     }
 
     /// One request on a fresh connection.
-    pub async fn request(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Vec<u8>>,
-    ) -> Result<Response, ClientError> {
+    pub async fn request(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Response, ClientError> {
         match tokio::time::timeout(self.timeout, self.request_inner(method, path, body)).await {
             Ok(result) => result,
-            Err(_) => Err(ClientError::Timeout {
-                socket: self.socket.clone(),
-                timeout: self.timeout,
-            }),
+            Err(_) => Err(ClientError::Timeout { socket: self.socket.clone(), timeout: self.timeout }),
         }
     }
 
-    async fn request_inner(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Vec<u8>>,
-    ) -> Result<Response, ClientError> {
+    async fn request_inner(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Response, ClientError> {
         let stream = UnixStream::connect(&self.socket).await.map_err(|source| {
             let hint = match source.kind() {
-                std::io::ErrorKind::PermissionDenied => {
-                    "is your user in the meshd group? (or run meshctl with sudo)"
+                std::io::ErrorKind::PermissionDenied => "is your user in the meshd group? (or run meshctl with sudo)",
+                _ => {
+                    "is meshd running? (systemctl status meshd); point meshctl elsewhere with --socket or MESHD_SOCKET"
                 }
-                _ => "is meshd running? (systemctl status meshd); point meshctl elsewhere with --socket or MESHD_SOCKET",
             };
             ClientError::Unreachable { socket: self.socket.clone(), source, hint }
         })?;
-        let protocol = |detail: String| ClientError::Protocol {
-            socket: self.socket.clone(),
-            detail,
-        };
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| protocol(e.to_string()))?;
+        let protocol = |detail: String| ClientError::Protocol { socket: self.socket.clone(), detail };
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| protocol(e.to_string()))?;
         // The connection task ends with the request: it is awaited below, never left behind.
         let conn = tokio::spawn(conn);
 
-        let mut builder = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(hyper::header::HOST, "meshd");
+        let mut builder = Request::builder().method(method).uri(path).header(hyper::header::HOST, "meshd");
         if body.is_some() {
             builder = builder.header(hyper::header::CONTENT_TYPE, "application/json");
         }
-        let request = builder
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|e| protocol(e.to_string()))?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| protocol(e.to_string()))?;
+        let request =
+            builder.body(Full::new(Bytes::from(body.unwrap_or_default()))).map_err(|e| protocol(e.to_string()))?;
+        let response = sender.send_request(request).await.map_err(|e| protocol(e.to_string()))?;
         let (parts, body) = response.into_parts();
-        let body = body
-            .collect()
-            .await
-            .map_err(|e| protocol(e.to_string()))?
-            .to_bytes();
+        let body = body.collect().await.map_err(|e| protocol(e.to_string()))?.to_bytes();
         drop(sender);
         let _ = conn.await;
 
@@ -158,15 +120,8 @@ impl Client {
                 error: "unknown".to_owned(),
                 detail: String::from_utf8_lossy(&body).into_owned(),
             });
-            return Err(ClientError::Api {
-                status: parts.status,
-                body: api,
-            });
+            return Err(ClientError::Api { status: parts.status, body: api });
         }
-        Ok(Response {
-            status: parts.status,
-            headers: parts.headers,
-            body,
-        })
+        Ok(Response { status: parts.status, headers: parts.headers, body })
     }
 }

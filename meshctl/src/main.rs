@@ -52,18 +52,10 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::Completions { shell } = cli.command {
-        clap_complete::generate(
-            shell,
-            &mut Cli::command(),
-            "meshctl",
-            &mut std::io::stdout(),
-        );
+        clap_complete::generate(shell, &mut Cli::command(), "meshctl", &mut std::io::stdout());
         return ExitCode::SUCCESS;
     }
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("meshctl: cannot start: {e}");
@@ -85,11 +77,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn execute(
-    client: &Client,
-    command: &Command,
-    output: Output,
-) -> Result<String, ClientError> {
+async fn execute(client: &Client, command: &Command, output: Output) -> Result<String, ClientError> {
     let path = match command {
         Command::Status => "/v1/status",
         Command::Members => "/v1/members",
@@ -103,13 +91,10 @@ async fn execute(
     }
     let decode = |e: serde_json::Error| ClientError::Decode(e.to_string());
     Ok(match command {
-        Command::Status => {
-            table::status(&serde_json::from_slice::<Status>(&response.body).map_err(decode)?)
+        Command::Status => table::status(&serde_json::from_slice::<Status>(&response.body).map_err(decode)?),
+        Command::Members => {
+            table::members(&serde_json::from_slice::<Vec<Member>>(&response.body).map_err(decode)?, SystemTime::now())
         }
-        Command::Members => table::members(
-            &serde_json::from_slice::<Vec<Member>>(&response.body).map_err(decode)?,
-            SystemTime::now(),
-        ),
         Command::Completions { .. } => String::new(),
     })
 }

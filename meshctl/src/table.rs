@@ -36,16 +36,11 @@ fn or_dash(v: Option<impl ToString>) -> String {
 }
 
 pub fn status(s: &Status) -> String {
-    let members = s.members.as_ref().map(|m| {
-        format!(
-            "{} alive, {} suspect, {} dead, {} left",
-            m.alive, m.suspect, m.dead, m.left
-        )
-    });
-    let store = s
-        .store
+    let members = s
+        .members
         .as_ref()
-        .map(|st| format!("{} entries, {} bytes", st.entries, st.bytes));
+        .map(|m| format!("{} alive, {} suspect, {} dead, {} left", m.alive, m.suspect, m.dead, m.left));
+    let store = s.store.as_ref().map(|st| format!("{} entries, {} bytes", st.entries, st.bytes));
     let signer = s.signer.map(|b| if b { "yes" } else { "no" });
     let rows = [
         ("node", s.node.clone()),
@@ -60,22 +55,13 @@ pub fn status(s: &Status) -> String {
         ("routes", or_dash(s.routes)),
     ];
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-    rows.iter()
-        .map(|(k, v)| format!("{k:<width$}  {v}\n"))
-        .collect()
+    rows.iter().map(|(k, v)| format!("{k:<width$}  {v}\n")).collect()
 }
 
 pub fn members(members: &[Member], now: SystemTime) -> String {
     let rows: Vec<Vec<String>> = members
         .iter()
-        .map(|m| {
-            vec![
-                m.name.clone(),
-                m.addr.clone(),
-                m.state.as_str().to_owned(),
-                ago(&m.last_heard, now),
-            ]
-        })
+        .map(|m| vec![m.name.clone(), m.addr.clone(), m.state.as_str().to_owned(), ago(&m.last_heard, now)])
         .collect();
     columns(&["NAME", "ADDRESS", "STATE", "LAST HEARD"], &rows)
 }
@@ -88,10 +74,7 @@ fn ago(rfc3339: &str, now: SystemTime) -> String {
             if secs == 0 {
                 "just now".to_owned()
             } else {
-                format!(
-                    "{} ago",
-                    humantime::format_duration(std::time::Duration::from_secs(secs))
-                )
+                format!("{} ago", humantime::format_duration(std::time::Duration::from_secs(secs)))
             }
         }
         Err(_) => rfc3339.to_owned(),
@@ -124,10 +107,7 @@ mod tests {
             now,
         );
         let lines: Vec<&str> = table.lines().collect();
-        assert_eq!(
-            lines[0],
-            "NAME        ADDRESS           STATE    LAST HEARD"
-        );
+        assert_eq!(lines[0], "NAME        ADDRESS           STATE    LAST HEARD");
         assert_eq!(lines[1], "vm-1        198.18.0.1:7946   alive    just now");
         assert_eq!(lines[2], "database-7  198.18.0.20:7946  suspect  1m 5s ago");
     }

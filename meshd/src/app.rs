@@ -19,31 +19,31 @@ use crate::admin::{self, AdminState};
 use crate::config::{AdvertiseError, Config};
 use crate::drain::{self, DrainOutcome, DrainTrigger, DrainWatcher};
 use crate::state::{self, Publisher, Snapshot};
-use crate::{metrics, signal};
+use crate::store::{self, Store, StoreError};
+use crate::{datadir, metrics, signal};
 
 /// Why meshd could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     /// A socket could not be bound (address in use, permission denied...).
     #[error("cannot bind {what} on {addr}: {source}")]
-    Bind {
-        what: &'static str,
-        addr: String,
-        source: std::io::Error,
-    },
+    Bind { what: &'static str, addr: String, source: std::io::Error },
     /// Another process already serves the admin socket.
     #[error("another meshd is already serving {}: stop it first, or set admin.socket", path.display())]
     AlreadyRunning { path: PathBuf },
     /// The advertise address could not be worked out.
     #[error(transparent)]
     Advertise(#[from] AdvertiseError),
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 impl AppError {
     /// Whether the operator must change the config (exit 2) rather than the machine's
     /// state (exit 1).
     pub fn is_usage(&self) -> bool {
-        matches!(self, AppError::Advertise(_))
+        matches!(self, AppError::Advertise(_) | AppError::Store(StoreError::Corrupt { .. }))
     }
 }
 
@@ -59,6 +59,8 @@ pub struct Bound {
     pub udp: SocketAddr,
     /// What peers dial.
     pub advertise: SocketAddr,
+    /// The replicated store, open.
+    pub store: Store,
     drain_timeout: Duration,
     publisher: Publisher,
     admin_listener: UnixListener,
@@ -84,15 +86,11 @@ pub async fn build(config: &Config) -> Result<Bound, AppError> {
 
     let (admin_listener, admin_inode) = bind_admin_socket(&config.admin.socket)?;
     let http_listener = match config.admin.http {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| AppError::Bind {
-                    what: "the metrics address (admin.http)",
-                    addr: addr.to_string(),
-                    source,
-                })?,
-        ),
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| AppError::Bind {
+            what: "the metrics address (admin.http)",
+            addr: addr.to_string(),
+            source,
+        })?),
         None => None,
     };
     let admin_http = http_listener.as_ref().and_then(|l| l.local_addr().ok());
@@ -106,20 +104,26 @@ pub async fn build(config: &Config) -> Result<Bound, AppError> {
             state: MemberState::Alive,
             last_heard: SystemTime::now(),
         }],
+        store: Arc::default(),
     });
+    let mut registry = metrics::registry();
+    let store_metrics = store::Metrics::register(&mut registry);
+    let store =
+        Store::open(&datadir::store_path(&config.data_dir), &config.node_name, publisher.clone(), store_metrics)?;
 
     Ok(Bound {
         admin_socket: config.admin.socket.clone(),
         admin_http,
         udp,
         advertise,
+        store,
         drain_timeout: config.drain_timeout,
         publisher,
         admin_listener,
         admin_inode,
         http_listener,
         _udp_socket: udp_socket,
-        registry: metrics::registry(),
+        registry,
     })
 }
 
@@ -137,17 +141,9 @@ impl Bound {
         });
 
         let mut tasks = JoinSet::new();
-        tasks.spawn(serve_unix(
-            self.admin_listener,
-            admin::router(state.clone()),
-            watcher.clone(),
-        ));
+        tasks.spawn(serve_unix(self.admin_listener, admin::router(state.clone()), watcher.clone()));
         if let Some(listener) = self.http_listener {
-            tasks.spawn(serve_tcp(
-                listener,
-                admin::http_router(state.clone()),
-                watcher.clone(),
-            ));
+            tasks.spawn(serve_tcp(listener, admin::http_router(state.clone()), watcher.clone()));
         }
         if let Some(interval) = signal::watchdog_interval() {
             tasks.spawn(signal::run_watchdog(interval, watcher.clone()));
@@ -187,9 +183,7 @@ async fn drain_with(trigger: DrainTrigger, deadline: Duration) -> DrainOutcome {
 
 async fn serve_unix(listener: UnixListener, router: Router, drain: DrainWatcher) {
     let signal = drain.clone();
-    let result = axum::serve(listener, router)
-        .with_graceful_shutdown(async move { signal.signaled().await })
-        .await;
+    let result = axum::serve(listener, router).with_graceful_shutdown(async move { signal.signaled().await }).await;
     if let Err(e) = result {
         tracing::error!(error = %e, "admin socket server failed");
     }
@@ -198,9 +192,7 @@ async fn serve_unix(listener: UnixListener, router: Router, drain: DrainWatcher)
 
 async fn serve_tcp(listener: TcpListener, router: Router, drain: DrainWatcher) {
     let signal = drain.clone();
-    let result = axum::serve(listener, router)
-        .with_graceful_shutdown(async move { signal.signaled().await })
-        .await;
+    let result = axum::serve(listener, router).with_graceful_shutdown(async move { signal.signaled().await }).await;
     if let Err(e) = result {
         tracing::error!(error = %e, "metrics server failed");
     }
@@ -210,19 +202,14 @@ async fn serve_tcp(listener: TcpListener, router: Router, drain: DrainWatcher) {
 /// Binds the admin socket: its directory is created if missing, a stale socket left by
 /// a crash is replaced, a live one is refused. Mode 0660, group `meshd` if it exists.
 fn bind_admin_socket(path: &Path) -> Result<(UnixListener, u64), AppError> {
-    let bind_err = |source| AppError::Bind {
-        what: "the admin socket (admin.socket)",
-        addr: path.display().to_string(),
-        source,
-    };
+    let bind_err =
+        |source| AppError::Bind { what: "the admin socket (admin.socket)", addr: path.display().to_string(), source };
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(bind_err)?;
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(AppError::AlreadyRunning {
-                path: path.to_owned(),
-            });
+            return Err(AppError::AlreadyRunning { path: path.to_owned() });
         }
         std::fs::remove_file(path).map_err(bind_err)?;
     }
@@ -239,10 +226,7 @@ fn bind_admin_socket(path: &Path) -> Result<(UnixListener, u64), AppError> {
 
 /// Removes the admin socket at exit, unless another process has replaced it since.
 fn remove_admin_socket(path: &Path, inode: u64) {
-    if std::fs::metadata(path)
-        .map(|m| m.ino() == inode)
-        .unwrap_or(false)
-    {
+    if std::fs::metadata(path).map(|m| m.ino() == inode).unwrap_or(false) {
         if let Err(e) = std::fs::remove_file(path) {
             tracing::warn!(error = %e, path = %path.display(), "cannot remove the admin socket");
         }

@@ -116,14 +116,8 @@ pub struct IdentityConfig {
 }
 
 fn default_node_name() -> String {
-    let host = nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_default();
-    host.split('.')
-        .next()
-        .unwrap_or_default()
-        .to_ascii_lowercase()
+    let host = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default();
+    host.split('.').next().unwrap_or_default().to_ascii_lowercase()
 }
 fn default_data_dir() -> PathBuf {
     PathBuf::from("/var/lib/meshd")
@@ -161,33 +155,22 @@ fn default_cert_ttl() -> Duration {
 
 impl Default for DnsConfig {
     fn default() -> Self {
-        DnsConfig {
-            listen: default_dns_listen(),
-            domain: default_dns_domain(),
-            ttl: default_dns_ttl(),
-        }
+        DnsConfig { listen: default_dns_listen(), domain: default_dns_domain(), ttl: default_dns_ttl() }
     }
 }
 impl Default for ProxyConfig {
     fn default() -> Self {
-        ProxyConfig {
-            vip_range: default_vip_range(),
-        }
+        ProxyConfig { vip_range: default_vip_range() }
     }
 }
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig {
-            socket: default_admin_socket(),
-            http: None,
-        }
+        AdminConfig { socket: default_admin_socket(), http: None }
     }
 }
 impl Default for IdentityConfig {
     fn default() -> Self {
-        IdentityConfig {
-            cert_ttl: default_cert_ttl(),
-        }
+        IdentityConfig { cert_ttl: default_cert_ttl() }
     }
 }
 
@@ -196,10 +179,7 @@ impl Default for IdentityConfig {
 pub enum ConfigError {
     /// The file could not be read.
     #[error("{}: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     /// The file was read but is not a valid meshd.toml.
     #[error(transparent)]
     Invalid(#[from] InputError),
@@ -208,10 +188,8 @@ pub enum ConfigError {
 impl Config {
     /// Reads, parses and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Ok(Config::parse(&path.display().to_string(), &text)?)
     }
 
@@ -228,20 +206,14 @@ impl Config {
             let why = if self.node_name.is_empty() {
                 "no node name: the hostname is empty; set node_name".to_owned()
             } else {
-                format!(
-                    "'{}' is not a valid node name: use 1 to 63 lower-case letters, digits and '-'",
-                    self.node_name
-                )
+                format!("'{}' is not a valid node name: use 1 to 63 lower-case letters, digits and '-'", self.node_name)
             };
             return Err(src.error("node_name", why));
         }
         if !is_dns_name(&self.trust_domain) {
             return Err(src.error(
                 "trust_domain",
-                format!(
-                    "'{}' is not a valid trust domain (a DNS name like mesh.local)",
-                    self.trust_domain
-                ),
+                format!("'{}' is not a valid trust domain (a DNS name like mesh.local)", self.trust_domain),
             ));
         }
         if self.drain_timeout > Duration::from_secs(3600) {
@@ -249,17 +221,11 @@ impl Config {
         }
         if self.bind.port() == 0 && self.advertise.is_none() && !self.join.is_empty() {
             // Peers could not find us again after a restart.
-            return Err(src.error(
-                "bind",
-                "a fixed port is needed in bind (or advertise) when joining a mesh",
-            ));
+            return Err(src.error("bind", "a fixed port is needed in bind (or advertise) when joining a mesh"));
         }
         if let Some(adv) = self.advertise {
             if adv.ip().is_unspecified() {
-                return Err(src.error(
-                    "advertise",
-                    "advertise must be an address peers can dial, not 0.0.0.0",
-                ));
+                return Err(src.error("advertise", "advertise must be an address peers can dial, not 0.0.0.0"));
             }
         }
         for (i, seed) in self.join.iter().enumerate() {
@@ -267,58 +233,40 @@ impl Config {
                 return Err(src.error(&format!("join[{i}]"), format!("{seed} cannot be dialled")));
             }
         }
-        if self.log_level.trim().is_empty()
-            || tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err()
-        {
+        if self.log_level.trim().is_empty() || tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
             return Err(src.error(
                 "log_level",
-                format!(
-                    "'{}' is not a log filter (try info, debug or meshd=debug,warn)",
-                    self.log_level
-                ),
+                format!("'{}' is not a log filter (try info, debug or meshd=debug,warn)", self.log_level),
             ));
         }
         if !is_dns_name(&self.dns.domain) {
-            return Err(src.error(
-                "dns.domain",
-                format!("'{}' is not a valid domain", self.dns.domain),
-            ));
+            return Err(src.error("dns.domain", format!("'{}' is not a valid domain", self.dns.domain)));
         }
         if self.dns.ttl.subsec_nanos() != 0 || self.dns.ttl > Duration::from_secs(86_400) {
             return Err(src.error("dns.ttl", "ttl must be whole seconds, at most 1 day"));
         }
         let vips = self.proxy.vip_range;
         if vips.trunc() != vips {
-            return Err(src.error(
-                "proxy.vip_range",
-                format!("{vips} has host bits set; did you mean {}?", vips.trunc()),
-            ));
+            return Err(
+                src.error("proxy.vip_range", format!("{vips} has host bits set; did you mean {}?", vips.trunc()))
+            );
         }
         if vips.prefix_len() > 28 {
-            return Err(src.error(
-                "proxy.vip_range",
-                format!("{vips} is too small: use a /28 or larger"),
-            ));
+            return Err(src.error("proxy.vip_range", format!("{vips} is too small: use a /28 or larger")));
         }
         if self.admin.socket.as_os_str().is_empty() {
             return Err(src.error("admin.socket", "admin.socket must be a path"));
         }
         let ttl = self.identity.cert_ttl;
         if ttl < Duration::from_secs(10) || ttl > Duration::from_secs(365 * 86_400) {
-            return Err(src.error(
-                "identity.cert_ttl",
-                "cert_ttl must be between 10s and 365 days",
-            ));
+            return Err(src.error("identity.cert_ttl", "cert_ttl must be between 10s and 365 days"));
         }
         let mut names = BTreeSet::new();
         for (i, svc) in self.service.iter().enumerate() {
             let path = format!("service[{i}]");
             svc.validate(src, &path)?;
             if !names.insert(&svc.name) {
-                return Err(src.error(
-                    &format!("{path}.name"),
-                    format!("service '{}' is declared twice", svc.name),
-                ));
+                return Err(src.error(&format!("{path}.name"), format!("service '{}' is declared twice", svc.name)));
             }
         }
         Ok(())
@@ -361,12 +309,7 @@ pub enum AdvertiseError {
 fn private_ipv4s() -> Result<Vec<Ipv4Addr>, nix::Error> {
     let mut out = BTreeSet::new();
     for ifa in nix::ifaddrs::getifaddrs()? {
-        let Some(ip) = ifa
-            .address
-            .as_ref()
-            .and_then(|a| a.as_sockaddr_in())
-            .map(|s| s.ip())
-        else {
+        let Some(ip) = ifa.address.as_ref().and_then(|a| a.as_sockaddr_in()).map(|s| s.ip()) else {
             continue;
         };
         let [a, b, ..] = ip.octets();
@@ -471,20 +414,14 @@ check = { http = "http://127.0.0.1:9080/health", interval = "5s" }
             let err = parse(text).expect_err(text);
             assert_eq!(err.key.as_deref(), Some(*key), "{text:?} gave {err}");
             assert_eq!(err.line, Some(*line), "{text:?} gave {err}");
-            assert!(
-                err.to_string().starts_with(&format!("meshd.toml:{line}: ")),
-                "{err}"
-            );
+            assert!(err.to_string().starts_with(&format!("meshd.toml:{line}: ")), "{err}");
         }
     }
 
     #[test]
     fn unknown_key_message_is_the_documented_one() {
         let err = parse("bnid = \"0.0.0.0:1\"\n").expect_err("unknown key");
-        assert_eq!(
-            err.to_string(),
-            "meshd.toml:1: unknown key 'bnid' (did you mean 'bind'?)"
-        );
+        assert_eq!(err.to_string(), "meshd.toml:1: unknown key 'bnid' (did you mean 'bind'?)");
     }
 
     #[test]
@@ -493,9 +430,6 @@ check = { http = "http://127.0.0.1:9080/health", interval = "5s" }
         let bound: SocketAddr = "127.0.3.1:4567".parse().expect("addr");
         assert_eq!(c.advertise_addr(bound).expect("loopback bind"), bound);
         let c = parse("node_name = \"a\"\nadvertise = \"198.18.0.1:0\"\n").expect("valid");
-        assert_eq!(
-            c.advertise_addr(bound).expect("explicit"),
-            "198.18.0.1:4567".parse::<SocketAddr>().expect("addr")
-        );
+        assert_eq!(c.advertise_addr(bound).expect("explicit"), "198.18.0.1:4567".parse::<SocketAddr>().expect("addr"));
     }
 }

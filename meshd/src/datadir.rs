@@ -16,6 +16,11 @@ use serde::{Deserialize, Serialize};
 pub const FORMAT: u32 = 1;
 const MARKER: &str = "node.toml";
 
+/// Where the store lives inside `data_dir`.
+pub fn store_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("store")
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeFile {
@@ -36,20 +41,13 @@ pub enum DataDirError {
     NotInitialised { dir: PathBuf },
     /// The directory belongs to another node name than the config's.
     #[error("{} belongs to node '{found}' but node_name is '{configured}': restore node_name, or use another data_dir", dir.display())]
-    OtherNode {
-        dir: PathBuf,
-        found: String,
-        configured: String,
-    },
+    OtherNode { dir: PathBuf, found: String, configured: String },
     /// A marker this version cannot read (newer meshd, or damaged).
     #[error("{}: {detail}", path.display())]
     Unreadable { path: PathBuf, detail: String },
     /// The file system refused.
     #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
 }
 
 impl DataDirError {
@@ -61,44 +59,30 @@ impl DataDirError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DataDirError + '_ {
-    move |source| DataDirError::Io {
-        path: path.to_owned(),
-        source,
-    }
+    move |source| DataDirError::Io { path: path.to_owned(), source }
 }
 
 /// Creates `dir` (mode 0700) and marks it as `node`'s. Refuses a directory that is
 /// already initialised.
 pub fn init(dir: &Path, node: &str) -> Result<NodeFile, DataDirError> {
     if let Some(existing) = read(dir)? {
-        return Err(DataDirError::AlreadyInitialised {
-            dir: dir.to_owned(),
-            node: existing.node_name,
-        });
+        return Err(DataDirError::AlreadyInitialised { dir: dir.to_owned(), node: existing.node_name });
     }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(io(dir))?;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io(dir))?;
     let file = NodeFile {
         format: FORMAT,
         node_name: node.to_owned(),
         created: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
     };
-    let text = toml::to_string(&file).map_err(|e| DataDirError::Unreadable {
-        path: dir.join(MARKER),
-        detail: e.to_string(),
-    })?;
+    let text = toml::to_string(&file)
+        .map_err(|e| DataDirError::Unreadable { path: dir.join(MARKER), detail: e.to_string() })?;
     write_durably(&dir.join(MARKER), text.as_bytes())?;
     Ok(file)
 }
 
 /// Opens an initialised `dir` for `node`.
 pub fn open(dir: &Path, node: &str) -> Result<NodeFile, DataDirError> {
-    let file = read(dir)?.ok_or_else(|| DataDirError::NotInitialised {
-        dir: dir.to_owned(),
-    })?;
+    let file = read(dir)?.ok_or_else(|| DataDirError::NotInitialised { dir: dir.to_owned() })?;
     if file.node_name != node {
         return Err(DataDirError::OtherNode {
             dir: dir.to_owned(),
@@ -116,17 +100,12 @@ fn read(dir: &Path) -> Result<Option<NodeFile>, DataDirError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io(&path)(e)),
     };
-    let file: NodeFile = toml::from_str(&text).map_err(|e| DataDirError::Unreadable {
-        path: path.clone(),
-        detail: e.message().to_owned(),
-    })?;
+    let file: NodeFile = toml::from_str(&text)
+        .map_err(|e| DataDirError::Unreadable { path: path.clone(), detail: e.message().to_owned() })?;
     if file.format != FORMAT {
         return Err(DataDirError::Unreadable {
             path,
-            detail: format!(
-                "layout version {} is not {FORMAT}: written by another meshd version",
-                file.format
-            ),
+            detail: format!("layout version {} is not {FORMAT}: written by another meshd version", file.format),
         });
     }
     Ok(Some(file))
@@ -137,19 +116,12 @@ fn read(dir: &Path) -> Result<Option<NodeFile>, DataDirError> {
 pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), DataDirError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io(&tmp))?;
+    let mut f =
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io(&tmp))?;
     f.write_all(bytes).map_err(io(&tmp))?;
     f.sync_all().map_err(io(&tmp))?;
     std::fs::rename(&tmp, path).map_err(io(path))?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io(dir))?;
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
     Ok(())
 }
 
@@ -161,17 +133,11 @@ mod tests {
     fn init_then_open_then_refuse_again() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().join("data");
-        assert!(matches!(
-            open(&dir, "a"),
-            Err(DataDirError::NotInitialised { .. })
-        ));
+        assert!(matches!(open(&dir, "a"), Err(DataDirError::NotInitialised { .. })));
         init(&dir, "a").expect("init");
         assert_eq!(open(&dir, "a").expect("open").node_name, "a");
         let err = init(&dir, "a").expect_err("second init");
-        assert!(
-            matches!(err, DataDirError::AlreadyInitialised { .. }),
-            "{err}"
-        );
+        assert!(matches!(err, DataDirError::AlreadyInitialised { .. }), "{err}");
         let err = open(&dir, "b").expect_err("other node");
         assert!(err.to_string().contains("belongs to node 'a'"), "{err}");
         use std::os::unix::fs::PermissionsExt;

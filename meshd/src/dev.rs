@@ -11,10 +11,7 @@ use crate::{app, datadir, signal};
 
 /// Runs the dev mesh until SIGINT or SIGTERM.
 pub async fn run(mut signals: signal::Shutdown) -> anyhow::Result<()> {
-    let tmp = tempfile::Builder::new()
-        .prefix("meshd-dev-")
-        .tempdir()
-        .context("creating a temporary directory")?;
+    let tmp = tempfile::Builder::new().prefix("meshd-dev-").tempdir().context("creating a temporary directory")?;
     let node = "dev-1";
     let config = dev_config(tmp.path(), node)?;
     datadir::init(&config.data_dir, node)?;
@@ -22,10 +19,7 @@ pub async fn run(mut signals: signal::Shutdown) -> anyhow::Result<()> {
 
     let meshctl = sibling_binary("meshctl");
     let socket = bound.admin_socket.display();
-    println!(
-        "mesh dev: node {node} is up (data in {})",
-        tmp.path().display()
-    );
+    println!("mesh dev: node {node} is up (data in {})", tmp.path().display());
     println!();
     println!("  admin socket   {socket}");
     if let Some(http) = bound.admin_http {

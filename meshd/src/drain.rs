@@ -43,16 +43,7 @@ pub fn new() -> (DrainTrigger, DrainWatcher) {
     let (signal_tx, signal_rx) = watch::channel(false);
     // Nothing is ever sent: the channel only tells when the last sender is gone.
     let (alive_tx, alive_rx) = mpsc::channel(1);
-    (
-        DrainTrigger {
-            signal: signal_tx,
-            all_released: alive_rx,
-        },
-        DrainWatcher {
-            signal: signal_rx,
-            _alive: alive_tx,
-        },
-    )
+    (DrainTrigger { signal: signal_tx, all_released: alive_rx }, DrainWatcher { signal: signal_rx, _alive: alive_tx })
 }
 
 impl DrainTrigger {
@@ -80,9 +71,7 @@ impl DrainWatcher {
     /// waiting until the task has finished.
     pub async fn wait_for_drain(self) -> Release {
         self.signaled().await;
-        Release {
-            _alive: self._alive,
-        }
+        Release { _alive: self._alive }
     }
 
     pub fn is_draining(&self) -> bool {
@@ -92,9 +81,7 @@ impl DrainWatcher {
     /// A handle that sees the drain start but does not hold it up: for request handlers
     /// that should wrap up early (blocking queries), whose server holds the watcher.
     pub fn signal(&self) -> DrainSignal {
-        DrainSignal {
-            signal: self.signal.clone(),
-        }
+        DrainSignal { signal: self.signal.clone() }
     }
 }
 
@@ -120,10 +107,7 @@ mod tests {
         let (trigger, watcher) = new();
         drop(watcher);
         let started = tokio::time::Instant::now();
-        assert_eq!(
-            trigger.start_drain_and_wait(Duration::from_secs(60)).await,
-            DrainOutcome::Complete
-        );
+        assert_eq!(trigger.start_drain_and_wait(Duration::from_secs(60)).await, DrainOutcome::Complete);
         assert!(started.elapsed() < Duration::from_secs(5));
     }
 
@@ -135,10 +119,7 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(3600)).await;
             drop(release);
         });
-        assert_eq!(
-            trigger.start_drain_and_wait(Duration::from_secs(2)).await,
-            DrainOutcome::DeadlineExceeded
-        );
+        assert_eq!(trigger.start_drain_and_wait(Duration::from_secs(2)).await, DrainOutcome::DeadlineExceeded);
         task.abort();
     }
 
@@ -157,10 +138,7 @@ mod tests {
             drop(other);
         });
         let started = tokio::time::Instant::now();
-        assert_eq!(
-            trigger.start_drain_and_wait(Duration::from_secs(10)).await,
-            DrainOutcome::Complete
-        );
+        assert_eq!(trigger.start_drain_and_wait(Duration::from_secs(10)).await, DrainOutcome::Complete);
         assert!(started.elapsed() >= Duration::from_millis(300));
         t1.await.expect("t1");
         t2.await.expect("t2");

@@ -13,4 +13,5 @@ pub mod drain;
 pub mod metrics;
 pub mod signal;
 pub mod state;
+pub mod store;
 pub mod telemetry;

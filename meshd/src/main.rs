@@ -6,6 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use meshd::config::{self, Config};
+use meshd::state::{Publisher, Snapshot};
+use meshd::store::{self, Store};
 use meshd::{app, datadir, dev, signal, telemetry};
 
 #[derive(Parser)]
@@ -58,17 +60,16 @@ fn init(path: &std::path::Path) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    match datadir::init(&config.data_dir, &config.node_name) {
-        Ok(_) => {
-            println!(
-                "initialised node {} in {}",
-                config.node_name,
-                config.data_dir.display()
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => fail(if e.is_usage() { 2 } else { 1 }, e),
+    if let Err(e) = datadir::init(&config.data_dir, &config.node_name) {
+        return fail(if e.is_usage() { 2 } else { 1 }, e);
     }
+    let publisher = Publisher::new(Snapshot::empty(&config.node_name));
+    let store_path = datadir::store_path(&config.data_dir);
+    if let Err(e) = Store::open(&store_path, &config.node_name, publisher, store::Metrics::new()) {
+        return fail(1, e);
+    }
+    println!("initialised node {} in {}", config.node_name, config.data_dir.display());
+    ExitCode::SUCCESS
 }
 
 fn run(path: &std::path::Path) -> ExitCode {
@@ -81,9 +82,7 @@ fn run(path: &std::path::Path) -> ExitCode {
         return fail(if e.is_usage() { 2 } else { 1 }, e);
     }
     if config.join_token.is_some() {
-        tracing::warn!(
-            "join_token is set, but this meshd version cannot join a mesh yet; ignoring it"
-        );
+        tracing::warn!("join_token is set, but this meshd version cannot join a mesh yet; ignoring it");
     }
     let rt = match runtime() {
         Ok(rt) => rt,

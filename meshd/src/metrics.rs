@@ -11,16 +11,8 @@ use prometheus_client::registry::Registry;
 pub fn registry() -> Registry {
     let mut registry = Registry::with_prefix("mesh");
     let build_info = Family::<BuildLabels, Gauge>::default();
-    build_info
-        .get_or_create(&BuildLabels {
-            version: mesh_proto::VERSION.to_owned(),
-        })
-        .set(1);
-    registry.register(
-        "build_info",
-        "meshd's version, as a label; always 1",
-        build_info,
-    );
+    build_info.get_or_create(&BuildLabels { version: mesh_proto::VERSION.to_owned() }).set(1);
+    registry.register("build_info", "meshd's version, as a label; always 1", build_info);
     registry
 }
 

@@ -36,10 +36,7 @@ impl Received {
 
 impl Shutdown {
     pub fn new() -> std::io::Result<Shutdown> {
-        Ok(Shutdown {
-            term: signal(SignalKind::terminate())?,
-            int: signal(SignalKind::interrupt())?,
-        })
+        Ok(Shutdown { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())? })
     }
 
     /// Waits for the next SIGTERM or SIGINT.

@@ -9,9 +9,7 @@ use tracing_subscriber::EnvFilter;
 pub fn init(log_level: &str) {
     let filter = match std::env::var("RUST_LOG") {
         Ok(env) if !env.trim().is_empty() => EnvFilter::try_new(env).unwrap_or_else(|e| {
-            eprintln!(
-                "meshd: RUST_LOG is not a valid filter ({e}); using log_level = \"{log_level}\""
-            );
+            eprintln!("meshd: RUST_LOG is not a valid filter ({e}); using log_level = \"{log_level}\"");
             EnvFilter::new(log_level)
         }),
         _ => EnvFilter::new(log_level),
@@ -22,11 +20,7 @@ pub fn init(log_level: &str) {
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    let result = if under_systemd {
-        builder.without_time().try_init()
-    } else {
-        builder.try_init()
-    };
+    let result = if under_systemd { builder.without_time().try_init() } else { builder.try_init() };
     // A second init (tests, `meshd dev`) keeps the first subscriber.
     drop(result);
 }

@@ -8,9 +8,8 @@ use serde::{de, Deserialize, Deserializer, Serializer};
 
 /// Parses a human duration, with an error message that says what is accepted.
 pub fn parse(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim()).map_err(|e| {
-        format!("invalid duration \"{s}\" ({e}); write it like \"500ms\", \"5s\" or \"1h30m\"")
-    })
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("invalid duration \"{s}\" ({e}); write it like \"500ms\", \"5s\" or \"1h30m\""))
 }
 
 /// Formats a duration the way [`parse`] reads it back (`5s`, `1h 30m`).

@@ -73,11 +73,7 @@ impl<'a> Source<'a> {
 
     fn serde_error(&self, err: serde_path_to_error::Error<toml::de::Error>) -> InputError {
         let path = err.path().to_string();
-        let path = if path == "." || path == "?" {
-            String::new()
-        } else {
-            path
-        };
+        let path = if path == "." || path == "?" { String::new() } else { path };
         let inner = err.into_inner();
         let line = inner.span().map(|s| line_of(self.text, s.start));
         let message = inner.message().trim().to_owned();
@@ -90,8 +86,7 @@ impl<'a> Source<'a> {
             }
             return InputError {
                 file: self.file.to_owned(),
-                line: line
-                    .or_else(|| span_of_path(self.text, &key).map(|s| line_of(self.text, s.start))),
+                line: line.or_else(|| span_of_path(self.text, &key).map(|s| line_of(self.text, s.start))),
                 key: Some(key),
                 message,
             };
@@ -100,17 +95,14 @@ impl<'a> Source<'a> {
             let key = join_path(&path, missing);
             return InputError {
                 file: self.file.to_owned(),
-                line: span_of_path(self.text, &path)
-                    .map(|s| line_of(self.text, s.start))
-                    .or(line),
+                line: span_of_path(self.text, &path).map(|s| line_of(self.text, s.start)).or(line),
                 key: Some(key.clone()),
                 message: format!("missing key '{key}'"),
             };
         }
         InputError {
             file: self.file.to_owned(),
-            line: line
-                .or_else(|| span_of_path(self.text, &path).map(|s| line_of(self.text, s.start))),
+            line: line.or_else(|| span_of_path(self.text, &path).map(|s| line_of(self.text, s.start))),
             key: (!path.is_empty()).then_some(path),
             message,
         }
@@ -134,11 +126,7 @@ fn join_path(parent: &str, key: &str) -> String {
 
 fn line_of(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());
-    text.as_bytes()[..end]
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count()
-        + 1
+    text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
 }
 
 struct Unknown {
@@ -150,16 +138,8 @@ struct Unknown {
 fn unknown_field(message: &str) -> Option<Unknown> {
     let rest = message.strip_prefix("unknown field `")?;
     let (name, rest) = rest.split_once('`')?;
-    let expected = rest
-        .split('`')
-        .skip(1)
-        .step_by(2)
-        .map(str::to_owned)
-        .collect();
-    Some(Unknown {
-        name: name.to_owned(),
-        expected,
-    })
+    let expected = rest.split('`').skip(1).step_by(2).map(str::to_owned).collect();
+    Some(Unknown { name: name.to_owned(), expected })
 }
 
 /// serde's words: "missing field `port`".
@@ -302,10 +282,7 @@ mod tests {
     #[test]
     fn unknown_top_level_key() {
         let e = err("bnid = \"x\"\n");
-        assert_eq!(
-            e.to_string(),
-            "meshd.toml:1: unknown key 'bnid' (did you mean 'bind'?)"
-        );
+        assert_eq!(e.to_string(), "meshd.toml:1: unknown key 'bnid' (did you mean 'bind'?)");
         assert_eq!(e.key.as_deref(), Some("bnid"));
     }
 
@@ -318,16 +295,10 @@ mod tests {
 
     #[test]
     fn wrong_type_in_array_of_tables() {
-        let e = err(
-            "[[service]]\nname = \"a\"\nport = 1\n\n[[service]]\nname = \"b\"\nport = \"http\"\n",
-        );
+        let e = err("[[service]]\nname = \"a\"\nport = 1\n\n[[service]]\nname = \"b\"\nport = \"http\"\n");
         assert_eq!(e.line, Some(7), "{e}");
         assert_eq!(e.key.as_deref(), Some("service[1].port"));
-        assert!(
-            e.to_string()
-                .starts_with("meshd.toml:7: service[1].port: invalid type"),
-            "{e}"
-        );
+        assert!(e.to_string().starts_with("meshd.toml:7: service[1].port: invalid type"), "{e}");
     }
 
     #[test]

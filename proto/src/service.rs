@@ -72,11 +72,7 @@ pub struct Check {
     #[serde(default = "default_interval", with = "crate::duration")]
     pub interval: Duration,
     /// How long one check may take. Default: the smaller of `interval` and 2s.
-    #[serde(
-        default,
-        with = "crate::duration::option",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, with = "crate::duration::option", skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
     /// Passes in a row before an unhealthy instance turns healthy. Default: 2.
     #[serde(default = "default_threshold")]
@@ -97,8 +93,7 @@ fn default_threshold() -> u32 {
 impl Check {
     /// The timeout in effect: the one set, or `min(interval, 2s)`.
     pub fn effective_timeout(&self) -> Duration {
-        self.timeout
-            .unwrap_or(self.interval.min(Duration::from_secs(2)))
+        self.timeout.unwrap_or(self.interval.min(Duration::from_secs(2)))
     }
 }
 
@@ -116,10 +111,7 @@ impl ServiceSpec {
         if !crate::is_dns_label(&self.name) {
             return Err(src.error(
                 &key("name"),
-                format!(
-                    "'{}' is not a valid service name: use 1 to 63 lower-case letters, digits and '-'",
-                    self.name
-                ),
+                format!("'{}' is not a valid service name: use 1 to 63 lower-case letters, digits and '-'", self.name),
             ));
         }
         if self.port == 0 {
@@ -142,9 +134,7 @@ impl ServiceSpec {
             let ck = |k: &str| key(&format!("check.{k}"));
             match (&check.http, &check.tcp) {
                 (Some(_), Some(_)) | (None, None) => {
-                    return Err(
-                        src.error(&key("check"), "a check has exactly one of 'http' or 'tcp'")
-                    );
+                    return Err(src.error(&key("check"), "a check has exactly one of 'http' or 'tcp'"));
                 }
                 (Some(url), None) if !url.starts_with("http://") => {
                     return Err(src.error(&ck("http"), format!("'{url}' is not an http:// URL")));
@@ -156,10 +146,7 @@ impl ServiceSpec {
             }
             if let Some(timeout) = check.timeout {
                 if timeout.is_zero() || timeout > check.interval {
-                    return Err(src.error(
-                        &ck("timeout"),
-                        "timeout must be above zero and at most the interval",
-                    ));
+                    return Err(src.error(&ck("timeout"), "timeout must be above zero and at most the interval"));
                 }
             }
             if check.rise == 0 || check.fall == 0 {
@@ -209,7 +196,11 @@ check = { http = "http://127.0.0.1:9080/health", interval = "5s" }
             ("name = \"r\"\nport = 0\n", "port", 2),
             ("name = \"r\"\nport = 1\nprotocol = \"udp\"\n", "protocol", 3),
             ("name = \"r\"\nport = 1\ncheck = { interval = \"1s\" }\n", "check", 3),
-            ("name = \"r\"\nport = 1\n\ncheck = { tcp = \"127.0.0.1:1\", timeout = \"9s\", interval = \"1s\" }\n", "check.timeout", 4),
+            (
+                "name = \"r\"\nport = 1\n\ncheck = { tcp = \"127.0.0.1:1\", timeout = \"9s\", interval = \"1s\" }\n",
+                "check.timeout",
+                4,
+            ),
             ("name = \"r\"\nport = 1\nlabels = { version = \"V 1\" }\n", "labels.version", 3),
         ] {
             let err = ServiceSpec::from_file("svc.toml", text).expect_err(text);

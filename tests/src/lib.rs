@@ -102,11 +102,7 @@ impl Node {
     pub fn start(block: &Block, i: u8, extra: &str) -> Node {
         let node = Node::prepare(block, i, extra);
         let init = node.meshd(&["init"]);
-        assert!(
-            init.status.success(),
-            "meshd init failed: {}",
-            String::from_utf8_lossy(&init.stderr)
-        );
+        assert!(init.status.success(), "meshd init failed: {}", String::from_utf8_lossy(&init.stderr));
         node.run()
     }
 
@@ -115,10 +111,7 @@ impl Node {
     /// table (`[[service]]`, `[identity]`).
     pub fn prepare(block: &Block, i: u8, extra: &str) -> Node {
         let name = format!("node-{i}");
-        let dir = tempfile::Builder::new()
-            .prefix("mesh-test-")
-            .tempdir()
-            .expect("tempdir");
+        let dir = tempfile::Builder::new().prefix("mesh-test-").tempdir().expect("tempdir");
         let socket = dir.path().join("meshd.sock");
         let config = dir.path().join("meshd.toml");
         let text = format!(
@@ -146,15 +139,7 @@ socket = "{socket}"
         );
         std::fs::write(&config, text).expect("write config");
         let log = dir.path().join("meshd.log");
-        Node {
-            name,
-            dir,
-            config,
-            socket,
-            child: None,
-            log,
-            env: Vec::new(),
-        }
+        Node { name, dir, config, socket, child: None, log, env: Vec::new() }
     }
 
     /// Sets an environment variable for `meshd run`.
@@ -165,12 +150,7 @@ socket = "{socket}"
 
     /// Runs `meshd ARGS --config CONFIG` to completion.
     pub fn meshd(&self, args: &[&str]) -> Output {
-        Command::new(&binaries().meshd)
-            .args(args)
-            .arg("--config")
-            .arg(&self.config)
-            .output()
-            .expect("run meshd")
+        Command::new(&binaries().meshd).args(args).arg("--config").arg(&self.config).output().expect("run meshd")
     }
 
     /// Starts `meshd run` and waits (up to 20 s, far above the usual ~50 ms) for the
@@ -196,23 +176,14 @@ socket = "{socket}"
             if out.status.success() {
                 return self;
             }
-            assert!(
-                Instant::now() < deadline,
-                "meshd did not answer within 20s:\n{}",
-                self.logs()
-            );
+            assert!(Instant::now() < deadline, "meshd did not answer within 20s:\n{}", self.logs());
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     /// Runs `meshctl --socket SOCKET ARGS`.
     pub fn meshctl(&self, args: &[&str]) -> Output {
-        Command::new(&binaries().meshctl)
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(args)
-            .output()
-            .expect("run meshctl")
+        Command::new(&binaries().meshctl).arg("--socket").arg(&self.socket).args(args).output().expect("run meshctl")
     }
 
     /// `meshctl ARGS -o json`, which must succeed, parsed.
@@ -220,11 +191,7 @@ socket = "{socket}"
         let mut all = args.to_vec();
         all.extend(["-o", "json"]);
         let out = self.meshctl(&all);
-        assert!(
-            out.status.success(),
-            "meshctl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "meshctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice(&out.stdout).expect("meshctl -o json prints JSON")
     }
 
@@ -243,9 +210,7 @@ socket = "{socket}"
     }
 
     pub fn try_wait(&mut self) -> Option<ExitStatus> {
-        self.child
-            .as_mut()
-            .and_then(|c| c.try_wait().expect("wait meshd"))
+        self.child.as_mut().and_then(|c| c.try_wait().expect("wait meshd"))
     }
 
     /// Waits for the process to exit; panics (with the log) after `limit`.
@@ -255,11 +220,7 @@ socket = "{socket}"
             if let Some(status) = self.try_wait() {
                 return status;
             }
-            assert!(
-                Instant::now() < deadline,
-                "meshd still running after {limit:?}:\n{}",
-                self.logs()
-            );
+            assert!(Instant::now() < deadline, "meshd still running after {limit:?}:\n{}", self.logs());
             std::thread::sleep(Duration::from_millis(10));
         }
     }

@@ -13,34 +13,16 @@ fn meshctl_status_as_a_table_and_as_the_api_body() {
     let out = node.meshctl(&["status"]);
     assert!(out.status.success());
     let table = String::from_utf8(out.stdout).expect("utf-8");
-    assert!(
-        table
-            .lines()
-            .any(|l| l.starts_with("node") && l.ends_with(" node-1")),
-        "{table}"
-    );
-    assert!(
-        table
-            .lines()
-            .any(|l| l.starts_with("version") && l.ends_with(mesh_proto::VERSION)),
-        "{table}"
-    );
-    assert!(
-        table.contains("1 alive, 0 suspect, 0 dead, 0 left"),
-        "{table}"
-    );
+    assert!(table.lines().any(|l| l.starts_with("node") && l.ends_with(" node-1")), "{table}");
+    assert!(table.lines().any(|l| l.starts_with("version") && l.ends_with(mesh_proto::VERSION)), "{table}");
+    assert!(table.contains("1 alive, 0 suspect, 0 dead, 0 left"), "{table}");
 
     let json = node.meshctl_json(&["status"]);
     assert_eq!(json["node"], "node-1");
     assert_eq!(json["version"], mesh_proto::VERSION);
     // -o json is the API body unchanged.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let api = rt
-        .block_on(node.client().get("/v1/status"))
-        .expect("GET /v1/status");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let api = rt.block_on(node.client().get("/v1/status")).expect("GET /v1/status");
     let api: serde_json::Value = serde_json::from_slice(&api.body).expect("json");
     assert_eq!(json, api);
 }
@@ -58,10 +40,7 @@ fn meshctl_members_lists_this_node() {
     assert!(lines[0].starts_with("NAME"), "{table}");
     let cells: Vec<&str> = lines[1].split_whitespace().collect();
     assert_eq!(cells[0], "node-1");
-    assert!(
-        cells[1].starts_with(&format!("{}:", block.node_ip(1))),
-        "{table}"
-    );
+    assert!(cells[1].starts_with(&format!("{}:", block.node_ip(1))), "{table}");
     assert_eq!(cells[2], "alive");
 
     let json = node.meshctl_json(&["members"]);
@@ -84,10 +63,7 @@ fn meshctl_against_a_missing_socket_exits_1_and_says_what_to_try() {
             .expect("meshctl");
         assert_eq!(out.status.code(), Some(1), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            err.contains(&socket.display().to_string()),
-            "names the socket: {err}"
-        );
+        assert!(err.contains(&socket.display().to_string()), "names the socket: {err}");
         assert!(err.contains("is meshd running?"), "says what to try: {err}");
         assert!(out.stdout.is_empty());
     }
@@ -102,46 +78,26 @@ fn meshctl_finds_the_socket_through_the_environment() {
         .args(["status", "-o", "json"])
         .output()
         .expect("meshctl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]
 fn meshctl_usage_errors_exit_2() {
-    for args in [
-        &["frobnicate"][..],
-        &["status", "-o", "yaml"][..],
-        &["completions", "tcsh"][..],
-    ] {
-        let out = std::process::Command::new(&binaries().meshctl)
-            .args(args)
-            .output()
-            .expect("meshctl");
+    for args in [&["frobnicate"][..], &["status", "-o", "yaml"][..], &["completions", "tcsh"][..]] {
+        let out = std::process::Command::new(&binaries().meshctl).args(args).output().expect("meshctl");
         assert_eq!(out.status.code(), Some(2), "{args:?}");
     }
 }
 
 #[test]
 fn meshctl_completions_for_each_shell() {
-    for (shell, marker) in [
-        ("bash", "complete -F"),
-        ("zsh", "#compdef meshctl"),
-        ("fish", "complete -c meshctl"),
-    ] {
-        let out = std::process::Command::new(&binaries().meshctl)
-            .args(["completions", shell])
-            .output()
-            .expect("meshctl");
+    for (shell, marker) in [("bash", "complete -F"), ("zsh", "#compdef meshctl"), ("fish", "complete -c meshctl")] {
+        let out =
+            std::process::Command::new(&binaries().meshctl).args(["completions", shell]).output().expect("meshctl");
         assert!(out.status.success(), "{shell}");
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(text.contains(marker), "{shell} completions lack {marker:?}");
-        assert!(
-            text.contains("members"),
-            "{shell} completions lack the verbs"
-        );
+        assert!(text.contains("members"), "{shell} completions lack the verbs");
     }
 }
 
@@ -160,11 +116,7 @@ fn metrics_are_served_on_admin_http_and_the_api_is_not() {
 
     let get = |path: &str| {
         let mut conn = TcpStream::connect(&addr).expect("connect admin.http");
-        write!(
-            conn,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .expect("write");
+        write!(conn, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("write");
         let mut text = String::new();
         conn.read_to_string(&mut text).expect("read");
         text
@@ -173,8 +125,5 @@ fn metrics_are_served_on_admin_http_and_the_api_is_not() {
     assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
     assert!(metrics.contains("mesh_build_info{version="), "{metrics}");
     let status = get("/v1/status");
-    assert!(
-        status.starts_with("HTTP/1.1 404"),
-        "the TCP port must not serve the API: {status}"
-    );
+    assert!(status.starts_with("HTTP/1.1 404"), "the TCP port must not serve the API: {status}");
 }

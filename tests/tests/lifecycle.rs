@@ -23,10 +23,7 @@ fn an_idle_meshd_exits_0_at_once_on_sigterm_and_removes_its_socket() {
     assert!(took < Duration::from_secs(4), "idle exit took {took:?}");
     assert!(!node.socket.exists(), "the admin socket is removed at exit");
     let logs = node.logs();
-    assert!(
-        logs.contains("draining") && logs.contains("drained"),
-        "{logs}"
-    );
+    assert!(logs.contains("draining") && logs.contains("drained"), "{logs}");
 }
 
 #[test]
@@ -41,10 +38,7 @@ fn sigint_drains_like_sigterm() {
 fn a_request_in_flight_at_sigterm_completes_and_meshd_exits_0() {
     let block = Block::take();
     let mut node = Node::start(&block, 1, "");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let client = node.client();
     // A blocking query: meshd holds it open until the state changes or the wait ends.
     let in_flight = rt.spawn(async move { client.get("/v1/members?index=1&wait=60s").await });
@@ -52,10 +46,7 @@ fn a_request_in_flight_at_sigterm_completes_and_meshd_exits_0() {
         // Let the request reach meshd and park there.
         tokio::time::sleep(Duration::from_millis(300)).await;
     });
-    assert!(
-        !in_flight.is_finished(),
-        "the query should be parked in meshd"
-    );
+    assert!(!in_flight.is_finished(), "the query should be parked in meshd");
     node.signal(Signal::SIGTERM);
     let response = rt
         .block_on(async { tokio::time::timeout(LIVENESS, in_flight).await })
@@ -63,8 +54,7 @@ fn a_request_in_flight_at_sigterm_completes_and_meshd_exits_0() {
         .expect("task")
         .expect("a full response, not a cut connection");
     assert!(response.status.is_success());
-    let members: serde_json::Value =
-        serde_json::from_slice(&response.body).expect("a whole JSON body");
+    let members: serde_json::Value = serde_json::from_slice(&response.body).expect("a whole JSON body");
     assert_eq!(members[0]["name"], "node-1");
     assert_eq!(node.wait_exit(LIVENESS).code(), Some(0), "{}", node.logs());
 }
@@ -78,27 +68,17 @@ fn systemd_hears_ready_then_stopping() {
     notify.set_read_timeout(Some(LIVENESS)).expect("timeout");
     let init = node.meshd(&["init"]);
     assert!(init.status.success());
-    let mut node = node
-        .env("NOTIFY_SOCKET", &notify_path.display().to_string())
-        .run();
+    let mut node = node.env("NOTIFY_SOCKET", &notify_path.display().to_string()).run();
 
     let mut buf = [0u8; 512];
-    let n = notify
-        .recv(&mut buf)
-        .expect("READY within the liveness bound");
+    let n = notify.recv(&mut buf).expect("READY within the liveness bound");
     let first = String::from_utf8_lossy(&buf[..n]).into_owned();
-    assert!(
-        first.lines().any(|l| l == "READY=1"),
-        "first notification: {first:?}"
-    );
+    assert!(first.lines().any(|l| l == "READY=1"), "first notification: {first:?}");
 
     node.signal(Signal::SIGTERM);
     let n = notify.recv(&mut buf).expect("STOPPING at drain");
     let second = String::from_utf8_lossy(&buf[..n]).into_owned();
-    assert!(
-        second.lines().any(|l| l == "STOPPING=1"),
-        "second notification: {second:?}"
-    );
+    assert!(second.lines().any(|l| l == "STOPPING=1"), "second notification: {second:?}");
     assert_eq!(node.wait_exit(LIVENESS).code(), Some(0));
 }
 
@@ -108,18 +88,9 @@ fn an_invalid_config_exits_2_naming_line_and_key_and_starts_nothing() {
     let node = Node::prepare(&block, 1, "");
     let good = std::fs::read_to_string(&node.config).expect("config");
     let cases = [
-        (
-            format!("bnid = \"127.0.0.1:1\"\n{good}"),
-            "meshd.toml:1: unknown key 'bnid'",
-        ),
-        (
-            good.replace("drain_timeout = \"5s\"", "drain_timeout = \"5 parsecs\""),
-            "drain_timeout",
-        ),
-        (
-            format!("{good}\n[[service]]\nname = \"web\"\nport = \"eighty\"\n"),
-            "service[0].port",
-        ),
+        (format!("bnid = \"127.0.0.1:1\"\n{good}"), "meshd.toml:1: unknown key 'bnid'"),
+        (good.replace("drain_timeout = \"5s\"", "drain_timeout = \"5 parsecs\""), "drain_timeout"),
+        (format!("{good}\n[[service]]\nname = \"web\"\nport = \"eighty\"\n"), "service[0].port"),
     ];
     for (text, expected) in cases {
         std::fs::write(&node.config, &text).expect("write");
@@ -127,10 +98,7 @@ fn an_invalid_config_exits_2_naming_line_and_key_and_starts_nothing() {
             let out = node.meshd(&[verb]);
             assert_eq!(out.status.code(), Some(2), "{verb}: {text}");
             let err = String::from_utf8_lossy(&out.stderr);
-            assert!(
-                err.contains(expected),
-                "{verb}: expected {expected:?} in {err:?}"
-            );
+            assert!(err.contains(expected), "{verb}: expected {expected:?} in {err:?}");
             let line_named = err.contains("meshd.toml:");
             assert!(line_named, "{verb}: the file and line are named: {err}");
             assert!(!node.socket.exists(), "nothing started");
@@ -146,10 +114,7 @@ fn run_without_init_exits_2_and_says_what_to_do() {
     let out = node.meshd(&["run"]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("meshd init") && err.contains("meshd join"),
-        "{err}"
-    );
+    assert!(err.contains("meshd init") && err.contains("meshd join"), "{err}");
 }
 
 #[test]
@@ -170,10 +135,7 @@ fn a_second_meshd_on_the_same_socket_is_refused_and_the_first_keeps_serving() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("already serving"), "{err}");
-    assert!(
-        node.meshctl(&["status"]).status.success(),
-        "the first meshd still answers"
-    );
+    assert!(node.meshctl(&["status"]).status.success(), "the first meshd still answers");
 }
 
 #[test]
@@ -206,11 +168,7 @@ fn meshd_dev_starts_prints_what_to_try_and_stops_on_ctrl_c() {
         .args(["--socket", &socket, "status", "-o", "json"])
         .output()
         .expect("meshctl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(status["node"], "dev-1");
 
@@ -229,9 +187,5 @@ fn meshd_dev_starts_prints_what_to_try_and_stops_on_ctrl_c() {
     };
     assert_eq!(status.code(), Some(0));
     let dir = std::path::Path::new(&socket).parent().expect("dir");
-    assert!(
-        !dir.exists(),
-        "the temporary directory is removed: {}",
-        dir.display()
-    );
+    assert!(!dir.exists(), "the temporary directory is removed: {}", dir.display());
 }

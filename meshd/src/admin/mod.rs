@@ -72,10 +72,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            count_requests,
-        ))
+        .layer(middleware::from_fn_with_state(state.clone(), count_requests))
         .with_state(state)
 }
 
@@ -86,10 +83,7 @@ pub fn http_router(state: Arc<AdminState>) -> Router {
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            count_requests,
-        ))
+        .layer(middleware::from_fn_with_state(state.clone(), count_requests))
         .with_state(state)
 }
 
@@ -109,13 +103,7 @@ impl Error {
             s if s.is_client_error() => "bad_request",
             _ => "internal",
         };
-        Error {
-            status,
-            body: ApiError {
-                error: error.to_owned(),
-                detail: detail.into(),
-            },
-        }
+        Error { status, body: ApiError { error: error.to_owned(), detail: detail.into() } }
     }
 }
 
@@ -126,38 +114,18 @@ impl IntoResponse for Error {
 }
 
 async fn not_found(req: Request) -> Error {
-    Error::new(
-        StatusCode::NOT_FOUND,
-        format!("no such endpoint: {}", req.uri().path()),
-    )
+    Error::new(StatusCode::NOT_FOUND, format!("no such endpoint: {}", req.uri().path()))
 }
 
 async fn method_not_allowed(req: Request) -> Error {
-    Error::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        format!("{} is not allowed on {}", req.method(), req.uri().path()),
-    )
+    Error::new(StatusCode::METHOD_NOT_ALLOWED, format!("{} is not allowed on {}", req.method(), req.uri().path()))
 }
 
-async fn count_requests(
-    State(state): State<Arc<AdminState>>,
-    req: Request,
-    next: Next,
-) -> Response {
-    let path = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
+async fn count_requests(State(state): State<Arc<AdminState>>, req: Request, next: Next) -> Response {
+    let path =
+        req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "unmatched".to_owned());
     let response = next.run(req).await;
-    state
-        .metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            path,
-            code: response.status().as_u16(),
-        })
-        .inc();
+    state.metrics.requests.get_or_create(&RequestLabels { path, code: response.status().as_u16() }).inc();
     response
 }
 
@@ -204,9 +172,7 @@ async fn snapshot_for(
 
 fn with_index<T: IntoResponse>(snapshot: &Snapshot, body: T) -> Response {
     let mut response = body.into_response();
-    response
-        .headers_mut()
-        .insert(INDEX_HEADER, HeaderValue::from(snapshot.index));
+    response.headers_mut().insert(INDEX_HEADER, HeaderValue::from(snapshot.index));
     response
 }
 
@@ -222,7 +188,7 @@ async fn status(
         cert_expires: None,
         ca_fingerprint: None,
         signer: None,
-        store: None,
+        store: Some(api::StoreStatus { entries: snap.store.len() as u64, bytes: snap.store.bytes() }),
         members: Some(snap.member_counts()),
         services: None,
         routes: None,
@@ -244,31 +210,16 @@ async fn members(
             addr: m.addr.to_string(),
             state: m.state,
             // A node always hears itself.
-            last_heard: rfc3339(if m.name == snap.node {
-                now
-            } else {
-                m.last_heard
-            }),
+            last_heard: rfc3339(if m.name == snap.node { now } else { m.last_heard }),
         })
         .collect();
     Ok(with_index(&snap, Json(body)))
 }
 
 async fn metrics(State(state): State<Arc<AdminState>>) -> Result<Response, Error> {
-    let text = crate::metrics::encode(&state.registry).map_err(|e| {
-        Error::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("encoding metrics: {e}"),
-        )
-    })?;
-    Ok((
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        text,
-    )
-        .into_response())
+    let text = crate::metrics::encode(&state.registry)
+        .map_err(|e| Error::new(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics: {e}")))?;
+    Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response())
 }
 
 fn rfc3339(t: SystemTime) -> String {

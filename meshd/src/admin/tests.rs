@@ -31,6 +31,7 @@ fn fixture() -> Fixture {
             state: MemberState::Alive,
             last_heard: SystemTime::now(),
         }],
+        store: Arc::default(),
     });
     let mut registry = crate::metrics::registry();
     let metrics = Metrics::register(&mut registry);
@@ -41,24 +42,11 @@ fn fixture() -> Fixture {
         draining: watcher.signal(),
         metrics,
     });
-    Fixture {
-        publisher,
-        state,
-        trigger: Some(trigger),
-        _watcher: watcher,
-    }
+    Fixture { publisher, state, trigger: Some(trigger), _watcher: watcher }
 }
 
-async fn call(
-    router: Router,
-    method: Method,
-    uri: &str,
-) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
-    let req = Request::builder()
-        .method(method)
-        .uri(uri)
-        .body(Body::empty())
-        .expect("request");
+async fn call(router: Router, method: Method, uri: &str) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
+    let req = Request::builder().method(method).uri(uri).body(Body::empty()).expect("request");
     let resp = router.oneshot(req).await.expect("infallible");
     let (parts, body) = resp.into_parts();
     let bytes = body.collect().await.expect("body").to_bytes().to_vec();
@@ -75,19 +63,8 @@ async fn status_names_the_node_and_version_and_nulls_what_is_not_there_yet() {
     assert_eq!(status.version, mesh_proto::VERSION);
     assert_eq!(status.members.expect("members").alive, 1);
     let raw: serde_json::Value = serde_json::from_slice(&body).expect("json");
-    for key in [
-        "identity",
-        "cert_expires",
-        "ca_fingerprint",
-        "signer",
-        "store",
-        "services",
-        "routes",
-    ] {
-        assert!(
-            raw.get(key).is_some_and(|v| v.is_null()),
-            "{key} should be present and null: {raw}"
-        );
+    for key in ["identity", "cert_expires", "ca_fingerprint", "signer", "store", "services", "routes"] {
+        assert!(raw.get(key).is_some_and(|v| v.is_null()), "{key} should be present and null: {raw}");
     }
 }
 
@@ -96,20 +73,13 @@ async fn members_lists_this_node_alive() {
     let f = fixture();
     let (code, headers, body) = call(router(f.state.clone()), Method::GET, "/v1/members").await;
     assert_eq!(code, StatusCode::OK);
-    assert_eq!(
-        headers.get(INDEX_HEADER).and_then(|v| v.to_str().ok()),
-        Some("1")
-    );
+    assert_eq!(headers.get(INDEX_HEADER).and_then(|v| v.to_str().ok()), Some("1"));
     let members: Vec<Member> = serde_json::from_slice(&body).expect("members JSON");
     assert_eq!(members.len(), 1);
     assert_eq!(members[0].name, "vm-1");
     assert_eq!(members[0].addr, "127.0.5.1:7946");
     assert_eq!(members[0].state, MemberState::Alive);
-    assert!(
-        humantime::parse_rfc3339(&members[0].last_heard).is_ok(),
-        "{}",
-        members[0].last_heard
-    );
+    assert!(humantime::parse_rfc3339(&members[0].last_heard).is_ok(), "{}", members[0].last_heard);
 }
 
 #[tokio::test]
@@ -117,30 +87,10 @@ async fn errors_are_json_with_a_proper_status() {
     let f = fixture();
     for (method, uri, code, error) in [
         (Method::GET, "/v1/nope", StatusCode::NOT_FOUND, "not_found"),
-        (
-            Method::DELETE,
-            "/v1/status",
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-        ),
-        (
-            Method::GET,
-            "/v1/members?index=x",
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-        ),
-        (
-            Method::GET,
-            "/v1/members?index=1&wait=soon",
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-        ),
-        (
-            Method::GET,
-            "/v1/members?colour=red",
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-        ),
+        (Method::DELETE, "/v1/status", StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+        (Method::GET, "/v1/members?index=x", StatusCode::BAD_REQUEST, "bad_request"),
+        (Method::GET, "/v1/members?index=1&wait=soon", StatusCode::BAD_REQUEST, "bad_request"),
+        (Method::GET, "/v1/members?colour=red", StatusCode::BAD_REQUEST, "bad_request"),
     ] {
         let (got, _, body) = call(router(f.state.clone()), method.clone(), uri).await;
         assert_eq!(got, code, "{method} {uri}");
@@ -161,17 +111,8 @@ async fn metrics_are_prometheus_text_and_count_requests() {
         .expect("ascii")
         .starts_with("application/openmetrics-text"));
     let text = String::from_utf8(body).expect("utf-8");
-    assert!(
-        text.contains(&format!(
-            "mesh_build_info{{version=\"{}\"}} 1",
-            mesh_proto::VERSION
-        )),
-        "{text}"
-    );
-    assert!(
-        text.contains("mesh_admin_requests_total{path=\"/v1/status\",code=\"200\"} 1"),
-        "{text}"
-    );
+    assert!(text.contains(&format!("mesh_build_info{{version=\"{}\"}} 1", mesh_proto::VERSION)), "{text}");
+    assert!(text.contains("mesh_admin_requests_total{path=\"/v1/status\",code=\"200\"} 1"), "{text}");
 }
 
 #[tokio::test]
@@ -189,21 +130,14 @@ async fn a_blocking_query_returns_when_the_index_passes() {
     let router = router(f.state.clone());
     let pending = tokio::spawn(call(router, Method::GET, "/v1/members?index=1&wait=60s"));
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(
-        !pending.is_finished(),
-        "index 1 is current: the query must wait"
-    );
-    f.publisher
-        .update(|s| s.members[0].state = MemberState::Suspect);
+    assert!(!pending.is_finished(), "index 1 is current: the query must wait");
+    f.publisher.update(|s| s.members[0].state = MemberState::Suspect);
     let (code, headers, body) = tokio::time::timeout(Duration::from_secs(10), pending)
         .await
         .expect("answered after the publish")
         .expect("task");
     assert_eq!(code, StatusCode::OK);
-    assert_eq!(
-        headers.get(INDEX_HEADER).and_then(|v| v.to_str().ok()),
-        Some("2")
-    );
+    assert_eq!(headers.get(INDEX_HEADER).and_then(|v| v.to_str().ok()), Some("2"));
     let members: Vec<Member> = serde_json::from_slice(&body).expect("json");
     assert_eq!(members[0].state, MemberState::Suspect);
 }
@@ -211,20 +145,14 @@ async fn a_blocking_query_returns_when_the_index_passes() {
 #[tokio::test]
 async fn a_blocking_query_returns_at_once_when_the_drain_starts() {
     let mut f = fixture();
-    let pending = tokio::spawn(call(
-        router(f.state.clone()),
-        Method::GET,
-        "/v1/status?index=1&wait=10m",
-    ));
+    let pending = tokio::spawn(call(router(f.state.clone()), Method::GET, "/v1/status?index=1&wait=10m"));
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(!pending.is_finished());
     let trigger = f.trigger.take().expect("trigger");
     // The fixture holds the only watcher, so the drain itself would wait: only the signal matters.
     let drain = tokio::spawn(trigger.start_drain_and_wait(Duration::from_millis(10)));
-    let (code, _, _) = tokio::time::timeout(Duration::from_secs(10), pending)
-        .await
-        .expect("answered at drain")
-        .expect("task");
+    let (code, _, _) =
+        tokio::time::timeout(Duration::from_secs(10), pending).await.expect("answered at drain").expect("task");
     assert_eq!(code, StatusCode::OK);
     drain.await.expect("drain task");
 }

@@ -10,6 +10,8 @@ use std::time::SystemTime;
 use mesh_proto::api::MemberState;
 use tokio::sync::watch;
 
+use crate::store::View;
+
 /// Everything a reader needs, as of one moment. `index` grows with every publish, so a
 /// blocking query can wait for "anything newer than N".
 #[derive(Debug, Clone)]
@@ -19,6 +21,8 @@ pub struct Snapshot {
     pub node: String,
     /// Every member known, this node included.
     pub members: Vec<Member>,
+    /// The replicated store's entries, as of this snapshot.
+    pub store: Arc<View>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,22 +35,27 @@ pub struct Member {
 
 pub type SnapshotRx = watch::Receiver<Arc<Snapshot>>;
 
-/// The one writer of snapshots.
+/// Makes new snapshots. Clones share one channel: the store publishes its entries,
+/// membership its members, each replacing only its own part.
+#[derive(Clone)]
 pub struct Publisher {
-    tx: watch::Sender<Arc<Snapshot>>,
+    tx: Arc<watch::Sender<Arc<Snapshot>>>,
 }
 
 impl Publisher {
     /// Starts with `first` (its index is set to 1).
     pub fn new(mut first: Snapshot) -> Publisher {
         first.index = 1;
-        Publisher {
-            tx: watch::Sender::new(Arc::new(first)),
-        }
+        Publisher { tx: Arc::new(watch::Sender::new(Arc::new(first))) }
     }
 
     pub fn subscribe(&self) -> SnapshotRx {
         self.tx.subscribe()
+    }
+
+    /// The snapshot most recently published.
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.tx.borrow().clone()
     }
 
     /// Publishes a changed copy of the current snapshot, with the next index.
@@ -61,6 +70,11 @@ impl Publisher {
 }
 
 impl Snapshot {
+    /// A snapshot of node `node` knowing nothing yet.
+    pub fn empty(node: &str) -> Snapshot {
+        Snapshot { index: 0, node: node.to_owned(), members: Vec::new(), store: Arc::default() }
+    }
+
     /// Members counted by state, for `/v1/status`.
     pub fn member_counts(&self) -> mesh_proto::api::MemberCounts {
         let mut counts = mesh_proto::api::MemberCounts::default();
@@ -82,11 +96,7 @@ mod tests {
 
     #[tokio::test]
     async fn readers_see_each_publish_with_a_growing_index() {
-        let publisher = Publisher::new(Snapshot {
-            index: 0,
-            node: "a".into(),
-            members: vec![],
-        });
+        let publisher = Publisher::new(Snapshot::empty("a"));
         let mut rx = publisher.subscribe();
         let first = rx.borrow_and_update().clone();
         assert_eq!(first.index, 1);

@@ -1,0 +1,181 @@
+//! One entry of the replicated map, its revision history, and the last-writer-wins rule.
+//!
+//! An entry carries its own recent history (the revisions before it, newest last), so
+//! that history replicates with the entry: every node that holds revision 7 of a route
+//! also holds revisions 1 to 6 (up to [`HISTORY`]) exactly as the winner wrote them.
+//! Two concurrent writes of the same revision number resolve like any other conflict:
+//! the later version wins, and with it its history.
+
+use serde::{Deserialize, Serialize};
+
+use super::hlc::Hlc;
+
+/// Revisions each key keeps, the current one included.
+pub const HISTORY: usize = 20;
+/// The largest key, in bytes.
+pub const MAX_KEY: usize = 512;
+/// The largest value, in bytes. A whole entry with its history stays under ~1.3 MiB.
+pub const MAX_VALUE: usize = 64 * 1024;
+
+/// The current state of a key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Namespaced: `route/NAME`, `policy/NAME`, `revoked/SERIAL`,
+    /// `node/NODE/service/NAME`, ...
+    pub key: String,
+    /// The value; empty for a tombstone.
+    pub value: Vec<u8>,
+    /// When it was written, in hybrid logical time.
+    pub version: Hlc,
+    /// The node that wrote it.
+    pub origin: String,
+    /// A tombstone: the key was deleted (tombstones replicate like writes).
+    pub deleted: bool,
+    /// 1 for the first write of a key, then one more per write.
+    pub revision: u64,
+    /// Earlier revisions, oldest first, at most `HISTORY - 1`.
+    pub history: Vec<Revision>,
+}
+
+/// A past revision of a key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revision {
+    pub revision: u64,
+    pub version: Hlc,
+    pub origin: String,
+    pub deleted: bool,
+    pub value: Vec<u8>,
+}
+
+impl Entry {
+    /// The entry that replaces `current` (None: the key is new) with `value` (None: a
+    /// delete), written by `origin` at `version`.
+    pub fn next(current: Option<&Entry>, key: &str, value: Option<Vec<u8>>, version: Hlc, origin: &str) -> Entry {
+        let (revision, history) = match current {
+            None => (1, Vec::new()),
+            Some(cur) => {
+                let mut history = cur.history.clone();
+                history.push(cur.as_revision());
+                let excess = history.len().saturating_sub(HISTORY - 1);
+                history.drain(..excess);
+                (cur.revision + 1, history)
+            }
+        };
+        Entry {
+            key: key.to_owned(),
+            deleted: value.is_none(),
+            value: value.unwrap_or_default(),
+            version,
+            origin: origin.to_owned(),
+            revision,
+            history,
+        }
+    }
+
+    /// This entry as a past revision.
+    pub fn as_revision(&self) -> Revision {
+        Revision {
+            revision: self.revision,
+            version: self.version,
+            origin: self.origin.clone(),
+            deleted: self.deleted,
+            value: self.value.clone(),
+        }
+    }
+
+    /// Every revision held, oldest first, this one last.
+    pub fn revisions(&self) -> impl Iterator<Item = Revision> + '_ {
+        self.history.iter().cloned().chain(std::iter::once(self.as_revision()))
+    }
+
+    /// Whether this entry replaces `current` under last-writer-wins: the greater
+    /// `(version, origin)` wins; an equal pair is the same write, already held.
+    pub fn supersedes(&self, current: &Entry) -> bool {
+        (self.version, self.origin.as_str()) > (current.version, current.origin.as_str())
+    }
+
+    /// The bytes this entry takes encoded (the store's size accounting).
+    pub fn encoded_len(&self) -> usize {
+        postcard::experimental::serialized_size(self).unwrap_or(0)
+    }
+
+    /// A 64-bit hash of what identifies this write (key, version, origin, deleted); two
+    /// nodes holding the same write compute the same hash. SHA-256, so that it does not
+    /// depend on the Rust version or build.
+    pub fn fingerprint(&self) -> u64 {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(&(self.key.len() as u64).to_be_bytes());
+        ctx.update(self.key.as_bytes());
+        ctx.update(&self.version.0.to_be_bytes());
+        ctx.update(&(self.origin.len() as u64).to_be_bytes());
+        ctx.update(self.origin.as_bytes());
+        ctx.update(&[u8::from(self.deleted)]);
+        let digest = ctx.finish();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&digest.as_ref()[..8]);
+        u64::from_be_bytes(first)
+    }
+
+    pub fn encode(&self) -> Result<Vec<u8>, postcard::Error> {
+        postcard::to_stdvec(self)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Entry, postcard::Error> {
+        postcard::from_bytes(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(cur: Option<&Entry>, v: &str, t: u64) -> Entry {
+        Entry::next(cur, "route/reviews", Some(v.as_bytes().to_vec()), Hlc::from_millis(t), "a")
+    }
+
+    #[test]
+    fn revisions_count_up_and_history_keeps_the_last_twenty() {
+        let mut e = put(None, "v1", 1);
+        assert_eq!((e.revision, e.history.len()), (1, 0));
+        for i in 2..=30u64 {
+            e = put(Some(&e), &format!("v{i}"), i);
+        }
+        assert_eq!(e.revision, 30);
+        let revs: Vec<u64> = e.revisions().map(|r| r.revision).collect();
+        assert_eq!(revs, (11..=30).collect::<Vec<_>>());
+        assert_eq!(e.history[0].value, b"v11");
+    }
+
+    #[test]
+    fn a_tombstone_keeps_its_history_and_a_new_write_continues_it() {
+        let a = put(None, "v1", 1);
+        let dead = Entry::next(Some(&a), "route/reviews", None, Hlc::from_millis(2), "b");
+        assert!(dead.deleted && dead.value.is_empty());
+        assert_eq!((dead.revision, dead.history.len()), (2, 1));
+        let again = put(Some(&dead), "v3", 3);
+        assert_eq!(again.revision, 3);
+        assert!(again.history[1].deleted);
+    }
+
+    #[test]
+    fn last_writer_wins_by_version_then_origin() {
+        let a = Entry::next(None, "k", Some(vec![1]), Hlc(10), "a");
+        let b = Entry::next(None, "k", Some(vec![2]), Hlc(10), "b");
+        let later = Entry::next(None, "k", Some(vec![3]), Hlc(11), "a");
+        assert!(b.supersedes(&a) && !a.supersedes(&b), "ties go to the greater origin");
+        assert!(later.supersedes(&b));
+        assert!(!a.supersedes(&a), "the same write does not replace itself");
+    }
+
+    #[test]
+    fn encoding_round_trips_and_fingerprints_ignore_the_value() {
+        let a = put(None, "v1", 1);
+        let b = put(Some(&a), "v2", 2);
+        assert_eq!(Entry::decode(&b.encode().expect("encode")).expect("decode"), b);
+        assert_eq!(b.encoded_len(), b.encode().expect("encode").len());
+        let mut same_write = b.clone();
+        same_write.value = b"other".to_vec();
+        assert_eq!(same_write.fingerprint(), b.fingerprint());
+        assert_ne!(a.fingerprint(), b.fingerprint());
+    }
+}

@@ -1,0 +1,425 @@
+//! The store: the replicated map on sled. Nothing else in meshd touches sled.
+//!
+//! Routes, policies, revocations and the service catalog live here, on every host, so a
+//! host cut off from the rest keeps working with what it knows and restarts with it.
+//! Entries merge last-writer-wins by `(version, origin)` with hybrid logical clock
+//! versions ([`hlc`]); deletes are tombstones; every key carries its recent revisions
+//! ([`entry`]). Local writes and merges of remote entries take the same path: decide
+//! against the in-memory [`View`], persist to sled, `flush()`, and only then apply to the
+//! view, publish a snapshot and acknowledge. A write that cannot be flushed is refused
+//! and leaves the view untouched; reads come from published snapshots and so keep working
+//! whatever the disk does.
+//!
+//! The methods block on disk I/O (an fsync per write): call them from
+//! `tokio::task::spawn_blocking` in async code.
+
+pub mod digest;
+pub mod entry;
+pub mod hlc;
+pub mod view;
+
+use std::collections::BTreeMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use self::entry::{Entry, MAX_KEY, MAX_VALUE};
+use self::hlc::{Clock, Hlc};
+pub use self::view::{Merge, View};
+use crate::state::Publisher;
+
+/// Why the store refused an operation.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// sled could not open the store (permissions, another process holds it...).
+    #[error("cannot open the store at {}: {detail}", path.display())]
+    Open { path: PathBuf, detail: String },
+    /// The files are damaged: sled reported corruption, panicked reading them, or an
+    /// entry does not decode.
+    #[error("the store at {} is corrupt: {detail}. Move it aside and restart: this node will fetch the mesh's state from its peers", path.display())]
+    Corrupt { path: PathBuf, detail: String },
+    /// The write could not be made durable (disk full, I/O error). It was not
+    /// acknowledged and is not visible; earlier writes are intact.
+    #[error("write refused: the store at {} cannot write to disk: {detail}", path.display())]
+    Write { path: PathBuf, detail: String },
+    /// A key or value over the size limits.
+    #[error("{what} is {size} bytes; the limit is {limit}")]
+    TooLarge { what: &'static str, size: usize, limit: usize },
+    /// A key that is empty or not valid.
+    #[error("invalid key {key:?}: keys are 1 to {MAX_KEY} bytes of namespaced text (route/NAME)")]
+    InvalidKey { key: String },
+}
+
+impl StoreError {
+    /// Whether trying again later may succeed (the disk may have room then).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Write { .. })
+    }
+}
+
+/// The store's metrics, under `mesh_store_`.
+#[derive(Clone)]
+pub struct Metrics {
+    writes: Family<ResultLabel, Counter>,
+    merged: Family<MergeLabel, Counter>,
+    entries: Gauge,
+    bytes: Gauge,
+    flush_seconds: Histogram,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MergeLabel {
+    outcome: &'static str,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        Metrics {
+            writes: Family::default(),
+            merged: Family::default(),
+            entries: Gauge::default(),
+            bytes: Gauge::default(),
+            flush_seconds: Histogram::new(exponential_buckets(0.000_1, 4.0, 10)),
+        }
+    }
+
+    pub fn register(registry: &mut Registry) -> Metrics {
+        let m = Metrics::new();
+        let r = registry.sub_registry_with_prefix("store");
+        r.register("writes", "Local writes, by result (ok, refused)", m.writes.clone());
+        r.register(
+            "merged_entries",
+            "Remote entries merged, by outcome (applied, stale, refused_clock)",
+            m.merged.clone(),
+        );
+        r.register("entries", "Entries held, tombstones included", m.entries.clone());
+        r.register("bytes", "Encoded bytes of the entries held", m.bytes.clone());
+        r.register("flush_seconds", "Time to make a write durable", m.flush_seconds.clone());
+        m
+    }
+}
+
+/// What a [`Store::merge`] did with a batch of remote entries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MergeReport {
+    /// Entries that were new or newer, now stored.
+    pub applied: usize,
+    /// Entries already held, or older than what is held.
+    pub stale: usize,
+    /// Entries refused because their version is too far ahead of this node's clock.
+    pub refused_clock: usize,
+    /// Entries refused as malformed (size limits, bad key, history too long).
+    pub refused_invalid: usize,
+}
+
+/// A handle to the store; clones share it.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    origin: String,
+    db: sled::Db,
+    writer: Mutex<Writer>,
+    publisher: Publisher,
+    metrics: Metrics,
+}
+
+/// What a write needs, behind one lock: writes are serialized, reads never wait.
+struct Writer {
+    clock: Clock,
+    view: View,
+}
+
+/// Milliseconds since the Unix epoch by the wall clock (0 before 1970).
+pub fn wall_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `path` for node `origin`, loads every
+    /// entry and publishes the first snapshot through `publisher`.
+    pub fn open(path: &Path, origin: &str, publisher: Publisher, metrics: Metrics) -> Result<Store, StoreError> {
+        let corrupt = |detail: String| StoreError::Corrupt { path: path.to_owned(), detail };
+        // sled writes `conf` when it creates a store; a store without it is new.
+        let existed = path.join("conf").exists();
+        let config = sled::Config::new().path(path).cache_capacity(64 * 1024 * 1024);
+        // sled can panic on damaged files instead of returning an error: a damaged store
+        // must be reported, never take the daemon down with a backtrace.
+        let db = match catch_unwind(AssertUnwindSafe(|| config.open())) {
+            Ok(Ok(db)) => db,
+            Ok(Err(sled::Error::Corruption { at, .. })) => {
+                return Err(corrupt(format!("sled reports corruption at {at:?}")))
+            }
+            Ok(Err(e)) => return Err(open_error(path, e)),
+            Err(panic) => return Err(corrupt(format!("sled failed reading it ({})", panic_message(&panic)))),
+        };
+
+        check_format(&db, existed).map_err(corrupt)?;
+
+        let mut view = View::default();
+        let mut newest = Hlc::ZERO;
+        let loaded = catch_unwind(AssertUnwindSafe(|| -> Result<(), StoreError> {
+            for item in db.iter() {
+                let (key, bytes) = item.map_err(|e| corrupt(e.to_string()))?;
+                let entry = Entry::decode(&bytes)
+                    .map_err(|e| corrupt(format!("entry {:?} does not decode: {e}", String::from_utf8_lossy(&key))))?;
+                if entry.key.as_bytes() != &key[..] {
+                    return Err(corrupt(format!("entry {:?} is stored under another key", entry.key)));
+                }
+                newest = newest.max(entry.version);
+                view.merge(Arc::new(entry));
+            }
+            Ok(())
+        }));
+        match loaded {
+            Ok(result) => result?,
+            Err(panic) => return Err(corrupt(format!("sled failed reading it ({})", panic_message(&panic)))),
+        }
+
+        metrics.entries.set(view.len() as i64);
+        metrics.bytes.set(view.bytes() as i64);
+        let snapshot = Arc::new(view.clone());
+        publisher.update(|s| s.store = snapshot);
+        Ok(Store {
+            inner: Arc::new(Inner {
+                path: path.to_owned(),
+                origin: origin.to_owned(),
+                db,
+                writer: Mutex::new(Writer { clock: Clock::new(newest), view }),
+                publisher,
+                metrics,
+            }),
+        })
+    }
+
+    /// This node's name, the origin of its writes.
+    pub fn origin(&self) -> &str {
+        &self.inner.origin
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The latest published view. Readers normally use the snapshot instead; this is the
+    /// same data.
+    pub fn view(&self) -> Arc<View> {
+        self.inner.publisher.current().store.clone()
+    }
+
+    /// Writes `value` under `key`; returns the stored entry once it is durable.
+    pub fn put(&self, key: &str, value: Vec<u8>) -> Result<Arc<Entry>, StoreError> {
+        self.write_at(key, Some(value), wall_ms()).map(|e| e.expect("a put always writes"))
+    }
+
+    /// Deletes `key` (a tombstone, which replicates); `None` if there was nothing to
+    /// delete.
+    pub fn delete(&self, key: &str) -> Result<Option<Arc<Entry>>, StoreError> {
+        self.write_at(key, None, wall_ms())
+    }
+
+    /// A local write at wall time `wall_ms` (tests pass their own clock).
+    pub fn write_at(&self, key: &str, value: Option<Vec<u8>>, wall_ms: u64) -> Result<Option<Arc<Entry>>, StoreError> {
+        check_key(key)?;
+        if let Some(v) = &value {
+            if v.len() > MAX_VALUE {
+                return Err(StoreError::TooLarge { what: "the value", size: v.len(), limit: MAX_VALUE });
+            }
+        }
+        let mut w = self.lock();
+        let current = w.view.entry(key).cloned();
+        if value.is_none() && current.as_ref().is_none_or(|c| c.deleted) {
+            return Ok(None);
+        }
+        let version = w.clock.now(wall_ms);
+        let entry = Arc::new(Entry::next(current.as_deref(), key, value, version, &self.inner.origin));
+        let result = self.persist(&w, std::slice::from_ref(&entry));
+        let label = if result.is_ok() { "ok" } else { "refused" };
+        self.inner.metrics.writes.get_or_create(&ResultLabel { result: label }).inc();
+        result?;
+        w.view.merge(entry.clone());
+        self.publish(&w);
+        Ok(Some(entry))
+    }
+
+    /// Merges entries from other nodes (last-writer-wins), durably, publishing one
+    /// snapshot for the whole batch. Order and duplicates do not matter.
+    pub fn merge(&self, entries: Vec<Entry>, wall_ms: u64) -> Result<MergeReport, StoreError> {
+        let mut report = MergeReport::default();
+        let mut w = self.lock();
+        // The winner per key within the batch, then only what beats the view.
+        let mut winners: BTreeMap<String, Entry> = BTreeMap::new();
+        for entry in entries {
+            if !valid_remote(&entry) {
+                report.refused_invalid += 1;
+                continue;
+            }
+            if w.clock.observe(entry.version, wall_ms).is_err() {
+                report.refused_clock += 1;
+                continue;
+            }
+            match winners.get(&entry.key) {
+                Some(held) if !entry.supersedes(held) => report.stale += 1,
+                Some(_) => {
+                    report.stale += 1;
+                    winners.insert(entry.key.clone(), entry);
+                }
+                None => {
+                    winners.insert(entry.key.clone(), entry);
+                }
+            }
+        }
+        let fresh: Vec<Arc<Entry>> = winners
+            .into_values()
+            .filter(|e| {
+                let applies = w.view.would_apply(e);
+                if !applies {
+                    report.stale += 1;
+                }
+                applies
+            })
+            .map(Arc::new)
+            .collect();
+        if !fresh.is_empty() {
+            self.persist(&w, &fresh)?;
+            for e in fresh {
+                w.view.merge(e);
+                report.applied += 1;
+            }
+            self.publish(&w);
+        }
+        let m = &self.inner.metrics.merged;
+        m.get_or_create(&MergeLabel { outcome: "applied" }).inc_by(report.applied as u64);
+        m.get_or_create(&MergeLabel { outcome: "stale" }).inc_by(report.stale as u64);
+        m.get_or_create(&MergeLabel { outcome: "refused_clock" }).inc_by(report.refused_clock as u64);
+        m.get_or_create(&MergeLabel { outcome: "refused_invalid" }).inc_by(report.refused_invalid as u64);
+        Ok(report)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Writer> {
+        // A panic while holding the lock cannot leave the view half-changed: it is only
+        // changed after a successful persist, in one merge per entry.
+        self.inner.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Writes `entries` to sled in one atomic batch and flushes. On failure, puts back
+    /// what the batch replaced in sled's memory, so a later flush cannot persist a write
+    /// that was refused.
+    fn persist(&self, w: &Writer, entries: &[Arc<Entry>]) -> Result<(), StoreError> {
+        let write_err = |detail: String| StoreError::Write { path: self.inner.path.clone(), detail };
+        let mut batch = sled::Batch::default();
+        for e in entries {
+            let bytes = e.encode().map_err(|err| write_err(format!("encoding {}: {err}", e.key)))?;
+            batch.insert(e.key.as_bytes(), bytes);
+        }
+        let started = Instant::now();
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            self.inner.db.apply_batch(batch)?;
+            self.inner.db.flush().map(drop)
+        }));
+        self.inner.metrics.flush_seconds.observe(started.elapsed().as_secs_f64());
+        let detail = match result {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => e.to_string(),
+            Err(panic) => format!("sled panicked: {}", panic_message(&panic)),
+        };
+        let mut undo = sled::Batch::default();
+        for e in entries {
+            match w.view.entry(&e.key).map(|old| old.encode()) {
+                Some(Ok(bytes)) => undo.insert(e.key.as_bytes(), bytes),
+                _ => undo.remove(e.key.as_bytes()),
+            }
+        }
+        let _ = catch_unwind(AssertUnwindSafe(|| self.inner.db.apply_batch(undo)));
+        tracing::error!(path = %self.inner.path.display(), error = %detail, "store write refused");
+        Err(write_err(detail))
+    }
+
+    fn publish(&self, w: &Writer) {
+        self.inner.metrics.entries.set(w.view.len() as i64);
+        self.inner.metrics.bytes.set(w.view.bytes() as i64);
+        let snapshot = Arc::new(w.view.clone());
+        self.inner.publisher.update(|s| s.store = snapshot);
+    }
+}
+
+fn check_key(key: &str) -> Result<(), StoreError> {
+    if key.len() > MAX_KEY {
+        return Err(StoreError::TooLarge { what: "the key", size: key.len(), limit: MAX_KEY });
+    }
+    if key.is_empty() || key.chars().any(char::is_control) {
+        return Err(StoreError::InvalidKey { key: key.to_owned() });
+    }
+    Ok(())
+}
+
+/// A remote entry must respect the same limits as a local write.
+fn valid_remote(e: &Entry) -> bool {
+    check_key(&e.key).is_ok()
+        && e.value.len() <= MAX_VALUE
+        && e.history.iter().all(|r| r.value.len() <= MAX_VALUE && r.revision < e.revision)
+        && e.history.len() < entry::HISTORY
+        && e.revision > 0
+        && !(e.deleted && !e.value.is_empty())
+}
+
+/// The tree and key of the format marker, written when the store is created.
+const META_TREE: &str = "meta";
+const FORMAT_KEY: &str = "format";
+const FORMAT: &[u8] = b"mesh-store-1";
+
+/// sled reads a damaged log as a torn tail and opens what precedes the damage, down to
+/// an empty store, without an error. The format marker, written first, catches the worst
+/// of it: an existing store that opens without its marker lost everything and is
+/// reported as corrupt rather than served empty. (Damage after the marker still reads as
+/// a shorter log; anti-entropy then refetches the mesh's entries from peers.)
+fn check_format(db: &sled::Db, existed: bool) -> Result<(), String> {
+    let meta = db.open_tree(META_TREE).map_err(|e| e.to_string())?;
+    match meta.get(FORMAT_KEY).map_err(|e| e.to_string())? {
+        Some(v) if v.as_ref() == FORMAT => Ok(()),
+        Some(v) => Err(format!("unknown store format {:?}", String::from_utf8_lossy(&v))),
+        None if existed => Err("its format marker is missing: the files are damaged or not a mesh store".to_owned()),
+        None => {
+            meta.insert(FORMAT_KEY, FORMAT).map_err(|e| e.to_string())?;
+            db.flush().map_err(|e| e.to_string())?;
+            Ok(())
+        }
+    }
+}
+
+fn open_error(path: &Path, e: sled::Error) -> StoreError {
+    StoreError::Open { path: path.to_owned(), detail: e.to_string() }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".to_owned())
+}
+
+#[cfg(test)]
+mod tests;
