@@ -16,10 +16,12 @@ fn meshctl_status_as_a_table_and_as_the_api_body() {
     assert!(table.lines().any(|l| l.starts_with("node") && l.ends_with(" node-1")), "{table}");
     assert!(table.lines().any(|l| l.starts_with("version") && l.ends_with(mesh_proto::VERSION)), "{table}");
     assert!(table.contains("1 alive, 0 suspect, 0 dead, 0 left"), "{table}");
+    assert!(table.lines().any(|l| l.starts_with("store") && l.ends_with(" 0 entries, 0 bytes")), "{table}");
 
     let json = node.meshctl_json(&["status"]);
     assert_eq!(json["node"], "node-1");
     assert_eq!(json["version"], mesh_proto::VERSION);
+    assert_eq!(json["store"], serde_json::json!({"entries": 0, "bytes": 0}));
     // -o json is the API body unchanged.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let api = rt.block_on(node.client().get("/v1/status")).expect("GET /v1/status");

@@ -40,8 +40,10 @@ fn a_request_in_flight_at_sigterm_completes_and_meshd_exits_0() {
     let mut node = Node::start(&block, 1, "");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let client = node.client();
+    let current = rt.block_on(client.get("/v1/members")).expect("members");
+    let index = current.headers[mesh_proto::api::INDEX_HEADER].to_str().expect("ascii").to_owned();
     // A blocking query: meshd holds it open until the state changes or the wait ends.
-    let in_flight = rt.spawn(async move { client.get("/v1/members?index=1&wait=60s").await });
+    let in_flight = rt.spawn(async move { client.get(&format!("/v1/members?index={index}&wait=60s")).await });
     rt.block_on(async {
         // Let the request reach meshd and park there.
         tokio::time::sleep(Duration::from_millis(300)).await;

@@ -63,7 +63,8 @@ async fn status_names_the_node_and_version_and_nulls_what_is_not_there_yet() {
     assert_eq!(status.version, mesh_proto::VERSION);
     assert_eq!(status.members.expect("members").alive, 1);
     let raw: serde_json::Value = serde_json::from_slice(&body).expect("json");
-    for key in ["identity", "cert_expires", "ca_fingerprint", "signer", "store", "services", "routes"] {
+    assert_eq!(raw["store"], serde_json::json!({"entries": 0, "bytes": 0}));
+    for key in ["identity", "cert_expires", "ca_fingerprint", "signer", "services", "routes"] {
         assert!(raw.get(key).is_some_and(|v| v.is_null()), "{key} should be present and null: {raw}");
     }
 }
