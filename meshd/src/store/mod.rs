@@ -329,14 +329,23 @@ impl Store {
     /// that was refused.
     fn persist(&self, w: &Writer, entries: &[Arc<Entry>]) -> Result<(), StoreError> {
         let write_err = |detail: String| StoreError::Write { path: self.inner.path.clone(), detail };
-        let mut batch = sled::Batch::default();
+        let mut encoded = Vec::with_capacity(entries.len());
         for e in entries {
             let bytes = e.encode().map_err(|err| write_err(format!("encoding {}: {err}", e.key)))?;
-            batch.insert(e.key.as_bytes(), bytes);
+            encoded.push((e.key.as_bytes(), bytes));
         }
         let started = Instant::now();
         let result = catch_unwind(AssertUnwindSafe(|| {
-            self.inner.db.apply_batch(batch)?;
+            if let [(key, bytes)] = encoded.as_slice() {
+                // One key: a plain insert is atomic already, and cheaper than a batch.
+                self.inner.db.insert(key, bytes.as_slice())?;
+            } else {
+                let mut batch = sled::Batch::default();
+                for (key, bytes) in encoded {
+                    batch.insert(key, bytes);
+                }
+                self.inner.db.apply_batch(batch)?;
+            }
             self.inner.db.flush().map(drop)
         }));
         self.inner.metrics.flush_seconds.observe(started.elapsed().as_secs_f64());
@@ -382,7 +391,7 @@ fn valid_remote(e: &Entry) -> bool {
         && e.history.iter().all(|r| r.value.len() <= MAX_VALUE && r.revision < e.revision)
         && e.history.len() < entry::HISTORY
         && e.revision > 0
-        && !(e.deleted && !e.value.is_empty())
+        && (!e.deleted || e.value.is_empty())
 }
 
 /// The tree and key of the format marker, written when the store is created.

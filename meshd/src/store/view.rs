@@ -2,9 +2,10 @@
 //! and size kept up to date on every merge. The store keeps one and publishes immutable
 //! copies of it; the pure merge here is what the property tests check.
 
-use std::collections::BTreeMap;
 use std::ops::RangeBounds;
 use std::sync::Arc;
+
+use imbl::OrdMap;
 
 use super::digest::{bucket_of, Digest, BUCKETS};
 use super::entry::Entry;
@@ -18,9 +19,11 @@ pub enum Merge {
     Stale,
 }
 
+/// Cloning is cheap (a persistent map shares its nodes), so publishing a snapshot after
+/// each write costs O(log n), not a copy of the whole map.
 #[derive(Debug, Clone)]
 pub struct View {
-    entries: BTreeMap<String, Arc<Entry>>,
+    entries: OrdMap<String, Arc<Entry>>,
     digest: Digest,
     buckets: Box<[Digest; BUCKETS]>,
     bytes: u64,
@@ -28,7 +31,7 @@ pub struct View {
 
 impl Default for View {
     fn default() -> Self {
-        View { entries: BTreeMap::new(), digest: Digest::EMPTY, buckets: Box::new([Digest::EMPTY; BUCKETS]), bytes: 0 }
+        View { entries: OrdMap::new(), digest: Digest::EMPTY, buckets: Box::new([Digest::EMPTY; BUCKETS]), bytes: 0 }
     }
 }
 
@@ -71,7 +74,7 @@ impl View {
     /// Live entries whose key starts with `prefix`, in key order.
     pub fn prefix<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = &'a Arc<Entry>> + 'a {
         self.entries
-            .range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+            .range::<_, str>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
             .take_while(move |(k, _)| k.starts_with(prefix))
             .map(|(_, e)| e)
             .filter(|e| !e.deleted)
@@ -116,7 +119,7 @@ impl View {
     /// The digest of a key range, computed on demand.
     pub fn digest_range<R: RangeBounds<str>>(&self, range: R) -> Digest {
         let mut d = Digest::EMPTY;
-        for (_, e) in self.entries.range::<str, R>(range) {
+        for (_, e) in self.entries.range::<R, str>(range) {
             d.add(e.fingerprint());
         }
         d
