@@ -4,6 +4,8 @@
 //!   into typed models, with errors that name the file, the line and the key.
 //! - [`duration`]: human durations (`"5s"`, `"1h30m"`) in those files.
 //! - [`service`]: a service instance as declared on its host.
+//! - [`token`]: the join token's text form.
+//! - [`wire`]: messages between daemons over QUIC streams, and their framing.
 //! - [`api`]: the JSON bodies of meshd's admin API, which meshctl prints unchanged
 //!   with `-o json`.
 
@@ -11,6 +13,8 @@ pub mod api;
 pub mod duration;
 pub mod input;
 pub mod service;
+pub mod token;
+pub mod wire;
 
 /// The version every binary reports (`meshctl status`, `/v1/status`, `--version`).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
