@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
-use mesh_proto::api::{Member, Status};
+use hyper::Method;
+use mesh_proto::api::{Member, NodeRemoved, Status, TokenCreated, TokenRequest};
 use meshctl::{table, Client, ClientError};
 
 #[derive(Parser)]
@@ -38,11 +39,54 @@ enum Command {
     Status,
     /// Members of the mesh and their state.
     Members,
+    /// Join tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Nodes of the mesh.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
     /// Print shell completions.
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Make a token for one host to join, redeemable once at this node; prints it.
+    Create {
+        /// How long it is valid, 1s to 7d.
+        #[arg(long, default_value = "1h", value_parser = parse_token_ttl)]
+        ttl: Duration,
+        /// The joining node becomes a signer too (it receives the CA key).
+        #[arg(long)]
+        signer: bool,
+        /// Only a node with this name may use it.
+        #[arg(long)]
+        node: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// Remove a node: revoke its certificate and key everywhere, close its connections.
+    Remove {
+        /// The node's name.
+        name: String,
+    },
+}
+
+fn parse_token_ttl(s: &str) -> Result<Duration, String> {
+    let d = mesh_proto::duration::parse(s)?;
+    if d < Duration::from_secs(1) || d > Duration::from_secs(7 * 86_400) {
+        return Err("a token's ttl is between 1s and 7d".to_owned());
+    }
+    Ok(d)
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -78,23 +122,36 @@ fn main() -> ExitCode {
 }
 
 async fn execute(client: &Client, command: &Command, output: Output) -> Result<String, ClientError> {
-    let path = match command {
-        Command::Status => "/v1/status",
-        Command::Members => "/v1/members",
+    let decode = |e: serde_json::Error| ClientError::Decode(e.to_string());
+    let (response, table): (_, fn(&[u8]) -> Result<String, serde_json::Error>) = match command {
+        Command::Status => (client.get("/v1/status").await?, |b| Ok(table::status(&serde_json::from_slice::<Status>(b)?))),
+        Command::Members => (client.get("/v1/members").await?, |b| {
+            Ok(table::members(&serde_json::from_slice::<Vec<Member>>(b)?, SystemTime::now()))
+        }),
+        Command::Token { command: TokenCommand::Create { ttl, signer, node } } => {
+            let request = TokenRequest {
+                ttl: Some(mesh_proto::duration::format(*ttl)),
+                signer: *signer,
+                node: node.clone(),
+            };
+            let body = serde_json::to_vec(&request).map_err(decode)?;
+            // The table form is the token alone, one line, for scripts: TOKEN=$(meshctl token create).
+            (client.request(Method::POST, "/v1/tokens", Some(body)).await?, |b| {
+                Ok(format!("{}\n", serde_json::from_slice::<TokenCreated>(b)?.token))
+            })
+        }
+        Command::Node { command: NodeCommand::Remove { name } } => {
+            (client.request(Method::DELETE, &format!("/v1/nodes/{name}"), None).await?, |b| {
+                let r: NodeRemoved = serde_json::from_slice(b)?;
+                Ok(format!("removed {} (certificate {} and its key revoked)\n", r.node, r.serial))
+            })
+        }
         Command::Completions { .. } => return Ok(String::new()),
     };
-    let response = client.get(path).await?;
     if output == Output::Json {
         let mut body = String::from_utf8_lossy(&response.body).into_owned();
         body.push('\n');
         return Ok(body);
     }
-    let decode = |e: serde_json::Error| ClientError::Decode(e.to_string());
-    Ok(match command {
-        Command::Status => table::status(&serde_json::from_slice::<Status>(&response.body).map_err(decode)?),
-        Command::Members => {
-            table::members(&serde_json::from_slice::<Vec<Member>>(&response.body).map_err(decode)?, SystemTime::now())
-        }
-        Command::Completions { .. } => String::new(),
-    })
+    table(&response.body).map_err(decode)
 }

@@ -40,7 +40,10 @@ pub fn status(s: &Status) -> String {
         .members
         .as_ref()
         .map(|m| format!("{} alive, {} suspect, {} dead, {} left", m.alive, m.suspect, m.dead, m.left));
-    let store = s.store.as_ref().map(|st| format!("{} entries, {} bytes", st.entries, st.bytes));
+    let store = s.store.as_ref().map(|st| {
+        let noun = if st.entries == 1 { "entry" } else { "entries" };
+        format!("{} {noun}, {} bytes", st.entries, st.bytes)
+    });
     let signer = s.signer.map(|b| if b { "yes" } else { "no" });
     let rows = [
         ("node", s.node.clone()),
@@ -54,6 +57,10 @@ pub fn status(s: &Status) -> String {
         ("services", or_dash(s.services)),
         ("routes", or_dash(s.routes)),
     ];
+    let mut rows = rows.to_vec();
+    if let Some(w) = &s.cert_warning {
+        rows.push(("WARNING", w.clone()));
+    }
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     rows.iter().map(|(k, v)| format!("{k:<width$}  {v}\n")).collect()
 }

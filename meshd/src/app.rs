@@ -18,7 +18,10 @@ use tokio::task::JoinSet;
 use crate::admin::{self, AdminState};
 use crate::config::{AdvertiseError, Config};
 use crate::drain::{self, DrainOutcome, DrainTrigger, DrainWatcher};
-use crate::state::{self, Publisher, Snapshot};
+use crate::identity::signer::{self, Signer};
+use crate::identity::{verify, Identity, IdentityError};
+use crate::state::{self, Publisher, Snapshot, SnapshotRx};
+use crate::transport::{Accepted, Transport, TransportError};
 use crate::store::{self, Store, StoreError};
 use crate::{datadir, metrics, signal};
 
@@ -37,13 +40,23 @@ pub enum AppError {
     /// The store could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// This node's identity is missing or unusable.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// The QUIC endpoint could not start.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
 }
 
 impl AppError {
     /// Whether the operator must change the config (exit 2) rather than the machine's
     /// state (exit 1).
     pub fn is_usage(&self) -> bool {
-        matches!(self, AppError::Advertise(_) | AppError::Store(StoreError::Corrupt { .. }))
+        match self {
+            AppError::Advertise(_) | AppError::Store(StoreError::Corrupt { .. }) => true,
+            AppError::Identity(e) => e.is_usage(),
+            _ => false,
+        }
     }
 }
 
@@ -61,12 +74,17 @@ pub struct Bound {
     pub advertise: SocketAddr,
     /// The replicated store, open.
     pub store: Store,
+    /// This node's identity.
+    pub identity: Arc<Identity>,
+    /// The QUIC endpoint on the UDP port.
+    pub transport: Arc<Transport>,
+    signer: Arc<Signer>,
+    seeds: Vec<SocketAddr>,
     drain_timeout: Duration,
     publisher: Publisher,
     admin_listener: UnixListener,
     admin_inode: u64,
     http_listener: Option<TcpListener>,
-    _udp_socket: UdpSocket,
     registry: prometheus_client::registry::Registry,
 }
 
@@ -110,6 +128,14 @@ pub async fn build(config: &Config) -> Result<Bound, AppError> {
     let store_metrics = store::Metrics::register(&mut registry);
     let store =
         Store::open(&datadir::store_path(&config.data_dir), &config.node_name, publisher.clone(), store_metrics)?;
+    let tls_metrics = verify::Metrics::register(&mut registry);
+    let identity = Arc::new(Identity::load(&config.data_dir, &config.node_name, tls_metrics)?);
+    // Revocations are in force before the first handshake.
+    identity.revocations.replace(signer::revoked_set(&store.view()).0);
+    let transport_metrics = crate::transport::Metrics::register(&mut registry);
+    let transport = Arc::new(Transport::new(udp_socket, identity.clone(), transport_metrics)?);
+    let signer = Arc::new(Signer::new(identity.clone(), store.clone(), advertise, config.identity.cert_ttl));
+    let seeds: Vec<SocketAddr> = config.join.iter().copied().filter(|s| *s != advertise && *s != udp).collect();
 
     Ok(Bound {
         admin_socket: config.admin.socket.clone(),
@@ -117,12 +143,15 @@ pub async fn build(config: &Config) -> Result<Bound, AppError> {
         udp,
         advertise,
         store,
+        identity,
+        transport,
+        signer,
+        seeds,
         drain_timeout: config.drain_timeout,
         publisher,
         admin_listener,
         admin_inode,
         http_listener,
-        _udp_socket: udp_socket,
         registry,
     })
 }
@@ -138,6 +167,9 @@ impl Bound {
             registry: Arc::new(self.registry),
             draining: watcher.signal(),
             metrics: admin_metrics,
+            identity: self.identity.clone(),
+            transport: self.transport.clone(),
+            signer: self.signer.clone(),
         });
 
         let mut tasks = JoinSet::new();
@@ -148,6 +180,20 @@ impl Bound {
         if let Some(interval) = signal::watchdog_interval() {
             tasks.spawn(signal::run_watchdog(interval, watcher.clone()));
         }
+        let (accepted_tx, accepted_rx) = tokio::sync::mpsc::channel(64);
+        tasks.spawn(self.transport.clone().serve(accepted_tx, watcher.clone()));
+        tasks.spawn(dispatch(accepted_rx, self.signer.clone(), watcher.clone()));
+        tasks.spawn(crate::identity::renew::run(
+            self.identity.clone(),
+            self.transport.clone(),
+            self.signer.clone(),
+            self.seeds.clone(),
+            watcher.clone(),
+        ));
+        for seed in self.seeds.iter().copied() {
+            tasks.spawn(keep_dialled(self.transport.clone(), seed, watcher.clone()));
+        }
+        tasks.spawn(watch_revocations(self.publisher.subscribe(), self.transport.clone(), watcher.clone()));
         drop(watcher);
 
         tracing::info!(
@@ -179,6 +225,64 @@ async fn drain_with(trigger: DrainTrigger, deadline: Duration) -> DrainOutcome {
         }
     }
     outcome
+}
+
+/// Hands accepted connections to their handlers until the drain starts.
+async fn dispatch(mut accepted: tokio::sync::mpsc::Receiver<Accepted>, signer: Arc<Signer>, drain: DrainWatcher) {
+    let mut handlers = JoinSet::new();
+    loop {
+        tokio::select! {
+            next = accepted.recv() => match next {
+                Some(Accepted::Mesh(peer)) => { handlers.spawn(crate::rpc::serve_peer(peer, signer.clone())); }
+                Some(Accepted::Join(conn)) => { handlers.spawn(crate::rpc::serve_join(conn, signer.clone())); }
+                None => break,
+            },
+            Some(_) = handlers.join_next(), if !handlers.is_empty() => {}
+            _ = drain.signaled() => break,
+        }
+    }
+    handlers.shutdown().await;
+}
+
+/// Keeps a connection to a `join` seed, re-dialling with backoff when it drops. (Gossip
+/// takes over finding members; until a node knows any, the seeds are how it reaches the
+/// mesh.)
+async fn keep_dialled(transport: Arc<Transport>, seed: SocketAddr, drain: DrainWatcher) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match tokio::select! { r = transport.dial(seed) => r, _ = drain.signaled() => return } {
+            Ok(peer) => {
+                tracing::info!(peer = %peer.name(), addr = %seed, "connected to seed");
+                backoff = Duration::from_millis(200);
+                tokio::select! {
+                    _ = peer.conn.closed() => tracing::info!(peer = %peer.name(), "seed connection closed"),
+                    _ = drain.signaled() => return,
+                }
+            }
+            Err(e) => tracing::debug!(addr = %seed, error = %e, "seed unreachable"),
+        }
+        tokio::select! { _ = tokio::time::sleep(backoff) => {}, _ = drain.signaled() => return }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// Applies the store's revocation list as it changes: refuses removed nodes in new
+/// handshakes and closes their live connections.
+async fn watch_revocations(mut snapshots: SnapshotRx, transport: Arc<Transport>, drain: DrainWatcher) {
+    let mut applied = None;
+    loop {
+        let view = snapshots.borrow_and_update().store.clone();
+        let (set, _) = signer::revoked_set(&view);
+        if applied.as_ref() != Some(&set) {
+            transport.identity().revocations.replace(set.clone());
+            transport.close_revoked();
+            applied = Some(set);
+        }
+        tokio::select! {
+            changed = snapshots.changed() => if changed.is_err() { return },
+            _ = drain.signaled() => return,
+        }
+    }
 }
 
 async fn serve_unix(listener: UnixListener, router: Router, drain: DrainWatcher) {

@@ -219,10 +219,6 @@ impl Config {
         if self.drain_timeout > Duration::from_secs(3600) {
             return Err(src.error("drain_timeout", "drain_timeout must be at most 1h"));
         }
-        if self.bind.port() == 0 && self.advertise.is_none() && !self.join.is_empty() {
-            // Peers could not find us again after a restart.
-            return Err(src.error("bind", "a fixed port is needed in bind (or advertise) when joining a mesh"));
-        }
         if let Some(adv) = self.advertise {
             if adv.ip().is_unspecified() {
                 return Err(src.error("advertise", "advertise must be an address peers can dial, not 0.0.0.0"));

@@ -7,14 +7,14 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use crate::config::Config;
-use crate::{app, datadir, signal};
+use crate::{app, bootstrap, signal};
 
 /// Runs the dev mesh until SIGINT or SIGTERM.
 pub async fn run(mut signals: signal::Shutdown) -> anyhow::Result<()> {
     let tmp = tempfile::Builder::new().prefix("meshd-dev-").tempdir().context("creating a temporary directory")?;
     let node = "dev-1";
     let config = dev_config(tmp.path(), node)?;
-    datadir::init(&config.data_dir, node)?;
+    bootstrap::init(&config)?;
     let bound = app::build(&config).await?;
 
     let meshctl = sibling_binary("meshctl");

@@ -6,12 +6,16 @@
 
 pub mod admin;
 pub mod app;
+pub mod bootstrap;
 pub mod config;
 pub mod datadir;
 pub mod dev;
 pub mod drain;
+pub mod identity;
 pub mod metrics;
+pub mod rpc;
 pub mod signal;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod transport;

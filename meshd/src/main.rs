@@ -6,9 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use meshd::config::{self, Config};
-use meshd::state::{Publisher, Snapshot};
-use meshd::store::{self, Store};
-use meshd::{app, datadir, dev, signal, telemetry};
+use meshd::{app, bootstrap, datadir, dev, signal, telemetry};
 
 #[derive(Parser)]
 #[command(name = "meshd", version = mesh_proto::VERSION, about = "The mesh daemon: one per host")]
@@ -24,8 +22,13 @@ struct Cli {
 enum Command {
     /// Run the daemon (the default).
     Run,
-    /// Prepare data_dir on the first host of a new mesh.
+    /// Prepare data_dir and a new mesh CA on the first host of a mesh.
     Init,
+    /// Join a mesh with a token from `meshctl token create` (run on any other host).
+    Join {
+        /// The token, one line.
+        token: String,
+    },
     /// A local mesh on loopback to try things with; stops on Ctrl-C.
     Dev,
 }
@@ -35,6 +38,7 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(&cli.config),
         Command::Init => init(&cli.config),
+        Command::Join { token } => join(&cli.config, &token),
         Command::Dev => dev(),
     }
 }
@@ -60,16 +64,37 @@ fn init(path: &std::path::Path) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    if let Err(e) = datadir::init(&config.data_dir, &config.node_name) {
-        return fail(if e.is_usage() { 2 } else { 1 }, e);
+    match bootstrap::init(&config) {
+        Ok(fingerprint) => {
+            println!("initialised node {} in {}", config.node_name, config.data_dir.display());
+            println!("mesh CA {fingerprint}");
+            println!("next: start meshd, then `meshctl token create` for each host to join");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e.exit_code(), e),
     }
-    let publisher = Publisher::new(Snapshot::empty(&config.node_name));
-    let store_path = datadir::store_path(&config.data_dir);
-    if let Err(e) = Store::open(&store_path, &config.node_name, publisher, store::Metrics::new()) {
-        return fail(1, e);
+}
+
+fn join(path: &std::path::Path, token: &str) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if let Err(e) = mesh_proto::token::Token::decode(token) {
+        return fail(2, format!("malformed token: {e}"));
     }
-    println!("initialised node {} in {}", config.node_name, config.data_dir.display());
-    ExitCode::SUCCESS
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    match rt.block_on(bootstrap::join(&config, token)) {
+        Ok(joined) => {
+            let role = if joined.signer { " as a signer" } else { "" };
+            println!("joined the mesh as {}{role} (CA {})", config.node_name, joined.ca_fingerprint);
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e.exit_code(), e),
+    }
 }
 
 fn run(path: &std::path::Path) -> ExitCode {
@@ -78,16 +103,21 @@ fn run(path: &std::path::Path) -> ExitCode {
         Err(code) => return code,
     };
     telemetry::init(&config.log_level);
-    if let Err(e) = datadir::open(&config.data_dir, &config.node_name) {
-        return fail(if e.is_usage() { 2 } else { 1 }, e);
-    }
-    if config.join_token.is_some() {
-        tracing::warn!("join_token is set, but this meshd version cannot join a mesh yet; ignoring it");
-    }
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(code) => return code,
     };
+    match (datadir::open(&config.data_dir, &config.node_name), &config.join_token) {
+        (Ok(_), _) => {}
+        // First start of an unattended install: join with the configured token.
+        (Err(datadir::DataDirError::NotInitialised { .. }), Some(token)) => {
+            tracing::info!("no identity yet: joining with join_token");
+            if let Err(e) = rt.block_on(bootstrap::join(&config, token)) {
+                return fail(e.exit_code(), e);
+            }
+        }
+        (Err(e), _) => return fail(if e.is_usage() { 2 } else { 1 }, e),
+    }
     rt.block_on(async {
         let mut signals = match signal::Shutdown::new() {
             Ok(s) => s,

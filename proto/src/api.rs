@@ -19,6 +19,9 @@ pub struct Status {
     pub ca_fingerprint: Option<String>,
     /// Whether this node can sign certificates and issue join tokens; null until known.
     pub signer: Option<bool>,
+    /// Set while certificate renewal is failing: what fails and how long is left.
+    #[serde(default)]
+    pub cert_warning: Option<String>,
     /// The replicated store's size; null until the store is open.
     pub store: Option<StoreStatus>,
     /// Members by state, this node included.
@@ -73,6 +76,57 @@ impl MemberState {
             MemberState::Left => "left",
         }
     }
+}
+
+/// One entry of `GET /v1/connections`: a live `mesh/1` connection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Connection {
+    /// The peer's node name, from its verified certificate.
+    pub node: String,
+    /// The peer's SPIFFE ID.
+    pub identity: String,
+    pub addr: String,
+    /// `outbound` (this node dialled) or `inbound`.
+    pub direction: String,
+    /// When it was established (RFC 3339).
+    pub since: String,
+    /// A number that stays the same for the connection's life.
+    pub id: u64,
+    pub rtt_ms: f64,
+}
+
+/// `POST /v1/tokens`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    /// How long the token is valid, 1s to 7d. Default: 1h.
+    #[serde(default)]
+    pub ttl: Option<String>,
+    /// The joining node also becomes a signer (it receives the CA key).
+    #[serde(default)]
+    pub signer: bool,
+    /// Only a node of this name may redeem it.
+    #[serde(default)]
+    pub node: Option<String>,
+}
+
+/// The answer to `POST /v1/tokens`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenCreated {
+    pub token: String,
+    pub id: String,
+    pub expires: String,
+    pub signer: bool,
+}
+
+/// The answer to `DELETE /v1/nodes/NAME`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRemoved {
+    pub node: String,
+    /// The revoked certificate's serial.
+    pub serial: String,
+    /// SHA-256 of the revoked key.
+    pub key: String,
 }
 
 /// Every error response: a short machine-readable `error` and a sentence for people.

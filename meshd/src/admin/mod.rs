@@ -24,6 +24,9 @@ use prometheus_client::registry::Registry;
 use serde::Deserialize;
 
 use crate::drain::DrainSignal;
+use crate::identity::signer::{self, Signer, SignerError};
+use crate::identity::Identity;
+use crate::transport::Transport;
 use crate::state::{Snapshot, SnapshotRx};
 
 /// The longest a blocking query may wait (Consul's limit too).
@@ -37,6 +40,9 @@ pub struct AdminState {
     pub registry: Arc<Registry>,
     pub draining: DrainSignal,
     pub metrics: Metrics,
+    pub identity: Arc<Identity>,
+    pub transport: Arc<Transport>,
+    pub signer: Arc<Signer>,
 }
 
 /// The admin API's own metrics.
@@ -69,6 +75,9 @@ pub fn router(state: Arc<AdminState>) -> Router {
     Router::new()
         .route("/v1/status", get(status))
         .route("/v1/members", get(members))
+        .route("/v1/connections", get(connections))
+        .route("/v1/tokens", axum::routing::post(create_token))
+        .route("/v1/nodes/{name}", axum::routing::delete(remove_node))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -181,15 +190,17 @@ async fn status(
     query: Result<Query<Blocking>, QueryRejection>,
 ) -> Result<Response, Error> {
     let snap = snapshot_for(&state, query).await?;
+    let cert = state.identity.current();
     let body = api::Status {
         node: snap.node.clone(),
         version: mesh_proto::VERSION.to_owned(),
-        identity: None,
-        cert_expires: None,
-        ca_fingerprint: None,
-        signer: None,
+        identity: Some(cert.info.id.to_string()),
+        cert_expires: Some(rfc3339(cert.info.not_after)),
+        ca_fingerprint: Some(state.identity.ca_fingerprint.clone()),
+        signer: Some(state.identity.ca.is_signer()),
+        cert_warning: state.identity.warning(),
         store: Some(api::StoreStatus { entries: snap.store.len() as u64, bytes: snap.store.bytes() }),
-        members: Some(snap.member_counts()),
+        members: Some(count_members(&member_list(&state, &snap))),
         services: None,
         routes: None,
     };
@@ -201,8 +212,88 @@ async fn members(
     query: Result<Query<Blocking>, QueryRejection>,
 ) -> Result<Response, Error> {
     let snap = snapshot_for(&state, query).await?;
+    let body = member_list(&state, &snap);
+    Ok(with_index(&snap, Json(body)))
+}
+
+async fn metrics(State(state): State<Arc<AdminState>>) -> Result<Response, Error> {
+    let text = crate::metrics::encode(&state.registry)
+        .map_err(|e| Error::new(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics: {e}")))?;
+    Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response())
+}
+
+/// `GET /v1/connections`: the live `mesh/1` connections, with their verified peers.
+async fn connections(State(state): State<Arc<AdminState>>) -> Json<Vec<api::Connection>> {
+    let list = state
+        .transport
+        .peers()
+        .into_iter()
+        .map(|p| api::Connection {
+            node: p.name().to_owned(),
+            identity: p.info.id.to_string(),
+            addr: p.conn.remote_address().to_string(),
+            direction: if p.outbound { "outbound" } else { "inbound" }.to_owned(),
+            since: rfc3339(p.since),
+            id: p.conn.stable_id() as u64,
+            rtt_ms: p.conn.rtt().as_secs_f64() * 1e3,
+        })
+        .collect();
+    Json(list)
+}
+
+/// `POST /v1/tokens`.
+async fn create_token(
+    State(state): State<Arc<AdminState>>,
+    body: Result<Json<api::TokenRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, Error> {
+    let Json(req) = body.map_err(|e| Error::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let ttl = match &req.ttl {
+        Some(t) => mesh_proto::duration::parse(t).map_err(|e| Error::new(StatusCode::BAD_REQUEST, format!("ttl: {e}")))?,
+        None => Duration::from_secs(3600),
+    };
+    let signer = state.signer.clone();
+    let issued = tokio::task::spawn_blocking(move || signer.create_token(ttl, req.signer, req.node))
+        .await
+        .map_err(|e| Error::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(signer_error)?;
+    let body = api::TokenCreated {
+        token: issued.token,
+        id: issued.id,
+        expires: rfc3339(std::time::UNIX_EPOCH + Duration::from_millis(issued.record.expires_ms)),
+        signer: issued.record.grant_signer,
+    };
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// `DELETE /v1/nodes/NAME`.
+async fn remove_node(
+    State(state): State<Arc<AdminState>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Result<Json<api::NodeRemoved>, Error> {
+    let signer = state.signer.clone();
+    let revocation = tokio::task::spawn_blocking(move || signer.remove(&name))
+        .await
+        .map_err(|e| Error::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(signer_error)?;
+    Ok(Json(api::NodeRemoved { node: revocation.node, serial: revocation.serial, key: revocation.key_hash }))
+}
+
+fn signer_error(e: SignerError) -> Error {
+    let status = match &e {
+        SignerError::NotSigner | SignerError::RemoveSelf(_) => StatusCode::CONFLICT,
+        SignerError::BadTtl | SignerError::BadName(_) => StatusCode::BAD_REQUEST,
+        SignerError::UnknownNode(_) => StatusCode::NOT_FOUND,
+        SignerError::Store(s) if s.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
+        SignerError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    Error::new(status, e.to_string())
+}
+
+/// The members as this node sees them: the snapshot's, the peers it is connected to
+/// (alive, until gossip says more), and the removed nodes (left).
+fn member_list(state: &AdminState, snap: &Snapshot) -> Vec<api::Member> {
     let now = SystemTime::now();
-    let body: Vec<api::Member> = snap
+    let mut body: Vec<api::Member> = snap
         .members
         .iter()
         .map(|m| api::Member {
@@ -213,13 +304,43 @@ async fn members(
             last_heard: rfc3339(if m.name == snap.node { now } else { m.last_heard }),
         })
         .collect();
-    Ok(with_index(&snap, Json(body)))
+    // Until gossip lands: members this node is connected to are alive, removed ones left.
+    for peer in state.transport.peers() {
+        if body.iter().all(|m| m.name != peer.name()) {
+            body.push(api::Member {
+                name: peer.name().to_owned(),
+                addr: peer.conn.remote_address().to_string(),
+                state: api::MemberState::Alive,
+                last_heard: rfc3339(now),
+            });
+        }
+    }
+    for removed in signer::revoked_set(&snap.store).1 {
+        match body.iter_mut().find(|m| m.name == removed.node) {
+            Some(m) => m.state = api::MemberState::Left,
+            None => body.push(api::Member {
+                name: removed.node.clone(),
+                addr: String::new(),
+                state: api::MemberState::Left,
+                last_heard: rfc3339(std::time::UNIX_EPOCH + Duration::from_millis(removed.at_ms)),
+            }),
+        }
+    }
+    body.sort_by(|a, b| a.name.cmp(&b.name));
+    body
 }
 
-async fn metrics(State(state): State<Arc<AdminState>>) -> Result<Response, Error> {
-    let text = crate::metrics::encode(&state.registry)
-        .map_err(|e| Error::new(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics: {e}")))?;
-    Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response())
+fn count_members(members: &[api::Member]) -> api::MemberCounts {
+    let mut counts = api::MemberCounts::default();
+    for m in members {
+        match m.state {
+            api::MemberState::Alive => counts.alive += 1,
+            api::MemberState::Suspect => counts.suspect += 1,
+            api::MemberState::Dead => counts.dead += 1,
+            api::MemberState::Left => counts.left += 1,
+        }
+    }
+    counts
 }
 
 fn rfc3339(t: SystemTime) -> String {

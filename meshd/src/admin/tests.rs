@@ -18,9 +18,22 @@ struct Fixture {
     state: Arc<AdminState>,
     trigger: Option<drain::DrainTrigger>,
     _watcher: drain::DrainWatcher,
+    _dir: tempfile::TempDir,
 }
 
+/// A real identity, store and QUIC endpoint in a temporary directory; must run inside
+/// a runtime.
 fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = crate::config::Config::parse(
+        "meshd.toml",
+        &format!(
+            "node_name = \"vm-1\"\ndata_dir = \"{}\"\nbind = \"127.0.5.1:0\"\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .expect("config");
+    crate::bootstrap::init(&config).expect("init");
     let addr: SocketAddr = "127.0.5.1:7946".parse().expect("addr");
     let publisher = Publisher::new(Snapshot {
         index: 0,
@@ -35,26 +48,48 @@ fn fixture() -> Fixture {
     });
     let mut registry = crate::metrics::registry();
     let metrics = Metrics::register(&mut registry);
+    let store = crate::store::Store::open(
+        &crate::datadir::store_path(&config.data_dir),
+        "vm-1",
+        publisher.clone(),
+        crate::store::Metrics::new(),
+    )
+    .expect("store");
+    let identity = Arc::new(Identity::load(&config.data_dir, "vm-1", Default::default()).expect("identity"));
+    let socket = std::net::UdpSocket::bind("127.0.5.1:0").expect("udp");
+    let transport = Arc::new(Transport::new(socket, identity.clone(), Default::default()).expect("transport"));
+    let signer = Arc::new(Signer::new(identity.clone(), store, addr, Duration::from_secs(3600)));
     let (trigger, watcher) = drain::new();
     let state = Arc::new(AdminState {
         snapshot: publisher.subscribe(),
         registry: Arc::new(registry),
         draining: watcher.signal(),
         metrics,
+        identity,
+        transport,
+        signer,
     });
-    Fixture { publisher, state, trigger: Some(trigger), _watcher: watcher }
+    Fixture { publisher, state, trigger: Some(trigger), _watcher: watcher, _dir: dir }
 }
 
-async fn call(router: Router, method: Method, uri: &str) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
+/// One request through the router. The request is built before the future, so the
+/// future borrows nothing and can be spawned.
+fn call(
+    router: Router,
+    method: Method,
+    uri: &str,
+) -> impl std::future::Future<Output = (StatusCode, axum::http::HeaderMap, Vec<u8>)> + 'static {
     let req = Request::builder().method(method).uri(uri).body(Body::empty()).expect("request");
-    let resp = router.oneshot(req).await.expect("infallible");
-    let (parts, body) = resp.into_parts();
-    let bytes = body.collect().await.expect("body").to_bytes().to_vec();
-    (parts.status, parts.headers, bytes)
+    async move {
+        let resp = router.oneshot(req).await.expect("infallible");
+        let (parts, body) = resp.into_parts();
+        let bytes = body.collect().await.expect("body").to_bytes().to_vec();
+        (parts.status, parts.headers, bytes)
+    }
 }
 
 #[tokio::test]
-async fn status_names_the_node_and_version_and_nulls_what_is_not_there_yet() {
+async fn status_names_the_node_its_identity_and_store_and_nulls_what_is_not_there_yet() {
     let f = fixture();
     let (code, _, body) = call(router(f.state.clone()), Method::GET, "/v1/status").await;
     assert_eq!(code, StatusCode::OK);
@@ -63,8 +98,12 @@ async fn status_names_the_node_and_version_and_nulls_what_is_not_there_yet() {
     assert_eq!(status.version, mesh_proto::VERSION);
     assert_eq!(status.members.expect("members").alive, 1);
     let raw: serde_json::Value = serde_json::from_slice(&body).expect("json");
-    assert_eq!(raw["store"], serde_json::json!({"entries": 0, "bytes": 0}));
-    for key in ["identity", "cert_expires", "ca_fingerprint", "signer", "services", "routes"] {
+    assert_eq!(raw["store"]["entries"], 1, "its own certificate record: {raw}");
+    assert_eq!(status.identity.as_deref(), Some("spiffe://mesh.local/node/vm-1"));
+    assert!(status.ca_fingerprint.as_deref().is_some_and(|f| f.starts_with("sha256:") && f.len() == 71));
+    assert_eq!(status.signer, Some(true));
+    assert!(humantime::parse_rfc3339(status.cert_expires.as_deref().expect("expiry")).is_ok());
+    for key in ["services", "routes", "cert_warning"] {
         assert!(raw.get(key).is_some_and(|v| v.is_null()), "{key} should be present and null: {raw}");
     }
 }
@@ -74,7 +113,8 @@ async fn members_lists_this_node_alive() {
     let f = fixture();
     let (code, headers, body) = call(router(f.state.clone()), Method::GET, "/v1/members").await;
     assert_eq!(code, StatusCode::OK);
-    assert_eq!(headers.get(INDEX_HEADER).and_then(|v| v.to_str().ok()), Some("1"));
+    let index = f.publisher.current().index.to_string();
+    assert_eq!(headers.get(INDEX_HEADER).and_then(|v| v.to_str().ok()), Some(index.as_str()));
     let members: Vec<Member> = serde_json::from_slice(&body).expect("members JSON");
     assert_eq!(members.len(), 1);
     assert_eq!(members[0].name, "vm-1");
@@ -129,16 +169,18 @@ async fn the_http_router_serves_metrics_and_nothing_else() {
 async fn a_blocking_query_returns_when_the_index_passes() {
     let f = fixture();
     let router = router(f.state.clone());
-    let pending = tokio::spawn(call(router, Method::GET, "/v1/members?index=1&wait=60s"));
+    let index = f.publisher.current().index;
+    let pending = tokio::spawn(call(router, Method::GET, &format!("/v1/members?index={index}&wait=60s")));
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(!pending.is_finished(), "index 1 is current: the query must wait");
+    assert!(!pending.is_finished(), "index {index} is current: the query must wait");
     f.publisher.update(|s| s.members[0].state = MemberState::Suspect);
     let (code, headers, body) = tokio::time::timeout(Duration::from_secs(10), pending)
         .await
         .expect("answered after the publish")
         .expect("task");
     assert_eq!(code, StatusCode::OK);
-    assert_eq!(headers.get(INDEX_HEADER).and_then(|v| v.to_str().ok()), Some("2"));
+    let next = (index + 1).to_string();
+    assert_eq!(headers.get(INDEX_HEADER).and_then(|v| v.to_str().ok()), Some(next.as_str()));
     let members: Vec<Member> = serde_json::from_slice(&body).expect("json");
     assert_eq!(members[0].state, MemberState::Suspect);
 }
@@ -146,7 +188,8 @@ async fn a_blocking_query_returns_when_the_index_passes() {
 #[tokio::test]
 async fn a_blocking_query_returns_at_once_when_the_drain_starts() {
     let mut f = fixture();
-    let pending = tokio::spawn(call(router(f.state.clone()), Method::GET, "/v1/status?index=1&wait=10m"));
+    let uri = format!("/v1/status?index={}&wait=10m", f.publisher.current().index);
+    let pending = tokio::spawn(call(router(f.state.clone()), Method::GET, &uri));
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(!pending.is_finished());
     let trigger = f.trigger.take().expect("trigger");

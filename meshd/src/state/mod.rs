@@ -75,19 +75,6 @@ impl Snapshot {
         Snapshot { index: 0, node: node.to_owned(), members: Vec::new(), store: Arc::default() }
     }
 
-    /// Members counted by state, for `/v1/status`.
-    pub fn member_counts(&self) -> mesh_proto::api::MemberCounts {
-        let mut counts = mesh_proto::api::MemberCounts::default();
-        for m in &self.members {
-            match m.state {
-                MemberState::Alive => counts.alive += 1,
-                MemberState::Suspect => counts.suspect += 1,
-                MemberState::Dead => counts.dead += 1,
-                MemberState::Left => counts.left += 1,
-            }
-        }
-        counts
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,319 @@
+//! What a signer does: issue join tokens, redeem them, renew certificates, and (on any
+//! node) remove nodes. Decisions read the store's snapshot and write through the store,
+//! so every grant and revocation is durable before it is answered.
+//!
+//! The methods block on store writes: call them from `spawn_blocking`.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use mesh_proto::token::Token;
+use mesh_proto::wire::{JoinRequest, JoinResponse, Refusal, RefusalReason, RenewResponse};
+use serde::{Deserialize, Serialize};
+
+use super::cert::{self, CertInfo, SpiffeId};
+use super::verify::RevokedSet;
+use super::Identity;
+use crate::store::{wall_ms, Store, StoreError};
+
+/// Shortest and longest token lifetime.
+pub const MIN_TOKEN_TTL: Duration = Duration::from_secs(1);
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(7 * 86_400);
+
+/// `token/ID`: what a signer keeps of a token: its hash, never the secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// SHA-256 of the secret, hex.
+    pub hash: String,
+    /// The signer that issued it, the only one that redeems it.
+    pub signer: String,
+    pub created_ms: u64,
+    pub expires_ms: u64,
+    /// The joining node also becomes a signer.
+    pub grant_signer: bool,
+    /// The name the joining node must have, if the token was made for one.
+    pub node: Option<String>,
+    /// The node that redeemed it.
+    pub used_by: Option<String>,
+}
+
+/// `node/NAME/cert`: the certificate a signer last issued to a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeCertRecord {
+    pub serial: String,
+    pub key_hash: String,
+    pub not_after_ms: u64,
+    pub issued_by: String,
+}
+
+/// `revoked/SERIAL`: a removed node's certificate and key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    pub node: String,
+    pub serial: String,
+    pub key_hash: String,
+    pub at_ms: u64,
+    pub by: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SignerError {
+    #[error("this node is not a signer: create tokens on a signer (meshd init made the first one)")]
+    NotSigner,
+    #[error("ttl must be between 1s and 7d")]
+    BadTtl,
+    #[error("{0:?} is not a valid node name")]
+    BadName(String),
+    #[error("no node {0} is known to this node")]
+    UnknownNode(String),
+    #[error("a node cannot remove itself: run `meshctl node remove {0}` on another node")]
+    RemoveSelf(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A token as created: the text to hand over and what was stored.
+pub struct Issued {
+    pub token: String,
+    pub id: String,
+    pub record: TokenRecord,
+}
+
+pub struct Signer {
+    identity: Arc<Identity>,
+    store: Store,
+    advertise: SocketAddr,
+    cert_ttl: Duration,
+    /// Redemptions one at a time, so that of two joins racing for one token exactly one
+    /// wins.
+    redeem: Mutex<()>,
+}
+
+pub fn token_key(id: &str) -> String {
+    format!("token/{id}")
+}
+
+pub fn node_cert_key(node: &str) -> String {
+    format!("node/{node}/cert")
+}
+
+fn secret_hash(secret: &[u8]) -> String {
+    cert::hex(ring::digest::digest(&ring::digest::SHA256, secret).as_ref())
+}
+
+fn ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn refuse(reason: RefusalReason, detail: impl Into<String>) -> Refusal {
+    Refusal { reason, detail: detail.into() }
+}
+
+impl Signer {
+    pub fn new(identity: Arc<Identity>, store: Store, advertise: SocketAddr, cert_ttl: Duration) -> Signer {
+        Signer { identity, store, advertise, cert_ttl, redeem: Mutex::new(()) }
+    }
+
+    pub fn is_signer(&self) -> bool {
+        self.identity.ca.is_signer()
+    }
+
+    /// Makes a token valid for `ttl`, redeemable here once.
+    pub fn create_token(&self, ttl: Duration, grant_signer: bool, node: Option<String>) -> Result<Issued, SignerError> {
+        if !self.is_signer() {
+            return Err(SignerError::NotSigner);
+        }
+        if !(MIN_TOKEN_TTL..=MAX_TOKEN_TTL).contains(&ttl) {
+            return Err(SignerError::BadTtl);
+        }
+        if let Some(n) = &node {
+            if !mesh_proto::is_dns_label(n) {
+                return Err(SignerError::BadName(n.clone()));
+            }
+        }
+        let mut secret = [0u8; 16];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
+            .map_err(|_| SignerError::Store(StoreError::InvalidKey { key: "rng".to_owned() }))?;
+        let hash = secret_hash(&secret);
+        let id = hash[..16].to_owned();
+        let now = wall_ms();
+        let record = TokenRecord {
+            hash,
+            signer: self.identity.node.clone(),
+            created_ms: now,
+            expires_ms: now + u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
+            grant_signer,
+            node,
+            used_by: None,
+        };
+        self.store.put(&token_key(&id), serde_json::to_vec(&record).unwrap_or_default())?;
+        let fingerprint = cert::fingerprint_bytes(&self.identity.ca.der);
+        let token = Token { signer: self.advertise, ca_fingerprint: fingerprint, secret }.encode();
+        Ok(Issued { token, id, record })
+    }
+
+    /// Answers a join: checks the token, issues the certificate, marks the token used.
+    pub fn join(&self, request: JoinRequest) -> JoinResponse {
+        match self.try_join(request) {
+            Ok(granted) => granted,
+            Err(refusal) => {
+                tracing::warn!(reason = refusal.reason.as_str(), detail = %refusal.detail, "join refused");
+                JoinResponse::Refused(refusal)
+            }
+        }
+    }
+
+    fn try_join(&self, request: JoinRequest) -> Result<JoinResponse, Refusal> {
+        let JoinRequest::V1 { secret, node, csr } = request;
+        if !self.is_signer() {
+            return Err(refuse(RefusalReason::NotSigner, "this node cannot sign"));
+        }
+        if !mesh_proto::is_dns_label(&node) {
+            return Err(refuse(RefusalReason::BadRequest, format!("{node:?} is not a valid node name")));
+        }
+        let _one_at_a_time = self.redeem.lock().unwrap_or_else(|p| p.into_inner());
+        let hash = secret_hash(&secret);
+        let key = token_key(&hash[..16]);
+        let view = self.store.view();
+        let record: TokenRecord = view
+            .get(&key)
+            .and_then(|v| serde_json::from_slice(v).ok())
+            // Compares hashes, not secrets: timing reveals nothing an attacker can steer.
+            .filter(|r: &TokenRecord| r.hash == hash)
+            .ok_or_else(|| refuse(RefusalReason::UnknownToken, "no such token here"))?;
+        if record.signer != self.identity.node {
+            return Err(refuse(RefusalReason::OtherSigner, format!("redeem it at {}", record.signer)));
+        }
+        if let Some(by) = &record.used_by {
+            return Err(refuse(RefusalReason::Used, format!("already redeemed by {by}")));
+        }
+        if record.expires_ms <= wall_ms() {
+            return Err(refuse(RefusalReason::Expired, "create a new one with `meshctl token create`"));
+        }
+        if let Some(bound) = &record.node {
+            if *bound != node {
+                return Err(refuse(RefusalReason::BadRequest, format!("this token is for node {bound}")));
+            }
+        }
+        if let Some(held) = view.get(&node_cert_key(&node)).and_then(|v| serde_json::from_slice::<NodeCertRecord>(v).ok()) {
+            let revoked = self.identity.revocations.is_revoked_key(&held.key_hash);
+            if !revoked && held.not_after_ms > wall_ms() {
+                return Err(refuse(
+                    RefusalReason::NameTaken,
+                    format!("node {node} is in the mesh; remove it first (meshctl node remove {node})"),
+                ));
+            }
+        }
+        let id = SpiffeId::new(&self.identity.trust_domain, &node);
+        let cert = self
+            .identity
+            .ca
+            .issue(&csr, &id, self.cert_ttl)
+            .map_err(|e| refuse(RefusalReason::BadRequest, e.to_string()))?
+            .ok_or_else(|| refuse(RefusalReason::NotSigner, "this node cannot sign"))?;
+        let info = cert::inspect(&cert).map_err(|e| refuse(RefusalReason::Internal, e.to_string()))?;
+        if self.identity.revocations.is_revoked_key(&info.key_hash) {
+            return Err(refuse(RefusalReason::Revoked, "this key was removed from the mesh"));
+        }
+        let used = TokenRecord { used_by: Some(node.clone()), ..record.clone() };
+        let write = |k: &str, v: Vec<u8>| {
+            self.store.put(k, v).map_err(|e| refuse(RefusalReason::Internal, format!("the signer cannot store: {e}")))
+        };
+        write(&key, serde_json::to_vec(&used).unwrap_or_default())?;
+        write(&node_cert_key(&node), serde_json::to_vec(&self.record_for(&info)).unwrap_or_default())?;
+        tracing::info!(%node, serial = %info.serial, signer = record.grant_signer, "node joined");
+        Ok(JoinResponse::Granted {
+            cert: cert.to_vec(),
+            ca: self.identity.ca.der.to_vec(),
+            ca_key: if record.grant_signer { self.identity.ca.key_der() } else { None },
+        })
+    }
+
+    fn record_for(&self, info: &CertInfo) -> NodeCertRecord {
+        NodeCertRecord {
+            serial: info.serial.clone(),
+            key_hash: info.key_hash.clone(),
+            not_after_ms: ms(info.not_after),
+            issued_by: self.identity.node.clone(),
+        }
+    }
+
+    /// Renews `peer`'s certificate (the peer proved it holds it in the handshake) for the
+    /// same name and the same key.
+    pub fn renew(&self, peer: &CertInfo, csr: &[u8]) -> RenewResponse {
+        let result = (|| {
+            if !self.is_signer() {
+                return Err(refuse(RefusalReason::NotSigner, "this node cannot sign"));
+            }
+            if self.identity.revocations.is_revoked(peer) {
+                return Err(refuse(RefusalReason::Revoked, "this node was removed from the mesh"));
+            }
+            let cert = self
+                .identity
+                .ca
+                .issue(csr, &peer.id, self.cert_ttl)
+                .map_err(|e| refuse(RefusalReason::BadRequest, e.to_string()))?
+                .ok_or_else(|| refuse(RefusalReason::NotSigner, "this node cannot sign"))?;
+            let info = cert::inspect(&cert).map_err(|e| refuse(RefusalReason::Internal, e.to_string()))?;
+            if info.key_hash != peer.key_hash {
+                return Err(refuse(RefusalReason::BadRequest, "renewal keeps the node's key"));
+            }
+            self.store
+                .put(&node_cert_key(&peer.id.node), serde_json::to_vec(&self.record_for(&info)).unwrap_or_default())
+                .map_err(|e| refuse(RefusalReason::Internal, format!("the signer cannot store: {e}")))?;
+            Ok(RenewResponse::Renewed { cert: cert.to_vec() })
+        })();
+        result.unwrap_or_else(|refusal| {
+            tracing::warn!(peer = %peer.id, reason = refusal.reason.as_str(), "renewal refused");
+            RenewResponse::Refused(refusal)
+        })
+    }
+
+    /// Renews this node's own certificate, when it is a signer.
+    pub fn renew_self(&self) -> Result<CertInfo, String> {
+        let csr = self.identity.csr().map_err(|e| e.to_string())?;
+        match self.renew(&self.identity.current().info, &csr) {
+            RenewResponse::Renewed { cert } => {
+                self.identity.replace_cert(cert.into()).map_err(|e| e.to_string())
+            }
+            RenewResponse::Refused(r) => Err(r.to_string()),
+        }
+    }
+
+    /// `meshctl node remove NAME`: revokes the node's certificate and key.
+    pub fn remove(&self, node: &str) -> Result<Revocation, SignerError> {
+        if node == self.identity.node {
+            return Err(SignerError::RemoveSelf(node.to_owned()));
+        }
+        let view = self.store.view();
+        let held: NodeCertRecord = view
+            .get(&node_cert_key(node))
+            .and_then(|v| serde_json::from_slice(v).ok())
+            .ok_or_else(|| SignerError::UnknownNode(node.to_owned()))?;
+        let revocation = Revocation {
+            node: node.to_owned(),
+            serial: held.serial.clone(),
+            key_hash: held.key_hash,
+            at_ms: wall_ms(),
+            by: self.identity.node.clone(),
+        };
+        self.store.put(&format!("revoked/{}", held.serial), serde_json::to_vec(&revocation).unwrap_or_default())?;
+        tracing::warn!(%node, serial = %held.serial, "node removed from the mesh");
+        Ok(revocation)
+    }
+}
+
+/// The revocation list in a store view.
+pub fn revoked_set(view: &crate::store::View) -> (RevokedSet, Vec<Revocation>) {
+    let mut set = RevokedSet::default();
+    let mut list = Vec::new();
+    for e in view.prefix("revoked/") {
+        if let Ok(r) = serde_json::from_slice::<Revocation>(&e.value) {
+            set.serials.insert(r.serial.clone());
+            set.keys.insert(r.key_hash.clone());
+            list.push(r);
+        }
+    }
+    (set, list)
+}

@@ -1,0 +1,93 @@
+//! Requests on QUIC streams: serving `mesh/1` members' requests and `mesh-join/1` joins,
+//! and calling other members. One bidirectional stream per request: one frame each way.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_proto::wire::{JoinRequest, JoinResponse, MeshRequest, RenewResponse};
+use tokio::task::JoinSet;
+
+use crate::identity::signer::Signer;
+use crate::transport::{close, frame, Peer, Transport, TransportError};
+
+/// Serves a member's requests until the connection closes.
+pub async fn serve_peer(peer: Peer, signer: Arc<Signer>) {
+    let mut requests = JoinSet::new();
+    loop {
+        let (mut send, mut recv) = tokio::select! {
+            stream = peer.conn.accept_bi() => match stream {
+                Ok(s) => s,
+                Err(_) => break,
+            },
+            Some(_) = requests.join_next(), if !requests.is_empty() => continue,
+        };
+        let info = peer.info.clone();
+        let signer = signer.clone();
+        requests.spawn(async move {
+            let request: MeshRequest = match frame::read(&mut recv).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!(peer = %info.id, error = %e, "dropped a malformed request");
+                    let _ = send.reset(quinn::VarInt::from_u32(1));
+                    return;
+                }
+            };
+            match request {
+                MeshRequest::Renew { csr } => {
+                    let answer = tokio::task::spawn_blocking(move || signer.renew(&info, &csr)).await;
+                    if let Ok(answer) = answer {
+                        let _ = frame::write_last(&mut send, &answer).await;
+                    }
+                }
+            }
+        });
+    }
+    requests.shutdown().await;
+}
+
+/// Serves one joining node: one request, one answer.
+pub async fn serve_join(conn: quinn::Connection, signer: Arc<Signer>) {
+    let remote = conn.remote_address();
+    let served = async {
+        let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
+        let request: JoinRequest = frame::read(&mut recv).await.map_err(|e| e.to_string())?;
+        let answer = tokio::task::spawn_blocking(move || signer.join(request)).await.map_err(|e| e.to_string())?;
+        frame::write_last(&mut send, &answer).await.map_err(|e| e.to_string())?;
+        // Let the joiner read the answer and close.
+        let _ = tokio::time::timeout(Duration::from_secs(10), conn.closed()).await;
+        Ok::<(), String>(())
+    };
+    if let Err(e) = tokio::time::timeout(Duration::from_secs(30), served).await.unwrap_or(Err("timed out".to_owned())) {
+        tracing::warn!(%remote, error = %e, "join connection failed");
+    }
+}
+
+/// Asks the signer at `addr` to renew this node's certificate.
+pub async fn renew_at(transport: &Transport, addr: SocketAddr, csr: Vec<u8>) -> Result<RenewResponse, String> {
+    let peer = transport.connection_to(addr).await.map_err(|e: TransportError| e.to_string())?;
+    let (mut send, mut recv) = peer.conn.open_bi().await.map_err(|e| e.to_string())?;
+    frame::write_last(&mut send, &MeshRequest::Renew { csr }).await.map_err(|e| e.to_string())?;
+    frame::read(&mut recv).await.map_err(|e| e.to_string())
+}
+
+/// `meshd join`: dials the signer on `mesh-join/1` with its CA pinned, sends the request
+/// and returns the answer.
+pub async fn join(signer: SocketAddr, tls: rustls::ClientConfig, request: JoinRequest) -> Result<JoinResponse, String> {
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls)).map_err(|e| e.to_string())?;
+    let mut client = quinn::ClientConfig::new(Arc::new(quic));
+    client.transport_config(Arc::new(crate::transport::transport_config()));
+    let bind: SocketAddr = if signer.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().map_err(|_| "bind".to_owned())?;
+    let endpoint = quinn::Endpoint::client(bind).map_err(|e| e.to_string())?;
+    let conn = endpoint
+        .connect_with(client, signer, "mesh")
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| format!("cannot reach the signer at {signer}: {e}"))?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    frame::write_last(&mut send, &request).await.map_err(|e| e.to_string())?;
+    let answer = frame::read(&mut recv).await.map_err(|e| e.to_string());
+    conn.close(quinn::VarInt::from_u32(close::DONE), b"joined");
+    endpoint.wait_idle().await;
+    answer
+}

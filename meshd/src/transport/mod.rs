@@ -1,0 +1,281 @@
+//! The one UDP port: a quinn endpoint serving `mesh/1` between members and
+//! `mesh-join/1` for bootstrap, and dialling members with one pooled connection per peer.
+//!
+//! The peer's identity always comes from its verified certificate
+//! ([`Peer::info`]), never from anything it says. A `mesh/1` connection without a client
+//! certificate is closed before any stream is read. This module knows nothing of
+//! services or routes: accepted connections go to the channels given to [`Transport::serve`].
+
+pub mod frame;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use quinn::crypto::rustls::{HandshakeData, QuicClientConfig, QuicServerConfig};
+use rustls_pki_types::CertificateDer;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::drain::DrainWatcher;
+use crate::identity::{cert, CertInfo, Identity, IdentityError};
+
+/// QUIC application error codes when meshd closes a connection.
+pub mod close {
+    /// Draining: reconnect elsewhere.
+    pub const SHUTDOWN: u32 = 0x100;
+    /// `mesh/1` without a client certificate.
+    pub const NO_CLIENT_CERT: u32 = 0x101;
+    /// The peer was removed from the mesh.
+    pub const REVOKED: u32 = 0x102;
+    /// Done (a join, an RPC client).
+    pub const DONE: u32 = 0x103;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("QUIC endpoint: {0}")]
+    Endpoint(#[from] std::io::Error),
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error("QUIC configuration: {0}")]
+    Config(String),
+    #[error("cannot dial {addr}: {detail}")]
+    Dial { addr: SocketAddr, detail: String },
+    #[error("{addr} presented no usable certificate: {detail}")]
+    NoPeerCert { addr: SocketAddr, detail: String },
+}
+
+/// A connected, authenticated member.
+#[derive(Clone)]
+pub struct Peer {
+    pub info: CertInfo,
+    pub conn: quinn::Connection,
+    pub since: SystemTime,
+    pub outbound: bool,
+}
+
+impl Peer {
+    pub fn name(&self) -> &str {
+        &self.info.id.node
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HandshakeLabels {
+    alpn: &'static str,
+    direction: &'static str,
+    result: &'static str,
+}
+
+/// Transport metrics, under `mesh_transport_`.
+#[derive(Clone, Default)]
+pub struct Metrics {
+    handshakes: Family<HandshakeLabels, Counter>,
+}
+
+impl Metrics {
+    pub fn register(registry: &mut Registry) -> Metrics {
+        let m = Metrics::default();
+        registry.sub_registry_with_prefix("transport").register(
+            "handshakes",
+            "QUIC handshakes, by ALPN, direction and result",
+            m.handshakes.clone(),
+        );
+        m
+    }
+
+    fn count(&self, alpn: &'static str, direction: &'static str, ok: bool) {
+        let result = if ok { "ok" } else { "refused" };
+        self.handshakes.get_or_create(&HandshakeLabels { alpn, direction, result }).inc();
+    }
+}
+
+/// What the accept loop hands on.
+pub enum Accepted {
+    /// An authenticated member on `mesh/1`.
+    Mesh(Peer),
+    /// A node joining on `mesh-join/1` (no client certificate).
+    Join(quinn::Connection),
+}
+
+pub struct Transport {
+    endpoint: quinn::Endpoint,
+    identity: Arc<Identity>,
+    pool: Mutex<HashMap<String, Peer>>,
+    metrics: Metrics,
+}
+
+/// Keepalives keep NAT bindings and idle pooled connections open; a peer silent for the
+/// idle timeout is gone.
+pub fn transport_config() -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(Duration::from_secs(5)));
+    t.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(30_000))));
+    t
+}
+
+impl Transport {
+    /// Starts the endpoint on `socket` (already bound by `app`).
+    pub fn new(socket: std::net::UdpSocket, identity: Arc<Identity>, metrics: Metrics) -> Result<Transport, TransportError> {
+        let server_tls = identity.server_config()?;
+        let quic_server =
+            QuicServerConfig::try_from(Arc::new(server_tls)).map_err(|e| TransportError::Config(e.to_string()))?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic_server));
+        server.transport_config(Arc::new(transport_config()));
+        let runtime = quinn::default_runtime().ok_or_else(|| TransportError::Config("no async runtime".to_owned()))?;
+        let mut endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket, runtime)?;
+        endpoint.set_default_client_config(mesh_client(&identity)?);
+        Ok(Transport { endpoint, identity, pool: Mutex::new(HashMap::new()), metrics })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    pub fn identity(&self) -> &Arc<Identity> {
+        &self.identity
+    }
+
+    /// Dials `addr` on `mesh/1` and keeps the connection in the pool under the peer's
+    /// verified name.
+    pub async fn dial(&self, addr: SocketAddr) -> Result<Peer, TransportError> {
+        let dial_err = |detail: String| TransportError::Dial { addr, detail };
+        let connecting = self.endpoint.connect(addr, "mesh").map_err(|e| dial_err(e.to_string()))?;
+        let conn = match connecting.await {
+            Ok(conn) => conn,
+            Err(e) => {
+                self.metrics.count("mesh/1", "outbound", false);
+                return Err(dial_err(e.to_string()));
+            }
+        };
+        self.metrics.count("mesh/1", "outbound", true);
+        let info = peer_info(&conn).map_err(|detail| TransportError::NoPeerCert { addr, detail })?;
+        let peer = Peer { info, conn, since: SystemTime::now(), outbound: true };
+        self.remember(&peer);
+        Ok(peer)
+    }
+
+    /// A live pooled connection to the member at `addr`, or a new one.
+    pub async fn connection_to(&self, addr: SocketAddr) -> Result<Peer, TransportError> {
+        let pooled = self.lock().values().find(|p| p.conn.remote_address() == addr && p.conn.close_reason().is_none()).cloned();
+        match pooled {
+            Some(p) => Ok(p),
+            None => self.dial(addr).await,
+        }
+    }
+
+    /// Every live pooled connection.
+    pub fn peers(&self) -> Vec<Peer> {
+        let mut pool = self.lock();
+        pool.retain(|_, p| p.conn.close_reason().is_none());
+        let mut peers: Vec<Peer> = pool.values().cloned().collect();
+        peers.sort_by(|a, b| a.name().cmp(b.name()));
+        peers
+    }
+
+    /// Closes every connection with a peer whose certificate is now revoked.
+    pub fn close_revoked(&self) {
+        let mut pool = self.lock();
+        pool.retain(|_, p| {
+            if self.identity.revocations.is_revoked(&p.info) {
+                tracing::warn!(peer = %p.name(), "closing the connection of a removed node");
+                p.conn.close(quinn::VarInt::from_u32(close::REVOKED), b"removed from the mesh");
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Peer>> {
+        self.pool.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn remember(&self, peer: &Peer) {
+        let mut pool = self.lock();
+        let replace = pool.get(peer.name()).is_none_or(|old| old.conn.close_reason().is_some() || !old.outbound || peer.outbound);
+        if replace {
+            pool.insert(peer.name().to_owned(), peer.clone());
+        }
+    }
+
+    /// Accepts connections until the drain starts, handing each on after its handshake.
+    pub async fn serve(self: Arc<Self>, accepted: mpsc::Sender<Accepted>, drain: DrainWatcher) {
+        let mut handshakes = JoinSet::new();
+        loop {
+            let incoming = tokio::select! {
+                incoming = self.endpoint.accept() => incoming,
+                _ = drain.signaled() => break,
+                Some(_) = handshakes.join_next(), if !handshakes.is_empty() => continue,
+            };
+            let Some(incoming) = incoming else { break };
+            let this = self.clone();
+            let accepted = accepted.clone();
+            handshakes.spawn(async move {
+                let remote = incoming.remote_address();
+                let conn = match incoming.await {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        this.metrics.count("unknown", "inbound", false);
+                        tracing::debug!(%remote, error = %e, "inbound handshake failed");
+                        return;
+                    }
+                };
+                match alpn(&conn).as_deref() {
+                    Some(mesh_proto::wire::ALPN_MESH) => match peer_info(&conn) {
+                        Ok(info) => {
+                            this.metrics.count("mesh/1", "inbound", true);
+                            let peer = Peer { info, conn, since: SystemTime::now(), outbound: false };
+                            this.remember(&peer);
+                            let _ = accepted.send(Accepted::Mesh(peer)).await;
+                        }
+                        Err(detail) => {
+                            this.metrics.count("mesh/1", "inbound", false);
+                            tracing::warn!(%remote, %detail, "mesh/1 without a client certificate: closed");
+                            conn.close(quinn::VarInt::from_u32(close::NO_CLIENT_CERT), b"client certificate required");
+                        }
+                    },
+                    Some(mesh_proto::wire::ALPN_JOIN) => {
+                        this.metrics.count("mesh-join/1", "inbound", true);
+                        let _ = accepted.send(Accepted::Join(conn)).await;
+                    }
+                    _ => conn.close(quinn::VarInt::from_u32(close::DONE), b"unknown protocol"),
+                }
+            });
+        }
+        handshakes.shutdown().await;
+        // Tell peers we are going, so they do not wait for the idle timeout.
+        self.endpoint.close(quinn::VarInt::from_u32(close::SHUTDOWN), b"draining");
+        drop(drain);
+    }
+}
+
+fn mesh_client(identity: &Arc<Identity>) -> Result<quinn::ClientConfig, TransportError> {
+    let tls = identity.client_config()?;
+    let quic = QuicClientConfig::try_from(Arc::new(tls)).map_err(|e| TransportError::Config(e.to_string()))?;
+    let mut client = quinn::ClientConfig::new(Arc::new(quic));
+    client.transport_config(Arc::new(transport_config()));
+    Ok(client)
+}
+
+/// The ALPN a connection agreed on.
+pub fn alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
+    conn.handshake_data()?.downcast::<HandshakeData>().ok()?.protocol
+}
+
+/// The verified identity of the peer on `conn`.
+pub fn peer_info(conn: &quinn::Connection) -> Result<CertInfo, String> {
+    let certs = conn
+        .peer_identity()
+        .ok_or_else(|| "no certificate".to_owned())?
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .map_err(|_| "no certificate".to_owned())?;
+    let first = certs.first().ok_or_else(|| "empty certificate chain".to_owned())?;
+    cert::inspect(first).map_err(|e| e.to_string())
+}
