@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use hyper::Method;
-use mesh_proto::api::{Member, NodeRemoved, Status, TokenCreated, TokenRequest};
+use mesh_proto::api::{Connection, Member, NodeRemoved, Status, TokenCreated, TokenRequest};
 use meshctl::{table, Client, ClientError};
 
 #[derive(Parser)]
@@ -39,6 +39,8 @@ enum Command {
     Status,
     /// Members of the mesh and their state.
     Members,
+    /// Live QUIC connections with other members, by verified identity.
+    Connections,
     /// Join tokens.
     Token {
         #[command(subcommand)]
@@ -121,19 +123,24 @@ fn main() -> ExitCode {
     }
 }
 
+/// Turns an API body into the readable form.
+type Printer = fn(&[u8]) -> Result<String, serde_json::Error>;
+
 async fn execute(client: &Client, command: &Command, output: Output) -> Result<String, ClientError> {
     let decode = |e: serde_json::Error| ClientError::Decode(e.to_string());
-    let (response, table): (_, fn(&[u8]) -> Result<String, serde_json::Error>) = match command {
-        Command::Status => (client.get("/v1/status").await?, |b| Ok(table::status(&serde_json::from_slice::<Status>(b)?))),
+    let (response, table): (_, Printer) = match command {
+        Command::Status => {
+            (client.get("/v1/status").await?, |b| Ok(table::status(&serde_json::from_slice::<Status>(b)?)))
+        }
         Command::Members => (client.get("/v1/members").await?, |b| {
             Ok(table::members(&serde_json::from_slice::<Vec<Member>>(b)?, SystemTime::now()))
         }),
+        Command::Connections => (client.get("/v1/connections").await?, |b| {
+            Ok(table::connections(&serde_json::from_slice::<Vec<Connection>>(b)?, SystemTime::now()))
+        }),
         Command::Token { command: TokenCommand::Create { ttl, signer, node } } => {
-            let request = TokenRequest {
-                ttl: Some(mesh_proto::duration::format(*ttl)),
-                signer: *signer,
-                node: node.clone(),
-            };
+            let request =
+                TokenRequest { ttl: Some(mesh_proto::duration::format(*ttl)), signer: *signer, node: node.clone() };
             let body = serde_json::to_vec(&request).map_err(decode)?;
             // The table form is the token alone, one line, for scripts: TOKEN=$(meshctl token create).
             (client.request(Method::POST, "/v1/tokens", Some(body)).await?, |b| {

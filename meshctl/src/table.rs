@@ -2,7 +2,7 @@
 
 use std::time::SystemTime;
 
-use mesh_proto::api::{Member, Status};
+use mesh_proto::api::{Connection, Member, Status};
 
 /// Left-aligned columns separated by two spaces, with a header row.
 pub fn columns(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -71,6 +71,22 @@ pub fn members(members: &[Member], now: SystemTime) -> String {
         .map(|m| vec![m.name.clone(), m.addr.clone(), m.state.as_str().to_owned(), ago(&m.last_heard, now)])
         .collect();
     columns(&["NAME", "ADDRESS", "STATE", "LAST HEARD"], &rows)
+}
+
+pub fn connections(conns: &[Connection], now: SystemTime) -> String {
+    let rows: Vec<Vec<String>> = conns
+        .iter()
+        .map(|c| {
+            vec![
+                c.node.clone(),
+                c.addr.clone(),
+                c.direction.clone(),
+                ago(&c.since, now).replace(" ago", ""),
+                format!("{:.2} ms", c.rtt_ms),
+            ]
+        })
+        .collect();
+    columns(&["NODE", "ADDRESS", "DIRECTION", "AGE", "RTT"], &rows)
 }
 
 /// "3s ago" for an RFC 3339 time; the time itself if it cannot be read.

@@ -21,8 +21,8 @@ use crate::drain::{self, DrainOutcome, DrainTrigger, DrainWatcher};
 use crate::identity::signer::{self, Signer};
 use crate::identity::{verify, Identity, IdentityError};
 use crate::state::{self, Publisher, Snapshot, SnapshotRx};
-use crate::transport::{Accepted, Transport, TransportError};
 use crate::store::{self, Store, StoreError};
+use crate::transport::{Accepted, Transport, TransportError};
 use crate::{datadir, metrics, signal};
 
 /// Why meshd could not start.

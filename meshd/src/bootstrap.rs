@@ -96,7 +96,9 @@ pub async fn join(config: &Config, token_text: &str) -> Result<Joined, Bootstrap
     let request = JoinRequest::V1 { secret: token.secret, node: config.node_name.clone(), csr };
     let answer = tokio::time::timeout(JOIN_TIMEOUT, crate::rpc::join(token.signer, tls, request))
         .await
-        .map_err(|_| BootstrapError::Join(format!("the signer at {} did not answer in {JOIN_TIMEOUT:?}", token.signer)))?
+        .map_err(|_| {
+            BootstrapError::Join(format!("the signer at {} did not answer in {JOIN_TIMEOUT:?}", token.signer))
+        })?
         .map_err(BootstrapError::Join)?;
     let (cert_der, ca_der, ca_key) = match answer {
         JoinResponse::Granted { cert, ca, ca_key } => (cert, ca, ca_key),

@@ -77,7 +77,8 @@ pub async fn join(signer: SocketAddr, tls: rustls::ClientConfig, request: JoinRe
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls)).map_err(|e| e.to_string())?;
     let mut client = quinn::ClientConfig::new(Arc::new(quic));
     client.transport_config(Arc::new(crate::transport::transport_config()));
-    let bind: SocketAddr = if signer.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().map_err(|_| "bind".to_owned())?;
+    let bind: SocketAddr =
+        if signer.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().map_err(|_| "bind".to_owned())?;
     let endpoint = quinn::Endpoint::client(bind).map_err(|e| e.to_string())?;
     let conn = endpoint
         .connect_with(client, signer, "mesh")

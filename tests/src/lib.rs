@@ -110,16 +110,23 @@ impl Node {
     /// table: bare keys there set admin keys (`http = ...`); anything else opens its own
     /// table (`[[service]]`, `[identity]`).
     pub fn prepare(block: &Block, i: u8, extra: &str) -> Node {
+        Node::prepare_with(block, i, "", extra)
+    }
+
+    /// Like [`Node::prepare`], with `top` added to the top-level keys (`join = [...]`,
+    /// `[identity]` tables go in `extra`).
+    pub fn prepare_with(block: &Block, i: u8, top: &str, extra: &str) -> Node {
         let name = format!("node-{i}");
         let dir = tempfile::Builder::new().prefix("mesh-test-").tempdir().expect("tempdir");
         let socket = dir.path().join("meshd.sock");
         let config = dir.path().join("meshd.toml");
         let text = format!(
             r#"node_name = "{name}"
+{top}
 data_dir = "{data}"
 bind = "{ip}:0"
 drain_timeout = "5s"
-log_level = "debug"
+log_level = "debug,sled=info"
 
 [dns]
 listen = "{dns}:0"
@@ -140,6 +147,48 @@ socket = "{socket}"
         std::fs::write(&config, text).expect("write config");
         let log = dir.path().join("meshd.log");
         Node { name, dir, config, socket, child: None, log, env: Vec::new() }
+    }
+
+    /// Prepares node `i` with `top` and `extra`, joins it with `token` (which must
+    /// succeed) and starts it.
+    pub fn join(block: &Block, i: u8, token: &str, top: &str, extra: &str) -> Node {
+        let node = Node::prepare_with(block, i, top, extra);
+        let out = node.meshd(&["join", token]);
+        assert!(out.status.success(), "meshd join failed: {}", String::from_utf8_lossy(&out.stderr));
+        node.run()
+    }
+
+    /// The address this node advertises, as its own member entry says.
+    pub fn addr(&self) -> String {
+        let members = self.meshctl_json(&["members"]);
+        members
+            .as_array()
+            .and_then(|m| m.iter().find(|m| m["name"] == self.name.as_str()))
+            .and_then(|m| m["addr"].as_str())
+            .expect("this node's member entry")
+            .to_owned()
+    }
+
+    /// `meshctl token create ARGS`, which must succeed: the token.
+    pub fn token(&self, args: &[&str]) -> String {
+        let mut all = vec!["token", "create"];
+        all.extend(args);
+        let out = self.meshctl(&all);
+        assert!(out.status.success(), "token create: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).expect("utf-8").trim().to_owned()
+    }
+
+    /// Polls `check` every 50 ms until it returns Some, panicking with `what` and this
+    /// node's log after `limit`.
+    pub fn eventually<T>(&self, limit: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(v) = check() {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "{what}: not within {limit:?}\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Sets an environment variable for `meshd run`.

@@ -18,7 +18,10 @@ fn meshctl_status_as_a_table_and_as_the_api_body() {
     assert!(table.contains("1 alive, 0 suspect, 0 dead, 0 left"), "{table}");
     // The store holds one entry from the start: the record of this node's certificate.
     assert!(table.lines().any(|l| l.starts_with("store") && l.contains(" 1 entry, ")), "{table}");
-    assert!(table.lines().any(|l| l.starts_with("identity") && l.ends_with(" spiffe://mesh.local/node/node-1")), "{table}");
+    assert!(
+        table.lines().any(|l| l.starts_with("identity") && l.ends_with(" spiffe://mesh.local/node/node-1")),
+        "{table}"
+    );
     assert!(table.lines().any(|l| l.starts_with("signer") && l.ends_with(" yes")), "{table}");
 
     let json = node.meshctl_json(&["status"]);

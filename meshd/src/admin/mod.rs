@@ -26,8 +26,8 @@ use serde::Deserialize;
 use crate::drain::DrainSignal;
 use crate::identity::signer::{self, Signer, SignerError};
 use crate::identity::Identity;
-use crate::transport::Transport;
 use crate::state::{Snapshot, SnapshotRx};
+use crate::transport::Transport;
 
 /// The longest a blocking query may wait (Consul's limit too).
 pub const MAX_WAIT: Duration = Duration::from_secs(600);
@@ -248,7 +248,9 @@ async fn create_token(
 ) -> Result<Response, Error> {
     let Json(req) = body.map_err(|e| Error::new(StatusCode::BAD_REQUEST, e.body_text()))?;
     let ttl = match &req.ttl {
-        Some(t) => mesh_proto::duration::parse(t).map_err(|e| Error::new(StatusCode::BAD_REQUEST, format!("ttl: {e}")))?,
+        Some(t) => {
+            mesh_proto::duration::parse(t).map_err(|e| Error::new(StatusCode::BAD_REQUEST, format!("ttl: {e}")))?
+        }
         None => Duration::from_secs(3600),
     };
     let signer = state.signer.clone();
@@ -305,7 +307,8 @@ fn member_list(state: &AdminState, snap: &Snapshot) -> Vec<api::Member> {
         })
         .collect();
     // Until gossip lands: members this node is connected to are alive, removed ones left.
-    for peer in state.transport.peers() {
+    let peers = state.transport.peers();
+    for peer in &peers {
         if body.iter().all(|m| m.name != peer.name()) {
             body.push(api::Member {
                 name: peer.name().to_owned(),
@@ -316,6 +319,10 @@ fn member_list(state: &AdminState, snap: &Snapshot) -> Vec<api::Member> {
         }
     }
     for removed in signer::revoked_set(&snap.store).1 {
+        // A removed name that came back with a new key is connected again: alive.
+        if peers.iter().any(|p| p.name() == removed.node) {
+            continue;
+        }
         match body.iter_mut().find(|m| m.name == removed.node) {
             Some(m) => m.state = api::MemberState::Left,
             None => body.push(api::Member {

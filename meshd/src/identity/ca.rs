@@ -42,7 +42,8 @@ impl Ca {
         dn.push(DnType::CommonName, format!("mesh CA {trust_domain}"));
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         let now = SystemTime::now();
         params.not_before = (now - BACKDATE).into();
         params.not_after = (now + CA_LIFETIME).into();
@@ -175,6 +176,9 @@ mod tests {
             None,
         )
         .expect("chains to the original CA certificate");
-        assert!(Ca::verify_only(ca.der.clone()).issue(&csr, &SpiffeId::new("mesh.local", "n"), Duration::from_secs(60)).expect("ok").is_none());
+        assert!(Ca::verify_only(ca.der.clone())
+            .issue(&csr, &SpiffeId::new("mesh.local", "n"), Duration::from_secs(60))
+            .expect("ok")
+            .is_none());
     }
 }

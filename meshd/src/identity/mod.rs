@@ -279,6 +279,11 @@ impl Identity {
             .with_client_cert_verifier(Arc::new(ClientVerifier(self.check())))
             .with_cert_resolver(Arc::new(Resolver(self.clone())));
         config.alpn_protocols = vec![mesh_proto::wire::ALPN_MESH.to_vec(), mesh_proto::wire::ALPN_JOIN.to_vec()];
+        // No session resumption: a resumed session skips the client certificate check,
+        // and a removed node must be refused at its next handshake, not at its ticket's
+        // expiry. Full handshakes cost little next to long-lived pooled connections.
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
         Ok(config)
     }
 
@@ -291,6 +296,7 @@ impl Identity {
             .with_custom_certificate_verifier(Arc::new(ServerVerifier(self.check())))
             .with_client_cert_resolver(Arc::new(Resolver(self.clone())));
         config.alpn_protocols = vec![mesh_proto::wire::ALPN_MESH.to_vec()];
+        config.resumption = rustls::client::Resumption::disabled();
         Ok(config)
     }
 }

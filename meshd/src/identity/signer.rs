@@ -196,7 +196,9 @@ impl Signer {
                 return Err(refuse(RefusalReason::BadRequest, format!("this token is for node {bound}")));
             }
         }
-        if let Some(held) = view.get(&node_cert_key(&node)).and_then(|v| serde_json::from_slice::<NodeCertRecord>(v).ok()) {
+        if let Some(held) =
+            view.get(&node_cert_key(&node)).and_then(|v| serde_json::from_slice::<NodeCertRecord>(v).ok())
+        {
             let revoked = self.identity.revocations.is_revoked_key(&held.key_hash);
             if !revoked && held.not_after_ms > wall_ms() {
                 return Err(refuse(
@@ -274,9 +276,7 @@ impl Signer {
     pub fn renew_self(&self) -> Result<CertInfo, String> {
         let csr = self.identity.csr().map_err(|e| e.to_string())?;
         match self.renew(&self.identity.current().info, &csr) {
-            RenewResponse::Renewed { cert } => {
-                self.identity.replace_cert(cert.into()).map_err(|e| e.to_string())
-            }
+            RenewResponse::Renewed { cert } => self.identity.replace_cert(cert.into()).map_err(|e| e.to_string()),
             RenewResponse::Refused(r) => Err(r.to_string()),
         }
     }

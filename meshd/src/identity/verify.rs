@@ -24,8 +24,8 @@ use super::cert::{self, CertError, CertInfo};
 pub enum Refused {
     /// webpki refused the chain: another CA, a bad signature, expired, not yet valid,
     /// or without the usage this side needs.
-    #[error("certificate chain refused: {0}")]
-    Chain(String),
+    #[error("certificate chain refused: {0:?}")]
+    Chain(webpki::Error),
     /// Not a node certificate (names).
     #[error(transparent)]
     Cert(#[from] CertError),
@@ -44,11 +44,16 @@ impl Refused {
     /// A short label for metrics.
     pub fn reason(&self) -> &'static str {
         match self {
-            Refused::Chain(e) if e.contains("Expired") => "expired",
-            Refused::Chain(e) if e.contains("NotValidYet") => "not_yet_valid",
-            Refused::Chain(e) if e.contains("UnknownIssuer") || e.contains("BadSignature") => "unknown_issuer",
-            Refused::Chain(e) if e.contains("Eku") || e.contains("Usage") => "wrong_usage",
-            Refused::Chain(_) => "invalid_chain",
+            Refused::Chain(e) => match e {
+                webpki::Error::CertExpired { .. } => "expired",
+                webpki::Error::CertNotValidYet { .. } => "not_yet_valid",
+                // Another CA: unknown by name, or (same name) its signature does not verify.
+                webpki::Error::UnknownIssuer | webpki::Error::InvalidSignatureForPublicKey => "unknown_issuer",
+                webpki::Error::RequiredEkuNotFoundContext(_) => "wrong_usage",
+                #[allow(deprecated)]
+                webpki::Error::RequiredEkuNotFound => "wrong_usage",
+                _ => "invalid_chain",
+            },
             Refused::Cert(_) => "not_a_node_cert",
             Refused::TrustDomain(_) => "trust_domain",
             Refused::Revoked(_) => "revoked",
@@ -186,11 +191,11 @@ fn verify_chain(
     now: UnixTime,
     usage: webpki::KeyUsage,
 ) -> Result<(), Refused> {
-    let anchor = webpki::anchor_from_trusted_cert(anchor_der).map_err(|e| Refused::Chain(format!("{e:?}")))?;
-    let ee = webpki::EndEntityCert::try_from(end_entity).map_err(|e| Refused::Chain(format!("{e:?}")))?;
+    let anchor = webpki::anchor_from_trusted_cert(anchor_der).map_err(Refused::Chain)?;
+    let ee = webpki::EndEntityCert::try_from(end_entity).map_err(Refused::Chain)?;
     ee.verify_for_usage(webpki::ALL_VERIFICATION_ALGS, &[anchor], intermediates, now, usage, None, None)
         .map(drop)
-        .map_err(|e| Refused::Chain(format!("{e:?}")))
+        .map_err(Refused::Chain)
 }
 
 /// The server side of `mesh/1` (and `mesh-join/1`): checks a client certificate when one

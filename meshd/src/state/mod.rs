@@ -74,7 +74,6 @@ impl Snapshot {
     pub fn empty(node: &str) -> Snapshot {
         Snapshot { index: 0, node: node.to_owned(), members: Vec::new(), store: Arc::default() }
     }
-
 }
 
 #[cfg(test)]

@@ -122,7 +122,11 @@ pub fn transport_config() -> quinn::TransportConfig {
 
 impl Transport {
     /// Starts the endpoint on `socket` (already bound by `app`).
-    pub fn new(socket: std::net::UdpSocket, identity: Arc<Identity>, metrics: Metrics) -> Result<Transport, TransportError> {
+    pub fn new(
+        socket: std::net::UdpSocket,
+        identity: Arc<Identity>,
+        metrics: Metrics,
+    ) -> Result<Transport, TransportError> {
         let server_tls = identity.server_config()?;
         let quic_server =
             QuicServerConfig::try_from(Arc::new(server_tls)).map_err(|e| TransportError::Config(e.to_string()))?;
@@ -163,7 +167,8 @@ impl Transport {
 
     /// A live pooled connection to the member at `addr`, or a new one.
     pub async fn connection_to(&self, addr: SocketAddr) -> Result<Peer, TransportError> {
-        let pooled = self.lock().values().find(|p| p.conn.remote_address() == addr && p.conn.close_reason().is_none()).cloned();
+        let pooled =
+            self.lock().values().find(|p| p.conn.remote_address() == addr && p.conn.close_reason().is_none()).cloned();
         match pooled {
             Some(p) => Ok(p),
             None => self.dial(addr).await,
@@ -199,7 +204,8 @@ impl Transport {
 
     fn remember(&self, peer: &Peer) {
         let mut pool = self.lock();
-        let replace = pool.get(peer.name()).is_none_or(|old| old.conn.close_reason().is_some() || !old.outbound || peer.outbound);
+        let replace =
+            pool.get(peer.name()).is_none_or(|old| old.conn.close_reason().is_some() || !old.outbound || peer.outbound);
         if replace {
             pool.insert(peer.name().to_owned(), peer.clone());
         }
@@ -229,6 +235,12 @@ impl Transport {
                 };
                 match alpn(&conn).as_deref() {
                     Some(mesh_proto::wire::ALPN_MESH) => match peer_info(&conn) {
+                        // The verifier refused revoked peers already; this catches a
+                        // revocation that landed during the handshake.
+                        Ok(info) if this.identity.revocations.is_revoked(&info) => {
+                            this.metrics.count("mesh/1", "inbound", false);
+                            conn.close(quinn::VarInt::from_u32(close::REVOKED), b"removed from the mesh");
+                        }
                         Ok(info) => {
                             this.metrics.count("mesh/1", "inbound", true);
                             let peer = Peer { info, conn, since: SystemTime::now(), outbound: false };

@@ -1,0 +1,206 @@
+//! Identity with real meshd processes: init, tokens, joins, renewal and removal.
+
+use std::time::{Duration, Instant};
+
+use mesh_proto::token::Token;
+use mesh_tests::{Block, Node};
+
+/// Liveness bound for things that take well under a second.
+const LIVENESS: Duration = Duration::from_secs(15);
+
+fn seed(n: &Node) -> String {
+    format!("join = [\"{}\"]", n.addr())
+}
+
+#[test]
+fn three_nodes_share_a_ca_and_each_holds_its_own_certificate() {
+    let block = Block::take();
+    let n1 = Node::start(&block, 1, "");
+    let token = n1.token(&[]);
+    let started = Instant::now();
+    let n2 = Node::join(&block, 2, &token, &seed(&n1), "");
+    eprintln!("join + start of node-2: {:?}", started.elapsed());
+    let n3 = Node::join(&block, 3, &n1.token(&["--ttl", "5m"]), &seed(&n1), "");
+
+    let fingerprint = n1.meshctl_json(&["status"])["ca_fingerprint"].clone();
+    assert!(fingerprint.as_str().is_some_and(|f| f.starts_with("sha256:")));
+    for (node, signer) in [(&n1, true), (&n2, false), (&n3, false)] {
+        let status = node.meshctl_json(&["status"]);
+        assert_eq!(status["identity"], format!("spiffe://mesh.local/node/{}", node.name));
+        assert_eq!(status["ca_fingerprint"], fingerprint, "{}", node.name);
+        assert_eq!(status["signer"], signer, "{}", node.name);
+        assert!(status["cert_expires"].as_str().is_some());
+    }
+    // Both joiners dial their seed over mesh/1; node-1 sees them by their verified names.
+    n1.eventually(LIVENESS, "node-1 connected to node-2 and node-3", || {
+        let conns = n1.meshctl_json(&["members"]);
+        let names: Vec<&str> = conns.as_array()?.iter().filter_map(|m| m["name"].as_str()).collect();
+        (names == ["node-1", "node-2", "node-3"]).then_some(())
+    });
+}
+
+#[test]
+fn bad_tokens_are_refused_with_the_right_exit_status_and_reason() {
+    let block = Block::take();
+    let n1 = Node::start(&block, 1, "");
+    let joiner = |i: u8| Node::prepare(&block, i, "");
+    let stderr = |out: &std::process::Output| String::from_utf8_lossy(&out.stderr).into_owned();
+
+    // Malformed: exit 2, nothing dialled, nothing written.
+    let good = n1.token(&[]);
+    let n5 = joiner(5);
+    for bad in ["garbage", &good[..good.len() - 3], "mesh1_AAAA"] {
+        let out = n5.meshd(&["join", bad]);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {}", stderr(&out));
+        assert!(stderr(&out).contains("malformed token"), "{}", stderr(&out));
+        assert!(!n5.dir.path().join("data").exists(), "nothing written");
+    }
+
+    // Used once, then replayed: refused with 1.
+    let n2 = joiner(2);
+    assert!(n2.meshd(&["join", &good]).status.success());
+    let replay = n5.meshd(&["join", &good]);
+    assert_eq!(replay.status.code(), Some(1));
+    assert!(stderr(&replay).contains("already used"), "{}", stderr(&replay));
+
+    // Expired.
+    let short = n1.token(&["--ttl", "1s"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = n5.meshd(&["join", &short]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("expired"), "{}", stderr(&out));
+
+    // Presented at a signer that did not issue it: node-3 is a signer too, but the token
+    // (pointed at it) was made on node-1.
+    let n3 = Node::join(&block, 3, &n1.token(&["--signer"]), "", "");
+    assert_eq!(n3.meshctl_json(&["status"])["signer"], true);
+    let mut elsewhere = Token::decode(&n1.token(&[])).expect("token");
+    elsewhere.signer = n3.addr().parse().expect("addr");
+    let out = n5.meshd(&["join", &elsewhere.encode()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("join refused"), "{}", stderr(&out));
+
+    // Made for another name.
+    let named = n1.token(&["--node", "node-9"]);
+    let out = n5.meshd(&["join", &named]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("this token is for node node-9"), "{}", stderr(&out));
+
+    // Asking for a name another node holds.
+    let imposter = Node::prepare(&Block::take(), 2, "");
+    let out = imposter.meshd(&["join", &n1.token(&[])]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("name taken"), "{}", stderr(&out));
+
+    // TTL limits are checked before anything is stored.
+    for ttl in ["0s", "8d"] {
+        let out = n1.meshctl(&["token", "create", "--ttl", ttl]);
+        assert_eq!(out.status.code(), Some(2), "{ttl}");
+    }
+}
+
+#[test]
+fn two_joins_racing_for_one_token_exactly_one_wins() {
+    let block = Block::take();
+    let n1 = Node::start(&block, 1, "");
+    for round in 0..5u8 {
+        let token = n1.token(&[]);
+        let a = Node::prepare(&block, 10 + 2 * round, "");
+        let b = Node::prepare(&block, 11 + 2 * round, "");
+        let (ra, rb) = std::thread::scope(|s| {
+            let ja = s.spawn(|| a.meshd(&["join", &token]));
+            let jb = s.spawn(|| b.meshd(&["join", &token]));
+            (ja.join().expect("a"), jb.join().expect("b"))
+        });
+        let wins = [&ra, &rb].iter().filter(|o| o.status.success()).count();
+        assert_eq!(wins, 1, "round {round}: exactly one join wins");
+        let loser = if ra.status.success() { &rb } else { &ra };
+        assert_eq!(loser.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&loser.stderr).contains("already used"));
+    }
+}
+
+fn metric(node: &Node, name: &str) -> u64 {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+    let text = rt.block_on(node.client().get("/metrics")).expect("metrics").body;
+    String::from_utf8_lossy(&text)
+        .lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_removed_node_is_cut_off_and_its_name_can_join_again_with_a_new_key() {
+    let block = Block::take();
+    let n1 = Node::start(&block, 1, "");
+    let mut n2 = Node::join(&block, 2, &n1.token(&[]), &seed(&n1), "");
+    n1.eventually(LIVENESS, "node-2 connected", || {
+        n1.meshctl_json(&["members"])
+            .as_array()?
+            .iter()
+            .any(|m| m["name"] == "node-2" && m["state"] == "alive")
+            .then_some(())
+    });
+
+    let out = n1.meshctl(&["node", "remove", "node-2"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("removed node-2"));
+    let state = |n: &Node| {
+        n.meshctl_json(&["members"])
+            .as_array()
+            .and_then(|m| m.iter().find(|m| m["name"] == "node-2").map(|m| m["state"].clone()))
+    };
+    assert_eq!(state(&n1), Some(serde_json::json!("left")));
+    // node-2 keeps trying its seed; every attempt is refused in the handshake.
+    let refused = "mesh_tls_peer_certs_refused_total{side=\"server\",reason=\"revoked\"}";
+    n1.eventually(LIVENESS, "node-2's reconnect refused as revoked", || (metric(&n1, refused) > 0).then_some(()));
+    assert!(
+        n1.meshctl_json(&["connections"]).as_array().is_none_or(|c| c.iter().all(|c| c["node"] != "node-2")),
+        "no live connection with node-2"
+    );
+    // Removing an unknown node fails (1); removing oneself is a usage error (2).
+    assert_eq!(n1.meshctl(&["node", "remove", "node-7"]).status.code(), Some(1));
+    let myself = n1.meshctl(&["node", "remove", "node-1"]);
+    assert_eq!(myself.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&myself.stderr).contains("on another node"));
+
+    // The name may come back with a new token and a new key.
+    n2.signal(nix::sys::signal::Signal::SIGTERM);
+    n2.wait_exit(LIVENESS);
+    let again = Node::join(&block, 2, &n1.token(&[]), &seed(&n1), "");
+    n1.eventually(LIVENESS, "node-2 back", || (state(&n1) == Some(serde_json::json!("alive"))).then_some(()));
+    drop(again);
+}
+
+#[test]
+fn renewal_keeps_a_long_lived_connection_alive_across_three_renewals() {
+    let block = Block::take();
+    let ttl = "[identity]\ncert_ttl = \"20s\"\n";
+    let n1 = Node::start(&block, 1, ttl);
+    let n2 = Node::join(&block, 2, &n1.token(&[]), &seed(&n1), ttl);
+    let conn = |n: &Node| {
+        let c = n.meshctl_json(&["connections"]);
+        let c = c.as_array()?.iter().find(|c| c["node"] == "node-1")?.clone();
+        Some((c["id"].as_u64()?, c["since"].as_str()?.to_owned()))
+    };
+    let first = n2.eventually(LIVENESS, "node-2 connected to node-1", || conn(&n2));
+    let expiry = |n: &Node| n.meshctl_json(&["status"])["cert_expires"].as_str().map(str::to_owned);
+    let mut seen = vec![expiry(&n2).expect("expiry")];
+    let mut seen1 = vec![expiry(&n1).expect("expiry")];
+    // Renewal is due every ~10 s; 90 s is the liveness bound for three.
+    n2.eventually(Duration::from_secs(90), "three renewals of node-2", || {
+        let now = expiry(&n2)?;
+        if seen.last() != Some(&now) {
+            seen.push(now);
+        }
+        let now1 = expiry(&n1)?;
+        if seen1.last() != Some(&now1) {
+            seen1.push(now1);
+        }
+        assert_eq!(conn(&n2).as_ref(), Some(&first), "the connection was replaced during renewals");
+        (seen.len() >= 4).then_some(())
+    });
+    assert!(seen1.len() >= 3, "the signer renewed itself too: {seen1:?}");
+    assert_eq!(n2.meshctl_json(&["status"])["cert_warning"], serde_json::Value::Null);
+}
