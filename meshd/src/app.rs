@@ -135,6 +135,7 @@ pub async fn build(config: &Config) -> Result<Bound, AppError> {
     let transport_metrics = crate::transport::Metrics::register(&mut registry);
     let transport = Arc::new(Transport::new(udp_socket, identity.clone(), transport_metrics)?);
     let signer = Arc::new(Signer::new(identity.clone(), store.clone(), advertise, config.identity.cert_ttl));
+    signer.announce()?;
     let seeds: Vec<SocketAddr> = config.join.iter().copied().filter(|s| *s != advertise && *s != udp).collect();
 
     Ok(Bound {

@@ -204,3 +204,43 @@ fn renewal_keeps_a_long_lived_connection_alive_across_three_renewals() {
     assert!(seen1.len() >= 3, "the signer renewed itself too: {seen1:?}");
     assert_eq!(n2.meshctl_json(&["status"])["cert_warning"], serde_json::Value::Null);
 }
+
+#[test]
+fn renewal_goes_to_another_signer_when_the_first_is_gone() {
+    let block = Block::take();
+    let ttl = "[identity]\ncert_ttl = \"20s\"\n";
+    let mut n1 = Node::start(&block, 1, ttl);
+    let n2 = Node::join(&block, 2, &n1.token(&["--signer"]), &seed(&n1), ttl);
+    assert_eq!(n2.meshctl_json(&["status"])["signer"], true);
+    // node-3 knows both signers as seeds; it joined through node-1.
+    let seeds = format!("join = [\"{}\", \"{}\"]", n1.addr(), n2.addr());
+    let n3 = Node::join(&block, 3, &n1.token(&[]), &seeds, ttl);
+    let before = n3.meshctl_json(&["status"])["cert_expires"].clone();
+
+    // Lose the signer node-3 joined through.
+    n1.signal(nix::sys::signal::Signal::SIGKILL);
+    n1.wait_exit(LIVENESS);
+
+    // Renewal is due within ~10 s; node-2 must serve it.
+    n3.eventually(Duration::from_secs(60), "node-3 renewed at node-2", || {
+        let now = n3.meshctl_json(&["status"])["cert_expires"].clone();
+        (now != before).then_some(())
+    });
+}
+
+#[test]
+fn a_join_token_in_the_config_joins_on_first_start() {
+    let block = Block::take();
+    let n1 = Node::start(&block, 1, "");
+    let token = n1.token(&[]);
+    let node = Node::prepare_with(&block, 2, &format!("join_token = \"{token}\"\n{}", seed(&n1)), "");
+    let node = node.run();
+    let status = node.meshctl_json(&["status"]);
+    assert_eq!(status["identity"], "spiffe://mesh.local/node/node-2");
+    // A restart uses the identity it has; the used token is not presented again.
+    let mut node = node;
+    node.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(node.wait_exit(LIVENESS).code(), Some(0));
+    let node = node.run();
+    assert_eq!(node.meshctl_json(&["status"])["identity"], "spiffe://mesh.local/node/node-2");
+}

@@ -93,9 +93,9 @@ async fn renew_once(
     }
     let csr = identity.csr().map_err(|e| e.to_string())?;
     let mut addrs: Vec<SocketAddr> = identity.signer_addrs().iter().filter_map(|a| a.parse().ok()).collect();
-    for seed in seeds {
-        if !addrs.contains(seed) {
-            addrs.push(*seed);
+    for addr in seeds.iter().copied().chain(signer.known_signers()) {
+        if !addrs.contains(&addr) {
+            addrs.push(addr);
         }
     }
     if addrs.is_empty() {

@@ -119,6 +119,30 @@ impl Signer {
         self.identity.ca.is_signer()
     }
 
+    /// On a signer: records `signer/NODE` = its address in the store, so that every
+    /// node (once gossip spreads it) can renew at any signer, not only the one it
+    /// joined through.
+    pub fn announce(&self) -> Result<(), StoreError> {
+        if !self.is_signer() {
+            return Ok(());
+        }
+        let key = format!("signer/{}", self.identity.node);
+        let addr = self.advertise.to_string();
+        if self.store.view().get(&key) != Some(addr.as_bytes()) {
+            self.store.put(&key, addr.into_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// The signers' addresses recorded in the store, other than this node.
+    pub fn known_signers(&self) -> Vec<SocketAddr> {
+        let view = self.store.view();
+        view.prefix("signer/")
+            .filter(|e| e.key != format!("signer/{}", self.identity.node))
+            .filter_map(|e| std::str::from_utf8(&e.value).ok()?.parse().ok())
+            .collect()
+    }
+
     /// Makes a token valid for `ttl`, redeemable here once.
     pub fn create_token(&self, ttl: Duration, grant_signer: bool, node: Option<String>) -> Result<Issued, SignerError> {
         if !self.is_signer() {

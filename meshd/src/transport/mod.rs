@@ -111,6 +111,10 @@ pub struct Transport {
     metrics: Metrics,
 }
 
+/// How long a dial may take before the peer counts as unreachable: a lost peer must not
+/// hold a caller for the 30 s idle timeout.
+pub const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Keepalives keep NAT bindings and idle pooled connections open; a peer silent for the
 /// idle timeout is gone.
 pub fn transport_config() -> quinn::TransportConfig {
@@ -151,11 +155,15 @@ impl Transport {
     pub async fn dial(&self, addr: SocketAddr) -> Result<Peer, TransportError> {
         let dial_err = |detail: String| TransportError::Dial { addr, detail };
         let connecting = self.endpoint.connect(addr, "mesh").map_err(|e| dial_err(e.to_string()))?;
-        let conn = match connecting.await {
-            Ok(conn) => conn,
-            Err(e) => {
+        let conn = match tokio::time::timeout(DIAL_TIMEOUT, connecting).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => {
                 self.metrics.count("mesh/1", "outbound", false);
                 return Err(dial_err(e.to_string()));
+            }
+            Err(_) => {
+                self.metrics.count("mesh/1", "outbound", false);
+                return Err(dial_err(format!("no answer within {DIAL_TIMEOUT:?}")));
             }
         };
         self.metrics.count("mesh/1", "outbound", true);
