@@ -23,7 +23,7 @@ use crate::identity::{verify, Identity, IdentityError};
 use crate::state::{self, Publisher, Snapshot, SnapshotRx};
 use crate::store::{self, Store, StoreError};
 use crate::transport::{Accepted, Transport, TransportError};
-use crate::{datadir, metrics, signal};
+use crate::{datadir, membership, metrics, signal};
 
 /// Why meshd could not start.
 #[derive(Debug, thiserror::Error)]
@@ -80,12 +80,25 @@ pub struct Bound {
     pub transport: Arc<Transport>,
     signer: Arc<Signer>,
     seeds: Vec<SocketAddr>,
+    gossip: GossipParts,
+    node_name: String,
     drain_timeout: Duration,
     publisher: Publisher,
     admin_listener: UnixListener,
     admin_inode: u64,
     http_listener: Option<TcpListener>,
     registry: prometheus_client::registry::Registry,
+}
+
+/// What membership needs that `build` prepares.
+struct GossipParts {
+    params: membership::core::Params,
+    sync_interval: Duration,
+    metrics: membership::Metrics,
+    heard: Arc<membership::Heard>,
+    conns: tokio::sync::mpsc::Receiver<crate::transport::Peer>,
+    writes: tokio::sync::mpsc::Receiver<Arc<crate::store::entry::Entry>>,
+    bump: u64,
 }
 
 /// Binds every socket `config` names.
@@ -133,7 +146,20 @@ pub async fn build(config: &Config) -> Result<Bound, AppError> {
     // Revocations are in force before the first handshake.
     identity.revocations.replace(signer::revoked_set(&store.view()).0);
     let transport_metrics = crate::transport::Metrics::register(&mut registry);
-    let transport = Arc::new(Transport::new(udp_socket, identity.clone(), transport_metrics)?);
+    let (conns_tx, conns_rx) = tokio::sync::mpsc::channel(1024);
+    let transport = Arc::new(Transport::new(udp_socket, identity.clone(), transport_metrics, Some(conns_tx))?);
+    let (writes_tx, writes_rx) = tokio::sync::mpsc::channel(1024);
+    store.broadcast_to(writes_tx);
+    let gossip = GossipParts {
+        params: config.gossip.params(),
+        sync_interval: config.gossip.sync_interval,
+        metrics: membership::Metrics::register(&mut registry),
+        heard: Arc::default(),
+        conns: conns_rx,
+        writes: writes_rx,
+        // A restarted node is a new SWIM identity: it supersedes the old one at once.
+        bump: store::wall_ms(),
+    };
     let signer = Arc::new(Signer::new(identity.clone(), store.clone(), advertise, config.identity.cert_ttl));
     signer.announce()?;
     let seeds: Vec<SocketAddr> = config.join.iter().copied().filter(|s| *s != advertise && *s != udp).collect();
@@ -148,6 +174,8 @@ pub async fn build(config: &Config) -> Result<Bound, AppError> {
         transport,
         signer,
         seeds,
+        gossip,
+        node_name: config.node_name.clone(),
         drain_timeout: config.drain_timeout,
         publisher,
         admin_listener,
@@ -171,6 +199,8 @@ impl Bound {
             identity: self.identity.clone(),
             transport: self.transport.clone(),
             signer: self.signer.clone(),
+            heard: self.gossip.heard.clone(),
+            store: self.store.clone(),
         });
 
         let mut tasks = JoinSet::new();
@@ -183,7 +213,20 @@ impl Bound {
         }
         let (accepted_tx, accepted_rx) = tokio::sync::mpsc::channel(64);
         tasks.spawn(self.transport.clone().serve(accepted_tx, watcher.clone()));
-        tasks.spawn(dispatch(accepted_rx, self.signer.clone(), watcher.clone()));
+        tasks.spawn(dispatch(accepted_rx, self.signer.clone(), self.store.clone(), watcher.clone()));
+        let g = self.gossip;
+        let inputs = membership::Inputs {
+            me: membership::core::MemberId { name: self.node_name.clone(), addr: self.advertise, bump: g.bump },
+            params: g.params,
+            sync_interval: g.sync_interval,
+            transport: self.transport.clone(),
+            store: self.store.clone(),
+            publisher: self.publisher.clone(),
+            seeds: self.seeds.clone(),
+            metrics: g.metrics,
+            heard: g.heard,
+        };
+        tasks.spawn(membership::run(inputs, g.conns, g.writes, watcher.clone()));
         tasks.spawn(crate::identity::renew::run(
             self.identity.clone(),
             self.transport.clone(),
@@ -191,9 +234,6 @@ impl Bound {
             self.seeds.clone(),
             watcher.clone(),
         ));
-        for seed in self.seeds.iter().copied() {
-            tasks.spawn(keep_dialled(self.transport.clone(), seed, watcher.clone()));
-        }
         tasks.spawn(watch_revocations(self.publisher.subscribe(), self.transport.clone(), watcher.clone()));
         drop(watcher);
 
@@ -229,12 +269,17 @@ async fn drain_with(trigger: DrainTrigger, deadline: Duration) -> DrainOutcome {
 }
 
 /// Hands accepted connections to their handlers until the drain starts.
-async fn dispatch(mut accepted: tokio::sync::mpsc::Receiver<Accepted>, signer: Arc<Signer>, drain: DrainWatcher) {
+async fn dispatch(
+    mut accepted: tokio::sync::mpsc::Receiver<Accepted>,
+    signer: Arc<Signer>,
+    store: Store,
+    drain: DrainWatcher,
+) {
     let mut handlers = JoinSet::new();
     loop {
         tokio::select! {
             next = accepted.recv() => match next {
-                Some(Accepted::Mesh(peer)) => { handlers.spawn(crate::rpc::serve_peer(peer, signer.clone())); }
+                Some(Accepted::Mesh(peer)) => { handlers.spawn(crate::rpc::serve_peer(peer, signer.clone(), store.clone())); }
                 Some(Accepted::Join(conn)) => { handlers.spawn(crate::rpc::serve_join(conn, signer.clone())); }
                 None => break,
             },
@@ -243,28 +288,6 @@ async fn dispatch(mut accepted: tokio::sync::mpsc::Receiver<Accepted>, signer: A
         }
     }
     handlers.shutdown().await;
-}
-
-/// Keeps a connection to a `join` seed, re-dialling with backoff when it drops. (Gossip
-/// takes over finding members; until a node knows any, the seeds are how it reaches the
-/// mesh.)
-async fn keep_dialled(transport: Arc<Transport>, seed: SocketAddr, drain: DrainWatcher) {
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        match tokio::select! { r = transport.dial(seed) => r, _ = drain.signaled() => return } {
-            Ok(peer) => {
-                tracing::info!(peer = %peer.name(), addr = %seed, "connected to seed");
-                backoff = Duration::from_millis(200);
-                tokio::select! {
-                    _ = peer.conn.closed() => tracing::info!(peer = %peer.name(), "seed connection closed"),
-                    _ = drain.signaled() => return,
-                }
-            }
-            Err(e) => tracing::debug!(addr = %seed, error = %e, "seed unreachable"),
-        }
-        tokio::select! { _ = tokio::time::sleep(backoff) => {}, _ = drain.signaled() => return }
-        backoff = (backoff * 2).min(Duration::from_secs(30));
-    }
 }
 
 /// Applies the store's revocation list as it changes: refuses removed nodes in new

@@ -64,6 +64,8 @@ pub struct Config {
     pub admin: AdminConfig,
     #[serde(default)]
     pub identity: IdentityConfig,
+    #[serde(default)]
+    pub gossip: GossipConfig,
     /// Services on this host.
     #[serde(default)]
     pub service: Vec<ServiceSpec>,
@@ -113,6 +115,111 @@ pub struct IdentityConfig {
     /// 10s (for tests) to 365 days.
     #[serde(default = "default_cert_ttl", with = "duration")]
     pub cert_ttl: Duration,
+}
+
+/// SWIM and anti-entropy. Defaults follow memberlist's LAN profile (what Consul and Serf
+/// run on a LAN), with faster anti-entropy because a route change must reach every host
+/// within seconds even when a broadcast is lost.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GossipConfig {
+    /// Time between probes of a random member. Default: 1s.
+    #[serde(default = "default_probe_interval", with = "duration")]
+    pub probe_interval: Duration,
+    /// How long a probe waits for an ack before asking others to probe. Default: 500ms.
+    #[serde(default = "default_probe_timeout", with = "duration")]
+    pub probe_timeout: Duration,
+    /// Members asked to probe indirectly. Default: 3.
+    #[serde(default = "default_indirect_probes")]
+    pub indirect_probes: usize,
+    /// Suspicion lasts `suspicion_mult * log10(N) * probe_interval` before a suspect is
+    /// declared dead. Default: 4.
+    #[serde(default = "default_suspicion_mult")]
+    pub suspicion_mult: f64,
+    /// Time between gossip rounds. Default: 200ms.
+    #[serde(default = "default_gossip_interval", with = "duration")]
+    pub gossip_interval: Duration,
+    /// Members each gossip round sends to. Default: 3.
+    #[serde(default = "default_gossip_nodes")]
+    pub gossip_nodes: usize,
+    /// Each update is sent `retransmit_mult * log10(N)` times. Default: 4.
+    #[serde(default = "default_retransmit_mult")]
+    pub retransmit_mult: f64,
+    /// Time between push-pull anti-entropy exchanges with a random member. Default: 5s.
+    #[serde(default = "default_sync_interval", with = "duration")]
+    pub sync_interval: Duration,
+    /// How long a dead member's own entries (its service instances) are kept, as
+    /// unreachable, before they are removed. Default: 72h, as Serf.
+    #[serde(default = "default_reap_after", with = "duration")]
+    pub reap_after: Duration,
+    /// The largest gossip datagram, bytes: below QUIC's datagram limit on any path with
+    /// a 1280-byte MTU. Default: 1150.
+    #[serde(default = "default_max_datagram")]
+    pub max_datagram: usize,
+}
+
+fn default_probe_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_probe_timeout() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_indirect_probes() -> usize {
+    3
+}
+fn default_suspicion_mult() -> f64 {
+    4.0
+}
+fn default_gossip_interval() -> Duration {
+    Duration::from_millis(200)
+}
+fn default_gossip_nodes() -> usize {
+    3
+}
+fn default_retransmit_mult() -> f64 {
+    4.0
+}
+fn default_sync_interval() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_reap_after() -> Duration {
+    Duration::from_secs(72 * 3600)
+}
+fn default_max_datagram() -> usize {
+    1150
+}
+
+impl Default for GossipConfig {
+    fn default() -> Self {
+        GossipConfig {
+            probe_interval: default_probe_interval(),
+            probe_timeout: default_probe_timeout(),
+            indirect_probes: default_indirect_probes(),
+            suspicion_mult: default_suspicion_mult(),
+            gossip_interval: default_gossip_interval(),
+            gossip_nodes: default_gossip_nodes(),
+            retransmit_mult: default_retransmit_mult(),
+            sync_interval: default_sync_interval(),
+            reap_after: default_reap_after(),
+            max_datagram: default_max_datagram(),
+        }
+    }
+}
+
+impl GossipConfig {
+    pub fn params(&self) -> crate::membership::core::Params {
+        crate::membership::core::Params {
+            probe_period: self.probe_interval,
+            probe_timeout: self.probe_timeout,
+            indirect_probes: self.indirect_probes,
+            suspicion_mult: self.suspicion_mult,
+            gossip_interval: self.gossip_interval,
+            gossip_fanout: self.gossip_nodes,
+            max_datagram: self.max_datagram,
+            retransmit_mult: self.retransmit_mult,
+            remember_down: self.reap_after,
+        }
+    }
 }
 
 fn default_node_name() -> String {
@@ -256,6 +363,24 @@ impl Config {
         let ttl = self.identity.cert_ttl;
         if ttl < Duration::from_secs(10) || ttl > Duration::from_secs(365 * 86_400) {
             return Err(src.error("identity.cert_ttl", "cert_ttl must be between 10s and 365 days"));
+        }
+        let g = &self.gossip;
+        if g.probe_interval.is_zero() || g.probe_timeout.is_zero() || g.probe_timeout >= g.probe_interval {
+            return Err(src.error("gossip.probe_timeout", "probe_timeout must be above zero and below probe_interval"));
+        }
+        if g.gossip_interval.is_zero() || g.sync_interval.is_zero() {
+            return Err(src.error("gossip.sync_interval", "gossip_interval and sync_interval must be above zero"));
+        }
+        if !(1.0..=100.0).contains(&g.suspicion_mult) || !(1.0..=100.0).contains(&g.retransmit_mult) {
+            return Err(
+                src.error("gossip.suspicion_mult", "suspicion_mult and retransmit_mult must be between 1 and 100")
+            );
+        }
+        if !(512..=1200).contains(&g.max_datagram) {
+            return Err(src.error("gossip.max_datagram", "max_datagram must be between 512 and 1200 bytes"));
+        }
+        if g.indirect_probes == 0 || g.gossip_nodes == 0 {
+            return Err(src.error("gossip.gossip_nodes", "indirect_probes and gossip_nodes must be at least 1"));
         }
         let mut names = BTreeSet::new();
         for (i, svc) in self.service.iter().enumerate() {

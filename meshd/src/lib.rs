@@ -12,6 +12,7 @@ pub mod datadir;
 pub mod dev;
 pub mod drain;
 pub mod identity;
+pub mod membership;
 pub mod metrics;
 pub mod rpc;
 pub mod signal;

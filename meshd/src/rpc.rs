@@ -9,10 +9,11 @@ use mesh_proto::wire::{JoinRequest, JoinResponse, MeshRequest, RenewResponse};
 use tokio::task::JoinSet;
 
 use crate::identity::signer::Signer;
+use crate::store::Store;
 use crate::transport::{close, frame, Peer, Transport, TransportError};
 
 /// Serves a member's requests until the connection closes.
-pub async fn serve_peer(peer: Peer, signer: Arc<Signer>) {
+pub async fn serve_peer(peer: Peer, signer: Arc<Signer>, store: Store) {
     let mut requests = JoinSet::new();
     loop {
         let (mut send, mut recv) = tokio::select! {
@@ -24,6 +25,7 @@ pub async fn serve_peer(peer: Peer, signer: Arc<Signer>) {
         };
         let info = peer.info.clone();
         let signer = signer.clone();
+        let store = store.clone();
         requests.spawn(async move {
             let request: MeshRequest = match frame::read(&mut recv).await {
                 Ok(r) => r,
@@ -39,6 +41,18 @@ pub async fn serve_peer(peer: Peer, signer: Arc<Signer>) {
                     if let Ok(answer) = answer {
                         let _ = frame::write_last(&mut send, &answer).await;
                     }
+                }
+                MeshRequest::Sync { buckets } => {
+                    if let Err(e) = crate::membership::serve_sync(&store, buckets, &mut send, &mut recv).await {
+                        tracing::debug!(peer = %info.id, error = %e, "anti-entropy exchange failed");
+                    }
+                }
+                MeshRequest::Holds { key } => {
+                    let _ = frame::write_last(&mut send, &crate::membership::holds(&store, &key)).await;
+                }
+                MeshRequest::Push { entries } => {
+                    let (entries, _) = crate::membership::sync::decode(entries);
+                    let _ = tokio::task::spawn_blocking(move || store.merge(entries, crate::store::wall_ms())).await;
                 }
             }
         });

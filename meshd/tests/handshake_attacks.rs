@@ -39,7 +39,7 @@ async fn server() -> Server {
     let metrics = verify::Metrics::default();
     let identity = Arc::new(Identity::load(&config.data_dir, "server", metrics.clone()).expect("identity"));
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
-    let transport = Arc::new(Transport::new(socket, identity.clone(), Default::default()).expect("transport"));
+    let transport = Arc::new(Transport::new(socket, identity.clone(), Default::default(), None).expect("transport"));
     let (tx, accepted) = mpsc::channel(16);
     let (trigger, watcher) = drain::new();
     tokio::spawn(transport.clone().serve(tx, watcher));

@@ -95,6 +95,19 @@ pub struct Connection {
     pub rtt_ms: f64,
 }
 
+/// `GET /v1/catchup?key=KEY&revision=N`: who holds at least revision N of KEY.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Catchup {
+    pub key: String,
+    pub revision: u64,
+    /// Alive members holding revision N or later (this node included).
+    pub holding: Vec<String>,
+    /// Alive members holding an older revision, or none.
+    pub lagging: Vec<String>,
+    /// Alive members that did not answer.
+    pub unreachable: Vec<String>,
+}
+
 /// `POST /v1/tokens`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

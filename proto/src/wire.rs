@@ -7,8 +7,9 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-/// The largest frame accepted (a join answer with certs and a CA key is a few KiB).
-pub const MAX_FRAME: usize = 64 * 1024;
+/// The largest frame accepted: a batch of store entries during a sync (one entry with its
+/// history can reach ~1.3 MiB; batches are cut at 1 MiB otherwise).
+pub const MAX_FRAME: usize = 4 * 1024 * 1024;
 
 /// The ALPN between members.
 pub const ALPN_MESH: &[u8] = b"mesh/1";
@@ -87,6 +88,57 @@ pub enum JoinResponse {
 pub enum MeshRequest {
     /// A new certificate for the caller's own name, for the key in the CSR.
     Renew { csr: Vec<u8> },
+    /// Anti-entropy, push-pull: the caller's bucket digests. The answer is a
+    /// [`SyncSummary`]; then the caller sends [`SyncPush`] and reads [`SyncEntries`].
+    Sync { buckets: Vec<BucketDigest> },
+    /// Which revision of `key` does the callee hold? Answered with [`Holds`].
+    Holds { key: String },
+    /// Store entries pushed to the callee (too large for a gossip datagram). No answer.
+    Push { entries: Vec<Vec<u8>> },
+}
+
+/// One key bucket's digest: the number of entries and the XOR of their fingerprints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BucketDigest {
+    pub count: u64,
+    pub xor: u64,
+}
+
+/// What identifies a write: enough to tell who holds the newer one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyVersion {
+    pub key: String,
+    pub version: u64,
+    pub origin: String,
+}
+
+/// The callee's writes in the buckets whose digests differ.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncSummary {
+    pub buckets: Vec<u16>,
+    pub keys: Vec<KeyVersion>,
+}
+
+/// The caller's entries the callee lacks (encoded store entries), and the keys it wants.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncPush {
+    pub entries: Vec<Vec<u8>>,
+    pub want: Vec<String>,
+}
+
+/// The entries the caller wanted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncEntries {
+    pub entries: Vec<Vec<u8>>,
+}
+
+/// The answer to [`MeshRequest::Holds`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holds {
+    /// The revision held, None if the key is unknown.
+    pub revision: Option<u64>,
+    pub version: u64,
+    pub deleted: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -43,6 +43,8 @@ pub struct AdminState {
     pub identity: Arc<Identity>,
     pub transport: Arc<Transport>,
     pub signer: Arc<Signer>,
+    pub heard: Arc<crate::membership::Heard>,
+    pub store: crate::store::Store,
 }
 
 /// The admin API's own metrics.
@@ -76,6 +78,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/members", get(members))
         .route("/v1/connections", get(connections))
+        .route("/v1/catchup", get(catchup))
         .route("/v1/tokens", axum::routing::post(create_token))
         .route("/v1/nodes/{name}", axum::routing::delete(remove_node))
         .route("/metrics", get(metrics))
@@ -222,6 +225,56 @@ async fn metrics(State(state): State<Arc<AdminState>>) -> Result<Response, Error
     Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response())
 }
 
+/// Whether the node a revocation names still runs with the revoked key (as far as the
+/// connection to it shows).
+fn removed_is_current(state: &AdminState, removed: &signer::Revocation) -> bool {
+    state.transport.peer_named(&removed.node).is_none_or(|p| p.info.key_hash == removed.key_hash)
+}
+
+/// `GET /v1/catchup?key=KEY&revision=N`: which alive members hold at least revision N of
+/// KEY. Members answer over `mesh/1`; one that does not answer within 2 s is listed as
+/// unreachable.
+async fn catchup(
+    State(state): State<Arc<AdminState>>,
+    query: Result<Query<CatchupQuery>, QueryRejection>,
+) -> Result<Json<api::Catchup>, Error> {
+    let Query(q) = query.map_err(|e| Error::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let snap = state.snapshot.borrow().clone();
+    let others: Vec<(String, std::net::SocketAddr)> = snap
+        .members
+        .iter()
+        .filter(|m| m.name != snap.node && matches!(m.state, api::MemberState::Alive | api::MemberState::Suspect))
+        .map(|m| (m.name.clone(), m.addr))
+        .collect();
+    let mut answers = crate::membership::ask_holds(&state.transport, others, &q.key).await;
+    answers.push((snap.node.clone(), Some(crate::membership::holds(&state.store, &q.key))));
+    let mut body = api::Catchup {
+        key: q.key.clone(),
+        revision: q.revision,
+        holding: vec![],
+        lagging: vec![],
+        unreachable: vec![],
+    };
+    for (name, answer) in answers {
+        match answer {
+            Some(h) if h.revision.is_some_and(|r| r >= q.revision) => body.holding.push(name),
+            Some(_) => body.lagging.push(name),
+            None => body.unreachable.push(name),
+        }
+    }
+    body.holding.sort();
+    body.lagging.sort();
+    body.unreachable.sort();
+    Ok(Json(body))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatchupQuery {
+    key: String,
+    revision: u64,
+}
+
 /// `GET /v1/connections`: the live `mesh/1` connections, with their verified peers.
 async fn connections(State(state): State<Arc<AdminState>>) -> Json<Vec<api::Connection>> {
     let list = state
@@ -298,32 +351,21 @@ fn member_list(state: &AdminState, snap: &Snapshot) -> Vec<api::Member> {
     let mut body: Vec<api::Member> = snap
         .members
         .iter()
-        .map(|m| api::Member {
-            name: m.name.clone(),
-            addr: m.addr.to_string(),
-            state: m.state,
-            // A node always hears itself.
-            last_heard: rfc3339(if m.name == snap.node { now } else { m.last_heard }),
+        .map(|m| {
+            // A node always hears itself; others when their last datagram came.
+            let heard = if m.name == snap.node { Some(now) } else { state.heard.get(&m.name) };
+            api::Member {
+                name: m.name.clone(),
+                addr: m.addr.to_string(),
+                state: m.state,
+                last_heard: heard.map_or_else(|| "never".to_owned(), rfc3339),
+            }
         })
         .collect();
-    // Until gossip lands: members this node is connected to are alive, removed ones left.
-    let peers = state.transport.peers();
-    for peer in &peers {
-        if body.iter().all(|m| m.name != peer.name()) {
-            body.push(api::Member {
-                name: peer.name().to_owned(),
-                addr: peer.conn.remote_address().to_string(),
-                state: api::MemberState::Alive,
-                last_heard: rfc3339(now),
-            });
-        }
-    }
+    // Removed nodes are `left`, unless the name came back with a new key and is alive.
     for removed in signer::revoked_set(&snap.store).1 {
-        // A removed name that came back with a new key is connected again: alive.
-        if peers.iter().any(|p| p.name() == removed.node) {
-            continue;
-        }
         match body.iter_mut().find(|m| m.name == removed.node) {
+            Some(m) if m.state == api::MemberState::Alive && !removed_is_current(state, &removed) => {}
             Some(m) => m.state = api::MemberState::Left,
             None => body.push(api::Member {
                 name: removed.node.clone(),

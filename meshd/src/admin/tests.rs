@@ -57,8 +57,8 @@ fn fixture() -> Fixture {
     .expect("store");
     let identity = Arc::new(Identity::load(&config.data_dir, "vm-1", Default::default()).expect("identity"));
     let socket = std::net::UdpSocket::bind("127.0.5.1:0").expect("udp");
-    let transport = Arc::new(Transport::new(socket, identity.clone(), Default::default()).expect("transport"));
-    let signer = Arc::new(Signer::new(identity.clone(), store, addr, Duration::from_secs(3600)));
+    let transport = Arc::new(Transport::new(socket, identity.clone(), Default::default(), None).expect("transport"));
+    let signer = Arc::new(Signer::new(identity.clone(), store.clone(), addr, Duration::from_secs(3600)));
     let (trigger, watcher) = drain::new();
     let state = Arc::new(AdminState {
         snapshot: publisher.subscribe(),
@@ -68,6 +68,8 @@ fn fixture() -> Fixture {
         identity,
         transport,
         signer,
+        heard: Arc::default(),
+        store,
     });
     Fixture { publisher, state, trigger: Some(trigger), _watcher: watcher, _dir: dir }
 }

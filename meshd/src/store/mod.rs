@@ -144,6 +144,8 @@ struct Inner {
     writer: Mutex<Writer>,
     publisher: Publisher,
     metrics: Metrics,
+    /// Where local writes go to be gossiped (set once membership runs).
+    broadcast: std::sync::OnceLock<tokio::sync::mpsc::Sender<Arc<Entry>>>,
 }
 
 /// What a write needs, behind one lock: writes are serialized, reads never wait.
@@ -210,8 +212,15 @@ impl Store {
                 writer: Mutex::new(Writer { clock: Clock::new(newest), view }),
                 publisher,
                 metrics,
+                broadcast: std::sync::OnceLock::new(),
             }),
         })
+    }
+
+    /// Sends every later local write to `tx` (membership gossips them). A full queue
+    /// drops the broadcast, not the write: anti-entropy repairs what gossip missed.
+    pub fn broadcast_to(&self, tx: tokio::sync::mpsc::Sender<Arc<Entry>>) {
+        let _ = self.inner.broadcast.set(tx);
     }
 
     /// This node's name, the origin of its writes.
@@ -261,6 +270,9 @@ impl Store {
         result?;
         w.view.merge(entry.clone());
         self.publish(&w);
+        if let Some(tx) = self.inner.broadcast.get() {
+            let _ = tx.try_send(entry.clone());
+        }
         Ok(Some(entry))
     }
 

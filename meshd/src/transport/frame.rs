@@ -36,6 +36,12 @@ pub async fn read<T: DeserializeOwned>(recv: &mut quinn::RecvStream) -> Result<T
     tokio::time::timeout(READ_TIMEOUT, read).await.map_err(|_| FrameError::Timeout(READ_TIMEOUT))?
 }
 
+/// Writes one frame.
+pub async fn write<T: Serialize>(send: &mut quinn::SendStream, msg: &T) -> Result<(), FrameError> {
+    send.write_all(&wire::encode(msg)).await?;
+    Ok(())
+}
+
 /// Writes one frame and finishes the stream.
 pub async fn write_last<T: Serialize>(send: &mut quinn::SendStream, msg: &T) -> Result<(), FrameError> {
     send.write_all(&wire::encode(msg)).await?;

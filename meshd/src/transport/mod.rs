@@ -109,6 +109,8 @@ pub struct Transport {
     identity: Arc<Identity>,
     pool: Mutex<HashMap<String, Peer>>,
     metrics: Metrics,
+    /// Every new connection, inbound or outbound, for membership to read its datagrams.
+    connections: Option<mpsc::Sender<Peer>>,
 }
 
 /// How long a dial may take before the peer counts as unreachable: a lost peer must not
@@ -121,15 +123,20 @@ pub fn transport_config() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(Duration::from_secs(5)));
     t.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(30_000))));
+    // Gossip rides QUIC datagrams.
+    t.datagram_receive_buffer_size(Some(1024 * 1024));
+    t.datagram_send_buffer_size(1024 * 1024);
     t
 }
 
 impl Transport {
-    /// Starts the endpoint on `socket` (already bound by `app`).
+    /// Starts the endpoint on `socket` (already bound by `app`). Every new connection is
+    /// also sent to `new_conns`, when given.
     pub fn new(
         socket: std::net::UdpSocket,
         identity: Arc<Identity>,
         metrics: Metrics,
+        new_conns: Option<mpsc::Sender<Peer>>,
     ) -> Result<Transport, TransportError> {
         let server_tls = identity.server_config()?;
         let quic_server =
@@ -139,7 +146,7 @@ impl Transport {
         let runtime = quinn::default_runtime().ok_or_else(|| TransportError::Config("no async runtime".to_owned()))?;
         let mut endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket, runtime)?;
         endpoint.set_default_client_config(mesh_client(&identity)?);
-        Ok(Transport { endpoint, identity, pool: Mutex::new(HashMap::new()), metrics })
+        Ok(Transport { endpoint, identity, pool: Mutex::new(HashMap::new()), metrics, connections: new_conns })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -183,6 +190,11 @@ impl Transport {
         }
     }
 
+    /// The live pooled connection to the member named `name`.
+    pub fn peer_named(&self, name: &str) -> Option<Peer> {
+        self.lock().get(name).filter(|p| p.conn.close_reason().is_none()).cloned()
+    }
+
     /// Every live pooled connection.
     pub fn peers(&self) -> Vec<Peer> {
         let mut pool = self.lock();
@@ -211,6 +223,11 @@ impl Transport {
     }
 
     fn remember(&self, peer: &Peer) {
+        if let Some(tx) = &self.connections {
+            if tx.try_send(peer.clone()).is_err() {
+                tracing::warn!(peer = %peer.name(), "connection queue full: its gossip datagrams are not read");
+            }
+        }
         let mut pool = self.lock();
         let replace =
             pool.get(peer.name()).is_none_or(|old| old.conn.close_reason().is_some() || !old.outbound || peer.outbound);
@@ -270,7 +287,9 @@ impl Transport {
             });
         }
         handshakes.shutdown().await;
-        // Tell peers we are going, so they do not wait for the idle timeout.
+        // Membership announces `left` as the drain starts: give its datagrams a moment,
+        // then tell peers we are going, so they do not wait for the idle timeout.
+        tokio::time::sleep(Duration::from_millis(200)).await;
         self.endpoint.close(quinn::VarInt::from_u32(close::SHUTDOWN), b"draining");
         drop(drain);
     }

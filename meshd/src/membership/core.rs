@@ -1,0 +1,289 @@
+//! The sans-IO heart of membership: foca (SWIM) plus the custom broadcast that carries
+//! store entries. Time, datagrams and timers go in; datagrams to send, timers to set and
+//! membership changes come out. The async driver (`mod.rs`) and the deterministic
+//! simulation (tests) both run exactly this.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Buf;
+use foca::{BroadcastHandler, Codec, Foca, Invalidates, Notification, PostcardCodec, Runtime, Timer};
+use rand::rngs::SmallRng;
+use serde::{Deserialize, Serialize};
+
+use crate::store::entry::Entry;
+use crate::store::hlc::Hlc;
+use crate::store::View;
+
+/// A member as SWIM knows it: its name (which must match its certificate), where to dial
+/// it, and a bump that changes when it restarts, so a restarted node is a new identity
+/// that supersedes its old one instead of being confused with it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct MemberId {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub bump: u64,
+}
+
+impl foca::Identity for MemberId {
+    type Addr = String;
+
+    fn renew(&self) -> Option<Self> {
+        Some(MemberId { bump: self.bump.wrapping_add(1), ..self.clone() })
+    }
+
+    fn addr(&self) -> String {
+        self.name.clone()
+    }
+
+    fn win_addr_conflict(&self, adversary: &Self) -> bool {
+        self.bump > adversary.bump
+    }
+}
+
+/// What gossip parameters the core runs with (see `config::GossipConfig` for defaults).
+#[derive(Debug, Clone)]
+pub struct Params {
+    pub probe_period: Duration,
+    pub probe_timeout: Duration,
+    pub indirect_probes: usize,
+    pub suspicion_mult: f64,
+    pub gossip_interval: Duration,
+    pub gossip_fanout: usize,
+    pub max_datagram: usize,
+    pub retransmit_mult: f64,
+    /// How long a down member is remembered before foca forgets it.
+    pub remember_down: Duration,
+}
+
+impl Params {
+    /// The foca configuration for a cluster of `n` members: suspicion and retransmissions
+    /// scale with log(n), as memberlist's do.
+    pub fn foca_config(&self, n: usize) -> foca::Config {
+        let n = n.max(1) as f64;
+        let log = (n + 1.0).log10().max(1.0);
+        let mut c = foca::Config::simple();
+        c.probe_period = self.probe_period;
+        c.probe_rtt = self.probe_timeout;
+        c.num_indirect_probes =
+            std::num::NonZeroUsize::new(self.indirect_probes.max(1)).unwrap_or(std::num::NonZeroUsize::MIN);
+        c.max_transmissions = std::num::NonZeroU8::new((self.retransmit_mult * log).ceil().clamp(1.0, 255.0) as u8)
+            .unwrap_or(std::num::NonZeroU8::MIN);
+        c.suspect_to_down_after = self.probe_period.mul_f64(self.suspicion_mult * log);
+        c.remove_down_after = self.remember_down;
+        c.max_packet_size = std::num::NonZeroUsize::new(self.max_datagram).unwrap_or(std::num::NonZeroUsize::MIN);
+        c.notify_down_members = true;
+        c.periodic_gossip = Some(foca::PeriodicParams {
+            frequency: self.gossip_interval,
+            num_members: std::num::NonZeroUsize::new(self.gossip_fanout.max(1)).unwrap_or(std::num::NonZeroUsize::MIN),
+        });
+        c.periodic_announce =
+            Some(foca::PeriodicParams { frequency: Duration::from_secs(30), num_members: std::num::NonZeroUsize::MIN });
+        c.periodic_announce_to_down_members = Some(foca::PeriodicParams {
+            frequency: Duration::from_secs(15),
+            num_members: std::num::NonZeroUsize::new(2).unwrap_or(std::num::NonZeroUsize::MIN),
+        });
+        c
+    }
+}
+
+/// A change in membership, for the driver to act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Up(MemberId),
+    Down(MemberId),
+    /// A member restarted (same name, new bump).
+    Renamed {
+        old: MemberId,
+        new: MemberId,
+    },
+    /// This node has no active member left (or has one again).
+    Idle,
+    Active,
+    /// This node was declared down by the others; it rejoins with a new bump.
+    Defunct,
+}
+
+/// What one call into the core produced.
+#[derive(Debug, Default)]
+pub struct Output {
+    pub sends: Vec<(MemberId, Vec<u8>)>,
+    pub timers: Vec<(Timer<MemberId>, Duration)>,
+    pub changes: Vec<Change>,
+}
+
+impl Runtime<MemberId> for Output {
+    fn notify(&mut self, n: Notification<'_, MemberId>) {
+        let change = match n {
+            Notification::MemberUp(m) => Change::Up(m.clone()),
+            Notification::MemberDown(m) => Change::Down(m.clone()),
+            Notification::Rename(old, new) => Change::Renamed { old: old.clone(), new: new.clone() },
+            Notification::Active => Change::Active,
+            Notification::Idle => Change::Idle,
+            Notification::Defunct => Change::Defunct,
+            _ => return,
+        };
+        self.changes.push(change);
+    }
+
+    fn send_to(&mut self, to: MemberId, data: &[u8]) {
+        self.sends.push((to, data.to_vec()));
+    }
+
+    fn submit_after(&mut self, event: Timer<MemberId>, after: Duration) {
+        self.timers.push((event, after));
+    }
+}
+
+/// What a broadcast item is: one store entry, or a member saying it is leaving.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Item {
+    Entry(Entry),
+    /// Sent before `leave_cluster`, so the others record "left", not "dead".
+    Left {
+        name: String,
+        bump: u64,
+    },
+}
+
+/// Identifies a broadcast: a newer write of a key replaces an older one in the queue.
+#[derive(Debug, Clone)]
+pub enum ItemKey {
+    Entry { key: String, version: Hlc, origin: String },
+    Left { name: String, bump: u64 },
+}
+
+impl Invalidates for ItemKey {
+    fn invalidates(&self, other: &Self) -> bool {
+        match (self, other) {
+            (ItemKey::Entry { key, version, origin }, ItemKey::Entry { key: k2, version: v2, origin: o2 }) => {
+                key == k2 && (version, origin) >= (v2, o2)
+            }
+            (ItemKey::Left { name, bump }, ItemKey::Left { name: n2, bump: b2 }) => name == n2 && bump >= b2,
+            _ => false,
+        }
+    }
+}
+
+/// What the broadcast handler knows and collects; shared with the driver, because foca
+/// owns the handler and does not hand it back.
+#[derive(Default)]
+pub struct Shared {
+    /// The store as last published: what this node already holds.
+    pub view: Arc<View>,
+    /// News received since the driver last took it.
+    pub received: Vec<Item>,
+    /// Versions received but not yet in `view`, so a duplicate arriving before the merge
+    /// is not passed on again.
+    pending: std::collections::HashMap<String, (Hlc, String)>,
+    left: std::collections::HashMap<String, u64>,
+    /// Items that did not decode (a bad peer, or a newer version's broadcast).
+    pub malformed: u64,
+}
+
+impl Shared {
+    /// Replaces the view (after a store publish), forgetting pending versions it covers.
+    pub fn set_view(&mut self, view: Arc<View>) {
+        self.pending
+            .retain(|k, (v, o)| view.entry(k).is_none_or(|e| (e.version, e.origin.as_str()) < (*v, o.as_str())));
+        self.view = view;
+    }
+
+    /// Whether `name` announced it left (with this bump or later).
+    pub fn has_left(&self, name: &str, bump: u64) -> bool {
+        self.left.get(name).is_some_and(|b| *b >= bump)
+    }
+
+    pub fn forget_left(&mut self, name: &str) {
+        self.left.remove(name);
+    }
+}
+
+/// Decides which received items are news (to apply and pass on) and collects them.
+#[derive(Clone, Default)]
+pub struct Handler(pub Arc<std::sync::Mutex<Shared>>);
+
+impl Handler {
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("malformed broadcast item")]
+pub struct BadItem;
+
+impl BroadcastHandler<MemberId> for Handler {
+    type Key = ItemKey;
+    type Error = BadItem;
+
+    fn receive_item(&mut self, data: &[u8], sender: Option<&MemberId>) -> Result<Option<ItemKey>, BadItem> {
+        let mut shared = self.lock();
+        let item: Item = match postcard::from_bytes(data) {
+            Ok(item) => item,
+            Err(_) => {
+                shared.malformed += 1;
+                return Err(BadItem);
+            }
+        };
+        let key = match &item {
+            Item::Entry(e) => {
+                let held = shared.view.entry(&e.key).map(|h| (h.version, h.origin.clone()));
+                let pending = shared.pending.get(&e.key).cloned();
+                let newest = held.into_iter().chain(pending).max();
+                if newest.is_some_and(|(v, o)| (e.version, &e.origin) <= (v, &o)) {
+                    return Ok(None);
+                }
+                shared.pending.insert(e.key.clone(), (e.version, e.origin.clone()));
+                ItemKey::Entry { key: e.key.clone(), version: e.version, origin: e.origin.clone() }
+            }
+            Item::Left { name, bump } => {
+                if shared.has_left(name, *bump) {
+                    return Ok(None);
+                }
+                shared.left.insert(name.clone(), *bump);
+                ItemKey::Left { name: name.clone(), bump: *bump }
+            }
+        };
+        // Our own additions (sender None) are already applied locally.
+        if sender.is_some() {
+            shared.received.push(item);
+        }
+        Ok(Some(key))
+    }
+}
+
+pub type Swim = Foca<MemberId, PostcardCodec, SmallRng, Handler>;
+
+/// Why a datagram was dropped before foca saw it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Dropped {
+    #[error("does not decode")]
+    Malformed,
+    #[error("its sender {claimed} is not the certificate's {actual}")]
+    Impostor { claimed: String, actual: String },
+    #[error("too large ({0} bytes)")]
+    TooLarge(usize),
+}
+
+/// Checks that a datagram's SWIM header names the peer that sent it (its verified
+/// certificate name), before foca acts on it.
+pub fn check_sender(data: &[u8], peer: &str, max: usize) -> Result<(), Dropped> {
+    if data.len() > max.max(64 * 1024) {
+        return Err(Dropped::TooLarge(data.len()));
+    }
+    let mut buf = data;
+    let header: foca::Header<MemberId> =
+        Codec::<MemberId>::decode_header(&mut PostcardCodec, &mut buf).map_err(|_| Dropped::Malformed)?;
+    let _ = buf.remaining();
+    if header.src.name != peer {
+        return Err(Dropped::Impostor { claimed: header.src.name, actual: peer.to_owned() });
+    }
+    Ok(())
+}
+
+/// Encodes an item for `Foca::add_broadcast`.
+pub fn encode_item(item: &Item) -> Vec<u8> {
+    postcard::to_stdvec(item).unwrap_or_default()
+}
