@@ -22,7 +22,7 @@ use crate::identity::signer::{self, Signer};
 use crate::identity::{verify, Identity, IdentityError};
 use crate::state::{self, Publisher, Snapshot, SnapshotRx};
 use crate::store::{self, Store, StoreError};
-use crate::transport::{Accepted, Transport, TransportError};
+use crate::transport::{Transport, TransportError};
 use crate::{datadir, membership, metrics, signal};
 
 /// Why meshd could not start.
@@ -211,10 +211,11 @@ impl Bound {
         if let Some(interval) = signal::watchdog_interval() {
             tasks.spawn(signal::run_watchdog(interval, watcher.clone()));
         }
-        let (accepted_tx, accepted_rx) = tokio::sync::mpsc::channel(64);
-        tasks.spawn(self.transport.clone().serve(accepted_tx, watcher.clone()));
-        tasks.spawn(dispatch(accepted_rx, self.signer.clone(), self.store.clone(), watcher.clone()));
+        let (joins_tx, joins_rx) = tokio::sync::mpsc::channel(64);
+        tasks.spawn(self.transport.clone().serve(joins_tx, watcher.clone()));
         let g = self.gossip;
+        let (members_tx, members_rx) = tokio::sync::mpsc::channel(1024);
+        tasks.spawn(dispatch(joins_rx, g.conns, members_tx, self.signer.clone(), self.store.clone(), watcher.clone()));
         let inputs = membership::Inputs {
             me: membership::core::MemberId { name: self.node_name.clone(), addr: self.advertise, bump: g.bump },
             params: g.params,
@@ -226,7 +227,7 @@ impl Bound {
             metrics: g.metrics,
             heard: g.heard,
         };
-        tasks.spawn(membership::run(inputs, g.conns, g.writes, watcher.clone()));
+        tasks.spawn(membership::run(inputs, members_rx, g.writes, watcher.clone()));
         tasks.spawn(crate::identity::renew::run(
             self.identity.clone(),
             self.transport.clone(),
@@ -268,9 +269,12 @@ async fn drain_with(trigger: DrainTrigger, deadline: Duration) -> DrainOutcome {
     outcome
 }
 
-/// Hands accepted connections to their handlers until the drain starts.
+/// Serves every member connection (dialled or accepted: requests flow both ways) and
+/// hands it to membership for its datagrams; serves joins. Until the drain starts.
 async fn dispatch(
-    mut accepted: tokio::sync::mpsc::Receiver<Accepted>,
+    mut joins: tokio::sync::mpsc::Receiver<quinn::Connection>,
+    mut conns: tokio::sync::mpsc::Receiver<crate::transport::Peer>,
+    members: tokio::sync::mpsc::Sender<crate::transport::Peer>,
     signer: Arc<Signer>,
     store: Store,
     drain: DrainWatcher,
@@ -278,13 +282,16 @@ async fn dispatch(
     let mut handlers = JoinSet::new();
     loop {
         tokio::select! {
-            next = accepted.recv() => match next {
-                Some(Accepted::Mesh(peer)) => { handlers.spawn(crate::rpc::serve_peer(peer, signer.clone(), store.clone())); }
-                Some(Accepted::Join(conn)) => { handlers.spawn(crate::rpc::serve_join(conn, signer.clone())); }
-                None => break,
-            },
+            Some(peer) = conns.recv() => {
+                handlers.spawn(crate::rpc::serve_peer(peer.clone(), signer.clone(), store.clone()));
+                if members.send(peer).await.is_err() {
+                    break;
+                }
+            }
+            Some(conn) = joins.recv() => { handlers.spawn(crate::rpc::serve_join(conn, signer.clone())); }
             Some(_) = handlers.join_next(), if !handlers.is_empty() => {}
             _ = drain.signaled() => break,
+            else => break,
         }
     }
     handlers.shutdown().await;

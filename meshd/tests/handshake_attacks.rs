@@ -10,7 +10,7 @@ use meshd::config::Config;
 use meshd::drain;
 use meshd::identity::verify::{self, RevokedSet};
 use meshd::identity::{ca::Ca, cert, Identity};
-use meshd::transport::{Accepted, Transport};
+use meshd::transport::Transport;
 use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair, SanType, PKCS_ECDSA_P256_SHA256};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
@@ -23,7 +23,8 @@ struct Server {
     transport: Arc<Transport>,
     identity: Arc<Identity>,
     metrics: verify::Metrics,
-    accepted: mpsc::Receiver<Accepted>,
+    /// Every peer that got in.
+    accepted: mpsc::Receiver<meshd::transport::Peer>,
     ca: rcgen::Certificate,
     ca_key: KeyPair,
     _trigger: drain::DrainTrigger,
@@ -39,10 +40,12 @@ async fn server() -> Server {
     let metrics = verify::Metrics::default();
     let identity = Arc::new(Identity::load(&config.data_dir, "server", metrics.clone()).expect("identity"));
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
-    let transport = Arc::new(Transport::new(socket, identity.clone(), Default::default(), None).expect("transport"));
     let (tx, accepted) = mpsc::channel(16);
+    let transport =
+        Arc::new(Transport::new(socket, identity.clone(), Default::default(), Some(tx)).expect("transport"));
+    let (joins, _) = mpsc::channel(16);
     let (trigger, watcher) = drain::new();
-    tokio::spawn(transport.clone().serve(tx, watcher));
+    tokio::spawn(transport.clone().serve(joins, watcher));
     let key_der = identity.ca.key_der().expect("the first node is a signer");
     let ca_key = KeyPair::try_from(key_der.as_slice()).expect("ca key");
     let ca =
@@ -146,7 +149,7 @@ async fn every_bad_client_certificate_is_refused_in_the_handshake_and_counted() 
     let good = mint(node_params(&td("good")), &s.ca, &s.ca_key);
     assert!(attempt(&s, Some(good)).await, "a good certificate must be accepted");
     match tokio::time::timeout(Duration::from_secs(5), s.accepted.recv()).await {
-        Ok(Some(Accepted::Mesh(peer))) => assert_eq!(peer.name(), "good"),
+        Ok(Some(peer)) => assert_eq!(peer.name(), "good"),
         _ => panic!("the good peer was not handed on"),
     }
 

@@ -4,7 +4,9 @@
 //! The peer's identity always comes from its verified certificate
 //! ([`Peer::info`]), never from anything it says. A `mesh/1` connection without a client
 //! certificate is closed before any stream is read. This module knows nothing of
-//! services or routes: accepted connections go to the channels given to [`Transport::serve`].
+//! services or routes: every member connection, dialled or accepted, goes to the
+//! `new_conns` channel given to [`Transport::new`]; joins to the one given to
+//! [`Transport::serve`].
 
 pub mod frame;
 
@@ -94,14 +96,6 @@ impl Metrics {
         let result = if ok { "ok" } else { "refused" };
         self.handshakes.get_or_create(&HandshakeLabels { alpn, direction, result }).inc();
     }
-}
-
-/// What the accept loop hands on.
-pub enum Accepted {
-    /// An authenticated member on `mesh/1`.
-    Mesh(Peer),
-    /// A node joining on `mesh-join/1` (no client certificate).
-    Join(quinn::Connection),
 }
 
 pub struct Transport {
@@ -236,8 +230,10 @@ impl Transport {
         }
     }
 
-    /// Accepts connections until the drain starts, handing each on after its handshake.
-    pub async fn serve(self: Arc<Self>, accepted: mpsc::Sender<Accepted>, drain: DrainWatcher) {
+    /// Accepts connections until the drain starts. Members on `mesh/1` join the pool
+    /// (and go to `new_conns`, like the connections this node dials); joining nodes on
+    /// `mesh-join/1` go to `joins`.
+    pub async fn serve(self: Arc<Self>, joins: mpsc::Sender<quinn::Connection>, drain: DrainWatcher) {
         let mut handshakes = JoinSet::new();
         loop {
             let incoming = tokio::select! {
@@ -247,7 +243,7 @@ impl Transport {
             };
             let Some(incoming) = incoming else { break };
             let this = self.clone();
-            let accepted = accepted.clone();
+            let joins = joins.clone();
             handshakes.spawn(async move {
                 let remote = incoming.remote_address();
                 let conn = match incoming.await {
@@ -270,7 +266,6 @@ impl Transport {
                             this.metrics.count("mesh/1", "inbound", true);
                             let peer = Peer { info, conn, since: SystemTime::now(), outbound: false };
                             this.remember(&peer);
-                            let _ = accepted.send(Accepted::Mesh(peer)).await;
                         }
                         Err(detail) => {
                             this.metrics.count("mesh/1", "inbound", false);
@@ -280,7 +275,7 @@ impl Transport {
                     },
                     Some(mesh_proto::wire::ALPN_JOIN) => {
                         this.metrics.count("mesh-join/1", "inbound", true);
-                        let _ = accepted.send(Accepted::Join(conn)).await;
+                        let _ = joins.send(conn).await;
                     }
                     _ => conn.close(quinn::VarInt::from_u32(close::DONE), b"unknown protocol"),
                 }
