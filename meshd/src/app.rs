@@ -215,7 +215,16 @@ impl Bound {
         tasks.spawn(self.transport.clone().serve(joins_tx, watcher.clone()));
         let g = self.gossip;
         let (members_tx, members_rx) = tokio::sync::mpsc::channel(1024);
-        tasks.spawn(dispatch(joins_rx, g.conns, members_tx, self.signer.clone(), self.store.clone(), watcher.clone()));
+        let (exchange, member_lists) = membership::Exchange::new();
+        tasks.spawn(dispatch(
+            joins_rx,
+            g.conns,
+            members_tx,
+            self.signer.clone(),
+            self.store.clone(),
+            exchange.clone(),
+            watcher.clone(),
+        ));
         let inputs = membership::Inputs {
             me: membership::core::MemberId { name: self.node_name.clone(), addr: self.advertise, bump: g.bump },
             params: g.params,
@@ -226,8 +235,9 @@ impl Bound {
             seeds: self.seeds.clone(),
             metrics: g.metrics,
             heard: g.heard,
+            exchange,
         };
-        tasks.spawn(membership::run(inputs, members_rx, g.writes, watcher.clone()));
+        tasks.spawn(membership::run(inputs, members_rx, g.writes, member_lists, watcher.clone()));
         tasks.spawn(crate::identity::renew::run(
             self.identity.clone(),
             self.transport.clone(),
@@ -277,13 +287,14 @@ async fn dispatch(
     members: tokio::sync::mpsc::Sender<crate::transport::Peer>,
     signer: Arc<Signer>,
     store: Store,
+    exchange: Arc<membership::Exchange>,
     drain: DrainWatcher,
 ) {
     let mut handlers = JoinSet::new();
     loop {
         tokio::select! {
             Some(peer) = conns.recv() => {
-                handlers.spawn(crate::rpc::serve_peer(peer.clone(), signer.clone(), store.clone()));
+                handlers.spawn(crate::rpc::serve_peer(peer.clone(), signer.clone(), store.clone(), exchange.clone()));
                 if members.send(peer).await.is_err() {
                     break;
                 }

@@ -13,7 +13,7 @@ use crate::store::Store;
 use crate::transport::{close, frame, Peer, Transport, TransportError};
 
 /// Serves a member's requests until the connection closes.
-pub async fn serve_peer(peer: Peer, signer: Arc<Signer>, store: Store) {
+pub async fn serve_peer(peer: Peer, signer: Arc<Signer>, store: Store, exchange: Arc<crate::membership::Exchange>) {
     let mut requests = JoinSet::new();
     loop {
         let (mut send, mut recv) = tokio::select! {
@@ -26,6 +26,7 @@ pub async fn serve_peer(peer: Peer, signer: Arc<Signer>, store: Store) {
         let info = peer.info.clone();
         let signer = signer.clone();
         let store = store.clone();
+        let exchange = exchange.clone();
         requests.spawn(async move {
             let request: MeshRequest = match frame::read(&mut recv).await {
                 Ok(r) => r,
@@ -42,8 +43,10 @@ pub async fn serve_peer(peer: Peer, signer: Arc<Signer>, store: Store) {
                         let _ = frame::write_last(&mut send, &answer).await;
                     }
                 }
-                MeshRequest::Sync { buckets } => {
-                    if let Err(e) = crate::membership::serve_sync(&store, buckets, &mut send, &mut recv).await {
+                MeshRequest::Sync { buckets, members } => {
+                    if let Err(e) =
+                        crate::membership::serve_sync(&store, &exchange, buckets, members, &mut send, &mut recv).await
+                    {
                         tracing::debug!(peer = %info.id, error = %e, "anti-entropy exchange failed");
                     }
                 }

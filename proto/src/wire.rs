@@ -90,7 +90,12 @@ pub enum MeshRequest {
     Renew { csr: Vec<u8> },
     /// Anti-entropy, push-pull: the caller's bucket digests. The answer is a
     /// [`SyncSummary`]; then the caller sends [`SyncPush`] and reads [`SyncEntries`].
-    Sync { buckets: Vec<BucketDigest> },
+    Sync {
+        buckets: Vec<BucketDigest>,
+        /// The caller's SWIM member list (encoded by the membership module), so that
+        /// membership converges by push-pull too, as memberlist's does.
+        members: Vec<u8>,
+    },
     /// Which revision of `key` does the callee hold? Answered with [`Holds`].
     Holds { key: String },
     /// Store entries pushed to the callee (too large for a gossip datagram). No answer.
@@ -117,6 +122,8 @@ pub struct KeyVersion {
 pub struct SyncSummary {
     pub buckets: Vec<u16>,
     pub keys: Vec<KeyVersion>,
+    /// The callee's SWIM member list.
+    pub members: Vec<u8>,
 }
 
 /// The caller's entries the callee lacks (encoded store entries), and the keys it wants.

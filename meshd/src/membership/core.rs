@@ -227,6 +227,17 @@ impl BroadcastHandler<MemberId> for Handler {
                 return Err(BadItem);
             }
         };
+        // Our own additions (sender None) are local writes, already in our store: always
+        // disseminate them.
+        if sender.is_none() {
+            return Ok(Some(match &item {
+                Item::Entry(e) => ItemKey::Entry { key: e.key.clone(), version: e.version, origin: e.origin.clone() },
+                Item::Left { name, bump } => {
+                    shared.left.insert(name.clone(), *bump);
+                    ItemKey::Left { name: name.clone(), bump: *bump }
+                }
+            }));
+        }
         let key = match &item {
             Item::Entry(e) => {
                 let held = shared.view.entry(&e.key).map(|h| (h.version, h.origin.clone()));
@@ -246,10 +257,7 @@ impl BroadcastHandler<MemberId> for Handler {
                 ItemKey::Left { name: name.clone(), bump: *bump }
             }
         };
-        // Our own additions (sender None) are already applied locally.
-        if sender.is_some() {
-            shared.received.push(item);
-        }
+        shared.received.push(item);
         Ok(Some(key))
     }
 }

@@ -87,6 +87,39 @@ impl Heard {
     }
 }
 
+/// What sync exchanges (which run outside the loop) share with the loop: this node's
+/// member list to send, and a way to hand the loop the lists received.
+pub struct Exchange {
+    members: Mutex<Vec<u8>>,
+    updates: mpsc::Sender<Vec<foca::Member<MemberId>>>,
+}
+
+impl Exchange {
+    pub fn new() -> (Arc<Exchange>, mpsc::Receiver<Vec<foca::Member<MemberId>>>) {
+        let (tx, rx) = mpsc::channel(64);
+        (Arc::new(Exchange { members: Mutex::default(), updates: tx }), rx)
+    }
+
+    fn ours(&self) -> Vec<u8> {
+        self.members.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_ours(&self, swim: &Swim) {
+        let list: Vec<&foca::Member<MemberId>> = swim.iter_membership_state().collect();
+        *self.members.lock().unwrap_or_else(|p| p.into_inner()) = postcard::to_stdvec(&list).unwrap_or_default();
+    }
+
+    /// Hands a peer's member list to the loop; malformed lists and invalid names are
+    /// dropped.
+    fn received(&self, bytes: &[u8]) {
+        let Ok(list) = postcard::from_bytes::<Vec<foca::Member<MemberId>>>(bytes) else { return };
+        let list: Vec<_> = list.into_iter().filter(|m| mesh_proto::is_dns_label(&m.id().name)).collect();
+        if !list.is_empty() {
+            let _ = self.updates.try_send(list);
+        }
+    }
+}
+
 /// Everything the loop needs.
 pub struct Inputs {
     pub me: MemberId,
@@ -98,6 +131,7 @@ pub struct Inputs {
     pub seeds: Vec<SocketAddr>,
     pub metrics: Metrics,
     pub heard: Arc<Heard>,
+    pub exchange: Arc<Exchange>,
 }
 
 type Datagram = (String, Bytes);
@@ -117,9 +151,11 @@ pub async fn run(
     inputs: Inputs,
     mut connections: mpsc::Receiver<Peer>,
     mut local_writes: mpsc::Receiver<Arc<Entry>>,
+    mut member_lists: mpsc::Receiver<Vec<foca::Member<MemberId>>>,
     drain: DrainWatcher,
 ) {
-    let Inputs { me, params, sync_interval, transport, store, publisher, seeds, metrics, heard } = inputs;
+    let Inputs { me, params, sync_interval, transport, store, publisher, seeds, metrics, heard, exchange } = inputs;
+    let mut seed_ids: Vec<MemberId> = Vec::new();
     let handler = Handler::default();
     let mut swim: Swim = Foca::with_custom_broadcast(
         me.clone(),
@@ -184,8 +220,14 @@ pub async fn run(
                     Err(core::Dropped::Malformed) => metrics.drop("malformed"),
                 }
             }
+            Some(list) = member_lists.recv() => {
+                let _ = swim.apply_many(list.into_iter(), true, &mut out);
+            }
             Some(d) = dialled.recv() => match d {
-                Dialled::Seed(id) => { let _ = swim.announce(id, &mut out); }
+                Dialled::Seed(id) => {
+                    let _ = swim.announce(id.clone(), &mut out);
+                    seed_ids.push(id);
+                }
                 Dialled::Ready(id, data) => {
                     dialling.remove(&id.name);
                     send(&transport, &metrics, &id, data);
@@ -196,6 +238,9 @@ pub async fn run(
                 let item = encode_item(&Item::Entry((*entry).clone()));
                 if item.len() + 64 < params.max_datagram {
                     let _ = swim.add_broadcast(&item);
+                    // Send it now, on its own, rather than waiting for room on the next
+                    // gossip round (membership updates fill those first).
+                    let _ = swim.broadcast(&mut out);
                 } else {
                     // Too large for a datagram: push it on streams to every active member.
                     for m in swim.iter_members().map(|m| m.id().clone()).collect::<Vec<_>>() {
@@ -220,10 +265,19 @@ pub async fn run(
                 let members: Vec<MemberId> = swim.iter_members().map(|m| m.id().clone()).collect();
                 if !members.is_empty() {
                     let pick = members[rng.random_range(0..members.len())].clone();
-                    work.spawn(sync_with(transport.clone(), store.clone(), pick.addr, metrics.clone()));
+                    work.spawn(sync_with(transport.clone(), store.clone(), exchange.clone(), pick.addr, metrics.clone()));
                 }
             }
-            _ = view_tick.tick() => {}
+            _ = view_tick.tick() => {
+                exchange.set_ours(&swim);
+                // Nobody knows us yet (our announce was lost, or every member went
+                // away): announce to the seeds again.
+                if swim.num_members() == 0 {
+                    for id in &seed_ids {
+                        let _ = swim.announce(id.clone(), &mut out);
+                    }
+                }
+            }
             Some(_) = readers.join_next(), if !readers.is_empty() => {}
             Some(_) = work.join_next(), if !work.is_empty() => {}
             _ = drain.signaled() => break,
@@ -231,6 +285,10 @@ pub async fn run(
 
         // Hand news from broadcasts to the store.
         let received = std::mem::take(&mut handler.lock().received);
+        if !received.is_empty() {
+            // Pass news on at once, not only when the next gossip round has room.
+            let _ = swim.broadcast(&mut out);
+        }
         let entries: Vec<Entry> = received
             .into_iter()
             .filter_map(|item| match item {
@@ -250,7 +308,7 @@ pub async fn run(
                     handler.lock().forget_left(&m.name);
                     // A member that comes up (new, restarted or back from a partition)
                     // gets a full sync at once: broadcasts never reach a late joiner.
-                    work.spawn(sync_with(transport.clone(), store.clone(), m.addr, metrics.clone()));
+                    work.spawn(sync_with(transport.clone(), store.clone(), exchange.clone(), m.addr, metrics.clone()));
                 }
                 Change::Defunct => {
                     tracing::warn!("the mesh declared this node down; rejoining with a new identity");
@@ -396,15 +454,21 @@ fn publish(publisher: &Publisher, list: &[(String, MemberState, SocketAddr)], he
 }
 
 /// One push-pull exchange with the member at `addr`, as the caller.
-async fn sync_with(transport: Arc<Transport>, store: Store, addr: SocketAddr, metrics: Metrics) {
+async fn sync_with(
+    transport: Arc<Transport>,
+    store: Store,
+    exchange: Arc<Exchange>,
+    addr: SocketAddr,
+    metrics: Metrics,
+) {
     let result = async {
         let peer = transport.connection_to(addr).await.map_err(|e| e.to_string())?;
         let (mut send, mut recv) = peer.conn.open_bi().await.map_err(|e| e.to_string())?;
         let view = store.view();
-        frame::write(&mut send, &MeshRequest::Sync { buckets: sync::digests(&view) })
-            .await
-            .map_err(|e| e.to_string())?;
+        let request = MeshRequest::Sync { buckets: sync::digests(&view), members: exchange.ours() };
+        frame::write(&mut send, &request).await.map_err(|e| e.to_string())?;
         let summary: SyncSummary = frame::read(&mut recv).await.map_err(|e| e.to_string())?;
+        exchange.received(&summary.members);
         let view = store.view();
         let (give, want) = sync::plan(&view, &summary.buckets, &summary.keys);
         let mut batches = sync::batches(&give);
@@ -440,14 +504,19 @@ async fn sync_with(transport: Arc<Transport>, store: Store, addr: SocketAddr, me
 /// The callee's side of a sync, after the request frame.
 pub async fn serve_sync(
     store: &Store,
+    exchange: &Exchange,
     buckets: Vec<mesh_proto::wire::BucketDigest>,
+    members: Vec<u8>,
     send: &mut quinn::SendStream,
     recv: &mut quinn::RecvStream,
 ) -> Result<(), String> {
+    exchange.received(&members);
     let view = store.view();
     let diff = sync::differing(&view, &buckets);
     let keys = sync::summary(&view, &diff);
-    frame::write(send, &SyncSummary { buckets: diff, keys }).await.map_err(|e| e.to_string())?;
+    frame::write(send, &SyncSummary { buckets: diff, keys, members: exchange.ours() })
+        .await
+        .map_err(|e| e.to_string())?;
     let mut incoming = Vec::new();
     let mut want = Vec::new();
     while let Ok(push) = frame::read::<SyncPush>(recv).await {
