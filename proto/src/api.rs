@@ -36,6 +36,9 @@ pub struct Status {
 pub struct StoreStatus {
     pub entries: u64,
     pub bytes: u64,
+    /// A digest of every write held: two nodes with the same digest hold the same map.
+    #[serde(default)]
+    pub digest: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

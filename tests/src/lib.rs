@@ -14,6 +14,8 @@ use std::process::{Child, Command, ExitStatus, Output};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+pub mod netns;
+
 use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
@@ -94,6 +96,8 @@ pub struct Node {
     child: Option<Child>,
     log: PathBuf,
     env: Vec<(String, String)>,
+    /// The network namespace meshd runs in, if any.
+    netns: Option<String>,
 }
 
 impl Node {
@@ -146,7 +150,7 @@ socket = "{socket}"
         );
         std::fs::write(&config, text).expect("write config");
         let log = dir.path().join("meshd.log");
-        Node { name, dir, config, socket, child: None, log, env: Vec::new() }
+        Node { name, dir, config, socket, child: None, log, env: Vec::new(), netns: None }
     }
 
     /// Prepares node `i` with `top` and `extra`, joins it with `token` (which must
@@ -191,6 +195,24 @@ socket = "{socket}"
         }
     }
 
+    /// Runs this node's meshd commands inside network namespace `ns`.
+    pub fn in_netns(mut self, ns: &str) -> Node {
+        self.netns = Some(ns.to_owned());
+        self
+    }
+
+    /// `meshd` itself, or `ip netns exec NS meshd` (which execs meshd: same PID).
+    fn meshd_command(&self) -> Command {
+        match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&binaries().meshd);
+                c
+            }
+            None => Command::new(&binaries().meshd),
+        }
+    }
+
     /// Sets an environment variable for `meshd run`.
     pub fn env(mut self, key: &str, value: &str) -> Node {
         self.env.push((key.to_owned(), value.to_owned()));
@@ -199,14 +221,15 @@ socket = "{socket}"
 
     /// Runs `meshd ARGS --config CONFIG` to completion.
     pub fn meshd(&self, args: &[&str]) -> Output {
-        Command::new(&binaries().meshd).args(args).arg("--config").arg(&self.config).output().expect("run meshd")
+        self.meshd_command().args(args).arg("--config").arg(&self.config).output().expect("run meshd")
     }
 
     /// Starts `meshd run` and waits (up to 20 s, far above the usual ~50 ms) for the
     /// admin socket to answer.
     pub fn run(mut self) -> Node {
         let log = File::create(&self.log).expect("log file");
-        let child = Command::new(&binaries().meshd)
+        let child = self
+            .meshd_command()
             .arg("run")
             .arg("--config")
             .arg(&self.config)

@@ -202,7 +202,11 @@ async fn status(
         ca_fingerprint: Some(state.identity.ca_fingerprint.clone()),
         signer: Some(state.identity.ca.is_signer()),
         cert_warning: state.identity.warning(),
-        store: Some(api::StoreStatus { entries: snap.store.len() as u64, bytes: snap.store.bytes() }),
+        store: Some(api::StoreStatus {
+            entries: snap.store.len() as u64,
+            bytes: snap.store.bytes(),
+            digest: format!("{:016x}", snap.store.digest().xor),
+        }),
         members: Some(count_members(&member_list(&state, &snap))),
         services: None,
         routes: None,
