@@ -94,6 +94,7 @@ pub struct Bound {
 struct GossipParts {
     params: membership::core::Params,
     sync_interval: Duration,
+    reap_after: Duration,
     metrics: membership::Metrics,
     heard: Arc<membership::Heard>,
     conns: tokio::sync::mpsc::Receiver<crate::transport::Peer>,
@@ -153,6 +154,7 @@ pub async fn build(config: &Config) -> Result<Bound, AppError> {
     let gossip = GossipParts {
         params: config.gossip.params(),
         sync_interval: config.gossip.sync_interval,
+        reap_after: config.gossip.reap_after,
         metrics: membership::Metrics::register(&mut registry),
         heard: Arc::default(),
         conns: conns_rx,
@@ -229,6 +231,7 @@ impl Bound {
             me: membership::core::MemberId { name: self.node_name.clone(), addr: self.advertise, bump: g.bump },
             params: g.params,
             sync_interval: g.sync_interval,
+            reap_after: g.reap_after,
             transport: self.transport.clone(),
             store: self.store.clone(),
             publisher: self.publisher.clone(),

@@ -379,6 +379,9 @@ impl Config {
         if !(512..=1200).contains(&g.max_datagram) {
             return Err(src.error("gossip.max_datagram", "max_datagram must be between 512 and 1200 bytes"));
         }
+        if g.reap_after < Duration::from_secs(1) {
+            return Err(src.error("gossip.reap_after", "reap_after must be at least 1s"));
+        }
         if g.indirect_probes == 0 || g.gossip_nodes == 0 {
             return Err(src.error("gossip.gossip_nodes", "indirect_probes and gossip_nodes must be at least 1"));
         }

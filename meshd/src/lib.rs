@@ -11,6 +11,7 @@ pub mod config;
 pub mod datadir;
 pub mod dev;
 pub mod drain;
+pub mod fuzzing;
 pub mod identity;
 pub mod membership;
 pub mod metrics;

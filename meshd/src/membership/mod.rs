@@ -125,6 +125,8 @@ pub struct Inputs {
     pub me: MemberId,
     pub params: Params,
     pub sync_interval: Duration,
+    /// How long a dead or departed member's own entries are kept.
+    pub reap_after: Duration,
     pub transport: Arc<Transport>,
     pub store: Store,
     pub publisher: Publisher,
@@ -154,7 +156,10 @@ pub async fn run(
     mut member_lists: mpsc::Receiver<Vec<foca::Member<MemberId>>>,
     drain: DrainWatcher,
 ) {
-    let Inputs { me, params, sync_interval, transport, store, publisher, seeds, metrics, heard, exchange } = inputs;
+    let Inputs { me, params, sync_interval, reap_after, transport, store, publisher, seeds, metrics, heard, exchange } =
+        inputs;
+    let mut gone_since: HashMap<String, Instant> = HashMap::new();
+    let mut reap_tick = tokio::time::interval(reap_after.min(Duration::from_secs(60)).max(Duration::from_millis(100)));
     let mut seed_ids: Vec<MemberId> = Vec::new();
     let handler = Handler::default();
     let mut swim: Swim = Foca::with_custom_broadcast(
@@ -268,6 +273,16 @@ pub async fn run(
                     work.spawn(sync_with(transport.clone(), store.clone(), exchange.clone(), pick.addr, metrics.clone()));
                 }
             }
+            _ = reap_tick.tick() => {
+                let now = Instant::now();
+                let doomed = to_reap(&published, &gone_since, now, reap_after, &me.name);
+                if !doomed.is_empty() {
+                    let store = store.clone();
+                    work.spawn(async move {
+                        let _ = tokio::task::spawn_blocking(move || reap(&store, &doomed)).await;
+                    });
+                }
+            }
             _ = view_tick.tick() => {
                 exchange.set_ours(&swim);
                 // Nobody knows us yet (our announce was lost, or every member went
@@ -326,6 +341,14 @@ pub async fn run(
 
         let list = member_list(&swim, &me, &handler);
         if list != published {
+            let now = Instant::now();
+            for (name, state, _) in &list {
+                if matches!(state, MemberState::Dead | MemberState::Left) {
+                    gone_since.entry(name.clone()).or_insert(now);
+                } else {
+                    gone_since.remove(name);
+                }
+            }
             publish(&publisher, &list, &heard);
             published = list;
         }
@@ -406,6 +429,47 @@ async fn read_datagrams(peer: Peer, tx: mpsc::Sender<Datagram>) {
     while let Ok(data) = peer.conn.read_datagram().await {
         if tx.send((name.clone(), data)).await.is_err() {
             return;
+        }
+    }
+}
+
+/// The members whose own entries (`node/NAME/...`) are due for removal: dead or gone
+/// for `reap_after`. Only the alive member with the smallest name reaps, so that one
+/// node writes the tombstones (any other would do the same; this only saves churn).
+pub fn to_reap(
+    members: &[(String, MemberState, SocketAddr)],
+    gone_since: &HashMap<String, Instant>,
+    now: Instant,
+    reap_after: Duration,
+    me: &str,
+) -> Vec<String> {
+    let reaper = members.iter().filter(|(_, s, _)| *s == MemberState::Alive).map(|(n, _, _)| n.as_str()).min();
+    if reaper != Some(me) {
+        return Vec::new();
+    }
+    members
+        .iter()
+        .filter(|(name, state, _)| {
+            matches!(state, MemberState::Dead | MemberState::Left)
+                && gone_since.get(name).is_some_and(|t| now.duration_since(*t) >= reap_after)
+        })
+        .map(|(name, _, _)| name.clone())
+        .collect()
+}
+
+/// Deletes every entry a departed member owned.
+fn reap(store: &Store, members: &[String]) {
+    let view = store.view();
+    for name in members {
+        let prefix = format!("node/{name}/");
+        let keys: Vec<String> = view.prefix(&prefix).map(|e| e.key.clone()).collect();
+        if !keys.is_empty() {
+            tracing::info!(node = %name, entries = keys.len(), "reaping a departed member's entries");
+        }
+        for key in keys {
+            if let Err(e) = store.delete(&key) {
+                tracing::warn!(%key, error = %e, "cannot reap");
+            }
         }
     }
 }
@@ -585,4 +649,29 @@ pub async fn ask_holds(
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_smallest_alive_member_reaps_and_only_after_the_timeout() {
+        let addr: SocketAddr = "198.18.0.1:7946".parse().expect("addr");
+        let members = vec![
+            ("a".to_owned(), MemberState::Alive, addr),
+            ("b".to_owned(), MemberState::Alive, addr),
+            ("c".to_owned(), MemberState::Dead, addr),
+            ("d".to_owned(), MemberState::Left, addr),
+            ("e".to_owned(), MemberState::Dead, addr),
+        ];
+        let t0 = Instant::now();
+        let hour = Duration::from_secs(3600);
+        let gone: HashMap<String, Instant> =
+            [("c".to_owned(), t0), ("d".to_owned(), t0), ("e".to_owned(), t0 + hour)].into_iter().collect();
+        let later = t0 + 72 * hour;
+        assert_eq!(to_reap(&members, &gone, later, 72 * hour, "a"), vec!["c", "d"]);
+        assert!(to_reap(&members, &gone, later, 72 * hour, "b").is_empty(), "b is not the reaper");
+        assert!(to_reap(&members, &gone, t0 + hour, 72 * hour, "a").is_empty(), "too early");
+    }
 }

@@ -1,0 +1,64 @@
+//! The bodies of the fuzz targets (`fuzz/`), here so that the ordinary test suite can
+//! replay the saved corpus and crash inputs through exactly the same code
+//! (`meshd/tests/fuzz_corpus.rs`). Each takes untrusted bytes and must never panic.
+
+use mesh_proto::wire::{
+    self, Holds, JoinRequest, JoinResponse, MeshRequest, RenewResponse, SyncEntries, SyncPush, SyncSummary,
+};
+
+use crate::membership::core::{self, Handler, MemberId, Output, Swim};
+
+/// Every message decoder of the stream protocol.
+pub fn wire_frame(data: &[u8]) {
+    if data.len() >= 4 {
+        let mut header = [0u8; 4];
+        header.copy_from_slice(&data[..4]);
+        let _ = wire::body_len(header);
+    }
+    let _ = wire::decode::<MeshRequest>(data);
+    let _ = wire::decode::<JoinRequest>(data);
+    let _ = wire::decode::<JoinResponse>(data);
+    let _ = wire::decode::<RenewResponse>(data);
+    let _ = wire::decode::<SyncSummary>(data);
+    let _ = wire::decode::<SyncPush>(data);
+    let _ = wire::decode::<SyncEntries>(data);
+    let _ = wire::decode::<Holds>(data);
+}
+
+/// The join token's text form.
+pub fn token(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        if let Ok(t) = mesh_proto::token::Token::decode(text) {
+            assert_eq!(mesh_proto::token::Token::decode(&t.encode()), Ok(t), "a decoded token re-encodes");
+        }
+    }
+}
+
+/// Store entries as they arrive from peers, and their merge.
+pub fn store_entry(data: &[u8]) {
+    if let Ok(e) = crate::store::entry::Entry::decode(data) {
+        let mut view = crate::store::View::default();
+        view.merge(std::sync::Arc::new(e.clone()));
+        let _ = e.encoded_len();
+        let _ = crate::membership::sync::decode(vec![data.to_vec()]);
+    }
+}
+
+/// A gossip datagram from an authenticated peer named "peer": the sender check, then
+/// foca itself with our codec and broadcast handler.
+pub fn gossip_datagram(data: &[u8]) {
+    let me = MemberId { name: "me".to_owned(), addr: ([198, 18, 0, 1], 7946).into(), bump: 1 };
+    if core::check_sender(data, "peer", 1150).is_err() {
+        return;
+    }
+    let params = crate::config::GossipConfig::default().params();
+    let mut swim: Swim = foca::Foca::with_custom_broadcast(
+        me,
+        params.foca_config(3),
+        rand::SeedableRng::seed_from_u64(1),
+        foca::PostcardCodec,
+        Handler::default(),
+    );
+    let mut out = Output::default();
+    let _ = swim.handle_data(data, &mut out);
+}
