@@ -73,7 +73,9 @@ fn mesh_states(dir: &Path, i: usize) -> Vec<(String, String)> {
         .and_then(|v| {
             v.as_array().map(|a| {
                 a.iter()
-                    .map(|m| (m["name"].as_str().unwrap_or("").to_owned(), m["state"].as_str().unwrap_or("").to_owned()))
+                    .map(|m| {
+                        (m["name"].as_str().unwrap_or("").to_owned(), m["state"].as_str().unwrap_or("").to_owned())
+                    })
                     .collect()
             })
         })
@@ -94,7 +96,13 @@ fn mesh_round(n: usize) -> [Duration; 3] {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     let configs: Vec<PathBuf> = (1..=n).map(|i| mesh_config(d, i)).collect();
-    assert!(Command::new(bin("meshd")).args(["init", "--config"]).arg(&configs[0]).output().expect("init").status.success());
+    assert!(Command::new(bin("meshd"))
+        .args(["init", "--config"])
+        .arg(&configs[0])
+        .output()
+        .expect("init")
+        .status
+        .success());
     let mut procs = Procs(vec![run_meshd(&configs[0])]);
     poll(Duration::from_secs(10), || meshctl(d, 1, &["status"]).is_some()).expect("node 1 up");
     for (i, config) in configs.iter().enumerate().skip(1) {
@@ -144,12 +152,8 @@ fn mesh_round(n: usize) -> [Duration; 3] {
 fn serf(i: usize, args: &[&str]) -> String {
     // Flags go before positional arguments (`serf event -rpc-addr=.. NAME PAYLOAD`).
     let (verb, rest) = args.split_first().expect("a serf verb");
-    let out = Command::new("serf")
-        .arg(verb)
-        .arg(format!("-rpc-addr={}:7373", ip(i)))
-        .args(rest)
-        .output()
-        .expect("serf");
+    let out =
+        Command::new("serf").arg(verb).arg(format!("-rpc-addr={}:7373", ip(i))).args(rest).output().expect("serf");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -238,9 +242,15 @@ fn main() {
     }
     println!("N = {n}, median of {runs} runs, loopback");
     println!("{:<40} {:>10} {:>10} {:>8}", "", "meshd", "serf", "ratio");
-    let names = ["all see all alive after start", "a write / user event reaches all", "a kill -9 seen dead (failed) by all"];
+    let names =
+        ["all see all alive after start", "a write / user event reaches all", "a kill -9 seen dead (failed) by all"];
     for (k, name) in names.iter().enumerate() {
         let (m, s) = (median(mesh[k].clone()), median(serf[k].clone()));
-        println!("{name:<40} {:>9.2}s {:>9.2}s {:>7.2}x", m.as_secs_f64(), s.as_secs_f64(), m.as_secs_f64() / s.as_secs_f64());
+        println!(
+            "{name:<40} {:>9.2}s {:>9.2}s {:>7.2}x",
+            m.as_secs_f64(),
+            s.as_secs_f64(),
+            m.as_secs_f64() / s.as_secs_f64()
+        );
     }
 }
