@@ -132,8 +132,8 @@ pub struct GossipConfig {
     /// Members asked to probe indirectly. Default: 3.
     #[serde(default = "default_indirect_probes")]
     pub indirect_probes: usize,
-    /// Suspicion lasts `suspicion_mult * log10(N) * probe_interval` before a suspect is
-    /// declared dead. Default: 4.
+    /// Suspicion lasts `suspicion_mult * max(1, log10(N)) * probe_interval` before a
+    /// suspect is declared dead. Default: 4.
     #[serde(default = "default_suspicion_mult")]
     pub suspicion_mult: f64,
     /// Time between gossip rounds. Default: 200ms.
@@ -142,7 +142,7 @@ pub struct GossipConfig {
     /// Members each gossip round sends to. Default: 3.
     #[serde(default = "default_gossip_nodes")]
     pub gossip_nodes: usize,
-    /// Each update is sent `retransmit_mult * log10(N)` times. Default: 4.
+    /// Each update is sent `retransmit_mult * ceil(log10(N + 1))` times. Default: 4.
     #[serde(default = "default_retransmit_mult")]
     pub retransmit_mult: f64,
     /// Time between push-pull anti-entropy exchanges with a random member. Default: 5s.

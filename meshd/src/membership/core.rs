@@ -58,19 +58,21 @@ pub struct Params {
 }
 
 impl Params {
-    /// The foca configuration for a cluster of `n` members: suspicion and retransmissions
-    /// scale with log(n), as memberlist's do.
+    /// The foca configuration for a cluster of `n` members, with memberlist's formulas:
+    /// updates are retransmitted `retransmit_mult * ceil(log10(n + 1))` times, and a
+    /// suspect is declared dead after `suspicion_mult * max(1, log10(n))` probe periods.
     pub fn foca_config(&self, n: usize) -> foca::Config {
         let n = n.max(1) as f64;
-        let log = (n + 1.0).log10().max(1.0);
+        let retransmits = self.retransmit_mult * (n + 1.0).log10().ceil();
+        let node_scale = n.log10().max(1.0);
         let mut c = foca::Config::simple();
         c.probe_period = self.probe_period;
         c.probe_rtt = self.probe_timeout;
         c.num_indirect_probes =
             std::num::NonZeroUsize::new(self.indirect_probes.max(1)).unwrap_or(std::num::NonZeroUsize::MIN);
-        c.max_transmissions = std::num::NonZeroU8::new((self.retransmit_mult * log).ceil().clamp(1.0, 255.0) as u8)
-            .unwrap_or(std::num::NonZeroU8::MIN);
-        c.suspect_to_down_after = self.probe_period.mul_f64(self.suspicion_mult * log);
+        c.max_transmissions =
+            std::num::NonZeroU8::new(retransmits.ceil().clamp(1.0, 255.0) as u8).unwrap_or(std::num::NonZeroU8::MIN);
+        c.suspect_to_down_after = self.probe_period.mul_f64(self.suspicion_mult * node_scale);
         c.remove_down_after = self.remember_down;
         c.max_packet_size = std::num::NonZeroUsize::new(self.max_datagram).unwrap_or(std::num::NonZeroUsize::MIN);
         c.notify_down_members = true;
