@@ -343,7 +343,7 @@ fn signer_error(e: SignerError) -> Error {
         SignerError::BadTtl | SignerError::BadName(_) => StatusCode::BAD_REQUEST,
         SignerError::UnknownNode(_) => StatusCode::NOT_FOUND,
         SignerError::Store(s) if s.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
-        SignerError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        SignerError::Store(_) | SignerError::Rng => StatusCode::INTERNAL_SERVER_ERROR,
     };
     Error::new(status, e.to_string())
 }

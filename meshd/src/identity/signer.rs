@@ -69,6 +69,8 @@ pub enum SignerError {
     UnknownNode(String),
     #[error("a node cannot remove itself: run `meshctl node remove {0}` on another node")]
     RemoveSelf(String),
+    #[error("the system random number generator failed")]
+    Rng,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -157,8 +159,7 @@ impl Signer {
             }
         }
         let mut secret = [0u8; 16];
-        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
-            .map_err(|_| SignerError::Store(StoreError::InvalidKey { key: "rng".to_owned() }))?;
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret).map_err(|_| SignerError::Rng)?;
         let hash = secret_hash(&secret);
         let id = hash[..16].to_owned();
         let now = wall_ms();
