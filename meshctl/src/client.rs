@@ -41,6 +41,9 @@ pub enum ClientError {
     /// meshd answered with an error.
     #[error("meshd refused: {} ({status})", body.detail)]
     Api { status: StatusCode, body: ApiError },
+    /// An input file is missing or invalid (its error names the file, line and key).
+    #[error("{0}")]
+    Input(String),
     /// meshd answered with a body this meshctl cannot read (a version mismatch).
     #[error("unexpected answer from meshd: {0}")]
     Decode(String),
@@ -49,7 +52,11 @@ pub enum ClientError {
 impl ClientError {
     /// Whether the request was at fault (exit 2) rather than the daemon or the machine.
     pub fn is_usage(&self) -> bool {
-        matches!(self, ClientError::Api { status, .. } if status.is_client_error() && *status != StatusCode::NOT_FOUND)
+        match self {
+            ClientError::Input(_) => true,
+            ClientError::Api { status, .. } => status.is_client_error() && *status != StatusCode::NOT_FOUND,
+            _ => false,
+        }
     }
 }
 

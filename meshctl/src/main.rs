@@ -41,6 +41,13 @@ enum Command {
     Members,
     /// Live QUIC connections with other members, by verified identity.
     Connections,
+    /// Services in the mesh and their instances.
+    Services,
+    /// This node's services.
+    Service {
+        #[command(subcommand)]
+        command: ServiceCommand,
+    },
     /// Join tokens.
     Token {
         #[command(subcommand)]
@@ -72,6 +79,18 @@ enum TokenCommand {
         #[arg(long)]
         node: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum ServiceCommand {
+    /// Register (or replace) a service on this node from a TOML file: the keys of one
+    /// `[[service]]` entry at its top level. It survives restarts.
+    Register {
+        #[arg(short, long)]
+        file: PathBuf,
+    },
+    /// Remove a registered service of this node.
+    Deregister { name: String },
 }
 
 #[derive(Subcommand)]
@@ -138,6 +157,26 @@ async fn execute(client: &Client, command: &Command, output: Output) -> Result<S
         Command::Connections => (client.get("/v1/connections").await?, |b| {
             Ok(table::connections(&serde_json::from_slice::<Vec<Connection>>(b)?, SystemTime::now()))
         }),
+        Command::Services => (client.get("/v1/services").await?, |b| {
+            Ok(table::services(&serde_json::from_slice::<Vec<mesh_proto::api::Service>>(b)?))
+        }),
+        Command::Service { command: ServiceCommand::Register { file } } => {
+            let text =
+                std::fs::read_to_string(file).map_err(|e| ClientError::Input(format!("{}: {e}", file.display())))?;
+            let spec = mesh_proto::service::ServiceSpec::from_file(&file.display().to_string(), &text)
+                .map_err(|e| ClientError::Input(e.to_string()))?;
+            let body = serde_json::to_vec(&spec).map_err(decode)?;
+            (client.request(Method::POST, "/v1/services", Some(body)).await?, |b| {
+                let v: serde_json::Value = serde_json::from_slice(b)?;
+                Ok(format!("registered {}\n", v["registered"].as_str().unwrap_or("")))
+            })
+        }
+        Command::Service { command: ServiceCommand::Deregister { name } } => {
+            (client.request(Method::DELETE, &format!("/v1/services/{name}"), None).await?, |b| {
+                let v: serde_json::Value = serde_json::from_slice(b)?;
+                Ok(format!("deregistered {}\n", v["deregistered"].as_str().unwrap_or("")))
+            })
+        }
         Command::Token { command: TokenCommand::Create { ttl, signer, node } } => {
             let request =
                 TokenRequest { ttl: Some(mesh_proto::duration::format(*ttl)), signer: *signer, node: node.clone() };

@@ -73,6 +73,26 @@ pub fn members(members: &[Member], now: SystemTime) -> String {
     columns(&["NAME", "ADDRESS", "STATE", "LAST HEARD"], &rows)
 }
 
+pub fn services(services: &[mesh_proto::api::Service]) -> String {
+    let mut rows = Vec::new();
+    for s in services {
+        let vip = s.vip.clone().unwrap_or_else(|| "-".to_owned());
+        for (k, i) in s.instances.iter().enumerate() {
+            let labels: Vec<String> = i.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            rows.push(vec![
+                if k == 0 { s.name.clone() } else { String::new() },
+                if k == 0 { vip.clone() } else { String::new() },
+                i.node.clone(),
+                format!("{}:{}", i.addr, i.port),
+                i.protocol.clone(),
+                if i.healthy { "healthy" } else { "unhealthy" }.to_owned(),
+                labels.join(","),
+            ]);
+        }
+    }
+    columns(&["SERVICE", "VIP", "NODE", "ADDRESS", "PROTOCOL", "HEALTH", "LABELS"], &rows)
+}
+
 pub fn connections(conns: &[Connection], now: SystemTime) -> String {
     let rows: Vec<Vec<String>> = conns
         .iter()

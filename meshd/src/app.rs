@@ -81,6 +81,7 @@ pub struct Bound {
     signer: Arc<Signer>,
     seeds: Vec<SocketAddr>,
     gossip: GossipParts,
+    catalog: crate::catalog::Catalog,
     node_name: String,
     drain_timeout: Duration,
     publisher: Publisher,
@@ -164,6 +165,8 @@ pub async fn build(config: &Config) -> Result<Bound, AppError> {
     };
     let signer = Arc::new(Signer::new(identity.clone(), store.clone(), advertise, config.identity.cert_ttl));
     signer.announce()?;
+    let catalog = crate::catalog::Catalog::new(store.clone(), &config.node_name);
+    catalog.declare_config(&config.service)?;
     let seeds: Vec<SocketAddr> = config.join.iter().copied().filter(|s| *s != advertise && *s != udp).collect();
 
     Ok(Bound {
@@ -177,6 +180,7 @@ pub async fn build(config: &Config) -> Result<Bound, AppError> {
         signer,
         seeds,
         gossip,
+        catalog,
         node_name: config.node_name.clone(),
         drain_timeout: config.drain_timeout,
         publisher,
@@ -203,6 +207,7 @@ impl Bound {
             signer: self.signer.clone(),
             heard: self.gossip.heard.clone(),
             store: self.store.clone(),
+            catalog: self.catalog.clone(),
         });
 
         let mut tasks = JoinSet::new();
@@ -248,6 +253,7 @@ impl Bound {
             self.seeds.clone(),
             watcher.clone(),
         ));
+        tasks.spawn(crate::catalog::run(self.catalog.clone(), self.publisher.subscribe(), watcher.clone()));
         tasks.spawn(watch_revocations(self.publisher.subscribe(), self.transport.clone(), watcher.clone()));
         drop(watcher);
 

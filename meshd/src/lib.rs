@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod app;
 pub mod bootstrap;
+pub mod catalog;
 pub mod config;
 pub mod datadir;
 pub mod dev;

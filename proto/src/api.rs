@@ -81,6 +81,27 @@ impl MemberState {
     }
 }
 
+/// One entry of `GET /v1/services`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Service {
+    pub name: String,
+    /// This host's virtual IP for the service; null until virtual IPs are allocated.
+    pub vip: Option<String>,
+    pub instances: Vec<Instance>,
+}
+
+/// One instance of a service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    pub node: String,
+    pub addr: String,
+    pub port: u16,
+    pub protocol: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Its own node's checks pass and that node is alive.
+    pub healthy: bool,
+}
+
 /// One entry of `GET /v1/connections`: a live `mesh/1` connection.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Connection {

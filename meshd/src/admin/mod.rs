@@ -45,6 +45,7 @@ pub struct AdminState {
     pub signer: Arc<Signer>,
     pub heard: Arc<crate::membership::Heard>,
     pub store: crate::store::Store,
+    pub catalog: crate::catalog::Catalog,
 }
 
 /// The admin API's own metrics.
@@ -78,6 +79,8 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/members", get(members))
         .route("/v1/connections", get(connections))
+        .route("/v1/services", get(services).post(register_service))
+        .route("/v1/services/{name}", axum::routing::delete(deregister_service))
         .route("/v1/catchup", get(catchup))
         .route("/v1/tokens", axum::routing::post(create_token))
         .route("/v1/nodes/{name}", axum::routing::delete(remove_node))
@@ -208,7 +211,7 @@ async fn status(
             digest: format!("{:016x}", snap.store.digest().xor),
         }),
         members: Some(count_members(&member_list(&state, &snap))),
-        services: None,
+        services: Some(crate::catalog::count(&snap)),
         routes: None,
     };
     Ok(with_index(&snap, Json(body)))
@@ -227,6 +230,60 @@ async fn metrics(State(state): State<Arc<AdminState>>) -> Result<Response, Error
     let text = crate::metrics::encode(&state.registry)
         .map_err(|e| Error::new(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics: {e}")))?;
     Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response())
+}
+
+/// `GET /v1/services`: every service in the mesh, with its instances.
+async fn services(
+    State(state): State<Arc<AdminState>>,
+    query: Result<Query<Blocking>, QueryRejection>,
+) -> Result<Response, Error> {
+    let snap = snapshot_for(&state, query).await?;
+    Ok(with_index(&snap, Json(crate::catalog::services(&snap))))
+}
+
+/// `POST /v1/services`: registers (or replaces) a service on this node. The body is the
+/// service's keys as JSON (meshctl parses and validates the TOML file first); validated
+/// again here.
+async fn register_service(
+    State(state): State<Arc<AdminState>>,
+    body: Result<Json<mesh_proto::service::ServiceSpec>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, Error> {
+    let Json(spec) = body.map_err(|e| Error::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let text = toml::to_string(&spec).map_err(|e| Error::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    mesh_proto::service::ServiceSpec::from_file("request", &text)
+        .map_err(|e| Error::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let catalog = state.catalog.clone();
+    let name = spec.name.clone();
+    tokio::task::spawn_blocking(move || catalog.register(spec))
+        .await
+        .map_err(|e| Error::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(catalog_error)?;
+    Ok((StatusCode::OK, Json(serde_json::json!({ "registered": name }))).into_response())
+}
+
+/// `DELETE /v1/services/NAME`: deregisters a service of this node.
+async fn deregister_service(
+    State(state): State<Arc<AdminState>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Result<Response, Error> {
+    let catalog = state.catalog.clone();
+    let n = name.clone();
+    tokio::task::spawn_blocking(move || catalog.deregister(&n))
+        .await
+        .map_err(|e| Error::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(catalog_error)?;
+    Ok(Json(serde_json::json!({ "deregistered": name })).into_response())
+}
+
+fn catalog_error(e: crate::catalog::CatalogError) -> Error {
+    use crate::catalog::CatalogError;
+    let status = match &e {
+        CatalogError::Unknown(_) => StatusCode::NOT_FOUND,
+        CatalogError::FromConfig(_) => StatusCode::CONFLICT,
+        CatalogError::Store(s) if s.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
+        CatalogError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    Error::new(status, e.to_string())
 }
 
 /// Whether the node a revocation names still runs with the revoked key (as far as the

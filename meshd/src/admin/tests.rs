@@ -69,7 +69,8 @@ fn fixture() -> Fixture {
         transport,
         signer,
         heard: Arc::default(),
-        store,
+        store: store.clone(),
+        catalog: crate::catalog::Catalog::new(store, "vm-1"),
     });
     Fixture { publisher, state, trigger: Some(trigger), _watcher: watcher, _dir: dir }
 }
@@ -105,7 +106,8 @@ async fn status_names_the_node_its_identity_and_store_and_nulls_what_is_not_ther
     assert!(status.ca_fingerprint.as_deref().is_some_and(|f| f.starts_with("sha256:") && f.len() == 71));
     assert_eq!(status.signer, Some(true));
     assert!(humantime::parse_rfc3339(status.cert_expires.as_deref().expect("expiry")).is_ok());
-    for key in ["services", "routes", "cert_warning"] {
+    assert_eq!(raw["services"], 0);
+    for key in ["routes", "cert_warning"] {
         assert!(raw.get(key).is_some_and(|v| v.is_null()), "{key} should be present and null: {raw}");
     }
 }
