@@ -82,6 +82,7 @@ pub struct Bound {
     seeds: Vec<SocketAddr>,
     gossip: GossipParts,
     catalog: crate::catalog::Catalog,
+    vips: Arc<crate::catalog::vip::Vips>,
     node_name: String,
     drain_timeout: Duration,
     publisher: Publisher,
@@ -167,6 +168,7 @@ pub async fn build(config: &Config) -> Result<Bound, AppError> {
     signer.announce()?;
     let catalog = crate::catalog::Catalog::new(store.clone(), &config.node_name);
     catalog.declare_config(&config.service)?;
+    let vips = Arc::new(crate::catalog::vip::Vips::load(store.clone(), config.proxy.vip_range)?);
     let seeds: Vec<SocketAddr> = config.join.iter().copied().filter(|s| *s != advertise && *s != udp).collect();
 
     Ok(Bound {
@@ -181,6 +183,7 @@ pub async fn build(config: &Config) -> Result<Bound, AppError> {
         seeds,
         gossip,
         catalog,
+        vips,
         node_name: config.node_name.clone(),
         drain_timeout: config.drain_timeout,
         publisher,
@@ -208,6 +211,7 @@ impl Bound {
             heard: self.gossip.heard.clone(),
             store: self.store.clone(),
             catalog: self.catalog.clone(),
+            vips: self.vips.clone(),
         });
 
         let mut tasks = JoinSet::new();
@@ -253,7 +257,12 @@ impl Bound {
             self.seeds.clone(),
             watcher.clone(),
         ));
-        tasks.spawn(crate::catalog::run(self.catalog.clone(), self.publisher.subscribe(), watcher.clone()));
+        tasks.spawn(crate::catalog::run(
+            self.catalog.clone(),
+            self.vips.clone(),
+            self.publisher.subscribe(),
+            watcher.clone(),
+        ));
         tasks.spawn(watch_revocations(self.publisher.subscribe(), self.transport.clone(), watcher.clone()));
         drop(watcher);
 

@@ -53,11 +53,22 @@ fn a_registered_service_spreads_survives_a_restart_and_deregisters_everywhere() 
         "{table}"
     );
 
-    // A restart keeps it.
+    // Each host gives the service a virtual IP from its range.
+    let vip = |n: &Node| -> Option<String> {
+        let s = n.meshctl_json(&["services"]);
+        s.as_array()?.iter().find(|s| s["name"] == "reviews")?["vip"].as_str().map(str::to_owned)
+    };
+    let prefix = format!("127.{}.", block.n);
+    let v1 = n1.eventually(CONVERGE, "node-1 allocates a VIP", || vip(&n1));
+    assert!(v1.starts_with(&prefix), "{v1} in {prefix}0.0/16");
+    let before = n2.eventually(CONVERGE, "node-2 allocates a VIP", || vip(&n2));
+
+    // A restart keeps the service and its virtual IP.
     n2.signal(Signal::SIGTERM);
     assert_eq!(n2.wait_exit(CONVERGE).code(), Some(0));
     let n2 = n2.run();
     assert!(instance(&n2, "reviews", "node-2").is_some(), "registered services survive a restart");
+    assert_eq!(n2.eventually(CONVERGE, "VIP after restart", || vip(&n2)), before, "stable across restarts");
 
     // Deregistered: gone everywhere.
     let out = n2.meshctl(&["service", "deregister", "reviews"]);

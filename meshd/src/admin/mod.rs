@@ -46,6 +46,7 @@ pub struct AdminState {
     pub heard: Arc<crate::membership::Heard>,
     pub store: crate::store::Store,
     pub catalog: crate::catalog::Catalog,
+    pub vips: Arc<crate::catalog::vip::Vips>,
 }
 
 /// The admin API's own metrics.
@@ -238,7 +239,11 @@ async fn services(
     query: Result<Query<Blocking>, QueryRejection>,
 ) -> Result<Response, Error> {
     let snap = snapshot_for(&state, query).await?;
-    Ok(with_index(&snap, Json(crate::catalog::services(&snap))))
+    let mut list = crate::catalog::services(&snap);
+    for s in &mut list {
+        s.vip = state.vips.get(&s.name).map(|ip| ip.to_string());
+    }
+    Ok(with_index(&snap, Json(list)))
 }
 
 /// `POST /v1/services`: registers (or replaces) a service on this node. The body is the

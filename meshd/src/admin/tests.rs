@@ -70,7 +70,8 @@ fn fixture() -> Fixture {
         signer,
         heard: Arc::default(),
         store: store.clone(),
-        catalog: crate::catalog::Catalog::new(store, "vm-1"),
+        catalog: crate::catalog::Catalog::new(store.clone(), "vm-1"),
+        vips: Arc::new(crate::catalog::vip::Vips::load(store, "127.77.0.0/16".parse().expect("range")).expect("vips")),
     });
     Fixture { publisher, state, trigger: Some(trigger), _watcher: watcher, _dir: dir }
 }

@@ -9,6 +9,7 @@
 //! node is alive, so a dead node's instances are unhealthy everywhere.
 
 pub mod health;
+pub mod vip;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -164,11 +165,23 @@ impl Catalog {
 
 /// Keeps one check task per local instance with a check, following the snapshots,
 /// until the drain starts.
-pub async fn run(catalog: Catalog, mut snapshots: SnapshotRx, drain: DrainWatcher) {
+pub async fn run(catalog: Catalog, vips: Arc<vip::Vips>, mut snapshots: SnapshotRx, drain: DrainWatcher) {
     let mut running: HashMap<String, (ServiceSpec, tokio::task::AbortHandle)> = HashMap::new();
     let mut tasks = JoinSet::new();
     loop {
         let snap = snapshots.borrow_and_update().clone();
+        let missing: Vec<String> = vip_names(&snap).into_iter().filter(|n| vips.get(n).is_none()).collect();
+        if !missing.is_empty() {
+            let vips = vips.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                for name in missing {
+                    if let Err(e) = vips.ensure(&name) {
+                        tracing::error!(%name, error = %e, "cannot allocate a virtual IP");
+                    }
+                }
+            })
+            .await;
+        }
         let wanted: HashMap<String, ServiceSpec> = instances(&snap)
             .into_iter()
             .filter(|i| i.node == catalog.node && i.spec.check.is_some())
@@ -210,6 +223,21 @@ async fn check_loop(catalog: Catalog, spec: ServiceSpec) {
             let _ = tokio::task::spawn_blocking(move || catalog.set_health(&spec, healthy)).await;
         }
     }
+}
+
+/// The names that get a virtual IP: every service, and `VERSION.SERVICE` for each value
+/// of its instances' `version` label.
+pub fn vip_names(snap: &Snapshot) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for i in instances(snap) {
+        names.push(i.spec.name.clone());
+        if let Some(v) = i.spec.labels.get("version") {
+            names.push(format!("{v}.{}", i.spec.name));
+        }
+    }
+    names.sort();
+    names.dedup();
+    names
 }
 
 /// The number of services known, for `/v1/status`.

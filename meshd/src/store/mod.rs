@@ -232,6 +232,28 @@ impl Store {
         &self.inner.path
     }
 
+    /// This host's own state that is never replicated (its virtual IP allocations):
+    /// every `local/` key with its value.
+    pub fn local_entries(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let corrupt = |e: sled::Error| StoreError::Corrupt { path: self.inner.path.clone(), detail: e.to_string() };
+        let tree = self.inner.db.open_tree(LOCAL_TREE).map_err(corrupt)?;
+        let mut out = Vec::new();
+        for item in tree.scan_prefix(prefix.as_bytes()) {
+            let (k, v) = item.map_err(corrupt)?;
+            out.push((String::from_utf8_lossy(&k).into_owned(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Writes a local, never replicated, key durably.
+    pub fn local_put(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        let write_err = |e: sled::Error| StoreError::Write { path: self.inner.path.clone(), detail: e.to_string() };
+        let tree = self.inner.db.open_tree(LOCAL_TREE).map_err(write_err)?;
+        tree.insert(key.as_bytes(), value).map_err(write_err)?;
+        self.inner.db.flush().map_err(write_err)?;
+        Ok(())
+    }
+
     /// The latest published view. Readers normally use the snapshot instead; this is the
     /// same data.
     pub fn view(&self) -> Arc<View> {
@@ -405,6 +427,9 @@ fn valid_remote(e: &Entry) -> bool {
         && e.revision > 0
         && (!e.deleted || e.value.is_empty())
 }
+
+/// The tree of this host's own, never replicated, state.
+const LOCAL_TREE: &str = "local";
 
 /// The tree and key of the format marker, written when the store is created.
 const META_TREE: &str = "meta";

@@ -1,0 +1,114 @@
+//! Virtual IPs: each service, and each `version` label value (`v1.reviews`), gets an
+//! address from `proxy.vip_range` on this host, stable across restarts (kept in the
+//! store's local, never replicated, part). The first choice is a hash of the name, so
+//! hosts usually agree, which makes debugging easier; a collision probes onwards.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::RwLock;
+
+use ipnet::Ipv4Net;
+
+use crate::store::{Store, StoreError};
+
+const PREFIX: &str = "vip/";
+
+#[derive(Debug, thiserror::Error)]
+pub enum VipError {
+    #[error("proxy.vip_range {0} has no free address left")]
+    Exhausted(Ipv4Net),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub struct Vips {
+    range: Ipv4Net,
+    store: Store,
+    map: RwLock<BTreeMap<String, Ipv4Addr>>,
+}
+
+impl Vips {
+    /// Loads the allocations made before (those outside a changed range are dropped).
+    pub fn load(store: Store, range: Ipv4Net) -> Result<Vips, StoreError> {
+        let mut map = BTreeMap::new();
+        for (key, value) in store.local_entries(PREFIX)? {
+            let name = key.trim_start_matches(PREFIX).to_owned();
+            if let Some(ip) = std::str::from_utf8(&value).ok().and_then(|s| s.parse::<Ipv4Addr>().ok()) {
+                if range.contains(&ip) {
+                    map.insert(name, ip);
+                }
+            }
+        }
+        Ok(Vips { range, store, map: RwLock::new(map) })
+    }
+
+    /// The address of `name`, if allocated.
+    pub fn get(&self, name: &str) -> Option<Ipv4Addr> {
+        self.map.read().unwrap_or_else(|p| p.into_inner()).get(name).copied()
+    }
+
+    /// The address of `name`, allocated (durably) on first use. Blocking.
+    pub fn ensure(&self, name: &str) -> Result<Ipv4Addr, VipError> {
+        if let Some(ip) = self.get(name) {
+            return Ok(ip);
+        }
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(ip) = map.get(name) {
+            return Ok(*ip);
+        }
+        let taken: std::collections::HashSet<Ipv4Addr> = map.values().copied().collect();
+        let ip = pick(self.range, name, &taken).ok_or(VipError::Exhausted(self.range))?;
+        self.store.local_put(&format!("{PREFIX}{name}"), ip.to_string().as_bytes())?;
+        map.insert(name.to_owned(), ip);
+        Ok(ip)
+    }
+}
+
+/// The first free host address at or after the name's hash, skipping the network and
+/// broadcast addresses.
+pub fn pick(range: Ipv4Net, name: &str, taken: &std::collections::HashSet<Ipv4Addr>) -> Option<Ipv4Addr> {
+    let base = u32::from(range.network());
+    let size = 1u64 << (32 - range.prefix_len());
+    let hosts = size.saturating_sub(2);
+    if hosts == 0 {
+        return None;
+    }
+    let digest = ring::digest::digest(&ring::digest::SHA256, name.as_bytes());
+    let mut h = [0u8; 8];
+    h.copy_from_slice(&digest.as_ref()[..8]);
+    let start = u64::from_be_bytes(h) % hosts;
+    (0..hosts)
+        .map(|i| Ipv4Addr::from(base + 1 + u32::try_from((start + i) % hosts).unwrap_or(0)))
+        .find(|ip| !taken.contains(ip))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{Publisher, Snapshot};
+
+    #[test]
+    fn allocations_are_stable_distinct_and_survive_a_reopen() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let range: Ipv4Net = "127.77.0.0/28".parse().expect("range");
+        let open = || {
+            let store =
+                Store::open(&tmp.path().join("s"), "a", Publisher::new(Snapshot::empty("a")), Default::default())
+                    .expect("store");
+            Vips::load(store, range).expect("vips")
+        };
+        let vips = open();
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..14 {
+            let ip = vips.ensure(&format!("svc{i}")).expect("room");
+            assert!(range.contains(&ip) && ip != range.network() && ip != range.broadcast());
+            assert!(seen.insert(ip), "distinct");
+        }
+        assert!(matches!(vips.ensure("one-too-many"), Err(VipError::Exhausted(_))));
+        let first = vips.get("svc3").expect("allocated");
+        drop(vips);
+        let again = open();
+        assert_eq!(again.get("svc3"), Some(first), "stable across a restart");
+        assert_eq!(again.ensure("svc3").expect("held"), first);
+    }
+}
