@@ -111,6 +111,13 @@ fn health_follows_the_check_and_a_killed_node_is_unhealthy_everywhere() {
         (instance(&n1, "db", "node-2")?["healthy"] == true).then_some(())
     });
 
+    // The owning node counts its checks and the transition.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+    let metrics =
+        String::from_utf8(rt.block_on(n2.client().get("/metrics")).expect("metrics").body.to_vec()).expect("utf-8");
+    assert!(metrics.contains("mesh_health_transitions_total{service=\"db\",result=\"healthy\"} 1"), "{metrics}");
+    assert!(metrics.contains("mesh_health_checks_total{service=\"db\",result=\"pass\"}"), "{metrics}");
+
     // The service goes away: unhealthy after `fall` failures, everywhere.
     drop(listener);
     n1.eventually(CONVERGE, "db unhealthy once its port is closed", || {

@@ -79,11 +79,39 @@ pub fn services(snap: &Snapshot) -> Vec<api::Service> {
         .collect()
 }
 
+/// Health check metrics, under `mesh_health_`.
+#[derive(Clone, Default)]
+pub struct Metrics {
+    checks: prometheus_client::metrics::family::Family<CheckLabels, prometheus_client::metrics::counter::Counter>,
+    transitions: prometheus_client::metrics::family::Family<CheckLabels, prometheus_client::metrics::counter::Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct CheckLabels {
+    service: String,
+    result: &'static str,
+}
+
+impl Metrics {
+    pub fn register(registry: &mut prometheus_client::registry::Registry) -> Metrics {
+        let m = Metrics::default();
+        let r = registry.sub_registry_with_prefix("health");
+        r.register("checks", "Health checks run here, by service and result (pass, fail)", m.checks.clone());
+        r.register(
+            "transitions",
+            "Health changes of local instances, by service and new state (healthy, unhealthy)",
+            m.transitions.clone(),
+        );
+        m
+    }
+}
+
 /// Registering and deregistering this node's services. Blocking (store writes).
 #[derive(Clone)]
 pub struct Catalog {
     store: Store,
     node: String,
+    metrics: Metrics,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -98,7 +126,12 @@ pub enum CatalogError {
 
 impl Catalog {
     pub fn new(store: Store, node: &str) -> Catalog {
-        Catalog { store, node: node.to_owned() }
+        Catalog { store, node: node.to_owned(), metrics: Metrics::default() }
+    }
+
+    pub fn with_metrics(mut self, metrics: Metrics) -> Catalog {
+        self.metrics = metrics;
+        self
     }
 
     fn own(&self) -> Vec<Instance> {
@@ -216,7 +249,11 @@ async fn check_loop(catalog: Catalog, spec: ServiceSpec) {
     loop {
         tick.tick().await;
         let result = health::probe(&check).await;
+        let label = if result.is_ok() { "pass" } else { "fail" };
+        catalog.metrics.checks.get_or_create(&CheckLabels { service: spec.name.clone(), result: label }).inc();
         if let Some(healthy) = state.observe(result.is_ok(), check.rise, check.fall) {
+            let to = if healthy { "healthy" } else { "unhealthy" };
+            catalog.metrics.transitions.get_or_create(&CheckLabels { service: spec.name.clone(), result: to }).inc();
             tracing::info!(service = %spec.name, healthy, reason = ?result.err(), "health changed");
             let catalog = catalog.clone();
             let spec = spec.clone();
