@@ -83,6 +83,9 @@ pub struct Bound {
     gossip: GossipParts,
     catalog: crate::catalog::Catalog,
     vips: Arc<crate::catalog::vip::Vips>,
+    /// The DNS address as bound (UDP and TCP).
+    pub dns: SocketAddr,
+    dns_sockets: (tokio::net::UdpSocket, TcpListener, crate::dns::answer::Zone, crate::dns::Metrics),
     node_name: String,
     drain_timeout: Duration,
     publisher: Publisher,
@@ -117,6 +120,18 @@ pub async fn build(config: &Config) -> Result<Bound, AppError> {
         source,
     })?;
     let advertise = config.advertise_addr(udp)?;
+
+    // DNS on UDP and TCP, the same port for both (port 0: the one UDP got).
+    let dns_err = |source| AppError::Bind { what: "DNS (dns.listen)", addr: config.dns.listen.to_string(), source };
+    let dns_udp = tokio::net::UdpSocket::bind(config.dns.listen).await.map_err(dns_err)?;
+    let dns_addr = dns_udp.local_addr().map_err(dns_err)?;
+    let dns_tcp = TcpListener::bind(dns_addr).await.map_err(dns_err)?;
+    let zone = crate::dns::answer::Zone::new(&config.dns.domain, u32::try_from(config.dns.ttl.as_secs()).unwrap_or(5))
+        .map_err(|e| AppError::Bind {
+            what: "DNS (dns.domain)",
+            addr: config.dns.domain.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
 
     let (admin_listener, admin_inode) = bind_admin_socket(&config.admin.socket)?;
     let http_listener = match config.admin.http {
@@ -185,6 +200,8 @@ pub async fn build(config: &Config) -> Result<Bound, AppError> {
         gossip,
         catalog,
         vips,
+        dns: dns_addr,
+        dns_sockets: (dns_udp, dns_tcp, zone, crate::dns::Metrics::register(&mut registry)),
         node_name: config.node_name.clone(),
         drain_timeout: config.drain_timeout,
         publisher,
@@ -258,6 +275,9 @@ impl Bound {
             self.seeds.clone(),
             watcher.clone(),
         ));
+        let (dns_udp, dns_tcp, zone, dns_metrics) = self.dns_sockets;
+        let handler = crate::dns::Handler::new(zone, self.publisher.subscribe(), self.vips.clone(), dns_metrics);
+        tasks.spawn(crate::dns::serve(handler, dns_udp, dns_tcp, watcher.clone()));
         tasks.spawn(crate::catalog::run(
             self.catalog.clone(),
             self.vips.clone(),
@@ -272,6 +292,7 @@ impl Bound {
             admin_http = %self.admin_http.map_or("off".to_owned(), |a| a.to_string()),
             udp = %self.udp,
             advertise = %self.advertise,
+            dns = %self.dns,
             "meshd is serving"
         );
         signal::notify_ready();

@@ -11,6 +11,7 @@ pub mod catalog;
 pub mod config;
 pub mod datadir;
 pub mod dev;
+pub mod dns;
 pub mod drain;
 pub mod fuzzing;
 pub mod identity;

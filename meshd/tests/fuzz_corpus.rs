@@ -36,6 +36,11 @@ fn store_entry_corpus() {
 }
 
 #[test]
+fn dns_query_corpus() {
+    replay("dns_query", meshd::fuzzing::dns_query);
+}
+
+#[test]
 fn gossip_datagram_corpus() {
     replay("gossip_datagram", meshd::fuzzing::gossip_datagram);
 }
@@ -119,6 +124,17 @@ fn write_seeds() {
         secret: [3; 16],
     };
     put("token", "token", token.encode().as_bytes());
+
+    for (name, qtype) in [
+        ("reviews.mesh.", hickory_proto::rr::RecordType::A),
+        ("_http._tcp.reviews.mesh.", hickory_proto::rr::RecordType::SRV),
+        ("node-1.node.mesh.", hickory_proto::rr::RecordType::AAAA),
+        ("example.com.", hickory_proto::rr::RecordType::A),
+    ] {
+        let mut msg = hickory_proto::op::Message::new();
+        msg.add_query(hickory_proto::op::Query::query(hickory_proto::rr::Name::from_ascii(name).expect("name"), qtype));
+        put("dns_query", name, &msg.to_vec().expect("encode"));
+    }
 
     // Real SWIM datagrams from a member named "peer".
     let params = meshd::config::GossipConfig::default().params();

@@ -213,6 +213,37 @@ socket = "{socket}"
         }
     }
 
+    /// The DNS address meshd logged when it started serving.
+    pub fn dns_addr(&self) -> std::net::SocketAddr {
+        let logs = self.logs();
+        logs.split(" dns=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no dns= in the log:\n{logs}"))
+    }
+
+    /// One DNS question to this node over UDP (with EDNS when `edns`), and its answer.
+    pub fn dig(&self, name: &str, qtype: hickory_proto::rr::RecordType, edns: bool) -> hickory_proto::op::Message {
+        use hickory_proto::op::{Message, Query};
+        use hickory_proto::rr::Name;
+        let mut msg = Message::new();
+        msg.set_id(4242).set_recursion_desired(true);
+        msg.add_query(Query::query(Name::from_ascii(name).expect("name"), qtype));
+        if edns {
+            let mut e = hickory_proto::op::Edns::new();
+            e.set_max_payload(1232);
+            msg.set_edns(e);
+        }
+        let bytes = msg.to_vec().expect("encode");
+        let sock = std::net::UdpSocket::bind((self.dns_addr().ip(), 0)).expect("udp");
+        sock.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        sock.send_to(&bytes, self.dns_addr()).expect("send");
+        let mut buf = [0u8; 4096];
+        let n = sock.recv(&mut buf).expect("a DNS answer within 5s");
+        Message::from_vec(&buf[..n]).expect("a DNS message")
+    }
+
     /// Sets an environment variable for `meshd run`.
     pub fn env(mut self, key: &str, value: &str) -> Node {
         self.env.push((key.to_owned(), value.to_owned()));

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use ipnet::Ipv4Net;
 
@@ -24,7 +24,8 @@ pub enum VipError {
 pub struct Vips {
     range: Ipv4Net,
     store: Store,
-    map: RwLock<BTreeMap<String, Ipv4Addr>>,
+    /// Copied on write, so the DNS path takes an `Arc` and never holds the lock.
+    map: RwLock<Arc<BTreeMap<String, Ipv4Addr>>>,
 }
 
 impl Vips {
@@ -39,7 +40,12 @@ impl Vips {
                 }
             }
         }
-        Ok(Vips { range, store, map: RwLock::new(map) })
+        Ok(Vips { range, store, map: RwLock::new(Arc::new(map)) })
+    }
+
+    /// Every allocation, as of now.
+    pub fn all(&self) -> Arc<BTreeMap<String, Ipv4Addr>> {
+        self.map.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The address of `name`, if allocated.
@@ -59,7 +65,7 @@ impl Vips {
         let taken: std::collections::HashSet<Ipv4Addr> = map.values().copied().collect();
         let ip = pick(self.range, name, &taken).ok_or(VipError::Exhausted(self.range))?;
         self.store.local_put(&format!("{PREFIX}{name}"), ip.to_string().as_bytes())?;
-        map.insert(name.to_owned(), ip);
+        Arc::make_mut(&mut map).insert(name.to_owned(), ip);
         Ok(ip)
     }
 }

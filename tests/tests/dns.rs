@@ -1,0 +1,141 @@
+//! DNS with real meshd processes and real DNS packets: every record DESIGN.md lists,
+//! NXDOMAIN and REFUSED, EDNS, and passthrough answers following health.
+
+use std::time::Duration;
+
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::{RData, RecordType};
+use mesh_tests::{Block, Node};
+
+const CONVERGE: Duration = Duration::from_secs(30);
+
+fn register(node: &Node, file: &str, text: &str) {
+    let path = node.dir.path().join(file);
+    std::fs::write(&path, text).expect("service file");
+    let out = node.meshctl(&["service", "register", "-f", &path.display().to_string()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn a_records(msg: &hickory_proto::op::Message) -> Vec<String> {
+    msg.answers()
+        .iter()
+        .filter_map(|r| match r.data() {
+            Some(RData::A(a)) => Some(a.0.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn vip(n: &Node, name: &str) -> Option<String> {
+    let s = n.meshctl_json(&["services"]);
+    s.as_array()?.iter().find(|s| s["name"] == name)?["vip"].as_str().map(str::to_owned)
+}
+
+#[test]
+fn every_record_answers_as_designed() {
+    let block = Block::take();
+    let n1 = Node::start(&block, 1, "");
+    let seed = format!("join = [\"{}\"]", n1.addr());
+    let n2 = Node::join(&block, 2, &n1.token(&[]), &seed, "");
+    register(
+        &n2,
+        "reviews.toml",
+        "name = \"reviews\"\nport = 9080\nprotocol = \"http\"\nlabels = { version = \"v1\" }\n",
+    );
+    let db_ip = block.node_ip(2);
+    register(&n2, "db.toml", &format!("name = \"db\"\naddress = \"{db_ip}\"\nport = 5432\npassthrough = true\n"));
+
+    // A service on node-2 answers on node-1 within seconds.
+    let reviews_vip = n1.eventually(CONVERGE, "reviews.mesh answers on node-1", || {
+        let v = vip(&n1, "reviews")?;
+        let answer = n1.dig("reviews.mesh.", RecordType::A, false);
+        (a_records(&answer) == vec![v.clone()]).then_some(v)
+    });
+    assert!(reviews_vip.starts_with(&format!("127.{}.", block.n)), "{reviews_vip}");
+    let answer = n1.dig("reviews.mesh.", RecordType::A, false);
+    assert_eq!(answer.response_code(), ResponseCode::NoError);
+    assert!(answer.authoritative());
+    assert_eq!(answer.answers()[0].ttl(), 5);
+
+    // The subset named by the version label.
+    let v1 = n1.eventually(CONVERGE, "v1.reviews has a VIP", || {
+        vip(&n1, "v1.reviews").or_else(|| {
+            let a = a_records(&n1.dig("v1.reviews.mesh.", RecordType::A, false));
+            a.first().cloned()
+        })
+    });
+    let subset = n1.dig("v1.reviews.mesh.", RecordType::A, false);
+    assert_eq!(a_records(&subset), vec![v1.clone()]);
+    assert_ne!(v1, reviews_vip, "the subset has its own address");
+
+    // AAAA for an IPv4-only service: an empty answer, not an error.
+    let aaaa = n1.dig("reviews.mesh.", RecordType::AAAA, false);
+    assert_eq!(aaaa.response_code(), ResponseCode::NoError);
+    assert!(aaaa.answers().is_empty());
+
+    // SRV with the target's A record in the additional section.
+    let srv = n1.dig("_http._tcp.reviews.mesh.", RecordType::SRV, false);
+    assert_eq!(srv.response_code(), ResponseCode::NoError);
+    let Some(RData::SRV(record)) = srv.answers().first().and_then(|r| r.data()) else {
+        panic!("an SRV answer: {srv:?}")
+    };
+    assert_eq!(record.port(), 9080);
+    assert_eq!(record.target().to_ascii(), "node-2.node.mesh.");
+    let glue: Vec<String> = srv
+        .additionals()
+        .iter()
+        .filter_map(|r| match r.data() {
+            Some(RData::A(a)) if r.name().to_ascii() == "node-2.node.mesh." => Some(a.0.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(glue, vec![block.node_ip(2).to_string()], "the target's A in the additional section");
+
+    // NODE.node.mesh
+    let node = n1.dig("node-2.node.mesh.", RecordType::A, false);
+    assert_eq!(a_records(&node), vec![block.node_ip(2).to_string()]);
+
+    // Passthrough: the instance's own address.
+    n1.eventually(CONVERGE, "db.mesh passthrough", || {
+        (a_records(&n1.dig("db.mesh.", RecordType::A, false)) == vec![db_ip.to_string()]).then_some(())
+    });
+
+    // Unknown in the domain: NXDOMAIN with the SOA; outside: REFUSED; EDNS answered.
+    let nx = n1.dig("nope.mesh.", RecordType::A, false);
+    assert_eq!(nx.response_code(), ResponseCode::NXDomain);
+    assert_eq!(nx.name_servers().first().map(|r| r.record_type()), Some(RecordType::SOA));
+    let refused = n1.dig("example.com.", RecordType::A, false);
+    assert_eq!(refused.response_code(), ResponseCode::Refused);
+    assert!(refused.answers().is_empty());
+    let with_edns = n1.dig("reviews.mesh.", RecordType::A, true);
+    assert!(with_edns.extensions().is_some(), "EDNS in, EDNS out");
+}
+
+#[test]
+fn a_passthrough_service_leaves_the_answers_when_its_check_fails_and_returns() {
+    let block = Block::take();
+    let n1 = Node::start(&block, 1, "");
+    let listener = std::net::TcpListener::bind((block.node_ip(1), 0)).expect("listen");
+    let addr = listener.local_addr().expect("addr");
+    register(
+        &n1,
+        "db.toml",
+        &format!(
+            "name = \"db\"\naddress = \"{}\"\nport = {}\npassthrough = true\ncheck = {{ tcp = \"{addr}\", interval = \"200ms\" }}\n",
+            addr.ip(),
+            addr.port()
+        ),
+    );
+    let ip = addr.ip().to_string();
+    n1.eventually(CONVERGE, "db answers once healthy", || {
+        (a_records(&n1.dig("db.mesh.", RecordType::A, false)) == vec![ip.clone()]).then_some(())
+    });
+    drop(listener);
+    n1.eventually(CONVERGE, "db leaves the answers", || {
+        a_records(&n1.dig("db.mesh.", RecordType::A, false)).is_empty().then_some(())
+    });
+    let _listener = std::net::TcpListener::bind(addr).expect("listen again");
+    n1.eventually(CONVERGE, "db returns", || {
+        (a_records(&n1.dig("db.mesh.", RecordType::A, false)) == vec![ip.clone()]).then_some(())
+    });
+}
