@@ -232,6 +232,16 @@ impl Bound {
             vips: self.vips.clone(),
         });
 
+        // Logged before anything serves, so that whoever sees the admin socket answer
+        // finds the bound addresses in the log already (the test harness reads them).
+        tracing::info!(
+            admin_socket = %self.admin_socket.display(),
+            admin_http = %self.admin_http.map_or("off".to_owned(), |a| a.to_string()),
+            udp = %self.udp,
+            advertise = %self.advertise,
+            dns = %self.dns,
+            "sockets bound; serving"
+        );
         let mut tasks = JoinSet::new();
         tasks.spawn(serve_unix(self.admin_listener, admin::router(state.clone()), watcher.clone()));
         if let Some(listener) = self.http_listener {
@@ -287,14 +297,6 @@ impl Bound {
         tasks.spawn(watch_revocations(self.publisher.subscribe(), self.transport.clone(), watcher.clone()));
         drop(watcher);
 
-        tracing::info!(
-            admin_socket = %self.admin_socket.display(),
-            admin_http = %self.admin_http.map_or("off".to_owned(), |a| a.to_string()),
-            udp = %self.udp,
-            advertise = %self.advertise,
-            dns = %self.dns,
-            "meshd is serving"
-        );
         signal::notify_ready();
 
         stop.await;

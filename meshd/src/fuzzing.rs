@@ -69,7 +69,8 @@ pub fn dns_query(data: &[u8]) {
     let Ok(request) = hickory_server::authority::MessageRequest::from_bytes(data) else { return };
     let Ok(zone) = crate::dns::answer::Zone::new("mesh", 5) else { return };
     let snap = crate::state::Snapshot::empty("me");
+    let table = crate::dns::answer::Table::build(&snap);
     let vips = std::collections::BTreeMap::new();
     let q = request.query();
-    let _ = zone.answer(&snap, &vips, q.name(), q.query_type(), 0);
+    let _ = zone.answer(&snap, &table, &vips, q.name(), q.query_type(), 0);
 }

@@ -28,6 +28,27 @@ pub enum Answer {
     Refused,
 }
 
+/// What the answers need from a snapshot, decoded once per snapshot rather than per
+/// query (the catalog's entries are JSON in the store).
+pub struct Table {
+    pub index: u64,
+    pub services: Vec<mesh_proto::api::Service>,
+    pub passthrough: BTreeMap<String, bool>,
+}
+
+impl Table {
+    pub fn build(snap: &Snapshot) -> Table {
+        Table {
+            index: snap.index,
+            services: crate::catalog::services(snap),
+            passthrough: crate::catalog::instances(snap)
+                .into_iter()
+                .map(|i| (i.spec.name.clone(), i.spec.passthrough))
+                .collect(),
+        }
+    }
+}
+
 pub struct Zone {
     pub domain: Name,
     pub ttl: u32,
@@ -59,6 +80,7 @@ impl Zone {
     pub fn answer(
         &self,
         snap: &Snapshot,
+        table: &Table,
         vips: &BTreeMap<String, Ipv4Addr>,
         qname: &LowerName,
         qtype: RecordType,
@@ -75,9 +97,8 @@ impl Zone {
             .collect();
         let records = |rs: Vec<Record>| Answer::Records { answers: rs, additionals: vec![] };
         let a = |ip: Ipv4Addr| Record::from_rdata(name.clone(), self.ttl, RData::A(A(ip)));
-        let services = crate::catalog::services(snap);
-        let passthrough: BTreeMap<String, bool> =
-            crate::catalog::instances(snap).into_iter().map(|i| (i.spec.name.clone(), i.spec.passthrough)).collect();
+        let services = &table.services;
+        let passthrough = &table.passthrough;
 
         match labels.as_slice() {
             // The apex.

@@ -54,11 +54,14 @@ pub struct Handler {
     vips: Arc<Vips>,
     rotation: AtomicUsize,
     metrics: Metrics,
+    /// The answer table of the latest snapshot, rebuilt when the snapshot changes.
+    table: std::sync::Mutex<Arc<answer::Table>>,
 }
 
 impl Handler {
     pub fn new(zone: Zone, snapshots: SnapshotRx, vips: Arc<Vips>, metrics: Metrics) -> Handler {
-        Handler { zone, snapshots, vips, rotation: AtomicUsize::new(0), metrics }
+        let table = Arc::new(answer::Table::build(&snapshots.borrow()));
+        Handler { zone, snapshots, vips, rotation: AtomicUsize::new(0), metrics, table: std::sync::Mutex::new(table) }
     }
 }
 
@@ -82,9 +85,16 @@ impl RequestHandler for Handler {
             return response.send_response(msg).await.unwrap_or_else(|_| header.into());
         }
         let snap = self.snapshots.borrow().clone();
+        let table = {
+            let mut cached = self.table.lock().unwrap_or_else(|p| p.into_inner());
+            if cached.index != snap.index {
+                *cached = Arc::new(answer::Table::build(&snap));
+            }
+            cached.clone()
+        };
         let vips = self.vips.all();
         let shuffle = self.rotation.fetch_add(1, Ordering::Relaxed);
-        let decision = self.zone.answer(&snap, &vips, query.name(), qtype, shuffle);
+        let decision = self.zone.answer(&snap, &table, &vips, query.name(), qtype, shuffle);
         let mut builder = builder;
         if request.edns().is_some() {
             let mut edns = Edns::new();
