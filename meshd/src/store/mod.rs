@@ -169,7 +169,22 @@ impl Store {
         let config = sled::Config::new().path(path).cache_capacity(64 * 1024 * 1024);
         // sled can panic on damaged files instead of returning an error: a damaged store
         // must be reported, never take the daemon down with a backtrace.
-        let db = match catch_unwind(AssertUnwindSafe(|| config.open())) {
+        // sled's file lock outlives a dropped handle for a moment (its flusher thread
+        // lets go last): when this process just closed the store, wait for it briefly.
+        // A store held by another process stays an error after that.
+        let open = || {
+            let mut tries = 0;
+            loop {
+                match config.open() {
+                    Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock && tries < 40 => {
+                        tries += 1;
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                    }
+                    other => return other,
+                }
+            }
+        };
+        let db = match catch_unwind(AssertUnwindSafe(open)) {
             Ok(Ok(db)) => db,
             Ok(Err(sled::Error::Corruption { at, .. })) => {
                 return Err(corrupt(format!("sled reports corruption at {at:?}")))
