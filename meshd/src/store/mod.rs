@@ -176,7 +176,12 @@ impl Store {
             let mut tries = 0;
             loop {
                 match config.open() {
-                    Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock && tries < 40 => {
+                    // sled rewraps the OS error: its kind is lost, its message says it.
+                    Err(sled::Error::Io(e))
+                        if tries < 40
+                            && (e.kind() == std::io::ErrorKind::WouldBlock
+                                || e.to_string().contains("could not acquire lock")) =>
+                    {
                         tries += 1;
                         std::thread::sleep(std::time::Duration::from_millis(50));
                     }
