@@ -286,8 +286,12 @@ impl Bound {
             watcher.clone(),
         ));
         let (dns_udp, dns_tcp, zone, dns_metrics) = self.dns_sockets;
-        let handler = crate::dns::Handler::new(zone, self.publisher.subscribe(), self.vips.clone(), dns_metrics);
-        tasks.spawn(crate::dns::serve(handler, dns_udp, dns_tcp, watcher.clone()));
+        let snapshots = self.publisher.subscribe();
+        let vips = self.vips.subscribe();
+        let responder =
+            Arc::new(crate::dns::Responder::new(zone, dns_metrics, snapshots.borrow().clone(), vips.borrow().clone()));
+        tasks.spawn(crate::dns::keep_current(responder.clone(), snapshots, vips, watcher.clone()));
+        tasks.spawn(crate::dns::serve(responder, dns_udp, dns_tcp, watcher.clone()));
         tasks.spawn(crate::catalog::run(
             self.catalog.clone(),
             self.vips.clone(),

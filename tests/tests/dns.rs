@@ -109,6 +109,36 @@ fn every_record_answers_as_designed() {
     assert!(refused.answers().is_empty());
     let with_edns = n1.dig("reviews.mesh.", RecordType::A, true);
     assert!(with_edns.extensions().is_some(), "EDNS in, EDNS out");
+
+    // TCP: the same answers, two queries on one connection, case as asked.
+    let tcp = dig_tcp(&n1, &["REVIEWS.mesh.", "_http._tcp.reviews.mesh."], RecordType::SRV);
+    assert_eq!(tcp[0].queries()[0].name().to_ascii(), "REVIEWS.mesh.");
+    assert!(tcp[0].answers().is_empty() && tcp[0].response_code() == ResponseCode::NoError, "no SRV at the A name");
+    assert_eq!(tcp[1].answers(), srv.answers());
+}
+
+/// Queries over one TCP connection (RFC 7766 framing), answered in order.
+fn dig_tcp(node: &Node, names: &[&str], qtype: RecordType) -> Vec<hickory_proto::op::Message> {
+    use hickory_proto::op::{Message, Query};
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(node.dns_addr()).expect("DNS over TCP");
+    stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    names
+        .iter()
+        .map(|name| {
+            let mut msg = Message::new();
+            msg.set_id(99);
+            msg.add_query(Query::query(hickory_proto::rr::Name::from_ascii(name).expect("name"), qtype));
+            let bytes = msg.to_vec().expect("encode");
+            let len = u16::try_from(bytes.len()).expect("short").to_be_bytes();
+            stream.write_all(&[&len[..], &bytes].concat()).expect("send");
+            let mut len = [0u8; 2];
+            stream.read_exact(&mut len).expect("a length within 5s");
+            let mut body = vec![0u8; usize::from(u16::from_be_bytes(len))];
+            stream.read_exact(&mut body).expect("a response");
+            Message::from_vec(&body).expect("a DNS message")
+        })
+        .collect()
 }
 
 #[test]

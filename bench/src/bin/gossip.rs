@@ -6,38 +6,13 @@
 //! `cargo build --release --workspace --bins && cargo run --release -p mesh-bench --bin bench-gossip [-- N RUNS]`
 //! (needs `serf` on PATH: `apt-get install serf`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use mesh_bench::{median, poll, Cluster, Procs};
+
 const SUBNET: u8 = 231;
-
-struct Procs(Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn poll(limit: Duration, mut done: impl FnMut() -> bool) -> Option<Duration> {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if done() {
-            return Some(start.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
-}
-
-fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("own path");
-    exe.parent().expect("dir").join(name)
-}
 
 fn ip(i: usize) -> String {
     format!("127.{SUBNET}.0.{i}")
@@ -45,90 +20,19 @@ fn ip(i: usize) -> String {
 
 // ---------- meshd ----------
 
-fn mesh_config(dir: &Path, i: usize) -> PathBuf {
-    let path = dir.join(format!("n{i}.toml"));
-    let join = if i == 1 { String::new() } else { format!("join = [\"{}:7946\"]\n", ip(1)) };
-    let text = format!(
-        "node_name = \"n{i}\"\ndata_dir = \"{d}/d{i}\"\nbind = \"{ip}:7946\"\n{join}log_level = \"warn\"\n[dns]\nlisten = \"{ip}:0\"\n[admin]\nsocket = \"{d}/n{i}.sock\"\n",
-        d = dir.display(),
-        ip = ip(i)
-    );
-    std::fs::write(&path, text).expect("config");
-    path
-}
-
-fn meshctl(dir: &Path, i: usize, args: &[&str]) -> Option<serde_json::Value> {
-    let out = Command::new(bin("meshctl"))
-        .arg("--socket")
-        .arg(dir.join(format!("n{i}.sock")))
-        .args(args)
-        .args(["-o", "json"])
-        .output()
-        .ok()?;
-    serde_json::from_slice(&out.stdout).ok()
-}
-
-fn mesh_states(dir: &Path, i: usize) -> Vec<(String, String)> {
-    meshctl(dir, i, &["members"])
-        .and_then(|v| {
-            v.as_array().map(|a| {
-                a.iter()
-                    .map(|m| {
-                        (m["name"].as_str().unwrap_or("").to_owned(), m["state"].as_str().unwrap_or("").to_owned())
-                    })
-                    .collect()
-            })
-        })
-        .unwrap_or_default()
-}
-
-fn run_meshd(config: &Path) -> Child {
-    Command::new(bin("meshd"))
-        .args(["run", "--config"])
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("meshd")
-}
-
 fn mesh_round(n: usize) -> [Duration; 3] {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let d = dir.path();
-    let configs: Vec<PathBuf> = (1..=n).map(|i| mesh_config(d, i)).collect();
-    assert!(Command::new(bin("meshd"))
-        .args(["init", "--config"])
-        .arg(&configs[0])
-        .output()
-        .expect("init")
-        .status
-        .success());
-    let mut procs = Procs(vec![run_meshd(&configs[0])]);
-    poll(Duration::from_secs(10), || meshctl(d, 1, &["status"]).is_some()).expect("node 1 up");
-    for (i, config) in configs.iter().enumerate().skip(1) {
-        let token = meshctl(d, 1, &["token", "create"]).expect("token")["token"].as_str().expect("token").to_owned();
-        let out = Command::new(bin("meshd")).args(["join", &token, "--config"]).arg(config).output().expect("join");
-        assert!(out.status.success(), "join n{}: {}", i + 1, String::from_utf8_lossy(&out.stderr));
-    }
+    let mut c = Cluster::prepare(SUBNET, n);
 
     // 1. All start: until everyone sees everyone alive.
     let started = Instant::now();
-    for config in &configs[1..] {
-        procs.0.push(run_meshd(config));
-    }
-    poll(Duration::from_secs(60), || {
-        (1..=n).all(|i| {
-            let s = mesh_states(d, i);
-            s.len() == n && s.iter().all(|(_, st)| st == "alive")
-        })
-    })
-    .expect("meshd converges");
+    c.start();
+    c.converge(Duration::from_secs(60)).expect("meshd converges");
     let converge = started.elapsed();
 
     // 2. A store write on node 1 (a join token) reaches everyone.
-    let digest = |i: usize| meshctl(d, i, &["status"]).map(|s| s["store"]["digest"].clone());
+    let digest = |i: usize| c.meshctl(i, &["status"]).map(|s| s["store"]["digest"].clone());
     let started = Instant::now();
-    meshctl(d, 1, &["token", "create"]).expect("write");
+    c.meshctl(1, &["token", "create"]).expect("write");
     let want = digest(1).expect("digest");
     poll(Duration::from_secs(60), || (2..=n).all(|i| digest(i).as_ref() == Some(&want))).expect("write spreads");
     let write = started.elapsed();
@@ -136,13 +40,9 @@ fn mesh_round(n: usize) -> [Duration; 3] {
     // 3. kill -9 the last node: until everyone else sees it dead.
     let victim = format!("n{n}");
     let started = Instant::now();
-    let mut last = procs.0.pop().expect("victim");
-    let _ = last.kill();
-    let _ = last.wait();
-    poll(Duration::from_secs(120), || {
-        (1..n).all(|i| mesh_states(d, i).iter().any(|(m, st)| *m == victim && st == "dead"))
-    })
-    .expect("meshd detects the kill");
+    c.kill_last();
+    poll(Duration::from_secs(120), || (1..n).all(|i| c.states(i).iter().any(|(m, st)| *m == victim && st == "dead")))
+        .expect("meshd detects the kill");
     let detect = started.elapsed();
     [converge, write, detect]
 }
@@ -218,11 +118,6 @@ fn serf_round(n: usize) -> [Duration; 3] {
     })
     .expect("serf detects the kill");
     [converge, event, started.elapsed()]
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
 }
 
 fn main() {

@@ -5,9 +5,10 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex};
 
 use ipnet::Ipv4Net;
+use tokio::sync::watch;
 
 use crate::store::{Store, StoreError};
 
@@ -24,8 +25,10 @@ pub enum VipError {
 pub struct Vips {
     range: Ipv4Net,
     store: Store,
-    /// Copied on write, so the DNS path takes an `Arc` and never holds the lock.
-    map: RwLock<Arc<BTreeMap<String, Ipv4Addr>>>,
+    /// Copied on write and published, so readers take an `Arc` and hear of changes.
+    map: watch::Sender<Arc<BTreeMap<String, Ipv4Addr>>>,
+    /// Serialises allocations (a choice, its durable write, its publish).
+    allocating: Mutex<()>,
 }
 
 impl Vips {
@@ -40,17 +43,22 @@ impl Vips {
                 }
             }
         }
-        Ok(Vips { range, store, map: RwLock::new(Arc::new(map)) })
+        Ok(Vips { range, store, map: watch::Sender::new(Arc::new(map)), allocating: Mutex::new(()) })
     }
 
     /// Every allocation, as of now.
     pub fn all(&self) -> Arc<BTreeMap<String, Ipv4Addr>> {
-        self.map.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.map.borrow().clone()
+    }
+
+    /// Every allocation, and every later change.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<BTreeMap<String, Ipv4Addr>>> {
+        self.map.subscribe()
     }
 
     /// The address of `name`, if allocated.
     pub fn get(&self, name: &str) -> Option<Ipv4Addr> {
-        self.map.read().unwrap_or_else(|p| p.into_inner()).get(name).copied()
+        self.map.borrow().get(name).copied()
     }
 
     /// The address of `name`, allocated (durably) on first use. Blocking.
@@ -58,14 +66,17 @@ impl Vips {
         if let Some(ip) = self.get(name) {
             return Ok(ip);
         }
-        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        let _allocating = self.allocating.lock().unwrap_or_else(|p| p.into_inner());
+        let map = self.all();
         if let Some(ip) = map.get(name) {
             return Ok(*ip);
         }
         let taken: std::collections::HashSet<Ipv4Addr> = map.values().copied().collect();
         let ip = pick(self.range, name, &taken).ok_or(VipError::Exhausted(self.range))?;
         self.store.local_put(&format!("{PREFIX}{name}"), ip.to_string().as_bytes())?;
-        Arc::make_mut(&mut map).insert(name.to_owned(), ip);
+        self.map.send_modify(|map| {
+            Arc::make_mut(map).insert(name.to_owned(), ip);
+        });
         Ok(ip)
     }
 }

@@ -1,0 +1,179 @@
+//! What the benchmarks share: meshd clusters of real processes on loopback, polling,
+//! medians.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Child processes, killed when dropped (a benchmark that fails leaves nothing behind).
+#[derive(Default)]
+pub struct Procs(pub Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Calls `done` every 5 ms until it holds: the time that took, or None after `limit`.
+pub fn poll(limit: Duration, mut done: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if done() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    None
+}
+
+pub fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v.get(v.len() / 2).copied().unwrap_or_default()
+}
+
+/// A binary of this workspace, next to the running benchmark.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("own path");
+    exe.parent().expect("dir").join(name)
+}
+
+/// N meshd nodes on `127.SUBNET.0.1..N`, gossip on port 7946, DNS on port 5300, each
+/// with its admin socket in a temporary directory. Node 1 is initialised, the others
+/// joined with its tokens; none runs until [`Cluster::start`].
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub subnet: u8,
+    pub n: usize,
+    pub procs: Procs,
+    configs: Vec<PathBuf>,
+}
+
+pub const DNS_PORT: u16 = 5300;
+
+impl Cluster {
+    pub fn prepare(subnet: u8, n: usize) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut c = Cluster { dir, subnet, n, procs: Procs::default(), configs: Vec::new() };
+        c.configs = (1..=n).map(|i| c.write_config(i)).collect();
+        let init = Command::new(bin("meshd")).args(["init", "--config"]).arg(&c.configs[0]).output().expect("init");
+        assert!(init.status.success(), "init: {}", String::from_utf8_lossy(&init.stderr));
+        c.procs.0.push(c.run(1));
+        poll(Duration::from_secs(10), || c.meshctl(1, &["status"]).is_some()).expect("node 1 up");
+        for i in 2..=n {
+            let token = c.meshctl(1, &["token", "create"]).expect("token")["token"].as_str().expect("token").to_owned();
+            let out = Command::new(bin("meshd")).args(["join", &token, "--config"]).arg(&c.configs[i - 1]).output();
+            let out = out.expect("join");
+            assert!(out.status.success(), "join n{i}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        c
+    }
+
+    /// Starts nodes 2..N (node 1 runs since `prepare`).
+    pub fn start(&mut self) {
+        for i in 2..=self.n {
+            let child = self.run(i);
+            self.procs.0.push(child);
+        }
+    }
+
+    /// Until every node sees every node alive.
+    pub fn converge(&self, limit: Duration) -> Option<Duration> {
+        poll(limit, || {
+            (1..=self.n).all(|i| {
+                let s = self.states(i);
+                s.len() == self.n && s.iter().all(|(_, st)| st == "alive")
+            })
+        })
+    }
+
+    pub fn ip(&self, i: usize) -> String {
+        format!("127.{}.0.{i}", self.subnet)
+    }
+
+    pub fn dns(&self, i: usize) -> std::net::SocketAddr {
+        format!("{}:{DNS_PORT}", self.ip(i)).parse().expect("dns address")
+    }
+
+    pub fn socket(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("n{i}.sock"))
+    }
+
+    fn write_config(&self, i: usize) -> PathBuf {
+        let d = self.dir.path();
+        let path = d.join(format!("n{i}.toml"));
+        let join = if i == 1 { String::new() } else { format!("join = [\"{}:7946\"]\n", self.ip(1)) };
+        let text = format!(
+            "node_name = \"n{i}\"\ndata_dir = \"{d}/d{i}\"\nbind = \"{ip}:7946\"\n{join}log_level = \"warn\"\n\
+             [dns]\nlisten = \"{ip}:{DNS_PORT}\"\n[admin]\nsocket = \"{sock}\"\n[proxy]\nvip_range = \"127.{v}.0.0/16\"\n",
+            d = d.display(),
+            ip = self.ip(i),
+            sock = self.socket(i).display(),
+            v = u16::from(self.subnet) + 1,
+        );
+        std::fs::write(&path, text).expect("config");
+        path
+    }
+
+    fn run(&self, i: usize) -> Child {
+        Command::new(bin("meshd"))
+            .args(["run", "--config"])
+            .arg(&self.configs[i - 1])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("meshd")
+    }
+
+    /// `meshctl ARGS -o json` against node `i`.
+    pub fn meshctl(&self, i: usize, args: &[&str]) -> Option<serde_json::Value> {
+        let out = self.meshctl_raw(i, &[args, &["-o", "json"]].concat())?;
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    pub fn meshctl_raw(&self, i: usize, args: &[&str]) -> Option<std::process::Output> {
+        Command::new(bin("meshctl")).arg("--socket").arg(self.socket(i)).args(args).output().ok()
+    }
+
+    /// Each member's name and state as node `i` sees them.
+    pub fn states(&self, i: usize) -> Vec<(String, String)> {
+        let members = self.meshctl(i, &["members"]).unwrap_or_default();
+        let Some(members) = members.as_array() else { return vec![] };
+        members
+            .iter()
+            .map(|m| (m["name"].as_str().unwrap_or("").to_owned(), m["state"].as_str().unwrap_or("").to_owned()))
+            .collect()
+    }
+
+    /// kill -9 of node `i` (the last one started is `procs.0.last()`).
+    pub fn kill_last(&mut self) {
+        if let Some(mut last) = self.procs.0.pop() {
+            let _ = last.kill();
+            let _ = last.wait();
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// A DNS query for `name`'s A record, as bytes (a fixed ID; no EDNS).
+pub fn a_query(name: &str) -> Vec<u8> {
+    let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.trim_end_matches('.').split('.') {
+        q.push(u8::try_from(label.len()).expect("a short label"));
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q
+}
+
+/// The number of answers in a DNS response with RCODE NOERROR, or None.
+pub fn answer_count(response: &[u8]) -> Option<u16> {
+    let h = response.get(..12)?;
+    (h[3] & 0x0f == 0).then(|| u16::from_be_bytes([h[6], h[7]]))
+}
