@@ -108,11 +108,13 @@ impl Cluster {
         let join = if i == 1 { String::new() } else { format!("join = [\"{}:7946\"]\n", self.ip(1)) };
         let text = format!(
             "node_name = \"n{i}\"\ndata_dir = \"{d}/d{i}\"\nbind = \"{ip}:7946\"\n{join}log_level = \"warn\"\n\
-             [dns]\nlisten = \"{ip}:{DNS_PORT}\"\n[admin]\nsocket = \"{sock}\"\n[proxy]\nvip_range = \"127.{v}.0.0/16\"\n",
+             [dns]\nlisten = \"{ip}:{DNS_PORT}\"\n[admin]\nsocket = \"{sock}\"\n[proxy]\nvip_range = \"127.{v}.{r}.0/24\"\n",
             d = d.display(),
             ip = self.ip(i),
             sock = self.socket(i).display(),
             v = u16::from(self.subnet) + 1,
+            // Nodes share this machine's loopback: each gets its own virtual IPs.
+            r = i,
         );
         std::fs::write(&path, text).expect("config");
         path

@@ -83,6 +83,8 @@ pub struct Bound {
     gossip: GossipParts,
     catalog: crate::catalog::Catalog,
     vips: Arc<crate::catalog::vip::Vips>,
+    proxy: Arc<crate::proxy::Proxy>,
+    upstreams: Vec<(TcpListener, crate::proxy::Destination)>,
     /// The DNS address as bound (UDP and TCP).
     pub dns: SocketAddr,
     dns_sockets: (tokio::net::UdpSocket, TcpListener, crate::dns::answer::Zone, crate::dns::Metrics),
@@ -143,6 +145,16 @@ pub async fn build(config: &Config) -> Result<Bound, AppError> {
         None => None,
     };
     let admin_http = http_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let mut upstreams = Vec::new();
+    for u in &config.upstream {
+        let listener = TcpListener::bind(u.listen).await.map_err(|source| AppError::Bind {
+            what: "an upstream ([[upstream]] listen)",
+            addr: u.listen.to_string(),
+            source,
+        })?;
+        let dest = crate::proxy::Destination { name: u.service.clone(), source_service: u.source.clone() };
+        upstreams.push((listener, dest));
+    }
 
     let publisher = Publisher::new(Snapshot {
         index: 0,
@@ -186,6 +198,13 @@ pub async fn build(config: &Config) -> Result<Bound, AppError> {
     catalog.declare_config(&config.service)?;
     let vips = Arc::new(crate::catalog::vip::Vips::load(store.clone(), config.proxy.vip_range)?);
     let seeds: Vec<SocketAddr> = config.join.iter().copied().filter(|s| *s != advertise && *s != udp).collect();
+    let proxy = Arc::new(crate::proxy::Proxy::new(
+        &config.node_name,
+        transport.clone(),
+        crate::proxy::Metrics::register(&mut registry),
+        config.proxy.connect_timeout,
+        config.proxy.max_connections,
+    ));
 
     Ok(Bound {
         admin_socket: config.admin.socket.clone(),
@@ -200,6 +219,8 @@ pub async fn build(config: &Config) -> Result<Bound, AppError> {
         gossip,
         catalog,
         vips,
+        proxy,
+        upstreams,
         dns: dns_addr,
         dns_sockets: (dns_udp, dns_tcp, zone, crate::dns::Metrics::register(&mut registry)),
         node_name: config.node_name.clone(),
@@ -255,15 +276,14 @@ impl Bound {
         let g = self.gossip;
         let (members_tx, members_rx) = tokio::sync::mpsc::channel(1024);
         let (exchange, member_lists) = membership::Exchange::new();
-        tasks.spawn(dispatch(
-            joins_rx,
-            g.conns,
-            members_tx,
-            self.signer.clone(),
-            self.store.clone(),
-            exchange.clone(),
-            watcher.clone(),
-        ));
+        let services = crate::rpc::Services {
+            signer: self.signer.clone(),
+            store: self.store.clone(),
+            exchange: exchange.clone(),
+            proxy: self.proxy.clone(),
+            drain: watcher.clone(),
+        };
+        tasks.spawn(dispatch(joins_rx, g.conns, members_tx, services, watcher.clone()));
         let inputs = membership::Inputs {
             me: membership::core::MemberId { name: self.node_name.clone(), addr: self.advertise, bump: g.bump },
             params: g.params,
@@ -286,11 +306,24 @@ impl Bound {
             watcher.clone(),
         ));
         let (dns_udp, dns_tcp, zone, dns_metrics) = self.dns_sockets;
+        // DNS answers a virtual IP once the proxy listens on it.
+        let (bound_tx, bound_rx) = tokio::sync::watch::channel(crate::dns::VipMap::default());
+        tasks.spawn(crate::proxy::run(
+            self.proxy.clone(),
+            self.publisher.subscribe(),
+            self.vips.subscribe(),
+            bound_tx,
+            std::mem::take(&mut self.upstreams),
+            watcher.clone(),
+        ));
         let snapshots = self.publisher.subscribe();
-        let vips = self.vips.subscribe();
-        let responder =
-            Arc::new(crate::dns::Responder::new(zone, dns_metrics, snapshots.borrow().clone(), vips.borrow().clone()));
-        tasks.spawn(crate::dns::keep_current(responder.clone(), snapshots, vips, watcher.clone()));
+        let responder = Arc::new(crate::dns::Responder::new(
+            zone,
+            dns_metrics,
+            snapshots.borrow().clone(),
+            bound_rx.borrow().clone(),
+        ));
+        tasks.spawn(crate::dns::keep_current(responder.clone(), snapshots, bound_rx, watcher.clone()));
         tasks.spawn(crate::dns::serve(responder, dns_udp, dns_tcp, watcher.clone()));
         tasks.spawn(crate::catalog::run(
             self.catalog.clone(),
@@ -331,21 +364,19 @@ async fn dispatch(
     mut joins: tokio::sync::mpsc::Receiver<quinn::Connection>,
     mut conns: tokio::sync::mpsc::Receiver<crate::transport::Peer>,
     members: tokio::sync::mpsc::Sender<crate::transport::Peer>,
-    signer: Arc<Signer>,
-    store: Store,
-    exchange: Arc<membership::Exchange>,
+    services: crate::rpc::Services,
     drain: DrainWatcher,
 ) {
     let mut handlers = JoinSet::new();
     loop {
         tokio::select! {
             Some(peer) = conns.recv() => {
-                handlers.spawn(crate::rpc::serve_peer(peer.clone(), signer.clone(), store.clone(), exchange.clone()));
+                handlers.spawn(crate::rpc::serve_peer(peer.clone(), services.clone()));
                 if members.send(peer).await.is_err() {
                     break;
                 }
             }
-            Some(conn) = joins.recv() => { handlers.spawn(crate::rpc::serve_join(conn, signer.clone())); }
+            Some(conn) = joins.recv() => { handlers.spawn(crate::rpc::serve_join(conn, services.signer.clone())); }
             Some(_) = handlers.join_next(), if !handlers.is_empty() => {}
             _ = drain.signaled() => break,
             else => break,

@@ -69,6 +69,23 @@ pub struct Config {
     /// Services on this host.
     #[serde(default)]
     pub service: Vec<ServiceSpec>,
+    /// Fixed local listeners for applications that cannot use DNS. Default: none.
+    #[serde(default)]
+    pub upstream: Vec<UpstreamConfig>,
+}
+
+/// `[[upstream]]`: a local address that leads to a mesh service, as its virtual IP does.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// The mesh service (or `SUBSET.SERVICE`) to reach. Required.
+    pub service: String,
+    /// Where this host listens for it, e.g. `127.0.0.1:5432`. Required.
+    pub listen: SocketAddr,
+    /// The local service whose connections these are (carried to the other end, which
+    /// checks that this node hosts it). Default: none (the node alone).
+    #[serde(default)]
+    pub source: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -94,6 +111,22 @@ pub struct ProxyConfig {
     /// `127.77.0.0/16`: loopback, so nothing outside the host can reach them.
     #[serde(default = "default_vip_range")]
     pub vip_range: Ipv4Net,
+    /// Connections each listener (a virtual IP's port, an upstream) holds at once; more
+    /// are closed at accept. Default: 4096.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// How long to wait for an instance (through its host's tunnel, or directly on this
+    /// host) to accept before trying another. Default: 5s.
+    #[serde(default = "default_connect_timeout", with = "duration")]
+    pub connect_timeout: Duration,
+}
+
+fn default_max_connections() -> usize {
+    4096
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -267,7 +300,11 @@ impl Default for DnsConfig {
 }
 impl Default for ProxyConfig {
     fn default() -> Self {
-        ProxyConfig { vip_range: default_vip_range() }
+        ProxyConfig {
+            vip_range: default_vip_range(),
+            max_connections: default_max_connections(),
+            connect_timeout: default_connect_timeout(),
+        }
     }
 }
 impl Default for AdminConfig {
@@ -356,6 +393,35 @@ impl Config {
         }
         if vips.prefix_len() > 28 {
             return Err(src.error("proxy.vip_range", format!("{vips} is too small: use a /28 or larger")));
+        }
+        if !(1..=1_000_000).contains(&self.proxy.max_connections) {
+            return Err(src.error("proxy.max_connections", "max_connections must be between 1 and 1000000"));
+        }
+        if self.proxy.connect_timeout.is_zero() || self.proxy.connect_timeout > Duration::from_secs(300) {
+            return Err(src.error("proxy.connect_timeout", "connect_timeout must be above zero and at most 5m"));
+        }
+        let mut listens = std::collections::HashSet::new();
+        for (i, u) in self.upstream.iter().enumerate() {
+            if !u.service.split('.').all(mesh_proto::is_dns_label) || u.service.split('.').count() > 2 {
+                return Err(src.error(
+                    &format!("upstream[{i}].service"),
+                    format!("'{}' is not a service name (SERVICE or SUBSET.SERVICE)", u.service),
+                ));
+            }
+            if u.listen.port() == 0 || !listens.insert(u.listen) {
+                return Err(src.error(
+                    &format!("upstream[{i}].listen"),
+                    format!("{} needs a port of its own (not 0, not used by another upstream)", u.listen),
+                ));
+            }
+            if let Some(source) = &u.source {
+                if !self.service.iter().any(|s| &s.name == source) {
+                    return Err(src.error(
+                        &format!("upstream[{i}].source"),
+                        format!("'{source}' is not a [[service]] of this host"),
+                    ));
+                }
+            }
         }
         if self.admin.socket.as_os_str().is_empty() {
             return Err(src.error("admin.socket", "admin.socket must be a path"));

@@ -12,8 +12,19 @@ use crate::identity::signer::Signer;
 use crate::store::Store;
 use crate::transport::{close, frame, Peer, Transport, TransportError};
 
+/// What serving a member's requests needs besides the connection.
+#[derive(Clone)]
+pub struct Services {
+    pub signer: Arc<Signer>,
+    pub store: Store,
+    pub exchange: Arc<crate::membership::Exchange>,
+    pub proxy: Arc<crate::proxy::Proxy>,
+    /// Held by each tunnel: a drain waits for them (up to `drain_timeout`).
+    pub drain: crate::drain::DrainWatcher,
+}
+
 /// Serves a member's requests until the connection closes.
-pub async fn serve_peer(peer: Peer, signer: Arc<Signer>, store: Store, exchange: Arc<crate::membership::Exchange>) {
+pub async fn serve_peer(peer: Peer, services: Services) {
     let mut requests = JoinSet::new();
     loop {
         let (mut send, mut recv) = tokio::select! {
@@ -24,9 +35,7 @@ pub async fn serve_peer(peer: Peer, signer: Arc<Signer>, store: Store, exchange:
             Some(_) = requests.join_next(), if !requests.is_empty() => continue,
         };
         let info = peer.info.clone();
-        let signer = signer.clone();
-        let store = store.clone();
-        let exchange = exchange.clone();
+        let Services { signer, store, exchange, proxy, drain } = services.clone();
         requests.spawn(async move {
             let request: MeshRequest = match frame::read(&mut recv).await {
                 Ok(r) => r,
@@ -56,6 +65,14 @@ pub async fn serve_peer(peer: Peer, signer: Arc<Signer>, store: Store, exchange:
                 MeshRequest::Push { entries } => {
                     let (entries, _) = crate::membership::sync::decode(entries);
                     let _ = tokio::task::spawn_blocking(move || store.merge(entries, crate::store::wall_ms())).await;
+                }
+                MeshRequest::Tunnel(header) => {
+                    // Its own task, holding the drain: the tunnel outlives this
+                    // dispatcher when a drain starts, until it ends or the deadline.
+                    tokio::spawn(async move {
+                        crate::proxy::inbound::serve(proxy, &info, header, send, recv).await;
+                        drop(drain);
+                    });
                 }
             }
         });

@@ -100,6 +100,66 @@ pub enum MeshRequest {
     Holds { key: String },
     /// Store entries pushed to the callee (too large for a gossip datagram). No answer.
     Push { entries: Vec<Vec<u8>> },
+    /// A tunnelled TCP connection to one of the callee's instances. Answered with a
+    /// [`TunnelReply`]; after `Accepted` the stream carries the connection's bytes.
+    Tunnel(TunnelHeader),
+}
+
+/// The first frame of a tunnel stream. `version` lets a later meshd add fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TunnelHeader {
+    pub version: u16,
+    /// The service to reach, and the port of its instance on the callee.
+    pub service: String,
+    pub port: u16,
+    /// The calling node, as its certificate names it (the callee checks).
+    pub source_node: String,
+    /// The caller's local service that opened the connection, when known: the callee
+    /// checks that the calling node hosts it.
+    pub source_service: Option<String>,
+    /// A W3C trace id, hex, for the access logs of both ends.
+    pub trace_id: String,
+}
+
+impl TunnelHeader {
+    pub const VERSION: u16 = 1;
+    /// A header with strings longer than this is refused (they are names).
+    pub const MAX_NAME: usize = 253;
+}
+
+/// The callee's answer to a [`TunnelHeader`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TunnelReply {
+    /// Connected to the instance: bytes follow.
+    Accepted,
+    /// Not connected; the caller may try another instance.
+    Refused { reason: TunnelRefusal, detail: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TunnelRefusal {
+    /// No instance of that service on that port here.
+    NoInstance,
+    /// The header names a source node or service the caller does not own.
+    Forged,
+    /// Policy says no.
+    Denied,
+    /// The instance did not accept the connection.
+    Unreachable,
+    /// A header version or field this node does not understand.
+    Malformed,
+}
+
+impl TunnelRefusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TunnelRefusal::NoInstance => "no_instance",
+            TunnelRefusal::Forged => "forged",
+            TunnelRefusal::Denied => "denied",
+            TunnelRefusal::Unreachable => "unreachable",
+            TunnelRefusal::Malformed => "malformed",
+        }
+    }
 }
 
 /// One key bucket's digest: the number of entries and the XOR of their fingerprints.

@@ -75,9 +75,11 @@ impl Block {
         Ipv4Addr::new(127, 0, self.n, i)
     }
 
-    /// This block's virtual IP range.
-    pub fn vip_range(&self) -> String {
-        format!("127.{}.0.0/16", self.n)
+    /// Node `i`'s virtual IP range, inside this block's 127.N.0.0/16: nodes that share
+    /// this machine's loopback must not listen on the same virtual IPs (on a fleet, each
+    /// host has its own).
+    pub fn vip_range(&self, i: u8) -> String {
+        format!("127.{}.{}.0/20", self.n, u16::from(i % 16) * 16)
     }
 
     /// The DNS address of node `i`.
@@ -145,7 +147,7 @@ socket = "{socket}"
             data = dir.path().join("data").display(),
             ip = block.node_ip(i),
             dns = block.dns_ip(i),
-            vips = block.vip_range(),
+            vips = block.vip_range(i),
             socket = socket.display(),
         );
         std::fs::write(&config, text).expect("write config");

@@ -37,6 +37,8 @@ pub mod close {
     pub const REVOKED: u32 = 0x102;
     /// Done (a join, an RPC client).
     pub const DONE: u32 = 0x103;
+    /// Gossip says the peer died or left.
+    pub const GONE: u32 = 0x104;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -210,6 +212,16 @@ impl Transport {
                 true
             }
         });
+    }
+
+    /// Closes every connection with the member `name` (it died or was removed): the
+    /// streams on it end now rather than at the idle timeout.
+    pub fn close_peer(&self, name: &str, why: &str) {
+        let peer = self.lock().remove(name);
+        if let Some(p) = peer {
+            tracing::info!(peer = %name, why, "closing the connection");
+            p.conn.close(quinn::VarInt::from_u32(close::GONE), why.as_bytes());
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Peer>> {

@@ -1,0 +1,119 @@
+//! Inbound: a tunnel stream from a member. The header was read (within the frame size
+//! limit and the read timeout) by the stream dispatcher; here it is checked against the
+//! caller's certificate and the catalog, authorized, and the instance connected.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use mesh_proto::wire::{TunnelHeader, TunnelRefusal, TunnelReply};
+use tokio::net::TcpStream;
+
+use super::{splice, Proxy};
+use crate::identity::cert::CertInfo;
+use crate::policy::{self, Decision};
+use crate::routing::Target;
+use crate::transport::frame;
+
+/// Serves one tunnel stream to its end.
+pub async fn serve(
+    proxy: Arc<Proxy>,
+    peer: &CertInfo,
+    header: TunnelHeader,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let started = Instant::now();
+    let _active = proxy.metrics.active("inbound");
+    let instance = match check(&proxy, peer, &header) {
+        Ok(t) => t,
+        Err((reason, detail)) => {
+            proxy.metrics.count("inbound", reason.as_str());
+            tracing::info!(
+                target: "access",
+                direction = "inbound",
+                peer = %peer.id.node,
+                service = %header.service.chars().take(64).collect::<String>(),
+                trace_id = %header.trace_id.chars().take(32).collect::<String>(),
+                refused = reason.as_str(),
+                %detail,
+                "tunnel refused"
+            );
+            let _ = frame::write_last(&mut send, &TunnelReply::Refused { reason, detail }).await;
+            return;
+        }
+    };
+    let connected =
+        tokio::time::timeout(proxy.connect_timeout, TcpStream::connect((instance.addr, instance.port))).await;
+    let mut tcp = match connected {
+        Ok(Ok(s)) => s,
+        _ => {
+            proxy.metrics.count("inbound", TunnelRefusal::Unreachable.as_str());
+            let detail = format!("{}:{} does not accept connections", instance.addr, instance.port);
+            let reply = TunnelReply::Refused { reason: TunnelRefusal::Unreachable, detail };
+            let _ = frame::write_last(&mut send, &reply).await;
+            return;
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    if frame::write(&mut send, &TunnelReply::Accepted).await.is_err() {
+        return;
+    }
+    proxy.metrics.count("inbound", "ok");
+    // Seen from the instance: `sent` is what the caller sent it.
+    let (moved, result) = splice::tcp_quic(&mut tcp, &mut send, &mut recv).await;
+    let moved = splice::Moved { sent: moved.received, received: moved.sent };
+    proxy.metrics.moved("inbound", moved);
+    tracing::info!(
+        target: "access",
+        direction = "inbound",
+        peer = %peer.id.node,
+        source_service = header.source_service.as_deref().unwrap_or("-"),
+        service = %header.service,
+        instance = %format!("{}:{}", instance.addr, instance.port),
+        trace_id = %header.trace_id,
+        sent = moved.sent,
+        received = moved.received,
+        duration_ms = started.elapsed().as_millis() as u64,
+        error = result.as_ref().err().map(|e| e.to_string()),
+        "connection"
+    );
+}
+
+/// The instance the header may reach, or why not.
+fn check(proxy: &Proxy, peer: &CertInfo, h: &TunnelHeader) -> Result<Target, (TunnelRefusal, String)> {
+    if h.version != TunnelHeader::VERSION {
+        return Err((TunnelRefusal::Malformed, format!("tunnel header version {} is not 1", h.version)));
+    }
+    let too_long = [&h.service, &h.source_node, &h.trace_id].iter().any(|s| s.len() > TunnelHeader::MAX_NAME)
+        || h.source_service.as_ref().is_some_and(|s| s.len() > TunnelHeader::MAX_NAME);
+    if too_long {
+        return Err((TunnelRefusal::Malformed, "a header field is too long".to_owned()));
+    }
+    if h.source_node != peer.id.node {
+        return Err((
+            TunnelRefusal::Forged,
+            format!("the header says it comes from {} but the certificate is {}'s", h.source_node, peer.id.node),
+        ));
+    }
+    let tables = proxy.tables.load();
+    if let Some(source) = &h.source_service {
+        let hosts = tables.targets(source).iter().any(|t| t.node == peer.id.node && !source.contains('.'));
+        if !hosts {
+            return Err((TunnelRefusal::Forged, format!("{} does not host the service {source}", peer.id.node)));
+        }
+    }
+    let Some(instance) =
+        tables.targets(&h.service).into_iter().find(|t| t.node == proxy.node && t.port == h.port).cloned()
+    else {
+        return Err((TunnelRefusal::NoInstance, format!("no instance of {} on port {} here", h.service, h.port)));
+    };
+    let request = policy::Request {
+        source_node: &peer.id.node,
+        source_service: h.source_service.as_deref(),
+        service: &h.service,
+    };
+    match policy::authorize(&request) {
+        Decision::Allow => Ok(instance),
+        Decision::Deny { why } => Err((TunnelRefusal::Denied, why)),
+    }
+}

@@ -1,0 +1,260 @@
+//! The data plane: outbound listeners on every service's virtual IP (and on each
+//! `[[upstream]]`), inbound tunnel streams, and the splice between them.
+//!
+//! The proxy reads routing tables, never the store: [`run`] rebuilds the tables on each
+//! snapshot and swaps them in atomically, then opens and closes listeners to match, and
+//! publishes which virtual IPs have every listener bound (DNS answers only those).
+//! Connections hold the drain: a SIGTERM lets them finish within `drain_timeout`.
+
+pub mod inbound;
+pub mod outbound;
+pub mod splice;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use mesh_proto::api::MemberState;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::AbortHandle;
+
+use crate::dns::VipMap;
+use crate::drain::DrainWatcher;
+use crate::routing::{Tables, Target};
+use crate::state::SnapshotRx;
+use crate::transport::Transport;
+
+/// Proxy metrics, under `mesh_proxy_`.
+#[derive(Clone, Default)]
+pub struct Metrics {
+    connections: Family<ConnLabels, Counter>,
+    bytes: Family<BytesLabels, Counter>,
+    active: Family<DirectionLabel, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConnLabels {
+    direction: &'static str,
+    /// `ok`, or why the connection was refused or failed.
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BytesLabels {
+    direction: &'static str,
+    /// `sent` (from the client towards the instance) or `received`.
+    way: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabel {
+    direction: &'static str,
+}
+
+impl Metrics {
+    pub fn register(registry: &mut Registry) -> Metrics {
+        let m = Metrics::default();
+        let r = registry.sub_registry_with_prefix("proxy");
+        r.register("connections", "Proxied connections, by direction and result", m.connections.clone());
+        r.register("bytes", "Bytes proxied, by direction and way", m.bytes.clone());
+        r.register("active_connections", "Connections open now, by direction", m.active.clone());
+        m
+    }
+
+    fn count(&self, direction: &'static str, result: &'static str) {
+        self.connections.get_or_create(&ConnLabels { direction, result }).inc();
+    }
+
+    fn moved(&self, direction: &'static str, moved: splice::Moved) {
+        self.bytes.get_or_create(&BytesLabels { direction, way: "sent" }).inc_by(moved.sent);
+        self.bytes.get_or_create(&BytesLabels { direction, way: "received" }).inc_by(moved.received);
+    }
+
+    fn active(&self, direction: &'static str) -> ActiveGuard {
+        let gauge = self.active.get_or_create(&DirectionLabel { direction }).clone();
+        gauge.inc();
+        ActiveGuard(gauge)
+    }
+}
+
+struct ActiveGuard(Gauge);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// What both directions share.
+pub struct Proxy {
+    node: String,
+    transport: Arc<Transport>,
+    tables: ArcSwap<Tables>,
+    /// Open connections per instance, for the power-of-two choice.
+    loads: Mutex<HashMap<(String, String, u16), Arc<AtomicUsize>>>,
+    metrics: Metrics,
+    connect_timeout: Duration,
+    max_connections: usize,
+    rng: Mutex<rand::rngs::SmallRng>,
+}
+
+impl Proxy {
+    pub fn new(
+        node: &str,
+        transport: Arc<Transport>,
+        metrics: Metrics,
+        connect_timeout: Duration,
+        max_connections: usize,
+    ) -> Proxy {
+        Proxy {
+            node: node.to_owned(),
+            transport,
+            tables: ArcSwap::from_pointee(Tables::default()),
+            loads: Mutex::new(HashMap::new()),
+            metrics,
+            connect_timeout,
+            max_connections,
+            rng: Mutex::new(rand::SeedableRng::from_os_rng()),
+        }
+    }
+
+    /// A counter of `target`'s open connections; the guard decrements it when dropped.
+    fn load_of(&self, t: &Target) -> Arc<AtomicUsize> {
+        let mut loads = self.loads.lock().unwrap_or_else(|p| p.into_inner());
+        loads.entry((t.node.clone(), t.service.clone(), t.port)).or_default().clone()
+    }
+}
+
+/// Holds one open connection against an instance's load.
+struct LoadGuard(Arc<AtomicUsize>);
+
+impl LoadGuard {
+    fn new(load: Arc<AtomicUsize>) -> LoadGuard {
+        load.fetch_add(1, Ordering::Relaxed);
+        LoadGuard(load)
+    }
+}
+
+impl Drop for LoadGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A listener's destination: a service or subset, and the local service that owns the
+/// listener (for `[[upstream]]` entries that name one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    pub name: String,
+    pub source_service: Option<String>,
+}
+
+/// Keeps tables and listeners current until the drain starts; publishes into `bound`
+/// the virtual IPs whose every listener is bound.
+pub async fn run(
+    proxy: Arc<Proxy>,
+    mut snapshots: SnapshotRx,
+    mut vips: watch::Receiver<VipMap>,
+    bound: watch::Sender<VipMap>,
+    upstreams: Vec<(TcpListener, Destination)>,
+    drain: DrainWatcher,
+) {
+    for (listener, dest) in upstreams {
+        tokio::spawn(outbound::listen(proxy.clone(), listener, dest, drain.clone()));
+    }
+    let mut listening: HashMap<SocketAddr, (String, AbortHandle)> = HashMap::new();
+    let mut failed_binds: HashMap<SocketAddr, String> = HashMap::new();
+    let mut states: HashMap<String, MemberState> = HashMap::new();
+    loop {
+        let snap = snapshots.borrow_and_update().clone();
+        let vip_map = vips.borrow_and_update().clone();
+        let tables = Tables::build(&snap);
+        let wanted: BTreeMap<String, Vec<SocketAddr>> = tables
+            .listeners()
+            .into_iter()
+            .filter_map(|(name, ports)| {
+                let ip = *vip_map.get(&name)?;
+                Some((name, ports.into_iter().map(|p| SocketAddr::from((ip, p))).collect()))
+            })
+            .collect();
+        proxy.tables.store(Arc::new(tables));
+
+        // Close what is no longer wanted (open connections carry on), open what is new.
+        let keep: HashMap<SocketAddr, &String> =
+            wanted.iter().flat_map(|(name, addrs)| addrs.iter().map(move |a| (*a, name))).collect();
+        listening.retain(|addr, (name, handle)| {
+            let stay = keep.get(addr) == Some(&&*name);
+            if !stay {
+                handle.abort();
+                tracing::debug!(%addr, %name, "listener closed");
+            }
+            stay
+        });
+        for (addr, name) in &keep {
+            if listening.contains_key(addr) {
+                continue;
+            }
+            match TcpListener::bind(addr).await {
+                Ok(listener) => {
+                    failed_binds.remove(addr);
+                    let dest = Destination { name: (*name).clone(), source_service: None };
+                    let task = tokio::spawn(outbound::listen(proxy.clone(), listener, dest, drain.clone()));
+                    listening.insert(*addr, ((*name).clone(), task.abort_handle()));
+                }
+                Err(e) => {
+                    if failed_binds.insert(*addr, e.to_string()).is_none() {
+                        tracing::warn!(%addr, service = %name, error = %e, "cannot listen on a virtual IP");
+                    }
+                }
+            }
+        }
+        let ready: BTreeMap<String, Ipv4Addr> = wanted
+            .iter()
+            .filter(|(_, addrs)| addrs.iter().all(|a| listening.contains_key(a)))
+            .filter_map(|(name, _)| Some((name.clone(), *vip_map.get(name)?)))
+            .collect();
+        bound.send_if_modified(|current| {
+            let changed = **current != ready;
+            if changed {
+                *current = Arc::new(ready);
+            }
+            changed
+        });
+
+        // A node that died or left: its streams end now, not at the idle timeout.
+        for m in &snap.members {
+            let before = states.insert(m.name.clone(), m.state);
+            let gone = matches!(m.state, MemberState::Dead | MemberState::Left);
+            if gone && before.is_some_and(|b| b != m.state) {
+                proxy.transport.close_peer(&m.name, "declared dead or removed");
+            }
+        }
+
+        tokio::select! {
+            changed = snapshots.changed() => if changed.is_err() { break },
+            changed = vips.changed() => if changed.is_err() { break },
+            // Retry failed binds now and then (an address may have been freed).
+            _ = tokio::time::sleep(Duration::from_secs(5)), if !failed_binds.is_empty() => {}
+            _ = drain.signaled() => break,
+        }
+    }
+    for (_, (_, handle)) in listening {
+        handle.abort();
+    }
+}
+
+/// A random W3C trace id (16 bytes, hex).
+fn trace_id(proxy: &Proxy) -> String {
+    use rand::Rng;
+    let bytes: [u8; 16] = proxy.rng.lock().unwrap_or_else(|p| p.into_inner()).random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,180 @@
+//! Outbound: accept an application's connection on a virtual IP (or an upstream), pick a
+//! healthy instance, reach it (through a new stream on the pooled `mesh/1` connection to
+//! its node, or directly when it runs on this host), splice. An instance that refuses
+//! or cannot be reached is skipped for another, up to [`ATTEMPTS`] in all; then the
+//! client's connection is closed.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use mesh_proto::wire::{MeshRequest, TunnelHeader, TunnelReply};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+use super::{splice, Destination, LoadGuard, Proxy};
+use crate::drain::DrainWatcher;
+use crate::routing::{pick_p2c, Target};
+use crate::transport::frame;
+
+/// Instances tried per connection before giving up.
+pub const ATTEMPTS: usize = 3;
+
+/// Accepts until the drain starts (or the listener's service goes away: the task is
+/// aborted, and the connections it started carry on).
+pub async fn listen(proxy: Arc<Proxy>, listener: TcpListener, dest: Destination, drain: DrainWatcher) {
+    let limit = Arc::new(Semaphore::new(proxy.max_connections));
+    let dest = Arc::new(dest);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = drain.signaled() => return,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, most likely: wait rather than spin.
+                tracing::warn!(error = %e, service = %dest.name, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            proxy.metrics.count("outbound", "over_limit");
+            splice::abort(&stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let (proxy, dest, drain) = (proxy.clone(), dest.clone(), drain.clone());
+        tokio::spawn(async move {
+            connection(&proxy, stream, &dest).await;
+            drop((permit, drain));
+        });
+    }
+}
+
+/// Where a connection went.
+enum Upstream {
+    Local(TcpStream),
+    Tunnel(quinn::SendStream, quinn::RecvStream),
+}
+
+async fn connection(proxy: &Proxy, mut client: TcpStream, dest: &Destination) {
+    let started = Instant::now();
+    let _active = proxy.metrics.active("outbound");
+    let source = client.peer_addr().ok();
+    let trace_id = super::trace_id(proxy);
+    let tables = proxy.tables.load_full();
+    let candidates: Vec<&Target> = tables.healthy(&dest.name);
+    let loads: Vec<_> = candidates.iter().map(|t| proxy.load_of(t)).collect();
+    let mut tried = Vec::new();
+    let mut last_error = "no_healthy_instance";
+    let reached = loop {
+        let choice = {
+            let mut rng = proxy.rng.lock().unwrap_or_else(|p| p.into_inner());
+            pick_p2c(candidates.len(), &tried, |i| loads[i].load(std::sync::atomic::Ordering::Relaxed), &mut *rng)
+        };
+        let Some(i) = choice.filter(|_| tried.len() < super::outbound::ATTEMPTS) else { break None };
+        tried.push(i);
+        let target = candidates[i];
+        let guard = LoadGuard::new(loads[i].clone());
+        match reach(proxy, target, dest, &trace_id).await {
+            Ok(upstream) => break Some((target, upstream, guard)),
+            Err(reason) => {
+                tracing::debug!(service = %dest.name, node = %target.node, reason, "instance not reached; trying another");
+                proxy.metrics.count("outbound", reason);
+                last_error = reason;
+            }
+        }
+    };
+    let Some((target, upstream, _guard)) = reached else {
+        proxy.metrics.count("outbound", "failed");
+        tracing::info!(
+            target: "access",
+            direction = "outbound",
+            service = %dest.name,
+            source = ?source,
+            trace_id,
+            error = last_error,
+            attempts = tried.len(),
+            "connection failed"
+        );
+        splice::abort(&client);
+        return;
+    };
+    proxy.metrics.count("outbound", "ok");
+    let (moved, result) = match upstream {
+        Upstream::Local(mut server) => splice::tcp_tcp(&mut client, &mut server).await,
+        Upstream::Tunnel(mut send, mut recv) => splice::tcp_quic(&mut client, &mut send, &mut recv).await,
+    };
+    proxy.metrics.moved("outbound", moved);
+    tracing::info!(
+        target: "access",
+        direction = "outbound",
+        service = %dest.name,
+        source = ?source,
+        node = %target.node,
+        instance = %format!("{}:{}", target.addr, target.port),
+        trace_id,
+        sent = moved.sent,
+        received = moved.received,
+        duration_ms = started.elapsed().as_millis() as u64,
+        error = result.as_ref().err().map(|e| e.to_string()),
+        "connection"
+    );
+}
+
+/// Connects to one instance; the error is the metric's reason.
+async fn reach(proxy: &Proxy, target: &Target, dest: &Destination, trace_id: &str) -> Result<Upstream, &'static str> {
+    let timeout = proxy.connect_timeout;
+    if target.node == proxy.node {
+        return match tokio::time::timeout(timeout, TcpStream::connect((target.addr, target.port))).await {
+            Ok(Ok(s)) => {
+                let _ = s.set_nodelay(true);
+                Ok(Upstream::Local(s))
+            }
+            Ok(Err(_)) => Err("local_refused"),
+            Err(_) => Err("local_timeout"),
+        };
+    }
+    let tables = proxy.tables.load();
+    let peer = match proxy.transport.peer_named(&target.node) {
+        Some(p) => p,
+        None => {
+            let Some(addr) = tables.nodes.get(&target.node) else { return Err("node_unknown") };
+            match tokio::time::timeout(timeout, proxy.transport.connection_to(*addr)).await {
+                Ok(Ok(p)) if p.name() == target.node => p,
+                Ok(Ok(_)) => return Err("node_mismatch"),
+                Ok(Err(_)) | Err(_) => return Err("node_unreachable"),
+            }
+        }
+    };
+    let header = TunnelHeader {
+        version: TunnelHeader::VERSION,
+        service: target.service.clone(),
+        port: target.port,
+        source_node: proxy.node.clone(),
+        source_service: dest.source_service.clone(),
+        trace_id: trace_id.to_owned(),
+    };
+    let opened = async {
+        let (mut send, mut recv) = peer.conn.open_bi().await.map_err(|_| "tunnel_open")?;
+        frame::write(&mut send, &MeshRequest::Tunnel(header)).await.map_err(|_| "tunnel_write")?;
+        match frame::read::<TunnelReply>(&mut recv).await {
+            Ok(TunnelReply::Accepted) => Ok(Upstream::Tunnel(send, recv)),
+            Ok(TunnelReply::Refused { reason, .. }) => Err(refused(reason)),
+            Err(_) => Err("tunnel_reply"),
+        }
+    };
+    tokio::time::timeout(timeout, opened).await.unwrap_or(Err("tunnel_timeout"))
+}
+
+fn refused(reason: mesh_proto::wire::TunnelRefusal) -> &'static str {
+    use mesh_proto::wire::TunnelRefusal::*;
+    match reason {
+        NoInstance => "refused_no_instance",
+        Forged => "refused_forged",
+        Denied => "refused_denied",
+        Unreachable => "refused_unreachable",
+        Malformed => "refused_malformed",
+    }
+}

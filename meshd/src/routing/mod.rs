@@ -1,0 +1,161 @@
+//! Routing tables: pure functions from a snapshot to what the proxy reads per
+//! connection (the instances of each service and subset, the nodes' addresses, the
+//! ports each virtual IP listens on), and the choice of an instance. Rebuilt whole on
+//! every snapshot and swapped in atomically by the proxy, so a connection never sees a
+//! half-applied change. No I/O.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+
+use mesh_proto::api::MemberState;
+use rand::Rng;
+
+use crate::state::Snapshot;
+
+/// One instance, as the proxy reaches it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Target {
+    pub service: String,
+    pub node: String,
+    /// The instance's address and port on its own node.
+    pub addr: IpAddr,
+    pub port: u16,
+    pub labels: BTreeMap<String, String>,
+    /// Its node's checks pass and the node is alive.
+    pub healthy: bool,
+}
+
+/// One service's instances across the mesh.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ServiceTable {
+    pub passthrough: bool,
+    pub targets: Vec<Target>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Tables {
+    pub index: u64,
+    pub services: BTreeMap<String, ServiceTable>,
+    /// Each alive (or suspect) member's mesh address.
+    pub nodes: HashMap<String, SocketAddr>,
+}
+
+impl Tables {
+    pub fn build(snap: &Snapshot) -> Tables {
+        let nodes: HashMap<String, SocketAddr> = snap
+            .members
+            .iter()
+            .filter(|m| matches!(m.state, MemberState::Alive | MemberState::Suspect))
+            .map(|m| (m.name.clone(), m.addr))
+            .collect();
+        let mut services: BTreeMap<String, ServiceTable> = BTreeMap::new();
+        for i in crate::catalog::instances(snap) {
+            let table = services.entry(i.spec.name.clone()).or_default();
+            table.passthrough |= i.spec.passthrough;
+            table.targets.push(Target {
+                service: i.spec.name,
+                healthy: i.healthy && nodes.contains_key(&i.node),
+                node: i.node,
+                addr: i.spec.address,
+                port: i.spec.port,
+                labels: i.spec.labels,
+            });
+        }
+        for t in services.values_mut() {
+            t.targets.sort_by(|a, b| (&a.node, a.port).cmp(&(&b.node, b.port)));
+        }
+        Tables { index: snap.index, services, nodes }
+    }
+
+    /// The instances a name leads to: `SERVICE` (all of them) or `SUBSET.SERVICE` (those
+    /// whose `version` label is SUBSET), healthy or not.
+    pub fn targets(&self, name: &str) -> Vec<&Target> {
+        let (subset, service) = match name.split_once('.') {
+            Some((subset, service)) => (Some(subset), service),
+            None => (None, name),
+        };
+        let Some(table) = self.services.get(service) else { return vec![] };
+        table
+            .targets
+            .iter()
+            .filter(|t| subset.is_none_or(|s| t.labels.get("version").map(String::as_str) == Some(s)))
+            .collect()
+    }
+
+    /// The healthy instances a name leads to.
+    pub fn healthy(&self, name: &str) -> Vec<&Target> {
+        self.targets(name).into_iter().filter(|t| t.healthy).collect()
+    }
+
+    /// The names that get listeners on their virtual IP, and the ports of each: every
+    /// service that is not passthrough, and each of its `version` subsets, on every port
+    /// any of their instances declares.
+    pub fn listeners(&self) -> BTreeMap<String, BTreeSet<u16>> {
+        let mut out: BTreeMap<String, BTreeSet<u16>> = BTreeMap::new();
+        for (name, table) in &self.services {
+            if table.passthrough {
+                continue;
+            }
+            for t in &table.targets {
+                out.entry(name.clone()).or_default().insert(t.port);
+                if let Some(v) = t.labels.get("version") {
+                    out.entry(format!("{v}.{name}")).or_default().insert(t.port);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Power of two choices: two candidates at random (not in `tried`), the one with fewer
+/// open connections. `load` gives a candidate's open connections. None when every
+/// candidate has been tried.
+pub fn pick_p2c<R: Rng>(count: usize, tried: &[usize], load: impl Fn(usize) -> usize, rng: &mut R) -> Option<usize> {
+    let left: Vec<usize> = (0..count).filter(|i| !tried.contains(i)).collect();
+    match left.len() {
+        0 => None,
+        1 => Some(left[0]),
+        n => {
+            let a = rng.random_range(0..n);
+            let mut b = rng.random_range(0..n - 1);
+            if b >= a {
+                b += 1;
+            }
+            let (a, b) = (left[a], left[b]);
+            Some(if load(b) < load(a) { b } else { a })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn p2c_prefers_the_less_loaded_and_skips_the_tried() {
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+        let loads = [10, 0, 10];
+        let mut wins = [0usize; 3];
+        for _ in 0..3000 {
+            let i = pick_p2c(3, &[], |i| loads[i], &mut rng).expect("a choice");
+            wins[i] += 1;
+        }
+        // The idle one wins every pair it is in: 2 of the 3 pairs.
+        assert!(wins[1] > 1800 && wins[1] < 2200, "{wins:?}");
+        assert!(wins[0] > 0 && wins[2] > 0, "{wins:?}");
+        assert_eq!(pick_p2c(3, &[0, 1], |_| 0, &mut rng), Some(2));
+        assert_eq!(pick_p2c(3, &[0, 1, 2], |_| 0, &mut rng), None);
+        assert_eq!(pick_p2c(0, &[], |_| 0, &mut rng), None);
+    }
+
+    #[test]
+    fn p2c_spreads_evenly_when_loads_are_equal() {
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(1);
+        let mut wins = [0usize; 4];
+        for _ in 0..4000 {
+            wins[pick_p2c(4, &[], |_| 0, &mut rng).expect("a choice")] += 1;
+        }
+        assert!(wins.iter().all(|w| (850..1150).contains(w)), "{wins:?}");
+    }
+}

@@ -1,0 +1,301 @@
+//! The data plane with real meshd processes: TCP through the virtual IP and a QUIC
+//! tunnel between two nodes, concurrency, byte-identical bulk transfer both ways,
+//! half-close, a node killed mid-transfer, a removed node.
+//!
+//! The backends are plain TCP servers in this process: each connection first gets the
+//! backend's name and a newline, then an echo of everything it sends until it shuts its
+//! write side, after which the backend shuts its own.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hickory_proto::rr::{RData, RecordType};
+use mesh_tests::{Block, Node};
+use nix::sys::signal::Signal;
+
+const CONVERGE: Duration = Duration::from_secs(30);
+
+struct Backend {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+}
+
+impl Backend {
+    fn start(ip: Ipv4Addr, name: &str) -> Backend {
+        Backend::serve(TcpListener::bind((ip, 0)).expect("backend listen"), name)
+    }
+
+    fn start_at(addr: SocketAddr, name: &str) -> Backend {
+        Backend::serve(TcpListener::bind(addr).expect("backend listen"), name)
+    }
+
+    fn serve(listener: TcpListener, name: &str) -> Backend {
+        let addr = listener.local_addr().expect("addr");
+        let stop = Arc::new(AtomicBool::new(false));
+        let (name, stopped) = (name.to_owned(), stop.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stopped.load(Ordering::Relaxed) {
+                    return;
+                }
+                let Ok(mut conn) = conn else { continue };
+                let name = name.clone();
+                std::thread::spawn(move || {
+                    let _ = conn.write_all(format!("{name}\n").as_bytes());
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        match conn.read(&mut buf) {
+                            Ok(0) => break,
+                            Ok(n) => {
+                                if conn.write_all(&buf[..n]).is_err() {
+                                    return;
+                                }
+                            }
+                            Err(_) => return,
+                        }
+                    }
+                    let _ = conn.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        Backend { addr, stop }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+fn register(node: &Node, name: &str, backend: &Backend) {
+    let path = node.dir.path().join(format!("{name}.toml"));
+    let text = format!("name = \"{name}\"\naddress = \"{}\"\nport = {}\n", backend.addr.ip(), backend.addr.port());
+    std::fs::write(&path, text).expect("service file");
+    let out = node.meshctl(&["service", "register", "-f", &path.display().to_string()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The virtual IP `node` answers for `name`, once it answers.
+fn vip(node: &Node, name: &str) -> Ipv4Addr {
+    node.eventually(CONVERGE, &format!("{name}.mesh answers"), || {
+        let m = node.dig(&format!("{name}.mesh."), RecordType::A, false);
+        m.answers().iter().find_map(|r| match r.data() {
+            Some(RData::A(a)) => Some(a.0),
+            _ => None,
+        })
+    })
+}
+
+/// Connects and reads the backend's name.
+fn connect(addr: SocketAddr) -> (String, BufReader<TcpStream>) {
+    let stream = TcpStream::connect(addr).expect("connect to the virtual IP");
+    stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    let mut reader = BufReader::new(stream);
+    let mut name = String::new();
+    reader.read_line(&mut name).expect("the backend's name through the tunnel");
+    (name.trim().to_owned(), reader)
+}
+
+/// Two nodes, a backend on node-2; node-1 reaches it through the tunnel.
+fn two_nodes(block: &Block) -> (Node, Node, Backend, SocketAddr) {
+    let n1 = Node::start(block, 1, "");
+    let seed = format!("join = [\"{}\"]", n1.addr());
+    let n2 = Node::join(block, 2, &n1.token(&[]), &seed, "");
+    let backend = Backend::start(block.node_ip(2), "b");
+    register(&n2, "echo", &backend);
+    let port = backend.addr.port();
+    let ip = vip(&n1, "echo");
+    (n1, n2, backend, SocketAddr::from((ip, port)))
+}
+
+#[test]
+fn a_client_reaches_a_server_on_another_node_and_200_concurrent_connections_complete() {
+    let block = Block::take();
+    let (n1, _n2, _backend, addr) = two_nodes(&block);
+    // The first connection may race the other node's catalog: allow a few tries.
+    n1.eventually(CONVERGE, "a first tunnelled connection", || {
+        let stream = TcpStream::connect(addr).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        let mut line = String::new();
+        BufReader::new(stream).read_line(&mut line).ok()?;
+        (line == "b\n").then_some(())
+    });
+
+    let threads: Vec<_> = (0..200)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let (name, mut reader) = connect(addr);
+                let payload = format!("connection {i} says hello\n").repeat(50);
+                reader.get_mut().write_all(payload.as_bytes()).expect("send");
+                reader.get_mut().shutdown(std::net::Shutdown::Write).expect("half-close");
+                let mut back = String::new();
+                reader.read_to_string(&mut back).expect("the echo, then EOF");
+                (name, back == payload)
+            })
+        })
+        .collect();
+    let results: Vec<(String, bool)> = threads.into_iter().map(|t| t.join().expect("client thread")).collect();
+    assert!(results.iter().all(|(name, ok)| name == "b" && *ok), "every connection echoed whole");
+}
+
+#[test]
+fn half_close_carries_through_and_the_reply_still_arrives() {
+    let block = Block::take();
+    let (_n1, _n2, _backend, addr) = two_nodes(&block);
+    let (_, mut reader) = connect_eventually(addr);
+    reader.get_mut().write_all(b"the request").expect("send");
+    // The backend replies only once it sees our EOF: that FIN crossed the tunnel.
+    reader.get_mut().shutdown(std::net::Shutdown::Write).expect("shut our write side");
+    let mut reply = Vec::new();
+    reader.read_to_end(&mut reply).expect("the reply after our half-close");
+    assert_eq!(reply, b"the request");
+}
+
+fn connect_eventually(addr: SocketAddr) -> (String, BufReader<TcpStream>) {
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        let attempt = std::panic::catch_unwind(|| connect(addr));
+        match attempt {
+            Ok(c) if !c.0.is_empty() => return c,
+            _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            _ => panic!("no tunnelled connection to {addr} within {CONVERGE:?}"),
+        }
+    }
+}
+
+#[test]
+fn two_hundred_megabytes_arrive_byte_identical_both_ways() {
+    let block = Block::take();
+    let (_n1, _n2, _backend, addr) = two_nodes(&block);
+    let (_, reader) = connect_eventually(addr);
+    let stream = reader.into_inner();
+    let mut writer = stream.try_clone().expect("clone");
+    const TOTAL: usize = 200 * 1024 * 1024;
+    let sender = std::thread::spawn(move || {
+        let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut chunk = vec![0u8; 256 * 1024];
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut sent = 0;
+        while sent < TOTAL {
+            for b in chunk.iter_mut() {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                *b = state as u8;
+            }
+            writer.write_all(&chunk).expect("send");
+            hash.update(&chunk);
+            sent += chunk.len();
+        }
+        writer.shutdown(std::net::Shutdown::Write).expect("half-close");
+        hash.finish()
+    });
+    let mut reader = stream;
+    let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut received = 0;
+    loop {
+        let n = reader.read(&mut buf).expect("receive");
+        if n == 0 {
+            break;
+        }
+        hash.update(&buf[..n]);
+        received += n;
+    }
+    let sent = sender.join().expect("sender");
+    assert_eq!(received, TOTAL, "every byte came back");
+    assert_eq!(hash.finish().as_ref(), sent.as_ref(), "the same bytes, up through two meshd and back");
+}
+
+#[test]
+fn killing_a_node_mid_transfer_closes_the_client_and_new_connections_go_elsewhere() {
+    let block = Block::take();
+    let n1 = Node::start(&block, 1, "");
+    let seed = format!("join = [\"{}\"]", n1.addr());
+    let mut n2 = Node::join(&block, 2, &n1.token(&[]), &seed, "");
+    let n3 = Node::join(&block, 3, &n1.token(&[]), &seed, "");
+    // Both backends on one port number, at their own node's address.
+    let b2 = Backend::start(block.node_ip(2), "b2");
+    let b3 = Backend::start_at(SocketAddr::from((block.node_ip(3), b2.addr.port())), "b3");
+    register(&n2, "echo", &b2);
+    register(&n3, "echo", &b3);
+    let addr = SocketAddr::from((vip(&n1, "echo"), b2.addr.port()));
+    n1.eventually(CONVERGE, "both instances healthy on node-1", || {
+        let s = n1.meshctl_json(&["services"]);
+        let echo = s.as_array()?.iter().find(|s| s["name"] == "echo")?.clone();
+        (echo["instances"].as_array()?.iter().filter(|i| i["healthy"] == true).count() == 2).then_some(())
+    });
+
+    // A connection that lands on node-2's backend, kept busy.
+    let mut via_b2 = None;
+    for _ in 0..100 {
+        let (name, reader) = connect_eventually(addr);
+        if name == "b2" {
+            via_b2 = Some(reader.into_inner());
+            break;
+        }
+    }
+    let stream = via_b2.expect("power of two choices lands on node-2 within 100 connections");
+    let mut writer = stream.try_clone().expect("clone");
+    let writing = std::thread::spawn(move || {
+        let chunk = [7u8; 16 * 1024];
+        while writer.write_all(&chunk).is_ok() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+    let mut reader = stream;
+    let mut buf = [0u8; 16 * 1024];
+    assert!(reader.read(&mut buf).expect("echo flows") > 0);
+
+    n2.signal(Signal::SIGKILL);
+    let _ = n2.wait_exit(Duration::from_secs(10));
+    let killed = Instant::now();
+    reader.set_read_timeout(Some(Duration::from_secs(60))).expect("timeout");
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => assert!(killed.elapsed() < Duration::from_secs(60), "still open 60s after the kill"),
+        }
+    }
+    let closed_after = killed.elapsed();
+    let _ = reader.shutdown(std::net::Shutdown::Both);
+    let _ = writing.join();
+    // The QUIC idle timeout is 30 s; gossip declares the node dead well before.
+    assert!(closed_after < Duration::from_secs(25), "the client's connection closed {closed_after:?} after the kill");
+    eprintln!("client connection closed {closed_after:?} after node-2 was killed");
+
+    for _ in 0..20 {
+        let (name, _) = connect_eventually(addr);
+        assert_eq!(name, "b3", "new connections avoid the dead node");
+    }
+}
+
+#[test]
+fn a_removed_node_gets_no_traffic() {
+    let block = Block::take();
+    let n1 = Node::start(&block, 1, "");
+    let seed = format!("join = [\"{}\"]", n1.addr());
+    let n2 = Node::join(&block, 2, &n1.token(&[]), &seed, "");
+    let n3 = Node::join(&block, 3, &n1.token(&[]), &seed, "");
+    let b2 = Backend::start(block.node_ip(2), "b2");
+    let b3 = Backend::start_at(SocketAddr::from((block.node_ip(3), b2.addr.port())), "b3");
+    register(&n2, "echo", &b2);
+    register(&n3, "echo", &b3);
+    let addr = SocketAddr::from((vip(&n1, "echo"), b2.addr.port()));
+    n1.eventually(CONVERGE, "node-3's instance reached", || {
+        (0..10).any(|_| connect_eventually(addr).0 == "b3").then_some(())
+    });
+    let out = n1.meshctl(&["node", "remove", "node-3"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    n1.eventually(CONVERGE, "node-3 out of rotation", || {
+        (0..20).all(|_| connect_eventually(addr).0 == "b2").then_some(())
+    });
+    for _ in 0..50 {
+        assert_eq!(connect_eventually(addr).0, "b2", "no connection to the removed node");
+    }
+}
