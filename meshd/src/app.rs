@@ -341,6 +341,7 @@ impl Bound {
         tracing::info!(deadline = ?self.drain_timeout, "draining");
         let outcome = drain_with(trigger, self.drain_timeout).await;
         tasks.shutdown().await;
+        self.transport.close().await;
         remove_admin_socket(&self.admin_socket, self.admin_inode);
         drop(self.publisher);
         outcome
@@ -382,7 +383,9 @@ async fn dispatch(
             else => break,
         }
     }
-    handlers.shutdown().await;
+    // Each connection's server refuses new work once the drain starts and ends with its
+    // connection; the tunnels it started hold the drain themselves.
+    handlers.detach_all();
 }
 
 /// Applies the store's revocation list as it changes: refuses removed nodes in new

@@ -23,8 +23,12 @@ pub struct Services {
     pub drain: crate::drain::DrainWatcher,
 }
 
-/// Serves a member's requests until the connection closes.
+/// Serves a member's requests until the connection closes. Once a drain starts, new
+/// streams are reset at once (the caller tries another node without waiting), while the
+/// tunnels already running hold the drain open until they end.
 pub async fn serve_peer(peer: Peer, services: Services) {
+    let draining = services.drain.signal();
+    let mut services = Some(services);
     let mut requests = JoinSet::new();
     loop {
         let (mut send, mut recv) = tokio::select! {
@@ -33,6 +37,15 @@ pub async fn serve_peer(peer: Peer, services: Services) {
                 Err(_) => break,
             },
             Some(_) = requests.join_next(), if !requests.is_empty() => continue,
+            _ = draining.signaled(), if services.is_some() => {
+                services = None;
+                continue;
+            }
+        };
+        let Some(services) = &services else {
+            let _ = send.reset(quinn::VarInt::from_u32(crate::transport::close::SHUTDOWN));
+            let _ = recv.stop(quinn::VarInt::from_u32(crate::transport::close::SHUTDOWN));
+            continue;
         };
         let info = peer.info.clone();
         let Services { signer, store, exchange, proxy, drain } = services.clone();

@@ -126,10 +126,14 @@ fn a_client_reaches_a_server_on_another_node_and_200_concurrent_connections_comp
         (line == "b\n").then_some(())
     });
 
+    // All 200 open at once (more than quinn's default of 100 streams per connection).
+    let all_open = Arc::new(std::sync::Barrier::new(200));
     let threads: Vec<_> = (0..200)
         .map(|i| {
+            let all_open = all_open.clone();
             std::thread::spawn(move || {
                 let (name, mut reader) = connect(addr);
+                all_open.wait();
                 let payload = format!("connection {i} says hello\n").repeat(50);
                 reader.get_mut().write_all(payload.as_bytes()).expect("send");
                 reader.get_mut().shutdown(std::net::Shutdown::Write).expect("half-close");
@@ -298,4 +302,136 @@ fn a_removed_node_gets_no_traffic() {
     for _ in 0..50 {
         assert_eq!(connect_eventually(addr).0, "b2", "no connection to the removed node");
     }
+}
+
+/// Speaks `mesh/1` to node-2 as node-1 (with node-1's own certificate and key, from its
+/// data directory) and sends tunnel headers by hand: only the honest one is accepted.
+#[test]
+fn forged_tunnel_headers_are_refused() {
+    use mesh_proto::wire::{MeshRequest, TunnelHeader, TunnelRefusal, TunnelReply};
+    use meshd::transport::frame;
+
+    let block = Block::take();
+    let (n1, n2, backend, _) = two_nodes(&block);
+    let n2_addr: SocketAddr = n2.addr().parse().expect("node-2's address");
+    let identity = meshd::identity::Identity::load(&n1.dir.path().join("data"), "node-1", Default::default())
+        .expect("node-1's identity");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let socket = std::net::UdpSocket::bind((block.node_ip(1), 0)).expect("udp");
+        let transport = meshd::transport::Transport::new(socket, Arc::new(identity), Default::default(), None)
+            .expect("a QUIC endpoint");
+        let peer = transport.dial(n2_addr).await.expect("a mesh/1 connection with node-1's certificate");
+        let honest = TunnelHeader {
+            version: TunnelHeader::VERSION,
+            service: "echo".into(),
+            port: backend.addr.port(),
+            source_node: "node-1".into(),
+            source_service: None,
+            trace_id: "0af7651916cd43dd8448eb211c80319c".into(),
+        };
+        let ask = |header: TunnelHeader| {
+            let conn = peer.conn.clone();
+            async move {
+                let (mut send, mut recv) = conn.open_bi().await.expect("a stream");
+                frame::write(&mut send, &MeshRequest::Tunnel(header)).await.expect("send the header");
+                let reply: TunnelReply = frame::read(&mut recv).await.expect("a reply");
+                (reply, send, recv)
+            }
+        };
+        let refusal = |reply: TunnelReply| match reply {
+            TunnelReply::Refused { reason, .. } => Some(reason),
+            TunnelReply::Accepted => None,
+        };
+        let cases = [
+            ("a source node that is not the caller", TunnelHeader { source_node: "node-2".into(), ..honest.clone() }),
+            (
+                "a source service the caller does not host",
+                TunnelHeader { source_service: Some("echo".into()), ..honest.clone() },
+            ),
+            ("an instance that does not run there", TunnelHeader { port: 1, ..honest.clone() }),
+            ("a service that does not exist", TunnelHeader { service: "nope".into(), ..honest.clone() }),
+            ("a later header version", TunnelHeader { version: 9, ..honest.clone() }),
+        ];
+        let want = [
+            TunnelRefusal::Forged,
+            TunnelRefusal::Forged,
+            TunnelRefusal::NoInstance,
+            TunnelRefusal::NoInstance,
+            TunnelRefusal::Malformed,
+        ];
+        for ((what, header), want) in cases.into_iter().zip(want) {
+            let (reply, _, _) = ask(header).await;
+            assert_eq!(refusal(reply), Some(want), "{what}");
+        }
+        // The honest header reaches the backend, whose name comes first.
+        let (reply, _send, mut recv) = ask(honest).await;
+        assert_eq!(reply, TunnelReply::Accepted);
+        let mut name = [0u8; 2];
+        recv.read_exact(&mut name).await.expect("the backend's first bytes");
+        assert_eq!(&name, b"b\n");
+    });
+}
+
+#[test]
+fn a_drain_keeps_open_tunnels_working_and_a_second_signal_exits_at_once() {
+    let block = Block::take();
+    let (mut n1, _n2, _backend, addr) = two_nodes(&block);
+    let (_, mut reader) = connect_eventually(addr);
+    n1.signal(Signal::SIGTERM);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(n1.try_wait().is_none(), "still draining: a tunnelled connection is open");
+    reader.get_mut().write_all(b"during the drain").expect("send");
+    let mut buf = [0u8; 16];
+    reader.read_exact(&mut buf).expect("the echo, during the drain");
+    assert_eq!(&buf, b"during the drain");
+
+    n1.signal(Signal::SIGTERM);
+    let signalled = Instant::now();
+    let status = n1.wait_exit(Duration::from_secs(10));
+    assert!(signalled.elapsed() < Duration::from_secs(2), "the second signal took {:?}", signalled.elapsed());
+    assert_eq!(status.code(), Some(128 + 15), "128 + SIGTERM");
+}
+
+#[test]
+fn a_drain_ends_when_the_last_tunnel_closes() {
+    let block = Block::take();
+    let (mut n1, _n2, _backend, addr) = two_nodes(&block);
+    let (_, reader) = connect_eventually(addr);
+    n1.signal(Signal::SIGTERM);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(n1.try_wait().is_none(), "still draining: a tunnelled connection is open");
+    drop(reader);
+    let closed = Instant::now();
+    let status = n1.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "a complete drain exits 0: {status:?}");
+    // The drain deadline is 5 s: exiting well before it means the close ended the drain.
+    assert!(closed.elapsed() < Duration::from_secs(3), "exit {:?} after the close", closed.elapsed());
+}
+
+#[test]
+fn an_upstream_listener_reaches_the_service_and_carries_its_source() {
+    let block = Block::take();
+    let probe = TcpListener::bind((block.node_ip(1), 0)).expect("a free port");
+    let listen = probe.local_addr().expect("addr");
+    drop(probe);
+    let extra = format!(
+        "[[service]]\nname = \"web\"\nport = 8080\n\n[[upstream]]\nservice = \"echo\"\nlisten = \"{listen}\"\nsource = \"web\"\n"
+    );
+    let n1 = Node::start(&block, 1, &extra);
+    let seed = format!("join = [\"{}\"]", n1.addr());
+    let n2 = Node::join(&block, 2, &n1.token(&[]), &seed, "");
+    let backend = Backend::start(block.node_ip(2), "b");
+    register(&n2, "echo", &backend);
+    let (name, mut reader) = connect_eventually(listen);
+    assert_eq!(name, "b");
+    reader.get_mut().write_all(b"ping").expect("send");
+    let mut buf = [0u8; 4];
+    reader.read_exact(&mut buf).expect("echo");
+    assert_eq!(&buf, b"ping");
+    drop(reader);
+    // One access log event per connection, when it ends.
+    n2.eventually(CONVERGE, "node-2's access log names the source service", || {
+        n2.logs().lines().any(|l| l.contains("source_service=web") && l.contains("sent=4")).then_some(())
+    });
 }

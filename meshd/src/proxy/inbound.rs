@@ -67,7 +67,7 @@ pub async fn serve(
         target: "access",
         direction = "inbound",
         peer = %peer.id.node,
-        source_service = header.source_service.as_deref().unwrap_or("-"),
+        source_service = %header.source_service.as_deref().unwrap_or("-"),
         service = %header.service,
         instance = %format!("{}:{}", instance.addr, instance.port),
         trace_id = %header.trace_id,

@@ -230,12 +230,13 @@ pub async fn run(
             changed
         });
 
-        // A node that died or left: its streams end now, not at the idle timeout.
+        // A node declared dead: its streams end now, not at the idle timeout. (One that
+        // left is draining: its tunnels finish; a removed one's connections close on
+        // revocation.)
         for m in &snap.members {
             let before = states.insert(m.name.clone(), m.state);
-            let gone = matches!(m.state, MemberState::Dead | MemberState::Left);
-            if gone && before.is_some_and(|b| b != m.state) {
-                proxy.transport.close_peer(&m.name, "declared dead or removed");
+            if m.state == MemberState::Dead && before.is_some_and(|b| b != m.state) {
+                proxy.transport.close_peer(&m.name, "declared dead");
             }
         }
 

@@ -61,7 +61,7 @@ enum Upstream {
 async fn connection(proxy: &Proxy, mut client: TcpStream, dest: &Destination) {
     let started = Instant::now();
     let _active = proxy.metrics.active("outbound");
-    let source = client.peer_addr().ok();
+    let source = client.peer_addr().map_or_else(|_| "-".to_owned(), |a| a.to_string());
     let trace_id = super::trace_id(proxy);
     let tables = proxy.tables.load_full();
     let candidates: Vec<&Target> = tables.healthy(&dest.name);
@@ -92,8 +92,8 @@ async fn connection(proxy: &Proxy, mut client: TcpStream, dest: &Destination) {
             target: "access",
             direction = "outbound",
             service = %dest.name,
-            source = ?source,
-            trace_id,
+            %source,
+            %trace_id,
             error = last_error,
             attempts = tried.len(),
             "connection failed"
@@ -111,10 +111,10 @@ async fn connection(proxy: &Proxy, mut client: TcpStream, dest: &Destination) {
         target: "access",
         direction = "outbound",
         service = %dest.name,
-        source = ?source,
+        %source,
         node = %target.node,
         instance = %format!("{}:{}", target.addr, target.port),
-        trace_id,
+        %trace_id,
         sent = moved.sent,
         received = moved.received,
         duration_ms = started.elapsed().as_millis() as u64,
