@@ -121,6 +121,7 @@ pub async fn build(config: &Config) -> Result<Bound, AppError> {
         addr: config.bind.to_string(),
         source,
     })?;
+    crate::transport::size_socket_buffers(&udp_socket);
     let advertise = config.advertise_addr(udp)?;
 
     // DNS on UDP and TCP, the same port for both (port 0: the one UDP got).

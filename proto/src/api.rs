@@ -117,6 +117,9 @@ pub struct Connection {
     /// A number that stays the same for the connection's life.
     pub id: u64,
     pub rtt_ms: f64,
+    /// The largest UDP payload the path carries, as MTU discovery found it.
+    #[serde(default)]
+    pub mtu: u16,
 }
 
 /// `GET /v1/catchup?key=KEY&revision=N`: who holds at least revision N of KEY.

@@ -355,6 +355,7 @@ async fn connections(State(state): State<Arc<AdminState>>) -> Json<Vec<api::Conn
             since: rfc3339(p.since),
             id: p.conn.stable_id() as u64,
             rtt_ms: p.conn.rtt().as_secs_f64() * 1e3,
+            mtu: p.conn.stats().path.current_mtu,
         })
         .collect();
     Json(list)

@@ -113,6 +113,31 @@ pub struct Transport {
 /// hold a caller for the 30 s idle timeout.
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The UDP socket buffers meshd asks for: a burst of tunnel traffic must not overflow
+/// the kernel's default (about 200 KiB, three 64 KiB datagrams), or loss shrinks the
+/// congestion window and the path MTU.
+const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
+
+/// Sizes the UDP socket's buffers: beyond `net.core.rmem_max` when allowed to
+/// (CAP_NET_ADMIN), else as far as that limit.
+pub fn size_socket_buffers(socket: &std::net::UdpSocket) {
+    use nix::sys::socket::{getsockopt, setsockopt, sockopt};
+    if setsockopt(socket, sockopt::RcvBufForce, &SOCKET_BUFFER).is_err() {
+        let _ = setsockopt(socket, sockopt::RcvBuf, &SOCKET_BUFFER);
+    }
+    if setsockopt(socket, sockopt::SndBufForce, &SOCKET_BUFFER).is_err() {
+        let _ = setsockopt(socket, sockopt::SndBuf, &SOCKET_BUFFER);
+    }
+    let got = getsockopt(socket, sockopt::RcvBuf).unwrap_or(0);
+    if got < SOCKET_BUFFER {
+        tracing::info!(
+            receive_buffer = got,
+            wanted = SOCKET_BUFFER,
+            "the UDP receive buffer is smaller than wanted; raise net.core.rmem_max for bulk tunnel traffic"
+        );
+    }
+}
+
 /// Keepalives keep NAT bindings and idle pooled connections open; a peer silent for the
 /// idle timeout is gone.
 pub fn transport_config() -> quinn::TransportConfig {
