@@ -134,7 +134,7 @@ fn pki(dir: &Path) -> Pki {
 
 /// A stunnel client end on `front` and server end on `back`, leading to each backend.
 fn stunnel(dir: &Path, pki: &Pki, routes: &[(SocketAddr, SocketAddr, SocketAddr)]) -> Vec<Child> {
-    let mut client = format!("foreground = yes\npid =\nsocket = l:TCP_NODELAY=1\nsocket = r:TCP_NODELAY=1\n");
+    let mut client = "foreground = yes\npid =\nsocket = l:TCP_NODELAY=1\nsocket = r:TCP_NODELAY=1\n".to_owned();
     let mut server = client.clone();
     for (i, (front, back, backend)) in routes.iter().enumerate() {
         client += &format!(
