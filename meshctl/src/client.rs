@@ -44,6 +44,9 @@ pub enum ClientError {
     /// An input file is missing or invalid (its error names the file, line and key).
     #[error("{0}")]
     Input(String),
+    /// The request was carried out but its goal was not met (a `--wait` timed out).
+    #[error("{0}")]
+    Failed(String),
     /// meshd answered with a body this meshctl cannot read (a version mismatch).
     #[error("unexpected answer from meshd: {0}")]
     Decode(String),

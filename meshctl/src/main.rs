@@ -11,6 +11,8 @@ use hyper::Method;
 use mesh_proto::api::{Connection, Member, NodeRemoved, Status, TokenCreated, TokenRequest};
 use meshctl::{table, Client, ClientError};
 
+mod route;
+
 #[derive(Parser)]
 #[command(name = "meshctl", version = mesh_proto::VERSION, about = "Control the mesh through the local meshd")]
 struct Cli {
@@ -52,6 +54,11 @@ enum Command {
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// Routes: how a service's traffic is split, matched and retried.
+    Route {
+        #[command(subcommand)]
+        command: route::RouteCommand,
     },
     /// Nodes of the mesh.
     Node {
@@ -128,7 +135,13 @@ fn main() -> ExitCode {
         }
     };
     let client = Client::new(&cli.socket).with_timeout(cli.timeout);
-    match rt.block_on(execute(&client, &cli.command, cli.output)) {
+    let result = match &cli.command {
+        Command::Route { command } => {
+            rt.block_on(route::run(&client, command, cli.output == Output::Json, cli.timeout))
+        }
+        command => rt.block_on(execute(&client, command, cli.output)),
+    };
+    match result {
         Ok(text) => {
             let mut out = std::io::stdout().lock();
             // A closed pipe (meshctl members | head) is not an error worth reporting.
@@ -192,7 +205,7 @@ async fn execute(client: &Client, command: &Command, output: Output) -> Result<S
                 Ok(format!("removed {} (certificate {} and its key revoked)\n", r.node, r.serial))
             })
         }
-        Command::Completions { .. } => return Ok(String::new()),
+        Command::Completions { .. } | Command::Route { .. } => return Ok(String::new()),
     };
     if output == Output::Json {
         let mut body = String::from_utf8_lossy(&response.body).into_owned();

@@ -19,6 +19,7 @@ pub mod membership;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
+pub mod routes;
 pub mod routing;
 pub mod rpc;
 pub mod signal;

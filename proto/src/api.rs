@@ -191,3 +191,35 @@ mod tests {
         assert_eq!(json, "\"suspect\"");
     }
 }
+
+/// `GET /v1/routes/NAME` (and each item of `GET /v1/routes`): a route's current revision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    pub name: String,
+    pub service: String,
+    pub revision: u64,
+    /// When the revision was applied (RFC 3339), by `origin`'s clock.
+    pub applied_at: String,
+    /// The node where it was applied.
+    pub origin: String,
+    pub spec: crate::route::RouteSpec,
+}
+
+/// One item of `GET /v1/routes/NAME/history`, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteRevision {
+    pub revision: u64,
+    pub applied_at: String,
+    pub origin: String,
+    /// The route was deleted at this revision.
+    #[serde(default)]
+    pub deleted: bool,
+}
+
+/// `POST /v1/routes/NAME/rollback`: the revision whose content becomes the newest one;
+/// default: the one before the current.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RollbackRequest {
+    #[serde(default)]
+    pub to: Option<u64>,
+}

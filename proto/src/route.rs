@@ -66,9 +66,7 @@ pub struct HttpMatch {
 #[serde(untagged)]
 pub enum HeaderMatch {
     Exact(String),
-    Regex {
-        regex: String,
-    },
+    Regex { regex: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -172,7 +170,8 @@ impl RouteSpec {
             if crate::is_dns_label(v) {
                 Ok(())
             } else {
-                Err(src.error(key, format!("'{v}' is not a valid {what}: use 1 to 63 lower-case letters, digits and '-'")))
+                Err(src
+                    .error(key, format!("'{v}' is not a valid {what}: use 1 to 63 lower-case letters, digits and '-'")))
             }
         };
         label("name", &self.name, "route name")?;
@@ -226,10 +225,9 @@ impl RouteSpec {
             if let Some(f) = &rule.fault {
                 if let Some(a) = &f.abort {
                     if !(200..=599).contains(&a.status) {
-                        return Err(src.error(
-                            &format!("{at}.fault.abort.status"),
-                            "status must be an HTTP status, 200 to 599",
-                        ));
+                        return Err(
+                            src.error(&format!("{at}.fault.abort.status"), "status must be an HTTP status, 200 to 599")
+                        );
                     }
                     percent(src, &format!("{at}.fault.abort.percent"), a.percent)?;
                 }
@@ -375,7 +373,11 @@ fault = { abort = { status = 503, percent = 0 }, delay = { fixed = "0s", percent
             ("[[tcp]]\nto = [{ subset = \"v1\", weight = 0 }]\n", 6, "tcp[0].to"),
             ("[[tcp]]\nto = []\n", 6, "tcp[0].to"),
             ("[[tcp]]\nto = [{ subset = \"v9\" }]\n", 6, "tcp[0].to[0].subset"),
-            ("[[http]]\ntimeout = \"1s\"\nretries = { attempts = 2, per_try_timeout = \"2s\" }\n", 7, "per_try_timeout"),
+            (
+                "[[http]]\ntimeout = \"1s\"\nretries = { attempts = 2, per_try_timeout = \"2s\" }\n",
+                7,
+                "per_try_timeout",
+            ),
             ("[[http]]\ntimeout = \"soon\"\n", 6, "timeout"),
             ("[[http]]\nmirror = { subset = \"v1\", percent = 101 }\n", 6, "http[0].mirror.percent"),
             ("[[http]]\nfault = { abort = { status = 42, percent = 5 } }\n", 6, "status"),
@@ -389,8 +391,9 @@ fault = { abort = { status = 503, percent = 0 }, delay = { fixed = "0s", percent
             assert_eq!(err.line, Some(*line), "{extra}: {err}");
             assert!(err.to_string().contains(key), "{extra}: {err}");
         }
-        let no_subset = RouteSpec::from_file("r.toml", "name = \"r\"\nservice = \"s\"\n[[tcp]]\nto = [{ subset = \"a\" }]\n")
-            .expect_err("undefined");
+        let no_subset =
+            RouteSpec::from_file("r.toml", "name = \"r\"\nservice = \"s\"\n[[tcp]]\nto = [{ subset = \"a\" }]\n")
+                .expect_err("undefined");
         assert!(no_subset.to_string().contains("add it under [subsets]"), "{no_subset}");
     }
 

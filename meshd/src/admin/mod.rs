@@ -82,6 +82,10 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/connections", get(connections))
         .route("/v1/services", get(services).post(register_service))
         .route("/v1/services/{name}", axum::routing::delete(deregister_service))
+        .route("/v1/routes", get(routes::list))
+        .route("/v1/routes/{name}", get(routes::get).put(routes::apply).delete(routes::delete))
+        .route("/v1/routes/{name}/history", get(routes::history))
+        .route("/v1/routes/{name}/rollback", axum::routing::post(routes::rollback))
         .route("/v1/catchup", get(catchup))
         .route("/v1/tokens", axum::routing::post(create_token))
         .route("/v1/nodes/{name}", axum::routing::delete(remove_node))
@@ -459,9 +463,11 @@ fn count_members(members: &[api::Member]) -> api::MemberCounts {
     counts
 }
 
-fn rfc3339(t: SystemTime) -> String {
+pub(crate) fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
+
+mod routes;
 
 #[cfg(test)]
 mod tests;

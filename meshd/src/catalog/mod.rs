@@ -272,6 +272,9 @@ pub fn vip_names(snap: &Snapshot) -> Vec<String> {
             names.push(format!("{v}.{}", i.spec.name));
         }
     }
+    for route in crate::routes::specs(snap) {
+        names.extend(route.subsets.keys().map(|s| format!("{s}.{}", route.service)));
+    }
     names.sort();
     names.dedup();
     names

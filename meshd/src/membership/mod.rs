@@ -631,7 +631,9 @@ pub async fn ask_holds(
         let transport = transport.clone();
         let key = key.to_owned();
         asks.spawn(async move {
-            let answer = tokio::time::timeout(Duration::from_secs(2), async {
+            // A member answers within milliseconds; one that cannot in a second is
+            // reported unreachable (`route apply --wait` polls again).
+            let answer = tokio::time::timeout(Duration::from_secs(1), async {
                 let peer = transport.connection_to(addr).await.ok()?;
                 let (mut send, mut recv) = peer.conn.open_bi().await.ok()?;
                 frame::write_last(&mut send, &MeshRequest::Holds { key }).await.ok()?;

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 
 use mesh_proto::api::MemberState;
+use mesh_proto::route::RouteSpec;
 use rand::Rng;
 
 use crate::state::Snapshot;
@@ -25,11 +26,12 @@ pub struct Target {
     pub healthy: bool,
 }
 
-/// One service's instances across the mesh.
+/// One service's instances across the mesh, and its route.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ServiceTable {
     pub passthrough: bool,
     pub targets: Vec<Target>,
+    pub route: Option<RouteSpec>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -64,7 +66,48 @@ impl Tables {
         for t in services.values_mut() {
             t.targets.sort_by(|a, b| (&a.node, a.port).cmp(&(&b.node, b.port)));
         }
+        // One route per service; should two name the same service, the first by name.
+        let mut specs = crate::routes::specs(snap);
+        specs.sort_by(|a, b| a.name.cmp(&b.name));
+        for spec in specs {
+            if let Some(t) = services.get_mut(&spec.service) {
+                if t.route.is_none() {
+                    t.route = Some(spec);
+                }
+            }
+        }
         Tables { index: snap.index, services, nodes }
+    }
+
+    /// The labels that select `subset` of `service`: the route's definition, else the
+    /// `version` label.
+    pub fn subset_labels(&self, service: &str, subset: &str) -> BTreeMap<String, String> {
+        self.services
+            .get(service)
+            .and_then(|t| t.route.as_ref())
+            .and_then(|r| r.subsets.get(subset).cloned())
+            .unwrap_or_else(|| [("version".to_owned(), subset.to_owned())].into_iter().collect())
+    }
+
+    /// The healthy instances a connection to `name` may go to, after the route's TCP
+    /// split: `name` is a service (its first `[[tcp]]` rule with `to` picks a subset by
+    /// weight, among subsets with a healthy instance) or a pinned `SUBSET.SERVICE`.
+    /// `roll` is a uniform random number. Also returns the subset chosen.
+    pub fn route_tcp(&self, name: &str, roll: u64) -> (Vec<&Target>, Option<String>) {
+        if name.contains('.') {
+            return (self.healthy(name), None);
+        }
+        let split = self.services.get(name).and_then(|t| t.route.as_ref()).and_then(|r| r.tcp.first()?.to.as_ref());
+        let Some(to) = split else { return (self.healthy(name), None) };
+        let weights: Vec<(&str, u64)> = to
+            .iter()
+            .map(|d| (d.subset.as_str(), u64::from(d.weight)))
+            .filter(|(s, w)| *w > 0 && !self.healthy(&format!("{s}.{name}")).is_empty())
+            .collect();
+        match weighted(&weights, roll) {
+            Some(subset) => (self.healthy(&format!("{subset}.{name}")), Some(subset.to_owned())),
+            None => (vec![], None),
+        }
     }
 
     /// The instances a name leads to: `SERVICE` (all of them) or `SUBSET.SERVICE` (those
@@ -75,10 +118,11 @@ impl Tables {
             None => (None, name),
         };
         let Some(table) = self.services.get(service) else { return vec![] };
+        let labels = subset.map(|s| self.subset_labels(service, s));
         table
             .targets
             .iter()
-            .filter(|t| subset.is_none_or(|s| t.labels.get("version").map(String::as_str) == Some(s)))
+            .filter(|t| labels.as_ref().is_none_or(|l| l.iter().all(|(k, v)| t.labels.get(k) == Some(v))))
             .collect()
     }
 
@@ -102,9 +146,31 @@ impl Tables {
                     out.entry(format!("{v}.{name}")).or_default().insert(t.port);
                 }
             }
+            for subset in table.route.iter().flat_map(|r| r.subsets.keys()) {
+                let pinned = format!("{subset}.{name}");
+                for t in self.targets(&pinned) {
+                    out.entry(pinned.clone()).or_default().insert(t.port);
+                }
+            }
         }
         out
     }
+}
+
+/// A weighted choice: `roll` (uniform) lands in one item's share of the total weight.
+pub fn weighted<'a>(items: &[(&'a str, u64)], roll: u64) -> Option<&'a str> {
+    let total: u64 = items.iter().map(|(_, w)| w).sum();
+    if total == 0 {
+        return None;
+    }
+    let mut at = roll % total;
+    for (item, w) in items {
+        if at < *w {
+            return Some(item);
+        }
+        at -= w;
+    }
+    None
 }
 
 /// Power of two choices: two candidates at random (not in `tried`), the one with fewer
@@ -147,6 +213,19 @@ mod tests {
         assert_eq!(pick_p2c(3, &[0, 1], |_| 0, &mut rng), Some(2));
         assert_eq!(pick_p2c(3, &[0, 1, 2], |_| 0, &mut rng), None);
         assert_eq!(pick_p2c(0, &[], |_| 0, &mut rng), None);
+    }
+
+    #[test]
+    fn weighted_choice_follows_the_weights() {
+        let items = [("v1", 80), ("v2", 20), ("v3", 0)];
+        let mut counts = BTreeMap::new();
+        for roll in 0..1000u64 {
+            *counts.entry(weighted(&items, roll).expect("a choice")).or_insert(0) += 1;
+        }
+        assert_eq!(counts.get("v1"), Some(&800));
+        assert_eq!(counts.get("v2"), Some(&200));
+        assert_eq!(counts.get("v3"), None);
+        assert_eq!(weighted(&[("a", 0)], 5), None);
     }
 
     #[test]
