@@ -235,6 +235,11 @@ pub async fn build(config: &Config) -> Result<Bound, AppError> {
 }
 
 impl Bound {
+    /// This node's signer (tokens, joins), for `meshd dev`'s in-process joins.
+    pub fn signer(&self) -> &Arc<Signer> {
+        &self.signer
+    }
+
     /// Serves until `stop` resolves, then drains for at most `drain_timeout` and returns.
     /// Tells systemd READY once serving and STOPPING when the drain starts.
     pub async fn run(mut self, stop: impl Future<Output = ()>) -> DrainOutcome {

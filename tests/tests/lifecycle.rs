@@ -165,14 +165,70 @@ fn meshd_dev_starts_prints_what_to_try_and_stops_on_ctrl_c() {
         }
     }
     let socket = socket.unwrap_or_else(|| panic!("no socket printed:\n{printed}"));
-    assert!(printed.contains("meshctl status"), "{printed}");
-    let out = std::process::Command::new(&binaries().meshctl)
-        .args(["--socket", &socket, "status", "-o", "json"])
-        .output()
-        .expect("meshctl");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    assert_eq!(status["node"], "dev-1");
+    for command in ["meshctl members", "meshctl services", "meshctl route get reviews", "dig @", "curl http://"] {
+        assert!(printed.contains(command), "prints {command}:\n{printed}");
+    }
+    let meshctl = |args: &[&str]| {
+        std::process::Command::new(&binaries().meshctl)
+            .args(["--socket", &socket])
+            .args(args)
+            .output()
+            .expect("meshctl")
+    };
+    // The commands it prints answer: three members alive, the route, DNS, productpage.
+    let deadline = Instant::now() + LIVENESS;
+    loop {
+        let out = meshctl(&["members", "-o", "json"]);
+        let members: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let alive = members.as_array().map_or(0, |m| m.iter().filter(|m| m["state"] == "alive").count());
+        if alive == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "three members alive:\n{}", String::from_utf8_lossy(&out.stdout));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let route = meshctl(&["route", "get", "reviews"]);
+    assert!(String::from_utf8_lossy(&route.stdout).contains("weight = 80"), "{route:?}");
+    let dig = printed.lines().find_map(|l| l.trim().strip_prefix("dig @")).expect("a dig line");
+    let mut words = dig.split_whitespace();
+    let (ip, port) = (words.next().expect("ip"), words.nth(1).expect("port"));
+    let dns: std::net::SocketAddr = format!("{ip}:{port}").parse().expect("DNS address");
+    let productpage = printed
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("curl http://"))
+        .find(|l| !l.starts_with('$'))
+        .and_then(|l| l.split('/').next())
+        .expect("productpage's address")
+        .to_owned();
+    let deadline = Instant::now() + LIVENESS;
+    let body = loop {
+        let answer = std::panic::catch_unwind(|| {
+            let mut s = std::net::TcpStream::connect(&productpage).ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+            std::io::Write::write_all(&mut s, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+            let mut reply = String::new();
+            std::io::Read::read_to_string(&mut s, &mut reply).ok()?;
+            reply.contains("-> reviews v").then_some(reply)
+        });
+        if let Ok(Some(reply)) = answer {
+            break reply;
+        }
+        assert!(Instant::now() < deadline, "productpage reaches reviews through the mesh");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    sock.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let mut q = hickory_proto::op::Message::new();
+    q.set_id(7).add_query(hickory_proto::op::Query::query(
+        hickory_proto::rr::Name::from_ascii("reviews.mesh.").expect("name"),
+        hickory_proto::rr::RecordType::A,
+    ));
+    sock.send_to(&q.to_vec().expect("encode"), dns).expect("send");
+    let mut buf = [0u8; 512];
+    let n = sock.recv(&mut buf).expect("a DNS answer");
+    let answer = hickory_proto::op::Message::from_vec(&buf[..n]).expect("message");
+    assert_eq!(answer.answers().len(), 1, "reviews.mesh has its virtual IP: {answer:?}");
 
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
     nix::sys::signal::kill(pid, Signal::SIGINT).expect("ctrl-c");
