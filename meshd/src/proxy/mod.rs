@@ -6,6 +6,7 @@
 //! publishes which virtual IPs have every listener bound (DNS answers only those).
 //! Connections hold the drain: a SIGTERM lets them finish within `drain_timeout`.
 
+pub mod http;
 pub mod inbound;
 pub mod outbound;
 pub mod splice;
@@ -22,6 +23,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -34,8 +36,10 @@ use crate::state::SnapshotRx;
 use crate::transport::Transport;
 
 /// Proxy metrics, under `mesh_proxy_`.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Metrics {
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<ServiceLabel, Histogram>,
     connections: Family<ConnLabels, Counter>,
     bytes: Family<BytesLabels, Counter>,
     active: Family<DirectionLabel, Gauge>,
@@ -56,14 +60,44 @@ struct BytesLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    service: String,
+    /// The index of the route rule that matched, or `-`.
+    rule: String,
+    subset: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabel {
+    service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DirectionLabel {
     direction: &'static str,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics {
+            requests: Family::default(),
+            latency: Family::new_with_constructor(|| {
+                Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+            }),
+            connections: Family::default(),
+            bytes: Family::default(),
+            active: Family::default(),
+        }
+    }
 }
 
 impl Metrics {
     pub fn register(registry: &mut Registry) -> Metrics {
         let m = Metrics::default();
         let r = registry.sub_registry_with_prefix("proxy");
+        r.register("http_requests", "HTTP requests, by service, route rule, subset and status", m.requests.clone());
+        r.register("http_request_duration_seconds", "HTTP request latency, by service", m.latency.clone());
         r.register("connections", "Proxied connections, by direction and result", m.connections.clone());
         r.register("bytes", "Bytes proxied, by direction and way", m.bytes.clone());
         r.register("active_connections", "Connections open now, by direction", m.active.clone());
@@ -77,6 +111,17 @@ impl Metrics {
     fn moved(&self, direction: &'static str, moved: splice::Moved) {
         self.bytes.get_or_create(&BytesLabels { direction, way: "sent" }).inc_by(moved.sent);
         self.bytes.get_or_create(&BytesLabels { direction, way: "received" }).inc_by(moved.received);
+    }
+
+    fn request(&self, service: &str, rule: Option<usize>, subset: Option<&str>, status: u16, elapsed: Duration) {
+        let labels = RequestLabels {
+            service: service.to_owned(),
+            rule: rule.map_or("-".to_owned(), |r| r.to_string()),
+            subset: subset.unwrap_or("-").to_owned(),
+            status,
+        };
+        self.requests.get_or_create(&labels).inc();
+        self.latency.get_or_create(&ServiceLabel { service: service.to_owned() }).observe(elapsed.as_secs_f64());
     }
 
     fn active(&self, direction: &'static str) -> ActiveGuard {
@@ -105,6 +150,9 @@ pub struct Proxy {
     connect_timeout: Duration,
     max_connections: usize,
     rng: Mutex<rand::rngs::SmallRng>,
+    budget: Mutex<crate::routing::http::RetryBudget>,
+    ejections: Mutex<crate::routing::http::Ejections>,
+    mirrors: Arc<tokio::sync::Semaphore>,
 }
 
 impl Proxy {
@@ -124,6 +172,19 @@ impl Proxy {
             connect_timeout,
             max_connections,
             rng: Mutex::new(rand::SeedableRng::from_os_rng()),
+            budget: Mutex::default(),
+            ejections: Mutex::default(),
+            mirrors: Arc::new(tokio::sync::Semaphore::new(http::MIRRORS)),
+        }
+    }
+
+    /// Records an HTTP try's result for outlier ejection among the service's instances.
+    fn eject(&self, tables: &Tables, service: &str, target: &Target, failed: bool) {
+        let peers: Vec<String> = tables.healthy(service).into_iter().map(http::key).collect();
+        let mut ejections = self.ejections.lock().unwrap_or_else(|p| p.into_inner());
+        if ejections.record(&http::key(target), failed, &peers, std::time::Instant::now()) {
+            tracing::warn!(service, node = %target.node, port = target.port, "instance ejected after consecutive failures");
+            self.metrics.count("outbound", "ejected");
         }
     }
 

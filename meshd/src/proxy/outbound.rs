@@ -46,14 +46,23 @@ pub async fn listen(proxy: Arc<Proxy>, listener: TcpListener, dest: Destination,
         let _ = stream.set_nodelay(true);
         let (proxy, dest, drain) = (proxy.clone(), dest.clone(), drain.clone());
         tokio::spawn(async move {
-            connection(&proxy, stream, &dest).await;
+            let http = dest
+                .name
+                .rsplit('.')
+                .next()
+                .and_then(|s| proxy.tables.load().services.get(s).map(|t| t.protocol == "http"));
+            if http == Some(true) {
+                super::http::serve(proxy.clone(), stream, dest).await;
+            } else {
+                connection(&proxy, stream, &dest).await;
+            }
             drop((permit, drain));
         });
     }
 }
 
 /// Where a connection went.
-enum Upstream {
+pub(super) enum Upstream {
     Local(TcpStream),
     Tunnel(quinn::SendStream, quinn::RecvStream),
 }
@@ -126,7 +135,12 @@ async fn connection(proxy: &Proxy, mut client: TcpStream, dest: &Destination) {
 }
 
 /// Connects to one instance; the error is the metric's reason.
-async fn reach(proxy: &Proxy, target: &Target, dest: &Destination, trace_id: &str) -> Result<Upstream, &'static str> {
+pub(super) async fn reach(
+    proxy: &Proxy,
+    target: &Target,
+    dest: &Destination,
+    trace_id: &str,
+) -> Result<Upstream, &'static str> {
     let timeout = proxy.connect_timeout;
     if target.node == proxy.node {
         return match tokio::time::timeout(timeout, TcpStream::connect((target.addr, target.port))).await {

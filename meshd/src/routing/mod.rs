@@ -4,6 +4,8 @@
 //! every snapshot and swapped in atomically by the proxy, so a connection never sees a
 //! half-applied change. No I/O.
 
+pub mod http;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 
@@ -30,6 +32,8 @@ pub struct Target {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ServiceTable {
     pub passthrough: bool,
+    /// `http` or `tcp`, as its instances declare.
+    pub protocol: String,
     pub targets: Vec<Target>,
     pub route: Option<RouteSpec>,
 }
@@ -54,6 +58,9 @@ impl Tables {
         for i in crate::catalog::instances(snap) {
             let table = services.entry(i.spec.name.clone()).or_default();
             table.passthrough |= i.spec.passthrough;
+            if table.protocol.is_empty() {
+                table.protocol = i.spec.protocol.as_str().to_owned();
+            }
             table.targets.push(Target {
                 service: i.spec.name,
                 healthy: i.healthy && nodes.contains_key(&i.node),

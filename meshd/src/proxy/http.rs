@@ -1,0 +1,497 @@
+//! Outbound HTTP: for services with `protocol = "http"`, the application's connection is
+//! served as HTTP/1.1 or HTTP/2 (prior knowledge), and each request is routed on its own:
+//! the route's first matching rule, its fault, a weighted subset, an instance by power
+//! of two choices over requests in flight (ejected outliers left out), the rule's
+//! timeout over all tries, retries within the budget, a mirror copy. Each try goes
+//! through its own tunnel stream (or straight to an instance on this host) as HTTP/1.1.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body as _, Incoming};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use mesh_proto::route::{HttpRule, RetryOn};
+use tokio::net::TcpStream;
+
+use super::outbound::{reach, Upstream};
+use super::{Destination, LoadGuard, Proxy};
+use crate::routing::http::{match_rule, normalize_path, RequestView};
+use crate::routing::{pick_p2c, weighted, Tables, Target};
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+/// Request bodies up to this size are buffered, so the request can be retried and
+/// mirrored; larger or unsized ones stream through once.
+const REPLAYABLE: u64 = 64 * 1024;
+/// Mirror copies in flight at once; more are shed.
+pub(super) const MIRRORS: usize = 64;
+
+fn full(status: StatusCode, text: &str) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(text.to_owned())).map_err(|never| match never {}).boxed());
+    *r.status_mut() = status;
+    r
+}
+
+/// Serves one application connection until it closes.
+pub async fn serve(proxy: Arc<Proxy>, client: TcpStream, dest: Arc<Destination>) {
+    let service = hyper::service::service_fn(move |req| {
+        let (proxy, dest) = (proxy.clone(), dest.clone());
+        async move { Ok::<_, std::convert::Infallible>(handle(&proxy, &dest, req).await) }
+    });
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    if let Err(e) = builder.serve_connection(TokioIo::new(HeadGuard::new(client)), service).await {
+        tracing::debug!(error = %e, "HTTP connection ended with an error");
+    }
+}
+
+/// The header name a conflicting `Content-Length` is renamed to (same length) by
+/// [`HeadGuard`], so that the handler can refuse the request.
+const SMUGGLED: &str = "x-mesh-smuggle";
+
+/// Watches the first request head of a connection for `Transfer-Encoding` together
+/// with `Content-Length`. hyper reads such a request by its coding and drops the
+/// length (RFC 9112 6.3), so the handler would not see the conflict; renaming the
+/// length header lets it refuse the request (400, connection closed).
+///
+/// Limitation: only the first head is watched (later heads on a keep-alive connection
+/// would need a body parser here); meshd re-frames every request it forwards, so a
+/// backend never sees the conflicting headers either way.
+struct HeadGuard {
+    inner: TcpStream,
+    head: Vec<u8>,
+    done: bool,
+}
+
+impl HeadGuard {
+    fn new(inner: TcpStream) -> HeadGuard {
+        HeadGuard { inner, head: Vec::new(), done: false }
+    }
+}
+
+/// In `buf`, the byte ranges of header names `name` (case-insensitive, at line start).
+fn header_lines(head: &[u8], name: &[u8]) -> Vec<usize> {
+    let mut at = Vec::new();
+    for (i, w) in head.windows(name.len() + 2).enumerate() {
+        if w[..2] == *b"\r\n" && w[2..].eq_ignore_ascii_case(name) {
+            at.push(i + 2);
+        }
+    }
+    at
+}
+
+impl tokio::io::AsyncRead for HeadGuard {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let start = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if self.done || !matches!(polled, std::task::Poll::Ready(Ok(()))) {
+            return polled;
+        }
+        let offset = self.head.len();
+        let new = buf.filled()[start..].to_vec();
+        self.head.extend_from_slice(&new);
+        let end = self.head.windows(4).position(|w| w == b"\r\n\r\n");
+        if end.is_some() || self.head.len() > 64 * 1024 {
+            self.done = true;
+            let head = &self.head[..end.unwrap_or(self.head.len())];
+            let te = !header_lines(head, b"transfer-encoding").is_empty();
+            let cl = header_lines(head, b"content-length");
+            if te {
+                for at in cl {
+                    // Rename in the bytes being handed to hyper, where they lie.
+                    if let Some(local) = at.checked_sub(offset) {
+                        let filled = &mut buf.filled_mut()[start..];
+                        if local + SMUGGLED.len() <= filled.len() {
+                            filled[local..local + SMUGGLED.len()].copy_from_slice(SMUGGLED.as_bytes());
+                        }
+                    }
+                }
+            }
+            self.head = Vec::new();
+        }
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for HeadGuard {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Why a try failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    Connect,
+    Reset,
+    Timeout,
+}
+
+async fn handle(proxy: &Arc<Proxy>, dest: &Destination, req: Request<Incoming>) -> Response<Body> {
+    let started = Instant::now();
+    let (service, pinned) = match dest.name.split_once('.') {
+        Some((subset, service)) => (service.to_owned(), Some(subset.to_owned())),
+        None => (dest.name.clone(), None),
+    };
+    let tables = proxy.tables.load_full();
+    let (mut parts, body) = req.into_parts();
+    // hyper refuses conflicting lengths and unknown codings itself; a request with both
+    // Transfer-Encoding and Content-Length it reads by the coding (RFC 9112 6.3), but a
+    // server behind another proxy may not: refuse it, and close the connection.
+    if parts.headers.contains_key(SMUGGLED) {
+        proxy.metrics.count("outbound", "http_smuggling_refused");
+        let mut resp = full(StatusCode::BAD_REQUEST, "Transfer-Encoding with Content-Length is refused\n");
+        resp.headers_mut().insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+        return resp;
+    }
+    strip_hop_by_hop(&mut parts.headers);
+    let trace = ensure_trace_headers(proxy, &mut parts.headers);
+    let path = normalize_path(parts.uri.path());
+    let route = tables.services.get(&service).and_then(|t| t.route.as_ref());
+    let headers = parts.headers.clone();
+    let lookup = move |name: &str| {
+        let values: Vec<&str> = headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
+        (!values.is_empty()).then(|| values.join(", "))
+    };
+    let matched = if pinned.is_none() {
+        let view = RequestView { method: parts.method.as_str(), path: &path, header: &lookup };
+        route.and_then(|r| match_rule(r, &view))
+    } else {
+        None
+    };
+    let (rule_index, rule) = match matched {
+        Some((i, r)) => (Some(i), Some(r)),
+        None => (None, None),
+    };
+    proxy.budget.lock().unwrap_or_else(|p| p.into_inner()).request(&service, started);
+
+    // Faults first: they stand for the upstream misbehaving.
+    if let Some(fault) = rule.and_then(|r| r.fault.as_ref()) {
+        if let Some(delay) = &fault.delay {
+            if roll(proxy, 100) < u64::from(delay.percent) {
+                tokio::time::sleep(delay.fixed).await;
+            }
+        }
+        if let Some(abort) = &fault.abort {
+            if roll(proxy, 100) < u64::from(abort.percent) {
+                let status = StatusCode::from_u16(abort.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+                let resp = full(status, "fault injected by the route\n");
+                log(proxy, &service, rule_index, None, &parts, resp.status(), started, &trace, 0);
+                return resp;
+            }
+        }
+    }
+
+    // The body: buffered when small and sized, so it can be sent again.
+    let replayable = body.size_hint().upper().is_some_and(|n| n <= REPLAYABLE);
+    let (buffered, mut streamed) = if replayable {
+        match body.collect().await {
+            Ok(b) => (Some(b.to_bytes()), None),
+            Err(_) => return full(StatusCode::BAD_REQUEST, "the request body could not be read\n"),
+        }
+    } else {
+        (None, Some(body))
+    };
+
+    if let (Some(mirror), Some(bytes)) = (rule.and_then(|r| r.mirror.as_ref()), &buffered) {
+        if roll(proxy, 100) < u64::from(mirror.percent) {
+            send_mirror(proxy, &tables, &service, &mirror.subset, dest, &parts, bytes.clone());
+        }
+    }
+
+    let attempts =
+        1 + rule.and_then(|r| r.retries.as_ref()).map_or(0, |r| if buffered.is_some() { r.attempts } else { 0 });
+    let per_try = rule.and_then(|r| r.retries.as_ref()).and_then(|r| r.per_try_timeout);
+    let tries = async {
+        let mut tried: Vec<Target> = Vec::new();
+        let mut last = None;
+        for attempt in 0..attempts {
+            if attempt > 0
+                && !proxy.budget.lock().unwrap_or_else(|p| p.into_inner()).try_retry(&service, Instant::now())
+            {
+                break;
+            }
+            let Some((target, subset)) = choose(proxy, &tables, &service, pinned.as_deref(), rule, &tried) else {
+                return Err((StatusCode::SERVICE_UNAVAILABLE, "no healthy instance\n"));
+            };
+            tried.push(target.clone());
+            let body: Body = match (&buffered, streamed.take()) {
+                (Some(b), _) => Full::new(b.clone()).map_err(|never| match never {}).boxed(),
+                (None, Some(s)) => s.boxed(),
+                (None, None) => break,
+            };
+            let request = build(&parts, body, &service);
+            let _guard = LoadGuard::new(proxy.load_of(&target));
+            let sent = send(proxy, &target, dest, request, &trace);
+            let outcome = match per_try {
+                Some(t) => tokio::time::timeout(t, sent).await.unwrap_or(Err(Failure::Timeout)),
+                None => sent.await,
+            };
+            let failed = match &outcome {
+                Ok(r) => r.status().is_server_error(),
+                Err(_) => true,
+            };
+            proxy.eject(&tables, &service, &target, failed);
+            match outcome {
+                Ok(resp) if !resp.status().is_server_error() || !retries_on(rule, RetryOn::ServerError) => {
+                    return Ok((resp, target, subset));
+                }
+                Ok(resp) => last = Some(Ok((resp, target, subset))),
+                Err(f) => {
+                    let retry = match f {
+                        Failure::Connect => retries_on(rule, RetryOn::ConnectFailure),
+                        Failure::Reset | Failure::Timeout => retries_on(rule, RetryOn::Reset),
+                    };
+                    last = Some(Err(f));
+                    if !retry {
+                        break;
+                    }
+                }
+            }
+        }
+        match last {
+            Some(Ok(r)) => Ok(r),
+            Some(Err(Failure::Timeout)) => Err((StatusCode::GATEWAY_TIMEOUT, "the instance did not answer in time\n")),
+            _ => Err((StatusCode::BAD_GATEWAY, "no instance could be reached\n")),
+        }
+    };
+    let outcome = match rule.and_then(|r| r.timeout) {
+        Some(t) => tokio::time::timeout(t, tries)
+            .await
+            .unwrap_or(Err((StatusCode::GATEWAY_TIMEOUT, "the route's timeout passed\n"))),
+        None => tries.await,
+    };
+    match outcome {
+        Ok((resp, target, subset)) => {
+            let (mut rparts, rbody) = resp.into_parts();
+            strip_hop_by_hop(&mut rparts.headers);
+            log(proxy, &service, rule_index, subset.as_deref(), &parts, rparts.status, started, &trace, 0);
+            let _ = target;
+            Response::from_parts(rparts, rbody.boxed())
+        }
+        Err((status, text)) => {
+            log(proxy, &service, rule_index, None, &parts, status, started, &trace, 0);
+            full(status, text)
+        }
+    }
+}
+
+fn retries_on(rule: Option<&HttpRule>, what: RetryOn) -> bool {
+    rule.and_then(|r| r.retries.as_ref()).is_some_and(|r| r.on.contains(&what))
+}
+
+fn roll(proxy: &Proxy, n: u64) -> u64 {
+    let r: u64 = rand::Rng::random(&mut *proxy.rng.lock().unwrap_or_else(|p| p.into_inner()));
+    r % n
+}
+
+/// The subset by the rule's weights (among subsets with an available instance), then an
+/// instance by power of two choices, preferring one not tried yet and not ejected.
+fn choose(
+    proxy: &Proxy,
+    tables: &Tables,
+    service: &str,
+    pinned: Option<&str>,
+    rule: Option<&HttpRule>,
+    tried: &[Target],
+) -> Option<(Target, Option<String>)> {
+    let now = Instant::now();
+    let available = |name: &str| -> Vec<Target> {
+        let healthy: Vec<Target> = tables.healthy(name).into_iter().cloned().collect();
+        let ejections = proxy.ejections.lock().unwrap_or_else(|p| p.into_inner());
+        let kept: Vec<Target> = healthy.iter().filter(|t| !ejections.is_ejected(&key(t), now)).cloned().collect();
+        if kept.is_empty() {
+            healthy
+        } else {
+            kept
+        }
+    };
+    let (candidates, subset) = match (pinned, rule.and_then(|r| r.to.as_ref())) {
+        (Some(s), _) => (available(&format!("{s}.{service}")), Some(s.to_owned())),
+        (None, Some(to)) => {
+            let with: Vec<(&str, u64)> = to
+                .iter()
+                .map(|d| (d.subset.as_str(), u64::from(d.weight)))
+                .filter(|(s, w)| *w > 0 && !available(&format!("{s}.{service}")).is_empty())
+                .collect();
+            let subset = weighted(&with, roll(proxy, u64::MAX))?;
+            (available(&format!("{subset}.{service}")), Some(subset.to_owned()))
+        }
+        (None, None) => (available(service), None),
+    };
+    let fresh: Vec<usize> = (0..candidates.len()).filter(|i| !tried.contains(&candidates[*i])).collect();
+    let pool: Vec<usize> = if fresh.is_empty() { (0..candidates.len()).collect() } else { fresh };
+    let loads: Vec<_> = pool.iter().map(|i| proxy.load_of(&candidates[*i])).collect();
+    let pick = {
+        let mut rng = proxy.rng.lock().unwrap_or_else(|p| p.into_inner());
+        pick_p2c(pool.len(), &[], |i| loads[i].load(std::sync::atomic::Ordering::Relaxed), &mut *rng)?
+    };
+    Some((candidates[pool[pick]].clone(), subset))
+}
+
+pub(super) fn key(t: &Target) -> String {
+    format!("{}/{}/{}", t.node, t.service, t.port)
+}
+
+/// One try: a new stream (or local connection), HTTP/1.1 over it.
+async fn send(
+    proxy: &Proxy,
+    target: &Target,
+    dest: &Destination,
+    request: Request<Body>,
+    trace: &str,
+) -> Result<Response<Incoming>, Failure> {
+    let io: Box<dyn Io> = match reach(proxy, target, dest, trace).await {
+        Ok(Upstream::Local(tcp)) => Box::new(tcp),
+        Ok(Upstream::Tunnel(send, recv)) => Box::new(tokio::io::join(recv, send)),
+        Err(_) => return Err(Failure::Connect),
+    };
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(io)).await.map_err(|_| Failure::Connect)?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    sender.send_request(request).await.map_err(|_| Failure::Reset)
+}
+
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+/// The request as sent upstream: HTTP/1.1, origin-form target, a Host header.
+fn build(parts: &hyper::http::request::Parts, body: Body, service: &str) -> Request<Body> {
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    let mut req = Request::new(body);
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = target.parse().unwrap_or_default();
+    *req.headers_mut() = parts.headers.clone();
+    if !req.headers().contains_key(hyper::header::HOST) {
+        let host = parts.uri.authority().map_or_else(|| service.to_owned(), |a| a.to_string());
+        if let Ok(v) = HeaderValue::from_str(&host) {
+            req.headers_mut().insert(hyper::header::HOST, v);
+        }
+    }
+    req
+}
+
+/// A copy of the request to one instance of `subset`; its answer is dropped. Shed
+/// (not sent) when [`MIRRORS`] copies are in flight already.
+fn send_mirror(
+    proxy: &Arc<Proxy>,
+    tables: &Tables,
+    service: &str,
+    subset: &str,
+    dest: &Destination,
+    parts: &hyper::http::request::Parts,
+    body: Bytes,
+) {
+    let Ok(permit) = proxy.mirrors.clone().try_acquire_owned() else {
+        proxy.metrics.count("outbound", "mirror_shed");
+        return;
+    };
+    let Some((target, _)) = choose(proxy, tables, service, Some(subset), None, &[]) else { return };
+    let mut request = build(parts, Full::new(body).map_err(|never| match never {}).boxed(), service);
+    request.headers_mut().insert(HeaderName::from_static("x-mesh-mirror"), HeaderValue::from_static("1"));
+    let (proxy, dest) = (proxy.clone(), dest.clone());
+    tokio::spawn(async move {
+        let sent = tokio::time::timeout(Duration::from_secs(30), send(&proxy, &target, &dest, request, "")).await;
+        if let Ok(Ok(resp)) = sent {
+            let _ = resp.into_body().collect().await;
+        }
+        drop(permit);
+    });
+}
+
+/// Hop-by-hop headers (RFC 9110 7.6.1): those the Connection header names, and the
+/// standard ones. hyper frames each hop itself.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<String> = headers
+        .get_all(hyper::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
+        .collect();
+    for name in named {
+        headers.remove(name.as_str());
+    }
+    for h in ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"] {
+        headers.remove(h);
+    }
+}
+
+/// `x-request-id` and W3C `traceparent`, made when absent; the trace id for the logs.
+fn ensure_trace_headers(proxy: &Proxy, headers: &mut HeaderMap) -> String {
+    let trace = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split('-').nth(1).filter(|t| t.len() == 32).map(str::to_owned));
+    let trace = trace.unwrap_or_else(|| {
+        let id = super::trace_id(proxy);
+        let span = &super::trace_id(proxy)[..16];
+        if let Ok(v) = HeaderValue::from_str(&format!("00-{id}-{span}-01")) {
+            headers.insert(HeaderName::from_static("traceparent"), v);
+        }
+        id
+    });
+    if !headers.contains_key("x-request-id") {
+        if let Ok(v) = HeaderValue::from_str(&super::trace_id(proxy)) {
+            headers.insert(HeaderName::from_static("x-request-id"), v);
+        }
+    }
+    trace
+}
+
+#[allow(clippy::too_many_arguments)]
+fn log(
+    proxy: &Proxy,
+    service: &str,
+    rule: Option<usize>,
+    subset: Option<&str>,
+    parts: &hyper::http::request::Parts,
+    status: StatusCode,
+    started: Instant,
+    trace: &str,
+    _attempts: u32,
+) {
+    let elapsed = started.elapsed();
+    proxy.metrics.request(service, rule, subset, status.as_u16(), elapsed);
+    tracing::info!(
+        target: "access",
+        direction = "outbound",
+        protocol = "http",
+        service,
+        rule = rule.map_or("-".to_owned(), |r| r.to_string()),
+        subset = subset.unwrap_or("-"),
+        method = %parts.method,
+        path = %parts.uri.path(),
+        status = status.as_u16(),
+        duration_ms = elapsed.as_millis() as u64,
+        trace_id = trace,
+        "request"
+    );
+}
