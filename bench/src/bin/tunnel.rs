@@ -325,7 +325,10 @@ fn main() {
     let st: Vec<_> = [iperf_b, web_b, echo_b].into_iter().map(|b| route(10, 11, b)).collect();
     let hp: Vec<_> = [iperf_b, web_b, echo_b].into_iter().map(|b| route(20, 21, b)).collect();
     procs.0.extend(stunnel(d, &pki, &st));
-    procs.0.extend(haproxy(d, &pki, &hp));
+    let haproxies = haproxy(d, &pki, &hp);
+    let haproxy_pids: Vec<u32> = haproxies.iter().map(Child::id).collect();
+    let haproxy_web = hp[1].0;
+    procs.0.extend(haproxies);
     for (front, _, _) in st.iter().chain(&hp) {
         wait_port(*front);
     }
@@ -464,5 +467,71 @@ fn main() {
         peak.load(Ordering::Relaxed) as f64 / 1024.0
     );
     println!("meshd path MTU (node 1's connections): {}", mtus(&cluster));
+
+    // HTTP: the same nginx as a `protocol = "http"` service with a route loaded, so each
+    // request is matched and routed; CPU seconds per 1,000 requests of each proxy pair.
+    let file = d.join("webh.toml");
+    let text = format!("name = \"webh\"\naddress = \"{}\"\nport = {}\nprotocol = \"http\"\n", web_b.ip(), web_b.port());
+    std::fs::write(&file, text).expect("service");
+    let out = cluster.meshctl_raw(2, &["service", "register", "-f", &file.display().to_string()]).expect("meshctl");
+    assert!(out.status.success(), "register webh");
+    let route = d.join("webh-route.toml");
+    std::fs::write(
+        &route,
+        "name = \"webh\"\nservice = \"webh\"\n[[http]]\nmatch = { headers = { \"x-canary\" = \"1\" } }\n\
+         timeout = \"5s\"\n[[http]]\ntimeout = \"10s\"\nretries = { attempts = 2, on = [\"connect-failure\"] }\n",
+    )
+    .expect("route");
+    let out =
+        cluster.meshctl_raw(1, &["route", "apply", "-f", &route.display().to_string(), "--wait"]).expect("meshctl");
+    assert!(out.status.success(), "route: {}", String::from_utf8_lossy(&out.stderr));
+    let webh = SocketAddr::from((vip("webh"), web_b.port()));
+    poll(Duration::from_secs(30), || TcpStream::connect(webh).is_ok()).expect("webh answers");
+    let ticks: f64 = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0);
+    let cpu = |pids: &[u32]| -> f64 {
+        pids.iter()
+            .map(|p| {
+                let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+                let after = stat.rsplit(')').next().unwrap_or("");
+                let f: Vec<&str> = after.split_whitespace().collect();
+                let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+                (t(11) + t(12)) / ticks
+            })
+            .sum()
+    };
+    println!();
+    println!(
+        "{:<11} {:>10} {:>7} {:>8} {:>8} {:>16}",
+        "HTTP path", "wrk req/s", "ratio", "p50 ms", "p99 ms", "CPU s/1k req"
+    );
+    let mut http_rows = Vec::new();
+    for (name, addr, pids) in
+        [("direct", web_b, vec![]), ("haproxy", haproxy_web, haproxy_pids.clone()), ("meshd http", webh, pids.clone())]
+    {
+        let before = cpu(&pids);
+        let (rps, p50, p99) = wrk(addr, secs);
+        let used = cpu(&pids) - before;
+        let per_1k = if pids.is_empty() { 0.0 } else { used / (rps * secs as f64).max(1.0) * 1000.0 };
+        http_rows.push((name, rps, p50, p99, per_1k));
+    }
+    for r in &http_rows {
+        println!("{:<11} {:>10.0} {:>6.2}x {:>8.3} {:>8.3} {:>16.4}", r.0, r.1, r.1 / http_rows[0].1, r.2, r.3, r.4);
+    }
+    let (h, m) = (http_rows[1], http_rows[2]);
+    println!(
+        "meshd http vs haproxy pair: {:.2}x the requests/s, p50 {:.3} vs {:.3} ms, p99 {:.3} vs {:.3} ms, {:.4} vs {:.4} CPU s per 1,000 requests",
+        m.1 / h.1,
+        m.2,
+        h.2,
+        m.3,
+        h.3,
+        m.4,
+        h.4
+    );
     drop(procs);
 }

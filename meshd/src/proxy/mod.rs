@@ -153,6 +153,7 @@ pub struct Proxy {
     budget: Mutex<crate::routing::http::RetryBudget>,
     ejections: Mutex<crate::routing::http::Ejections>,
     mirrors: Arc<tokio::sync::Semaphore>,
+    pool: http::Pool,
 }
 
 impl Proxy {
@@ -175,6 +176,7 @@ impl Proxy {
             budget: Mutex::default(),
             ejections: Mutex::default(),
             mirrors: Arc::new(tokio::sync::Semaphore::new(http::MIRRORS)),
+            pool: http::Pool::default(),
         }
     }
 
