@@ -154,10 +154,16 @@ fn stunnel(dir: &Path, pki: &Pki, routes: &[(SocketAddr, SocketAddr, SocketAddr)
     ]
 }
 
-fn haproxy(dir: &Path, pki: &Pki, routes: &[(SocketAddr, SocketAddr, SocketAddr)]) -> Vec<Child> {
-    let head = "global\n  nbthread 1\n  maxconn 4000\n  tune.ssl.default-dh-param 2048\ndefaults\n  mode tcp\n  \
-                timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n";
-    let (mut client, mut server) = (head.to_owned(), head.to_owned());
+/// A haproxy mutual-TLS pair; `http` runs both ends in `mode http` (each request parsed
+/// and forwarded, keep-alive to the next hop), else `mode tcp`.
+fn haproxy(dir: &Path, pki: &Pki, routes: &[(SocketAddr, SocketAddr, SocketAddr)], http: bool) -> Vec<Child> {
+    let mode = if http { "http\n  option http-keep-alive" } else { "tcp" };
+    let head = format!(
+        "global\n  nbthread 1\n  maxconn 4000\n  tune.ssl.default-dh-param 2048\ndefaults\n  mode {mode}\n  \
+         timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n"
+    );
+    let tag = if http { "-http" } else { "" };
+    let (mut client, mut server) = (head.clone(), head);
     let both = |n: &str| dir.join(n).display().to_string();
     for (i, (front, back, backend)) in routes.iter().enumerate() {
         client += &format!(
@@ -171,12 +177,10 @@ fn haproxy(dir: &Path, pki: &Pki, routes: &[(SocketAddr, SocketAddr, SocketAddr)
             pki.ca
         );
     }
-    std::fs::write(dir.join("haproxy-client.cfg"), client).expect("cfg");
-    std::fs::write(dir.join("haproxy-server.cfg"), server).expect("cfg");
-    vec![
-        spawn_on(1, "haproxy", &["-db", "-f", &both("haproxy-server.cfg")]),
-        spawn_on(1, "haproxy", &["-db", "-f", &both("haproxy-client.cfg")]),
-    ]
+    let (c, sv) = (format!("haproxy{tag}-client.cfg"), format!("haproxy{tag}-server.cfg"));
+    std::fs::write(dir.join(&c), client).expect("cfg");
+    std::fs::write(dir.join(&sv), server).expect("cfg");
+    vec![spawn_on(1, "haproxy", &["-db", "-f", &both(&sv)]), spawn_on(1, "haproxy", &["-db", "-f", &both(&c)])]
 }
 
 // ---------- the measurements (core 0) ----------
@@ -325,9 +329,12 @@ fn main() {
     let st: Vec<_> = [iperf_b, web_b, echo_b].into_iter().map(|b| route(10, 11, b)).collect();
     let hp: Vec<_> = [iperf_b, web_b, echo_b].into_iter().map(|b| route(20, 21, b)).collect();
     procs.0.extend(stunnel(d, &pki, &st));
-    let haproxies = haproxy(d, &pki, &hp);
+    procs.0.extend(haproxy(d, &pki, &hp, false));
+    let hp_http = [route(22, 23, web_b)];
+    let haproxies = haproxy(d, &pki, &hp_http, true);
     let haproxy_pids: Vec<u32> = haproxies.iter().map(Child::id).collect();
-    let haproxy_web = hp[1].0;
+    let haproxy_web = hp_http[0].0;
+    wait_port(haproxy_web);
     procs.0.extend(haproxies);
     for (front, _, _) in st.iter().chain(&hp) {
         wait_port(*front);
@@ -510,9 +517,11 @@ fn main() {
         "HTTP path", "wrk req/s", "ratio", "p50 ms", "p99 ms", "CPU s/1k req"
     );
     let mut http_rows = Vec::new();
-    for (name, addr, pids) in
-        [("direct", web_b, vec![]), ("haproxy", haproxy_web, haproxy_pids.clone()), ("meshd http", webh, pids.clone())]
-    {
+    for (name, addr, pids) in [
+        ("direct", web_b, vec![]),
+        ("haproxy http", haproxy_web, haproxy_pids.clone()),
+        ("meshd http", webh, pids.clone()),
+    ] {
         let before = cpu(&pids);
         let (rps, p50, p99) = wrk(addr, secs);
         let used = cpu(&pids) - before;
@@ -524,7 +533,7 @@ fn main() {
     }
     let (h, m) = (http_rows[1], http_rows[2]);
     println!(
-        "meshd http vs haproxy pair: {:.2}x the requests/s, p50 {:.3} vs {:.3} ms, p99 {:.3} vs {:.3} ms, {:.4} vs {:.4} CPU s per 1,000 requests",
+        "meshd http vs haproxy http pair: {:.2}x the requests/s, p50 {:.3} vs {:.3} ms, p99 {:.3} vs {:.3} ms, {:.4} vs {:.4} CPU s per 1,000 requests",
         m.1 / h.1,
         m.2,
         h.2,

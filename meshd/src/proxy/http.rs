@@ -175,12 +175,12 @@ async fn handle(proxy: &Arc<Proxy>, dest: &Destination, req: Request<Incoming>) 
     let trace = ensure_trace_headers(proxy, &mut parts.headers);
     let path = normalize_path(parts.uri.path());
     let route = tables.services.get(&service).and_then(|t| t.route.as_ref());
-    let headers = parts.headers.clone();
-    let lookup = move |name: &str| {
-        let values: Vec<&str> = headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
-        (!values.is_empty()).then(|| values.join(", "))
-    };
     let matched = if pinned.is_none() {
+        let headers = &parts.headers;
+        let lookup = move |name: &str| {
+            let values: Vec<&str> = headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
+            (!values.is_empty()).then(|| values.join(", "))
+        };
         let view = RequestView { method: parts.method.as_str(), path: &path, header: &lookup };
         route.and_then(|r| match_rule(r, &view))
     } else {
@@ -323,10 +323,14 @@ fn choose(
     tried: &[Target],
 ) -> Option<(Target, Option<String>)> {
     let now = Instant::now();
-    let available = |name: &str| -> Vec<Target> {
-        let healthy: Vec<Target> = tables.healthy(name).into_iter().cloned().collect();
-        let ejections = proxy.ejections.lock().unwrap_or_else(|p| p.into_inner());
-        let kept: Vec<Target> = healthy.iter().filter(|t| !ejections.is_ejected(&key(t), now)).cloned().collect();
+    let ejections = proxy.ejections.lock().unwrap_or_else(|p| p.into_inner());
+    let any_ejected = ejections.any();
+    let available = |name: &str| -> Vec<&Target> {
+        let healthy = tables.healthy(name);
+        if !any_ejected {
+            return healthy;
+        }
+        let kept: Vec<&Target> = healthy.iter().copied().filter(|t| !ejections.is_ejected(&key(t), now)).collect();
         if kept.is_empty() {
             healthy
         } else {
@@ -346,12 +350,13 @@ fn choose(
         }
         (None, None) => (available(service), None),
     };
-    let fresh: Vec<usize> = (0..candidates.len()).filter(|i| !tried.contains(&candidates[*i])).collect();
+    drop(ejections);
+    let fresh: Vec<usize> = (0..candidates.len()).filter(|i| !tried.contains(candidates[*i])).collect();
     let pool: Vec<usize> = if fresh.is_empty() { (0..candidates.len()).collect() } else { fresh };
-    let loads: Vec<_> = pool.iter().map(|i| proxy.load_of(&candidates[*i])).collect();
     let pick = {
+        let load = |i: usize| proxy.load_of(candidates[pool[i]]).load(std::sync::atomic::Ordering::Relaxed);
         let mut rng = proxy.rng.lock().unwrap_or_else(|p| p.into_inner());
-        pick_p2c(pool.len(), &[], |i| loads[i].load(std::sync::atomic::Ordering::Relaxed), &mut *rng)?
+        pick_p2c(pool.len(), &[], load, &mut *rng)?
     };
     Some((candidates[pool[pick]].clone(), subset))
 }

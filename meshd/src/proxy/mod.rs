@@ -320,5 +320,11 @@ pub async fn run(
 fn trace_id(proxy: &Proxy) -> String {
     use rand::Rng;
     let bytes: [u8; 16] = proxy.rng.lock().unwrap_or_else(|p| p.into_inner()).random();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(32);
+    for b in bytes {
+        s.push(char::from(HEX[usize::from(b >> 4)]));
+        s.push(char::from(HEX[usize::from(b & 15)]));
+    }
+    s
 }

@@ -122,7 +122,10 @@ impl RetryBudget {
     const WINDOW: Duration = Duration::from_secs(1);
 
     fn window(&mut self, service: &str, now: Instant) -> &mut Window {
-        let w = self.windows.entry(service.to_owned()).or_insert(Window { start: now, requests: 0, retries: 0 });
+        if !self.windows.contains_key(service) {
+            self.windows.insert(service.to_owned(), Window { start: now, requests: 0, retries: 0 });
+        }
+        let Some(w) = self.windows.get_mut(service) else { unreachable!("inserted above") };
         if now.duration_since(w.start) >= Self::WINDOW {
             *w = Window { start: now, requests: 0, retries: 0 };
         }
@@ -166,6 +169,12 @@ impl Ejections {
     pub const CONSECUTIVE: u32 = 5;
     pub const BASE: Duration = Duration::from_secs(5);
     pub const MAX: Duration = Duration::from_secs(300);
+
+    /// Whether any instance was ever ejected (the common case is none: then requests
+    /// skip the per-instance checks).
+    pub fn any(&self) -> bool {
+        self.states.values().any(|s| s.until.is_some())
+    }
 
     pub fn is_ejected(&self, key: &str, now: Instant) -> bool {
         self.states.get(key).and_then(|s| s.until).is_some_and(|t| now < t)
