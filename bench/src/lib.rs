@@ -50,14 +50,22 @@ pub struct Cluster {
     pub n: usize,
     pub procs: Procs,
     configs: Vec<PathBuf>,
+    /// Runs every meshd on this core (`taskset`), from its start: the runtime then sizes
+    /// itself to the one CPU it has, as it would on a host with one core.
+    core: Option<u32>,
 }
 
 pub const DNS_PORT: u16 = 5300;
 
 impl Cluster {
     pub fn prepare(subnet: u8, n: usize) -> Cluster {
+        Cluster::prepare_on(subnet, n, None)
+    }
+
+    /// Like [`Cluster::prepare`], every meshd pinned to `core`.
+    pub fn prepare_on(subnet: u8, n: usize, core: Option<u32>) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut c = Cluster { dir, subnet, n, procs: Procs::default(), configs: Vec::new() };
+        let mut c = Cluster { dir, subnet, n, procs: Procs::default(), configs: Vec::new(), core };
         c.configs = (1..=n).map(|i| c.write_config(i)).collect();
         let init = Command::new(bin("meshd")).args(["init", "--config"]).arg(&c.configs[0]).output().expect("init");
         assert!(init.status.success(), "init: {}", String::from_utf8_lossy(&init.stderr));
@@ -121,7 +129,15 @@ impl Cluster {
     }
 
     fn run(&self, i: usize) -> Child {
-        Command::new(bin("meshd"))
+        let mut command = match self.core {
+            Some(core) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", &core.to_string()]).arg(bin("meshd"));
+                c
+            }
+            None => Command::new(bin("meshd")),
+        };
+        command
             .args(["run", "--config"])
             .arg(&self.configs[i - 1])
             .stdout(Stdio::null())

@@ -5,11 +5,10 @@
 //! - `productpage` on dev-1 answers HTTP by asking meshd's DNS for `reviews.mesh` and
 //!   calling it through the mesh, as any application would;
 //! - `reviews` v1 on dev-2 and v2 on dev-3 answer with their version;
-//! - the route `reviews` sends 80% of connections to v1 and 20% to v2.
+//! - the route `reviews` sends requests with `end-user: jason` to v2, and splits the rest
+//!   80% to v1, 20% to v2, request by request.
 //!
 //! It prints the `meshctl`, `dig` and `curl` commands to try and runs until Ctrl-C.
-//! (`reviews` is a TCP service for now: the route splits connections. Per-request HTTP
-//! rules arrive with the HTTP engine.)
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -36,8 +35,14 @@ service = "reviews"
 v1 = { version = "v1" }
 v2 = { version = "v2" }
 
-[[tcp]]
+[[http]]
+match = { headers = { "end-user" = "jason" } }
+to = [{ subset = "v2" }]
+
+[[http]]
 to = [{ subset = "v1", weight = 80 }, { subset = "v2", weight = 20 }]
+timeout = "5s"
+retries = { attempts = 2, on = ["5xx", "connect-failure"] }
 "#;
 
 /// Runs the demo until SIGINT or SIGTERM.
@@ -53,12 +58,12 @@ pub async fn run(mut signals: signal::Shutdown) -> anyhow::Result<()> {
         dev_config(
             dir,
             2,
-            "[[service]]\nname = \"reviews\"\naddress = \"127.0.0.12\"\nport = 9080\nlabels = { version = \"v1\" }\n",
+            "[[service]]\nname = \"reviews\"\naddress = \"127.0.0.12\"\nport = 9080\nprotocol = \"http\"\nlabels = { version = \"v1\" }\n",
         )?,
         dev_config(
             dir,
             3,
-            "[[service]]\nname = \"reviews\"\naddress = \"127.0.0.13\"\nport = 9080\nlabels = { version = \"v2\" }\n",
+            "[[service]]\nname = \"reviews\"\naddress = \"127.0.0.13\"\nport = 9080\nprotocol = \"http\"\nlabels = { version = \"v2\" }\n",
         )?,
     ];
     bootstrap::init(&configs[0])?;
@@ -109,7 +114,7 @@ pub async fn run(mut signals: signal::Shutdown) -> anyhow::Result<()> {
     println!("  productpage  on dev-1, calls reviews.mesh:{PORT} through the mesh");
     println!("  reviews v1   on dev-2");
     println!("  reviews v2   on dev-3");
-    println!("  route        reviews: 80% of connections to v1, 20% to v2");
+    println!("  route        reviews: end-user jason to v2; other requests 80% to v1, 20% to v2");
     println!();
     println!("Try, in another terminal (dev-1's view):");
     println!("  export MESHD_SOCKET={}", socket.display());
@@ -118,6 +123,7 @@ pub async fn run(mut signals: signal::Shutdown) -> anyhow::Result<()> {
     println!("  {meshctl} route get reviews");
     println!("  dig @{} -p {} reviews.mesh", dns.ip(), dns.port());
     println!("  curl http://$(dig +short @{} -p {} reviews.mesh):{PORT}/", dns.ip(), dns.port());
+    println!("  curl -H 'end-user: jason' http://$(dig +short @{} -p {} reviews.mesh):{PORT}/", dns.ip(), dns.port());
     println!("  curl http://{}:{PORT}/", host(1));
     println!("  {meshctl} route apply -f {} --wait   # after editing the weights", route_file.display());
     println!();

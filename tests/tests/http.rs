@@ -23,6 +23,8 @@ struct Behaviour {
     broken: AtomicBool,
     seen: AtomicU64,
     mirrored: AtomicU64,
+    /// Requests that arrived with both `x-request-id` and a W3C `traceparent`.
+    traced: AtomicU64,
 }
 
 /// A keep-alive HTTP/1.1 server answering its `name`.
@@ -39,6 +41,7 @@ fn backend(addr: SocketAddr, name: &'static str) -> Arc<Behaviour> {
                 loop {
                     let mut length = 0usize;
                     let mut mirror = false;
+                    let (mut request_id, mut traceparent) = (false, false);
                     let mut line = String::new();
                     if reader.read_line(&mut line).map_or(true, |n| n == 0) {
                         return;
@@ -56,12 +59,17 @@ fn backend(addr: SocketAddr, name: &'static str) -> Arc<Behaviour> {
                             length = v.trim().parse().unwrap_or(0);
                         }
                         mirror |= h.starts_with("x-mesh-mirror:");
+                        request_id |= h.starts_with("x-request-id:");
+                        traceparent |= h.starts_with("traceparent: 00-") && h.len() == "traceparent: ".len() + 55;
                     }
                     let mut body = vec![0u8; length];
                     if reader.read_exact(&mut body).is_err() {
                         return;
                     }
                     let n = b.seen.fetch_add(1, Ordering::Relaxed);
+                    if request_id && traceparent {
+                        b.traced.fetch_add(1, Ordering::Relaxed);
+                    }
                     if mirror {
                         b.mirrored.fetch_add(1, Ordering::Relaxed);
                     }
@@ -161,6 +169,11 @@ fn a_split_and_a_header_match_route_each_request() {
     let v1 = (0..1000).filter(|_| get(m.addr, "").1 == "v1").count();
     assert!((737..=863).contains(&v1), "{v1} of 1000 requests to v1 for a weight of 80");
     assert!((0..50).all(|_| get(m.addr, "end-user: jason\r\n").1 == "v2"), "the header match goes to v2");
+    let (seen, traced) = (
+        m.v1.seen.load(Ordering::Relaxed) + m.v2.seen.load(Ordering::Relaxed),
+        m.v1.traced.load(Ordering::Relaxed) + m.v2.traced.load(Ordering::Relaxed),
+    );
+    assert_eq!(traced, seen, "every request arrives with x-request-id and traceparent made by meshd");
     // Several requests on one keep-alive connection are routed one by one.
     let mut s = TcpStream::connect(m.addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");

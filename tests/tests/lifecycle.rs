@@ -140,6 +140,29 @@ fn a_second_meshd_on_the_same_socket_is_refused_and_the_first_keeps_serving() {
     assert!(node.meshctl(&["status"]).status.success(), "the first meshd still answers");
 }
 
+/// The A record of `name` at `dns`.
+fn dig_a(dns: std::net::SocketAddr, name: &str) -> std::net::Ipv4Addr {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    sock.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let mut q = hickory_proto::op::Message::new();
+    q.set_id(7).add_query(hickory_proto::op::Query::query(
+        hickory_proto::rr::Name::from_ascii(name).expect("name"),
+        hickory_proto::rr::RecordType::A,
+    ));
+    sock.send_to(&q.to_vec().expect("encode"), dns).expect("send");
+    let mut buf = [0u8; 512];
+    let n = sock.recv(&mut buf).expect("a DNS answer");
+    let answer = hickory_proto::op::Message::from_vec(&buf[..n]).expect("message");
+    answer
+        .answers()
+        .iter()
+        .find_map(|r| match r.data() {
+            Some(hickory_proto::rr::RData::A(a)) => Some(a.0),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{name} has its virtual IP: {answer:?}"))
+}
+
 #[test]
 fn meshd_dev_starts_prints_what_to_try_and_stops_on_ctrl_c() {
     use std::io::{BufRead, BufReader};
@@ -217,18 +240,20 @@ fn meshd_dev_starts_prints_what_to_try_and_stops_on_ctrl_c() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
-    let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
-    sock.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-    let mut q = hickory_proto::op::Message::new();
-    q.set_id(7).add_query(hickory_proto::op::Query::query(
-        hickory_proto::rr::Name::from_ascii("reviews.mesh.").expect("name"),
-        hickory_proto::rr::RecordType::A,
-    ));
-    sock.send_to(&q.to_vec().expect("encode"), dns).expect("send");
-    let mut buf = [0u8; 512];
-    let n = sock.recv(&mut buf).expect("a DNS answer");
-    let answer = hickory_proto::op::Message::from_vec(&buf[..n]).expect("message");
-    assert_eq!(answer.answers().len(), 1, "reviews.mesh has its virtual IP: {answer:?}");
+    // The route's header rule, request by request through dev-1's reviews VIP.
+    let reviews = dig_a(dns, "reviews.mesh.");
+    for _ in 0..5 {
+        let mut s = std::net::TcpStream::connect((reviews, 9080)).expect("reviews through the mesh");
+        s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        std::io::Write::write_all(
+            &mut s,
+            b"GET / HTTP/1.1\r\nHost: reviews.mesh\r\nend-user: jason\r\nConnection: close\r\n\r\n",
+        )
+        .expect("send");
+        let mut reply = String::new();
+        let _ = std::io::Read::read_to_string(&mut s, &mut reply);
+        assert!(reply.contains("reviews v2"), "end-user jason goes to v2: {reply}");
+    }
 
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
     nix::sys::signal::kill(pid, Signal::SIGINT).expect("ctrl-c");

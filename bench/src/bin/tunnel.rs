@@ -3,7 +3,8 @@
 //! iperf3 (throughput), wrk against nginx (requests/s, p50, p99), a small echo at a low
 //! fixed rate (added round-trip latency) and new connections per second; meshd's RSS
 //! idle and under load. Load generators and backends run on core 0, the tunnel ends on
-//! core 1. Prints each figure and its ratio to the direct path.
+//! core 1. Prints each figure and its ratio to the direct path. `BENCH_PERF=FILE` records
+//! CPU profiles of both meshd (iperf3 into FILE, HTTP into FILE.http).
 //!
 //! `cargo build --release --workspace --bins && target/release/bench-tunnel [SECONDS]`
 //! (needs `apt-get install iperf3 stunnel4 haproxy wrk nginx-light`).
@@ -341,7 +342,7 @@ fn main() {
     }
 
     // Two meshd nodes; the services on node 2, the clients through node 1's VIPs.
-    let mut cluster = Cluster::prepare(SUBNET + 1, 2);
+    let mut cluster = Cluster::prepare_on(SUBNET + 1, 2, Some(1));
     cluster.start();
     cluster.converge(Duration::from_secs(30)).expect("two meshd nodes converge");
     for (name, b) in [("iperf", iperf_b), ("web", web_b), ("echo", echo_b)] {
@@ -523,7 +524,24 @@ fn main() {
         ("meshd http", webh, pids.clone()),
     ] {
         let before = cpu(&pids);
+        // BENCH_PERF=FILE also profiles both meshd under HTTP load, into FILE.http.
+        let profile = match std::env::var("BENCH_PERF") {
+            Ok(file) if name == "meshd http" => {
+                let list: Vec<String> = pids.iter().map(u32::to_string).collect();
+                Command::new("perf")
+                    .args(["record", "-e", "cpu-clock", "-g", "-o", &format!("{file}.http"), "-p", &list.join(",")])
+                    .args(["--", "sleep", &secs.to_string()])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .ok()
+            }
+            _ => None,
+        };
         let (rps, p50, p99) = wrk(addr, secs);
+        if let Some(mut perf) = profile {
+            let _ = perf.wait();
+        }
         let used = cpu(&pids) - before;
         let per_1k = if pids.is_empty() { 0.0 } else { used / (rps * secs as f64).max(1.0) * 1000.0 };
         http_rows.push((name, rps, p50, p99, per_1k));
