@@ -122,6 +122,11 @@ impl Node {
     /// Like [`Node::prepare`], with `top` added to the top-level keys (`join = [...]`,
     /// `[identity]` tables go in `extra`).
     pub fn prepare_with(block: &Block, i: u8, top: &str, extra: &str) -> Node {
+        Node::prepare_full(block, i, top, "", extra)
+    }
+
+    /// Like [`Node::prepare_with`], with `proxy` added to the `[proxy]` table.
+    pub fn prepare_full(block: &Block, i: u8, top: &str, proxy: &str, extra: &str) -> Node {
         let name = format!("node-{i}");
         let dir = tempfile::Builder::new().prefix("mesh-test-").tempdir().expect("tempdir");
         let socket = dir.path().join("meshd.sock");
@@ -139,6 +144,7 @@ listen = "{dns}:0"
 
 [proxy]
 vip_range = "{vips}"
+{proxy}
 
 [admin]
 socket = "{socket}"

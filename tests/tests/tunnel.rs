@@ -435,3 +435,27 @@ fn an_upstream_listener_reaches_the_service_and_carries_its_source() {
         n2.logs().lines().any(|l| l.contains("source_service=web") && l.contains("sent=4")).then_some(())
     });
 }
+
+#[test]
+fn a_listener_holds_at_most_max_connections() {
+    let block = Block::take();
+    let n1 = Node::prepare_full(&block, 1, "", "max_connections = 2", "");
+    let init = n1.meshd(&["init"]);
+    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    let n1 = n1.run();
+    let seed = format!("join = [\"{}\"]", n1.addr());
+    let n2 = Node::join(&block, 2, &n1.token(&[]), &seed, "");
+    let backend = Backend::start(block.node_ip(2), "b");
+    register(&n2, "echo", &backend);
+    let addr = SocketAddr::from((vip(&n1, "echo"), backend.addr.port()));
+    let first = connect_eventually(addr);
+    let second = connect_eventually(addr);
+    assert_eq!((first.0.as_str(), second.0.as_str()), ("b", "b"));
+    // The third is accepted and reset at once: no name, EOF or an error.
+    let mut third = TcpStream::connect(addr).expect("the kernel accepts");
+    third.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let mut buf = [0u8; 8];
+    assert!(matches!(third.read(&mut buf), Ok(0) | Err(_)), "over the limit: closed without an answer");
+    drop(first);
+    assert_eq!(connect_eventually(addr).0, "b", "room again once one closes");
+}
