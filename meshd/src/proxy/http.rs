@@ -22,7 +22,7 @@ use tokio::net::TcpStream;
 use super::outbound::{reach, Upstream};
 use super::{Destination, LoadGuard, Proxy};
 use crate::routing::http::{match_rule, normalize_path, RequestView};
-use crate::routing::{pick_p2c, weighted, Tables, Target};
+use crate::routing::{pick_p2c, Tables, Target};
 
 pub(super) type Body = BoxBody<Bytes, hyper::Error>;
 
@@ -32,8 +32,13 @@ const REPLAYABLE: u64 = 64 * 1024;
 /// Mirror copies in flight at once; more are shed.
 pub(super) const MIRRORS: usize = 64;
 
+/// A body held whole in memory.
+fn whole(bytes: Bytes) -> Body {
+    Full::new(bytes).map_err(|never| match never {}).boxed()
+}
+
 fn full(status: StatusCode, text: &str) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(text.to_owned())).map_err(|never| match never {}).boxed());
+    let mut r = Response::new(whole(Bytes::from(text.to_owned())));
     *r.status_mut() = status;
     r
 }
@@ -203,7 +208,7 @@ async fn handle(proxy: &Arc<Proxy>, dest: &Destination, req: Request<Incoming>) 
             if roll(proxy, 100) < u64::from(abort.percent) {
                 let status = StatusCode::from_u16(abort.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
                 let resp = full(status, "fault injected by the route\n");
-                log(proxy, &service, rule_index, None, &parts, resp.status(), started, &trace, 0);
+                log(proxy, &service, rule_index, None, &parts, resp.status(), started, &trace);
                 return resp;
             }
         }
@@ -243,7 +248,7 @@ async fn handle(proxy: &Arc<Proxy>, dest: &Destination, req: Request<Incoming>) 
             };
             tried.push(target.clone());
             let body: Body = match (&buffered, streamed.take()) {
-                (Some(b), _) => Full::new(b.clone()).map_err(|never| match never {}).boxed(),
+                (Some(b), _) => whole(b.clone()),
                 (None, Some(s)) => s.boxed(),
                 (None, None) => break,
             };
@@ -261,9 +266,9 @@ async fn handle(proxy: &Arc<Proxy>, dest: &Destination, req: Request<Incoming>) 
             proxy.eject(&tables, &service, &target, failed);
             match outcome {
                 Ok(resp) if !resp.status().is_server_error() || !retries_on(rule, RetryOn::ServerError) => {
-                    return Ok((resp, target, subset));
+                    return Ok((resp, subset));
                 }
-                Ok(resp) => last = Some(Ok((resp, target, subset))),
+                Ok(resp) => last = Some(Ok((resp, subset))),
                 Err(f) => {
                     let retry = match f {
                         Failure::Connect => retries_on(rule, RetryOn::ConnectFailure),
@@ -289,15 +294,14 @@ async fn handle(proxy: &Arc<Proxy>, dest: &Destination, req: Request<Incoming>) 
         None => tries.await,
     };
     match outcome {
-        Ok((resp, target, subset)) => {
+        Ok((resp, subset)) => {
             let (mut rparts, rbody) = resp.into_parts();
             strip_hop_by_hop(&mut rparts.headers);
-            log(proxy, &service, rule_index, subset.as_deref(), &parts, rparts.status, started, &trace, 0);
-            let _ = target;
+            log(proxy, &service, rule_index, subset.as_deref(), &parts, rparts.status, started, &trace);
             Response::from_parts(rparts, rbody.boxed())
         }
         Err((status, text)) => {
-            log(proxy, &service, rule_index, None, &parts, status, started, &trace, 0);
+            log(proxy, &service, rule_index, None, &parts, status, started, &trace);
             full(status, text)
         }
     }
@@ -340,13 +344,8 @@ fn choose(
     let (candidates, subset) = match (pinned, rule.and_then(|r| r.to.as_ref())) {
         (Some(s), _) => (available(&format!("{s}.{service}")), Some(s.to_owned())),
         (None, Some(to)) => {
-            let with: Vec<(&str, u64)> = to
-                .iter()
-                .map(|d| (d.subset.as_str(), u64::from(d.weight)))
-                .filter(|(s, w)| *w > 0 && !available(&format!("{s}.{service}")).is_empty())
-                .collect();
-            let subset = weighted(&with, roll(proxy, u64::MAX))?;
-            (available(&format!("{subset}.{service}")), Some(subset.to_owned()))
+            let (subset, targets) = tables.split(service, to, roll(proxy, u64::MAX), available)?;
+            (targets, Some(subset.to_owned()))
         }
         (None, None) => (available(service), None),
     };
@@ -469,7 +468,7 @@ fn send_mirror(
         return;
     };
     let Some((target, _)) = choose(proxy, tables, service, Some(subset), None, &[]) else { return };
-    let mut request = build(parts, Full::new(body).map_err(|never| match never {}).boxed(), service);
+    let mut request = build(parts, whole(body), service);
     request.headers_mut().insert(HeaderName::from_static("x-mesh-mirror"), HeaderValue::from_static("1"));
     let (proxy, dest) = (proxy.clone(), dest.clone());
     tokio::spawn(async move {
@@ -530,7 +529,6 @@ fn log(
     status: StatusCode,
     started: Instant,
     trace: &str,
-    _attempts: u32,
 ) {
     let elapsed = started.elapsed();
     proxy.metrics.request(service, rule, subset, status.as_u16(), elapsed);

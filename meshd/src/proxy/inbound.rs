@@ -97,7 +97,7 @@ fn check(proxy: &Proxy, peer: &CertInfo, h: &TunnelHeader) -> Result<Target, (Tu
     }
     let tables = proxy.tables.load();
     if let Some(source) = &h.source_service {
-        let hosts = tables.targets(source).iter().any(|t| t.node == peer.id.node && !source.contains('.'));
+        let hosts = !source.contains('.') && tables.targets(source).iter().any(|t| t.node == peer.id.node);
         if !hosts {
             return Err((TunnelRefusal::Forged, format!("{} does not host the service {source}", peer.id.node)));
         }

@@ -83,7 +83,7 @@ async fn connection(proxy: &Proxy, mut client: TcpStream, dest: &Destination) {
             let mut rng = proxy.rng.lock().unwrap_or_else(|p| p.into_inner());
             pick_p2c(candidates.len(), &tried, |i| loads[i].load(std::sync::atomic::Ordering::Relaxed), &mut *rng)
         };
-        let Some(i) = choice.filter(|_| tried.len() < super::outbound::ATTEMPTS) else { break None };
+        let Some(i) = choice.filter(|_| tried.len() < ATTEMPTS) else { break None };
         tried.push(i);
         let target = candidates[i];
         let guard = LoadGuard::new(loads[i].clone());

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 
 use mesh_proto::api::MemberState;
-use mesh_proto::route::RouteSpec;
+use mesh_proto::route::{Destination, RouteSpec};
 use rand::Rng;
 
 use crate::state::Snapshot;
@@ -86,51 +86,60 @@ impl Tables {
         Tables { index: snap.index, services, nodes }
     }
 
-    /// The labels that select `subset` of `service`: the route's definition, else the
-    /// `version` label.
-    pub fn subset_labels(&self, service: &str, subset: &str) -> BTreeMap<String, String> {
-        self.services
-            .get(service)
-            .and_then(|t| t.route.as_ref())
-            .and_then(|r| r.subsets.get(subset).cloned())
-            .unwrap_or_else(|| [("version".to_owned(), subset.to_owned())].into_iter().collect())
-    }
-
     /// The healthy instances a connection to `name` may go to, after the route's TCP
     /// split: `name` is a service (its first `[[tcp]]` rule with `to` picks a subset by
-    /// weight, among subsets with a healthy instance) or a pinned `SUBSET.SERVICE`.
-    /// `roll` is a uniform random number. Also returns the subset chosen.
+    /// weight) or a pinned `SUBSET.SERVICE`. `roll` is a uniform random number. Also
+    /// returns the subset chosen.
     pub fn route_tcp(&self, name: &str, roll: u64) -> (Vec<&Target>, Option<String>) {
-        if name.contains('.') {
-            return (self.healthy(name), None);
-        }
         let split = self.services.get(name).and_then(|t| t.route.as_ref()).and_then(|r| r.tcp.first()?.to.as_ref());
-        let Some(to) = split else { return (self.healthy(name), None) };
-        let weights: Vec<(&str, u64)> = to
-            .iter()
-            .map(|d| (d.subset.as_str(), u64::from(d.weight)))
-            .filter(|(s, w)| *w > 0 && !self.healthy(&format!("{s}.{name}")).is_empty())
-            .collect();
-        match weighted(&weights, roll) {
-            Some(subset) => (self.healthy(&format!("{subset}.{name}")), Some(subset.to_owned())),
-            None => (vec![], None),
+        match split {
+            Some(to) if !name.contains('.') => match self.split(name, to, roll, |sub| self.healthy(sub)) {
+                Some((subset, targets)) => (targets, Some(subset.to_owned())),
+                None => (vec![], None),
+            },
+            _ => (self.healthy(name), None),
         }
+    }
+
+    /// A weighted choice among the subsets of `to` that `available` finds instances
+    /// in (it is given `SUBSET.SERVICE`), and those instances; each subset is looked up
+    /// once.
+    pub fn split<'a, 's>(
+        &'a self,
+        service: &str,
+        to: &'s [Destination],
+        roll: u64,
+        available: impl Fn(&str) -> Vec<&'a Target>,
+    ) -> Option<(&'s str, Vec<&'a Target>)> {
+        let mut options: Vec<(&'s str, u64, Vec<&'a Target>)> = to
+            .iter()
+            .filter(|d| d.weight > 0)
+            .map(|d| (d.subset.as_str(), u64::from(d.weight), available(&format!("{}.{service}", d.subset))))
+            .filter(|(_, _, targets)| !targets.is_empty())
+            .collect();
+        let weights: Vec<(&str, u64)> = options.iter().map(|(s, w, _)| (*s, *w)).collect();
+        let chosen = weighted(&weights, roll)?;
+        let i = options.iter().position(|(s, _, _)| *s == chosen)?;
+        let (subset, _, targets) = options.swap_remove(i);
+        Some((subset, targets))
     }
 
     /// The instances a name leads to: `SERVICE` (all of them) or `SUBSET.SERVICE` (those
-    /// whose `version` label is SUBSET), healthy or not.
+    /// the route's subset of that name selects, else those whose `version` label is
+    /// SUBSET), healthy or not.
     pub fn targets(&self, name: &str) -> Vec<&Target> {
         let (subset, service) = match name.split_once('.') {
             Some((subset, service)) => (Some(subset), service),
             None => (None, name),
         };
         let Some(table) = self.services.get(service) else { return vec![] };
-        let labels = subset.map(|s| self.subset_labels(service, s));
-        table
-            .targets
-            .iter()
-            .filter(|t| labels.as_ref().is_none_or(|l| l.iter().all(|(k, v)| t.labels.get(k) == Some(v))))
-            .collect()
+        let defined = subset.and_then(|s| table.route.as_ref()?.subsets.get(s));
+        let selects = |t: &Target| match (subset, defined) {
+            (None, _) => true,
+            (Some(_), Some(labels)) => labels.iter().all(|(k, v)| t.labels.get(k) == Some(v)),
+            (Some(s), None) => t.labels.get("version").map(String::as_str) == Some(s),
+        };
+        table.targets.iter().filter(|t| selects(t)).collect()
     }
 
     /// The healthy instances a name leads to.
