@@ -166,7 +166,7 @@ impl Cluster {
             .collect()
     }
 
-    /// kill -9 of node `i` (the last one started is `procs.0.last()`).
+    /// kill -9 of the node started last.
     pub fn kill_last(&mut self) {
         if let Some(mut last) = self.procs.0.pop() {
             let _ = last.kill();

@@ -252,6 +252,27 @@ socket = "{socket}"
         Message::from_vec(&buf[..n]).expect("a DNS message")
     }
 
+    /// The virtual IP this node's DNS answers for `NAME.mesh`, once it answers one (a
+    /// VIP is answered once its listeners are bound).
+    pub fn vip(&self, name: &str, limit: Duration) -> Ipv4Addr {
+        self.eventually(limit, &format!("{name}.mesh answers with a virtual IP"), || {
+            let m = self.dig(&format!("{name}.mesh."), hickory_proto::rr::RecordType::A, false);
+            m.answers().iter().find_map(|r| match r.data() {
+                Some(hickory_proto::rr::RData::A(a)) => Some(a.0),
+                _ => None,
+            })
+        })
+    }
+
+    /// Waits until this node sees `count` healthy instances of `service`.
+    pub fn wait_healthy(&self, service: &str, count: usize, limit: Duration) {
+        self.eventually(limit, &format!("{count} healthy instances of {service}"), || {
+            let s = self.meshctl_json(&["services"]);
+            let svc = s.as_array()?.iter().find(|s| s["name"] == service)?.clone();
+            (svc["instances"].as_array()?.iter().filter(|i| i["healthy"] == true).count() == count).then_some(())
+        });
+    }
+
     /// Sets an environment variable for `meshd run`.
     pub fn env(mut self, key: &str, value: &str) -> Node {
         self.env.push((key.to_owned(), value.to_owned()));

@@ -7,7 +7,6 @@ use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
-use hickory_proto::rr::{RData, RecordType};
 use mesh_tests::{Block, Node};
 use nix::sys::signal::Signal;
 
@@ -55,23 +54,13 @@ fn mesh(block: &Block) -> (Node, Node, Node, u16) {
         ok(node.meshctl(&["service", "register", "-f", &file]));
     }
     for n in [&n1, &n2, &n3] {
-        n.eventually(CONVERGE, "both instances healthy everywhere", || {
-            let s = n.meshctl_json(&["services"]);
-            let echo = s.as_array()?.iter().find(|s| s["name"] == "echo")?.clone();
-            (echo["instances"].as_array()?.iter().filter(|i| i["healthy"] == true).count() == 2).then_some(())
-        });
+        n.wait_healthy("echo", 2, CONVERGE);
     }
     (n1, n2, n3, port)
 }
 
 fn vip(node: &Node, name: &str) -> Ipv4Addr {
-    node.eventually(CONVERGE, &format!("{name}.mesh answers"), || {
-        let m = node.dig(&format!("{name}.mesh."), RecordType::A, false);
-        m.answers().iter().find_map(|r| match r.data() {
-            Some(RData::A(a)) => Some(a.0),
-            _ => None,
-        })
-    })
+    node.vip(name, CONVERGE)
 }
 
 /// Which version answers one new connection.

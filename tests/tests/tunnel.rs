@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hickory_proto::rr::{RData, RecordType};
 use mesh_tests::{Block, Node};
 use nix::sys::signal::Signal;
 
@@ -82,13 +81,7 @@ fn register(node: &Node, name: &str, backend: &Backend) {
 
 /// The virtual IP `node` answers for `name`, once it answers.
 fn vip(node: &Node, name: &str) -> Ipv4Addr {
-    node.eventually(CONVERGE, &format!("{name}.mesh answers"), || {
-        let m = node.dig(&format!("{name}.mesh."), RecordType::A, false);
-        m.answers().iter().find_map(|r| match r.data() {
-            Some(RData::A(a)) => Some(a.0),
-            _ => None,
-        })
-    })
+    node.vip(name, CONVERGE)
 }
 
 /// Connects and reads the backend's name.
@@ -216,24 +209,35 @@ fn two_hundred_megabytes_arrive_byte_identical_both_ways() {
     assert_eq!(hash.finish().as_ref(), sent.as_ref(), "the same bytes, up through two meshd and back");
 }
 
-#[test]
-fn killing_a_node_mid_transfer_closes_the_client_and_new_connections_go_elsewhere() {
-    let block = Block::take();
-    let n1 = Node::start(&block, 1, "");
+/// Three nodes; `echo` on node-2 (backend "b2") and node-3 ("b3"), one port number at
+/// each node's address; `addr` is node-1's virtual IP and that port.
+struct Three {
+    n1: Node,
+    n2: Node,
+    n3: Node,
+    _b2: Backend,
+    _b3: Backend,
+    addr: SocketAddr,
+}
+
+fn three_nodes(block: &Block) -> Three {
+    let n1 = Node::start(block, 1, "");
     let seed = format!("join = [\"{}\"]", n1.addr());
-    let mut n2 = Node::join(&block, 2, &n1.token(&[]), &seed, "");
-    let n3 = Node::join(&block, 3, &n1.token(&[]), &seed, "");
-    // Both backends on one port number, at their own node's address.
+    let n2 = Node::join(block, 2, &n1.token(&[]), &seed, "");
+    let n3 = Node::join(block, 3, &n1.token(&[]), &seed, "");
     let b2 = Backend::start(block.node_ip(2), "b2");
     let b3 = Backend::start_at(SocketAddr::from((block.node_ip(3), b2.addr.port())), "b3");
     register(&n2, "echo", &b2);
     register(&n3, "echo", &b3);
     let addr = SocketAddr::from((vip(&n1, "echo"), b2.addr.port()));
-    n1.eventually(CONVERGE, "both instances healthy on node-1", || {
-        let s = n1.meshctl_json(&["services"]);
-        let echo = s.as_array()?.iter().find(|s| s["name"] == "echo")?.clone();
-        (echo["instances"].as_array()?.iter().filter(|i| i["healthy"] == true).count() == 2).then_some(())
-    });
+    n1.wait_healthy("echo", 2, CONVERGE);
+    Three { n1, n2, n3, _b2: b2, _b3: b3, addr }
+}
+
+#[test]
+fn killing_a_node_mid_transfer_closes_the_client_and_new_connections_go_elsewhere() {
+    let block = Block::take();
+    let Three { n1, mut n2, n3: _n3, _b2, _b3, addr } = three_nodes(&block);
 
     // A connection that lands on node-2's backend, kept busy.
     let mut via_b2 = None;
@@ -269,8 +273,14 @@ fn killing_a_node_mid_transfer_closes_the_client_and_new_connections_go_elsewher
     let closed_after = killed.elapsed();
     let _ = reader.shutdown(std::net::Shutdown::Both);
     let _ = writing.join();
-    // The QUIC idle timeout is 30 s; gossip declares the node dead well before.
-    assert!(closed_after < Duration::from_secs(25), "the client's connection closed {closed_after:?} after the kill");
+    // Not the 30 s QUIC idle timeout: node-1 cut its connection to node-2 as soon as
+    // gossip declared node-2 dead, which ended the stream and so the client's connection.
+    let log = n1.logs();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("closing the connection") && l.contains("node-2") && l.contains("declared dead")),
+        "node-1 closes the dead node's connection"
+    );
     eprintln!("client connection closed {closed_after:?} after node-2 was killed");
 
     for _ in 0..20 {
@@ -282,15 +292,7 @@ fn killing_a_node_mid_transfer_closes_the_client_and_new_connections_go_elsewher
 #[test]
 fn a_removed_node_gets_no_traffic() {
     let block = Block::take();
-    let n1 = Node::start(&block, 1, "");
-    let seed = format!("join = [\"{}\"]", n1.addr());
-    let n2 = Node::join(&block, 2, &n1.token(&[]), &seed, "");
-    let n3 = Node::join(&block, 3, &n1.token(&[]), &seed, "");
-    let b2 = Backend::start(block.node_ip(2), "b2");
-    let b3 = Backend::start_at(SocketAddr::from((block.node_ip(3), b2.addr.port())), "b3");
-    register(&n2, "echo", &b2);
-    register(&n3, "echo", &b3);
-    let addr = SocketAddr::from((vip(&n1, "echo"), b2.addr.port()));
+    let Three { n1, n2: _n2, n3: _n3, _b2, _b3, addr } = three_nodes(&block);
     n1.eventually(CONVERGE, "node-3's instance reached", || {
         (0..10).any(|_| connect_eventually(addr).0 == "b3").then_some(())
     });
@@ -387,9 +389,8 @@ fn a_drain_keeps_open_tunnels_working_and_a_second_signal_exits_at_once() {
     assert_eq!(&buf, b"during the drain");
 
     n1.signal(Signal::SIGTERM);
-    let signalled = Instant::now();
     let status = n1.wait_exit(Duration::from_secs(10));
-    assert!(signalled.elapsed() < Duration::from_secs(2), "the second signal took {:?}", signalled.elapsed());
+    // A drain that ran to its deadline would exit 0: 143 is the second signal's exit.
     assert_eq!(status.code(), Some(128 + 15), "128 + SIGTERM");
 }
 
@@ -402,11 +403,11 @@ fn a_drain_ends_when_the_last_tunnel_closes() {
     std::thread::sleep(Duration::from_millis(300));
     assert!(n1.try_wait().is_none(), "still draining: a tunnelled connection is open");
     drop(reader);
-    let closed = Instant::now();
     let status = n1.wait_exit(Duration::from_secs(10));
     assert!(status.success(), "a complete drain exits 0: {status:?}");
-    // The drain deadline is 5 s: exiting well before it means the close ended the drain.
-    assert!(closed.elapsed() < Duration::from_secs(3), "exit {:?} after the close", closed.elapsed());
+    // The close ended the drain, not its 5 s deadline.
+    let log = n1.logs();
+    assert!(log.contains("drained") && !log.contains("drain deadline passed"), "the drain completed:\n{log}");
 }
 
 #[test]

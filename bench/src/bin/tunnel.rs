@@ -268,6 +268,19 @@ fn conn_rate(addr: SocketAddr, secs: u64) -> f64 {
     done.load(Ordering::Relaxed) as f64 / secs as f64
 }
 
+/// With `BENCH_PERF=FILE`: `perf record` of `pids` for `secs` into FILE`suffix`.
+fn profile(pids: &[u32], secs: u64, suffix: &str) -> Option<Child> {
+    let file = std::env::var("BENCH_PERF").ok()?;
+    let list: Vec<String> = pids.iter().map(u32::to_string).collect();
+    Command::new("perf")
+        .args(["record", "-e", "cpu-clock", "-g", "-o", &format!("{file}{suffix}"), "-p", &list.join(",")])
+        .args(["--", "sleep", &secs.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()
+}
+
 fn rss_mb(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
@@ -402,19 +415,7 @@ fn main() {
     for p in &paths {
         eprintln!("measuring {}...", p.name);
         // BENCH_PERF=FILE: a CPU profile of both meshd processes during their iperf3 run.
-        let profile = match std::env::var("BENCH_PERF") {
-            Ok(file) if p.name == "meshd" => {
-                let list: Vec<String> = pids.iter().map(u32::to_string).collect();
-                Command::new("perf")
-                    .args(["record", "-e", "cpu-clock", "-g", "-o", &file, "-p", &list.join(",")])
-                    .args(["--", "sleep", &secs.to_string()])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .ok()
-            }
-            _ => None,
-        };
+        let profile = if p.name == "meshd" { profile(&pids, secs, "") } else { None };
         let gbps = iperf(p.iperf, secs);
         if let Some(mut perf) = profile {
             let _ = perf.wait();
@@ -525,19 +526,7 @@ fn main() {
     ] {
         let before = cpu(&pids);
         // BENCH_PERF=FILE also profiles both meshd under HTTP load, into FILE.http.
-        let profile = match std::env::var("BENCH_PERF") {
-            Ok(file) if name == "meshd http" => {
-                let list: Vec<String> = pids.iter().map(u32::to_string).collect();
-                Command::new("perf")
-                    .args(["record", "-e", "cpu-clock", "-g", "-o", &format!("{file}.http"), "-p", &list.join(",")])
-                    .args(["--", "sleep", &secs.to_string()])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .ok()
-            }
-            _ => None,
-        };
+        let profile = if name == "meshd http" { profile(&pids, secs, ".http") } else { None };
         let (rps, p50, p99) = wrk(addr, secs);
         if let Some(mut perf) = profile {
             let _ = perf.wait();

@@ -150,20 +150,9 @@ pub fn copy_response(template: &[u8], query: &[u8], q: &Question, out: &mut Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hickory_proto::op::{Edns, Message, MessageType, Query};
+    use crate::dns::tests::query;
+    use hickory_proto::op::{Message, MessageType, Query};
     use hickory_proto::rr::{Name, RecordType};
-
-    fn query(name: &str, qtype: RecordType, edns: Option<u16>) -> Vec<u8> {
-        let mut m = Message::new();
-        m.set_id(0xbeef).set_recursion_desired(true);
-        m.add_query(Query::query(Name::from_ascii(name).expect("name"), qtype));
-        if let Some(size) = edns {
-            let mut e = Edns::new();
-            e.set_max_payload(size);
-            m.set_edns(e);
-        }
-        m.to_vec().expect("encode")
-    }
 
     #[test]
     fn reads_the_common_query_shape_and_keys_it_in_lower_case() {
@@ -213,14 +202,13 @@ mod tests {
         ] {
             assert_eq!(Question::read(&p), None, "{what}");
         }
-        let long = format!("{}.mesh.", ["a"; 130].join("."));
         let mut p = query("x.mesh.", RecordType::A, None);
         p.truncate(HEADER);
         for _ in 0..130 {
             p.extend_from_slice(&[1, b'a']);
         }
         p.extend_from_slice(&[0, 0, 1, 0, 1]);
-        assert_eq!(Question::read(&p), None, "a name over 255 bytes: {}", long.len());
+        assert_eq!(Question::read(&p), None, "a name over 255 bytes");
     }
 
     #[test]
@@ -237,7 +225,7 @@ mod tests {
         copy_response(&template, &p, &q, &mut out);
         assert_eq!(out.len(), copy_len(&template, &q));
         let m = Message::from_vec(&out).expect("a DNS message");
-        assert_eq!(m.id(), 0xbeef);
+        assert_eq!(m.id(), 7);
         assert!(m.recursion_desired() && m.authoritative());
         assert_eq!(m.queries()[0].name().to_ascii(), "REVIEWS.mesh.");
         assert_eq!(m.extensions().as_ref().map(|e| e.max_payload()), Some(UDP_EDNS));

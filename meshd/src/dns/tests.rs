@@ -47,7 +47,8 @@ fn responder(snap: Arc<Snapshot>, vips: &[(&str, [u8; 4])]) -> Responder {
     Responder::new(Zone::new("mesh", 5).expect("zone"), Metrics::default(), snap, vips)
 }
 
-fn query(name: &str, qtype: RecordType, edns: Option<u16>) -> Vec<u8> {
+/// A query as resolvers send it: ID 7, RD set, optionally EDNS with `edns` bytes.
+pub(super) fn query(name: &str, qtype: RecordType, edns: Option<u16>) -> Vec<u8> {
     let mut m = Message::new();
     m.set_id(7).set_recursion_desired(true);
     m.add_query(Query::query(Name::from_ascii(name).expect("name"), qtype));
