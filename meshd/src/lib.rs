@@ -25,5 +25,6 @@ pub mod rpc;
 pub mod signal;
 pub mod state;
 pub mod store;
+pub mod supervisor;
 pub mod telemetry;
 pub mod transport;

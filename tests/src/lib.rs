@@ -332,6 +332,13 @@ socket = "{socket}"
         meshctl::Client::new(&self.socket)
     }
 
+    /// This node's `/metrics` text, from the admin socket.
+    pub fn metrics(&self) -> String {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let response = rt.block_on(self.client().get("/metrics")).expect("GET /metrics");
+        String::from_utf8(response.body.to_vec()).expect("utf-8 metrics")
+    }
+
     pub fn pid(&self) -> Pid {
         let child = self.child.as_ref().expect("running");
         Pid::from_raw(i32::try_from(child.id()).expect("pid fits"))

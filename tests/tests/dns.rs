@@ -169,3 +169,42 @@ fn a_passthrough_service_leaves_the_answers_when_its_check_fails_and_returns() {
         (a_records(&n1.dig("db.mesh.", RecordType::A, false)) == vec![ip.clone()]).then_some(())
     });
 }
+
+/// A query for a name of `len` wire bytes (root label included), over raw UDP.
+fn query_with_name_of(len: usize) -> Vec<u8> {
+    let mut p = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    let mut left = len - 1;
+    while left > 0 {
+        let mut label = (left - 1).min(63);
+        if left - 1 - label == 1 {
+            label -= 1;
+        }
+        p.push(u8::try_from(label).expect("label"));
+        p.extend(std::iter::repeat_n(b'a', label));
+        left -= 1 + label;
+    }
+    p.extend_from_slice(&[0, 0, 1, 0, 1]);
+    p
+}
+
+#[test]
+fn names_of_250_to_260_bytes_get_answers_and_dns_keeps_serving() {
+    let block = Block::take();
+    let n1 = Node::start(&block, 1, "");
+    let sock = std::net::UdpSocket::bind((n1.dns_addr().ip(), 0)).expect("udp");
+    sock.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    for len in 250..=260 {
+        sock.send_to(&query_with_name_of(len), n1.dns_addr()).expect("send");
+        let mut buf = [0u8; 4096];
+        let n = sock.recv(&mut buf).unwrap_or_else(|e| panic!("an answer to a {len}-byte name: {e}"));
+        let rcode = buf[3] & 0x0f;
+        // REFUSED (outside the zone) up to 255 bytes, FORMERR (not a legal name) beyond.
+        let expected = if len <= 255 { 5 } else { 1 };
+        assert_eq!(rcode, expected, "a {len}-byte name, {n} bytes back");
+    }
+    // And a plain query still gets its answer: the server did not die.
+    let answer = n1.dig("node-1.node.mesh.", RecordType::A, false);
+    assert_eq!(answer.response_code(), ResponseCode::NoError);
+    let metrics = n1.metrics();
+    assert!(metrics.contains("mesh_dns_restarts_total 0"), "no restart was needed: {metrics}");
+}

@@ -53,6 +53,7 @@ const TCP_IDLE: Duration = Duration::from_secs(5);
 pub struct Metrics {
     queries: Family<QueryLabels, Counter>,
     dropped: Counter,
+    restarts: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -67,6 +68,7 @@ impl Metrics {
         let r = registry.sub_registry_with_prefix("dns");
         r.register("queries", "DNS queries answered, by type and response code", m.queries.clone());
         r.register("dropped", "DNS packets dropped unanswered (responses, undecodable headers)", m.dropped.clone());
+        r.register("restarts", "Times the DNS server ended unexpectedly and was started again", m.restarts.clone());
         m
     }
 
@@ -121,7 +123,7 @@ impl Responder {
         let answers = self.current.load();
         if let Some(q) = Question::read(query) {
             let mut key = [0u8; packet::KEY_MAX];
-            if let Some(e) = answers.encoded.get(q.key(query, &mut key)) {
+            if let Some(e) = q.key(query, &mut key).and_then(|k| answers.encoded.get(k)) {
                 let order = match e.orders.len() {
                     0 | 1 => 0,
                     n => self.rotation.fetch_add(1, Ordering::Relaxed) % n,
@@ -341,13 +343,24 @@ pub async fn keep_current(
     }
 }
 
-/// Serves DNS on the bound sockets until the drain starts.
+/// Serves DNS on the bound sockets until the drain starts. Should the server ever end
+/// before that (a panic on some packet), it is logged, counted in
+/// `mesh_dns_restarts_total` and started again on the same sockets: one packet must not
+/// stop DNS for good.
 pub async fn serve(responder: Arc<Responder>, udp: UdpSocket, tcp: TcpListener, drain: DrainWatcher) {
-    tokio::join!(serve_udp(responder.clone(), udp, &drain), serve_tcp(responder, tcp, &drain));
-    drop(drain);
+    let (udp, tcp) = (Arc::new(udp), Arc::new(tcp));
+    let restarts = responder.metrics.restarts.clone();
+    let watcher = drain.clone();
+    crate::supervisor::supervise("dns", restarts, drain, move || {
+        let (responder, udp, tcp, drain) = (responder.clone(), udp.clone(), tcp.clone(), watcher.clone());
+        async move {
+            tokio::join!(serve_udp(responder.clone(), &udp, &drain), serve_tcp(responder, &tcp, &drain));
+        }
+    })
+    .await;
 }
 
-async fn serve_udp(responder: Arc<Responder>, sock: UdpSocket, drain: &DrainWatcher) {
+async fn serve_udp(responder: Arc<Responder>, sock: &UdpSocket, drain: &DrainWatcher) {
     let mut buf = vec![0u8; 4096];
     let mut out = Vec::with_capacity(usize::from(packet::UDP_EDNS));
     let mut served = 0u32;
@@ -386,7 +399,7 @@ async fn serve_udp(responder: Arc<Responder>, sock: UdpSocket, drain: &DrainWatc
     }
 }
 
-async fn serve_tcp(responder: Arc<Responder>, listener: TcpListener, drain: &DrainWatcher) {
+async fn serve_tcp(responder: Arc<Responder>, listener: &TcpListener, drain: &DrainWatcher) {
     let mut conns = tokio::task::JoinSet::new();
     loop {
         tokio::select! {

@@ -17,8 +17,10 @@ pub const UDP_EDNS: u16 = 1232;
 /// The OPT record meshd appends when the query had one: root name, type 41, our payload
 /// size, extended rcode 0, version 0, no flags, no options.
 pub const OPT: [u8; 11] = [0, 0, 41, (UDP_EDNS >> 8) as u8, (UDP_EDNS & 0xff) as u8, 0, 0, 0, 0, 0, 0];
-/// The longest fast-path key: a name (at most 255 bytes on the wire) and a type.
-pub const KEY_MAX: usize = 255 + 2;
+/// The longest name on the wire, its root label included (RFC 1035 3.1).
+pub const NAME_MAX: usize = 255;
+/// The longest fast-path key: a name and a type.
+pub const KEY_MAX: usize = NAME_MAX + 2;
 
 /// A query of the common shape, read in place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,7 +53,8 @@ impl Question {
                 return None;
             }
             i += 1 + len;
-            if i - HEADER > 255 {
+            // The root label still follows: a name whose labels fill 255 bytes is over.
+            if i - HEADER >= NAME_MAX {
                 return None;
             }
         }
@@ -77,14 +80,18 @@ impl Question {
         (i == p.len()).then_some(Question { name_len, qtype, edns })
     }
 
-    /// The fast-path key: the lower-cased name and the type, written into `buf`.
-    pub fn key<'b>(&self, p: &[u8], buf: &'b mut [u8; KEY_MAX]) -> &'b [u8] {
-        let name = &p[HEADER..HEADER + self.name_len];
-        for (b, c) in buf.iter_mut().zip(name) {
+    /// The fast-path key: the lower-cased name and the type, written into `buf`. None
+    /// when the name does not fit (never for a question [`Question::read`] accepted; the
+    /// check keeps a bad caller from ending the task that serves DNS).
+    pub fn key<'b>(&self, p: &[u8], buf: &'b mut [u8; KEY_MAX]) -> Option<&'b [u8]> {
+        let name = p.get(HEADER..HEADER + self.name_len)?;
+        let key = buf.get_mut(..self.name_len + 2)?;
+        let (key_name, key_type) = key.split_at_mut(self.name_len);
+        for (b, c) in key_name.iter_mut().zip(name) {
             *b = c.to_ascii_lowercase();
         }
-        buf[self.name_len..self.name_len + 2].copy_from_slice(&self.qtype.to_be_bytes());
-        &buf[..self.name_len + 2]
+        key_type.copy_from_slice(&self.qtype.to_be_bytes());
+        Some(key)
     }
 
     /// The largest response the client accepts over UDP.
@@ -106,7 +113,7 @@ pub fn udp_limit(edns: Option<u16>) -> usize {
 pub fn key_of(encoded_response: &[u8]) -> Option<Vec<u8>> {
     let q = read_question_of_response(encoded_response)?;
     let mut buf = [0u8; KEY_MAX];
-    Some(q.key(encoded_response, &mut buf).to_vec())
+    q.key(encoded_response, &mut buf).map(<[u8]>::to_vec)
 }
 
 fn read_question_of_response(p: &[u8]) -> Option<Question> {
@@ -160,7 +167,7 @@ mod tests {
         let q = Question::read(&p).expect("common shape");
         assert_eq!(q, Question { name_len: 14, qtype: 1, edns: None });
         let mut buf = [0u8; KEY_MAX];
-        assert_eq!(q.key(&p, &mut buf), b"\x07reviews\x04mesh\x00\x00\x01");
+        assert_eq!(q.key(&p, &mut buf), Some(&b"\x07reviews\x04mesh\x00\x00\x01"[..]));
         assert_eq!(q.udp_limit(), 512);
 
         let p = query("reviews.mesh.", RecordType::SRV, Some(4096));
@@ -209,6 +216,45 @@ mod tests {
         }
         p.extend_from_slice(&[0, 0, 1, 0, 1]);
         assert_eq!(Question::read(&p), None, "a name over 255 bytes");
+    }
+
+    /// A name whose wire form is `len` bytes, its root label included.
+    fn query_with_name_of(len: usize) -> Vec<u8> {
+        let mut p = query("x.mesh.", RecordType::A, None);
+        p.truncate(HEADER);
+        let mut left = len - 1;
+        while left > 0 {
+            let mut label = (left - 1).min(63);
+            // Never leave one byte: it could only be an empty label, the root.
+            if left - 1 - label == 1 {
+                label -= 1;
+            }
+            p.push(label as u8);
+            p.extend(std::iter::repeat_n(b'a', label));
+            left -= 1 + label;
+        }
+        p.extend_from_slice(&[0, 0, 1, 0, 1]);
+        p
+    }
+
+    #[test]
+    fn names_of_250_to_260_bytes_are_read_up_to_255_and_keyed_without_panic() {
+        for len in 250..=260 {
+            let p = query_with_name_of(len);
+            match Question::read(&p) {
+                Some(q) => {
+                    assert!(len <= NAME_MAX, "a {len}-byte name is over the limit");
+                    assert_eq!(q.name_len, len);
+                    let mut buf = [0u8; KEY_MAX];
+                    assert_eq!(q.key(&p, &mut buf).map(<[u8]>::len), Some(len + 2));
+                }
+                None => assert!(len > NAME_MAX, "a {len}-byte name is legal"),
+            }
+        }
+        // A question built by hand past the reader still cannot overrun the key.
+        let p = query_with_name_of(256);
+        let q = Question { name_len: 256, qtype: 1, edns: None };
+        assert_eq!(q.key(&p, &mut [0u8; KEY_MAX]), None);
     }
 
     #[test]

@@ -39,7 +39,10 @@ fn snapshot(nodes: usize, specs: &[&str]) -> Arc<Snapshot> {
             view.merge(Arc::new(Entry::next(None, &key, Some(value), Hlc::from_millis(1), &node)));
         }
     }
-    Arc::new(Snapshot { index: 1, node: "n0".into(), members, store: Arc::new(view) })
+    let mut snap = Snapshot::new("n0", members);
+    snap.index = 1;
+    snap.store = Arc::new(view);
+    Arc::new(snap)
 }
 
 fn responder(snap: Arc<Snapshot>, vips: &[(&str, [u8; 4])]) -> Responder {
