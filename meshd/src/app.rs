@@ -157,17 +157,15 @@ pub async fn build(config: &Config) -> Result<Bound, AppError> {
         upstreams.push((listener, dest));
     }
 
-    let publisher = Publisher::new(Snapshot {
-        index: 0,
-        node: config.node_name.clone(),
-        members: vec![state::Member {
+    let publisher = Publisher::new(Snapshot::new(
+        &config.node_name,
+        vec![state::Member {
             name: config.node_name.clone(),
             addr: advertise,
             state: MemberState::Alive,
             last_heard: SystemTime::now(),
         }],
-        store: Arc::default(),
-    });
+    ));
     let mut registry = metrics::registry();
     let store_metrics = store::Metrics::register(&mut registry);
     let store =

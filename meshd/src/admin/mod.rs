@@ -169,10 +169,14 @@ impl Blocking {
 }
 
 /// The snapshot to answer with: the current one, or for a blocking query the first one
-/// past `index` (or the current one when the wait ends or meshd drains).
+/// whose `modified` index (the index at which what the endpoint shows last changed)
+/// passes `index`, or the current one when the wait ends or meshd drains. As in Consul,
+/// each endpoint has its own index: a store write does not wake every watcher of the
+/// member list.
 async fn snapshot_for(
     state: &AdminState,
     query: Result<Query<Blocking>, QueryRejection>,
+    modified: fn(&Snapshot) -> u64,
 ) -> Result<Arc<Snapshot>, Error> {
     let Query(query) = query.map_err(|e| Error::new(StatusCode::BAD_REQUEST, e.body_text()))?;
     let wait = query.wait()?;
@@ -180,7 +184,7 @@ async fn snapshot_for(
     let Some(index) = query.index else {
         return Ok(rx.borrow().clone());
     };
-    let newer = rx.wait_for(|s| s.index > index);
+    let newer = rx.wait_for(|s| modified(s) > index);
     tokio::select! {
         _ = newer => {}
         _ = tokio::time::sleep(wait) => {}
@@ -190,9 +194,18 @@ async fn snapshot_for(
     Ok(current)
 }
 
-fn with_index<T: IntoResponse>(snapshot: &Snapshot, body: T) -> Response {
+/// The whole snapshot's index: status and services change with any publish.
+fn any_change(snap: &Snapshot) -> u64 {
+    snap.index
+}
+
+fn members_changed(snap: &Snapshot) -> u64 {
+    snap.members_index
+}
+
+fn with_index<T: IntoResponse>(index: u64, body: T) -> Response {
     let mut response = body.into_response();
-    response.headers_mut().insert(INDEX_HEADER, HeaderValue::from(snapshot.index));
+    response.headers_mut().insert(INDEX_HEADER, HeaderValue::from(index));
     response
 }
 
@@ -200,7 +213,7 @@ async fn status(
     State(state): State<Arc<AdminState>>,
     query: Result<Query<Blocking>, QueryRejection>,
 ) -> Result<Response, Error> {
-    let snap = snapshot_for(&state, query).await?;
+    let snap = snapshot_for(&state, query, any_change).await?;
     let cert = state.identity.current();
     let body = api::Status {
         node: snap.node.clone(),
@@ -209,7 +222,14 @@ async fn status(
         cert_expires: Some(rfc3339(cert.info.not_after)),
         ca_fingerprint: Some(state.identity.ca_fingerprint.clone()),
         signer: Some(state.identity.ca.is_signer()),
-        cert_warning: state.identity.warning(),
+        cert_warning: if state.transport.is_removed() {
+            Some(
+                "this node was removed from the mesh: members refuse its certificate; join again with a new token"
+                    .to_owned(),
+            )
+        } else {
+            state.identity.warning()
+        },
         store: Some(api::StoreStatus {
             entries: snap.store.len() as u64,
             bytes: snap.store.bytes(),
@@ -217,18 +237,18 @@ async fn status(
         }),
         members: Some(count_members(&member_list(&state, &snap))),
         services: Some(crate::catalog::count(&snap)),
-        routes: None,
+        routes: Some(crate::routes::all(&snap).len() as u64),
     };
-    Ok(with_index(&snap, Json(body)))
+    Ok(with_index(snap.index, Json(body)))
 }
 
 async fn members(
     State(state): State<Arc<AdminState>>,
     query: Result<Query<Blocking>, QueryRejection>,
 ) -> Result<Response, Error> {
-    let snap = snapshot_for(&state, query).await?;
+    let snap = snapshot_for(&state, query, members_changed).await?;
     let body = member_list(&state, &snap);
-    Ok(with_index(&snap, Json(body)))
+    Ok(with_index(snap.members_index, Json(body)))
 }
 
 async fn metrics(State(state): State<Arc<AdminState>>) -> Result<Response, Error> {
@@ -242,12 +262,12 @@ async fn services(
     State(state): State<Arc<AdminState>>,
     query: Result<Query<Blocking>, QueryRejection>,
 ) -> Result<Response, Error> {
-    let snap = snapshot_for(&state, query).await?;
+    let snap = snapshot_for(&state, query, any_change).await?;
     let mut list = crate::catalog::services(&snap);
     for s in &mut list {
         s.vip = state.vips.get(&s.name).map(|ip| ip.to_string());
     }
-    Ok(with_index(&snap, Json(list)))
+    Ok(with_index(snap.index, Json(list)))
 }
 
 /// `POST /v1/services`: registers (or replaces) a service on this node. The body is the
@@ -293,12 +313,6 @@ fn catalog_error(e: crate::catalog::CatalogError) -> Error {
         CatalogError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     Error::new(status, e.to_string())
-}
-
-/// Whether the node a revocation names still runs with the revoked key (as far as the
-/// connection to it shows).
-fn removed_is_current(state: &AdminState, removed: &signer::Revocation) -> bool {
-    state.transport.peer_named(&removed.node).is_none_or(|p| p.info.key_hash == removed.key_hash)
 }
 
 /// `GET /v1/catchup?key=KEY&revision=N`: which alive members hold at least revision N of
@@ -433,17 +447,15 @@ fn member_list(state: &AdminState, snap: &Snapshot) -> Vec<api::Member> {
             }
         })
         .collect();
-    // Removed nodes are `left`, unless the name came back with a new key and is alive.
+    // The snapshot shows removed members `left`; removed nodes it never knew are added.
     for removed in signer::revoked_set(&snap.store).1 {
-        match body.iter_mut().find(|m| m.name == removed.node) {
-            Some(m) if m.state == api::MemberState::Alive && !removed_is_current(state, &removed) => {}
-            Some(m) => m.state = api::MemberState::Left,
-            None => body.push(api::Member {
+        if snap.removed.contains(&removed.node) && !body.iter().any(|m| m.name == removed.node) {
+            body.push(api::Member {
                 name: removed.node.clone(),
                 addr: String::new(),
                 state: api::MemberState::Left,
                 last_heard: rfc3339(std::time::UNIX_EPOCH + Duration::from_millis(removed.at_ms)),
-            }),
+            });
         }
     }
     body.sort_by(|a, b| a.name.cmp(&b.name));

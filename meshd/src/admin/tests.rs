@@ -35,17 +35,10 @@ fn fixture() -> Fixture {
     .expect("config");
     crate::bootstrap::init(&config).expect("init");
     let addr: SocketAddr = "127.0.5.1:7946".parse().expect("addr");
-    let publisher = Publisher::new(Snapshot {
-        index: 0,
-        node: "vm-1".into(),
-        members: vec![state::Member {
-            name: "vm-1".into(),
-            addr,
-            state: MemberState::Alive,
-            last_heard: SystemTime::now(),
-        }],
-        store: Arc::default(),
-    });
+    let publisher = Publisher::new(Snapshot::new(
+        "vm-1",
+        vec![state::Member { name: "vm-1".into(), addr, state: MemberState::Alive, last_heard: SystemTime::now() }],
+    ));
     let mut registry = crate::metrics::registry();
     let metrics = Metrics::register(&mut registry);
     let store = crate::store::Store::open(
@@ -108,9 +101,40 @@ async fn status_names_the_node_its_identity_and_store_and_nulls_what_is_not_ther
     assert_eq!(status.signer, Some(true));
     assert!(humantime::parse_rfc3339(status.cert_expires.as_deref().expect("expiry")).is_ok());
     assert_eq!(raw["services"], 0);
-    for key in ["routes", "cert_warning"] {
-        assert!(raw.get(key).is_some_and(|v| v.is_null()), "{key} should be present and null: {raw}");
-    }
+    assert_eq!(raw["routes"], 0);
+    assert!(raw.get("cert_warning").is_some_and(|v| v.is_null()), "cert_warning is present and null: {raw}");
+}
+
+#[tokio::test]
+async fn status_counts_the_routes() {
+    let f = fixture();
+    let spec = mesh_proto::route::RouteSpec::from_file("r.toml", "name = \"reviews\"\nservice = \"reviews\"\n")
+        .expect("route");
+    crate::routes::apply(&f.state.store, &spec).expect("apply");
+    let (_, _, body) = call(router(f.state.clone()), Method::GET, "/v1/status").await;
+    let raw: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(raw["routes"], 1, "{raw}");
+}
+
+#[tokio::test]
+async fn a_blocking_query_waits_for_its_own_data_not_any_publish() {
+    let f = fixture();
+    let index = f.publisher.current().index;
+    let pending =
+        tokio::spawn(call(router(f.state.clone()), Method::GET, &format!("/v1/members?index={index}&wait=60s")));
+    // A publish that changes no member (a store write, a heartbeat) leaves it parked.
+    f.publisher.update(|s| s.members[0].last_heard = SystemTime::now());
+    f.publisher.update(|s| s.node = "vm-1".into());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!pending.is_finished(), "members did not change: the query must wait");
+    f.publisher.update(|s| s.members[0].state = MemberState::Suspect);
+    let (code, _, body) = tokio::time::timeout(Duration::from_secs(10), pending)
+        .await
+        .expect("answered once members change")
+        .expect("task");
+    assert_eq!(code, StatusCode::OK);
+    let members: Vec<Member> = serde_json::from_slice(&body).expect("json");
+    assert_eq!(members[0].state, MemberState::Suspect);
 }
 
 #[tokio::test]
@@ -118,7 +142,7 @@ async fn members_lists_this_node_alive() {
     let f = fixture();
     let (code, headers, body) = call(router(f.state.clone()), Method::GET, "/v1/members").await;
     assert_eq!(code, StatusCode::OK);
-    let index = f.publisher.current().index.to_string();
+    let index = f.publisher.current().members_index.to_string();
     assert_eq!(headers.get(INDEX_HEADER).and_then(|v| v.to_str().ok()), Some(index.as_str()));
     let members: Vec<Member> = serde_json::from_slice(&body).expect("members JSON");
     assert_eq!(members.len(), 1);

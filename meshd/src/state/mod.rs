@@ -3,6 +3,7 @@
 //! routing and the proxy) clone an `Arc` and never lock anything; only the owner of the
 //! [`Publisher`] makes new snapshots.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -17,12 +18,18 @@ use crate::store::View;
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     pub index: u64,
+    /// The index of the last publish that changed a member's name, address or state (not
+    /// only when it was last heard): what a blocking query on the member list waits for.
+    pub members_index: u64,
     /// This node's name.
     pub node: String,
-    /// Every member known, this node included.
+    /// Every member known, this node included. A removed node is `Left` here whatever
+    /// gossip says, so its instances leave routing and DNS at once.
     pub members: Vec<Member>,
     /// The replicated store's entries, as of this snapshot.
     pub store: Arc<View>,
+    /// The nodes removed from the mesh (their current key is revoked).
+    pub removed: Arc<BTreeSet<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +53,9 @@ impl Publisher {
     /// Starts with `first` (its index is set to 1).
     pub fn new(mut first: Snapshot) -> Publisher {
         first.index = 1;
+        first.members_index = 1;
+        first.removed = Arc::new(crate::identity::signer::removed_nodes(&first.store));
+        first.apply_removals();
         Publisher { tx: Arc::new(watch::Sender::new(Arc::new(first))) }
     }
 
@@ -64,6 +74,16 @@ impl Publisher {
             let mut next = Snapshot::clone(current);
             change(&mut next);
             next.index = current.index + 1;
+            if !Arc::ptr_eq(&next.store, &current.store) {
+                let removed = crate::identity::signer::removed_nodes(&next.store);
+                if removed != *current.removed {
+                    next.removed = Arc::new(removed);
+                }
+            }
+            next.apply_removals();
+            if !same_members(&next.members, &current.members) {
+                next.members_index = next.index;
+            }
             *current = Arc::new(next);
         });
     }
@@ -72,8 +92,42 @@ impl Publisher {
 impl Snapshot {
     /// A snapshot of node `node` knowing nothing yet.
     pub fn empty(node: &str) -> Snapshot {
-        Snapshot { index: 0, node: node.to_owned(), members: Vec::new(), store: Arc::default() }
+        Snapshot::new(node, Vec::new())
     }
+
+    /// A snapshot of node `node` knowing `members` and an empty store.
+    pub fn new(node: &str, members: Vec<Member>) -> Snapshot {
+        Snapshot {
+            index: 0,
+            members_index: 0,
+            node: node.to_owned(),
+            members,
+            store: Arc::default(),
+            removed: Arc::default(),
+        }
+    }
+
+    /// Whether `node` is a member that may carry traffic (alive or suspect, not removed).
+    pub fn is_serving(&self, node: &str) -> bool {
+        self.members.iter().any(|m| m.name == node && matches!(m.state, MemberState::Alive | MemberState::Suspect))
+    }
+
+    /// Removed nodes are `Left`, whatever gossip still says of them.
+    fn apply_removals(&mut self) {
+        if self.removed.is_empty() {
+            return;
+        }
+        for m in &mut self.members {
+            if m.name != self.node && self.removed.contains(&m.name) {
+                m.state = MemberState::Left;
+            }
+        }
+    }
+}
+
+/// Whether two member lists agree on every name, address and state.
+fn same_members(a: &[Member], b: &[Member]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.name == y.name && x.addr == y.addr && x.state == y.state)
 }
 
 #[cfg(test)]
