@@ -292,3 +292,20 @@ fn http2_requests_are_routed_like_http1_ones() {
         }
     });
 }
+
+#[test]
+fn removing_a_node_takes_its_instances_out_of_routing_with_no_failed_request() {
+    let block = Block::take();
+    let m = mesh(&block);
+    m.n1.eventually(CONVERGE, "both versions answer", || {
+        let seen: Vec<String> = (0..20).map(|_| get(m.addr, "").1).collect();
+        (seen.iter().any(|b| b == "v1") && seen.iter().any(|b| b == "v2")).then_some(())
+    });
+    let out = m.n1.meshctl(&["node", "remove", "node-3"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let answers: Vec<(u16, String)> = (0..20).map(|_| get(m.addr, "")).collect();
+    assert!(answers.iter().all(|(status, body)| *status == 200 && body == "v1"), "{answers:?}");
+    let services = m.n1.meshctl_json(&["services"]);
+    let web = services.as_array().and_then(|a| a.iter().find(|s| s["name"] == "web")).expect("web listed");
+    assert_eq!(web["instances"].as_array().map(Vec::len), Some(1), "only node-2's instance is left: {web}");
+}

@@ -290,20 +290,51 @@ fn killing_a_node_mid_transfer_closes_the_client_and_new_connections_go_elsewher
 }
 
 #[test]
-fn a_removed_node_gets_no_traffic() {
+fn a_removed_node_leaves_routing_and_dns_at_once_and_stops_dialling() {
     let block = Block::take();
-    let Three { n1, n2: _n2, n3: _n3, _b2, _b3, addr } = three_nodes(&block);
+    let Three { n1, n2: _n2, n3, _b2, _b3, addr } = three_nodes(&block);
     n1.eventually(CONVERGE, "node-3's instance reached", || {
         (0..10).any(|_| connect_eventually(addr).0 == "b3").then_some(())
     });
     let out = n1.meshctl(&["node", "remove", "node-3"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    n1.eventually(CONVERGE, "node-3 out of rotation", || {
-        (0..20).all(|_| connect_eventually(addr).0 == "b2").then_some(())
-    });
-    for _ in 0..50 {
-        assert_eq!(connect_eventually(addr).0, "b2", "no connection to the removed node");
+
+    // At once, on the node that removed it: no instance listed, no SRV target, and every
+    // connection (none retried) goes to the remaining instance.
+    let services = n1.meshctl_json(&["services"]);
+    let echo = services.as_array().and_then(|a| a.iter().find(|s| s["name"] == "echo")).expect("echo listed");
+    let nodes: Vec<&str> =
+        echo["instances"].as_array().expect("instances").iter().filter_map(|i| i["node"].as_str()).collect();
+    assert_eq!(nodes, ["node-2"], "the removed node's instance leaves the listing: {echo}");
+    let srv = n1.dig("_tcp._tcp.echo.mesh.", hickory_proto::rr::RecordType::SRV, false);
+    let targets: Vec<String> = srv.answers().iter().filter_map(|r| r.data().map(|d| d.to_string())).collect();
+    assert!(targets.iter().all(|t| !t.contains("node-3")), "no SRV target on node-3: {targets:?}");
+    for _ in 0..20 {
+        assert_eq!(connect(addr).0, "b2", "no connection to the removed node");
     }
+
+    // The removed node says so, loudly, and stops dialling: its peers refuse it a handful
+    // of times, not once per probe.
+    n3.eventually(CONVERGE, "node-3 logs its removal", || n3.logs().contains("REMOVED FROM THE MESH").then_some(()));
+    let status = n3.meshctl_json(&["status"]);
+    assert!(status["cert_warning"].as_str().is_some_and(|w| w.contains("removed")), "{status}");
+    let refusals = |n: &Node| {
+        n.metrics()
+            .lines()
+            .filter(|l| l.starts_with("mesh_tls_peer_certs_refused_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum::<u64>()
+    };
+    let settled = refusals(&n1) + refusals(&_n2);
+    std::thread::sleep(Duration::from_secs(5));
+    let later = refusals(&n1) + refusals(&_n2);
+    assert!(
+        later - settled <= 2,
+        "{} more refused handshakes in 5 s after node-3 knew it was removed",
+        later - settled
+    );
+    let warnings = n1.logs().lines().filter(|l| l.contains("refused a peer certificate") && l.contains("WARN")).count();
+    assert!(warnings <= 4, "{warnings} refusal warnings on node-1:\n{}", n1.logs());
 }
 
 /// Speaks `mesh/1` to node-2 as node-1 (with node-1's own certificate and key, from its

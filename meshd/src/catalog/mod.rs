@@ -46,12 +46,14 @@ pub fn key(node: &str, service: &str) -> String {
     format!("node/{node}/service/{service}")
 }
 
-/// Every instance in a snapshot.
+/// Every instance in a snapshot, but those of removed nodes: a removed node leaves
+/// listings, routing and DNS at once.
 pub fn instances(snap: &Snapshot) -> Vec<Instance> {
     snap.store
         .prefix("node/")
         .filter(|e| e.key.contains("/service/"))
         .filter_map(|e| serde_json::from_slice::<Instance>(&e.value).ok())
+        .filter(|i| !snap.removed.contains(&i.node))
         .collect()
 }
 

@@ -329,6 +329,20 @@ impl Signer {
     }
 }
 
+/// The nodes removed from the mesh: those whose current certificate record names a
+/// revoked key. A name that joined again with a new key is not removed.
+pub fn removed_nodes(view: &crate::store::View) -> std::collections::BTreeSet<String> {
+    let (set, list) = revoked_set(view);
+    list.into_iter()
+        .map(|r| r.node)
+        .filter(|node| {
+            view.get(&node_cert_key(node))
+                .and_then(|v| serde_json::from_slice::<NodeCertRecord>(v).ok())
+                .is_none_or(|held| set.keys.contains(&held.key_hash))
+        })
+        .collect()
+}
+
 /// The revocation list in a store view.
 pub fn revoked_set(view: &crate::store::View) -> (RevokedSet, Vec<Revocation>) {
     let mut set = RevokedSet::default();

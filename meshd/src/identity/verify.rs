@@ -4,8 +4,9 @@
 //! revocation list. A peer that fails any check never gets a connection; each refusal is
 //! logged and counted by reason.
 
-use std::collections::HashSet;
-use std::sync::{Arc, RwLock};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -119,6 +120,12 @@ impl Metrics {
     }
 }
 
+/// A refusal is logged at WARN once per side and cause in this long; repeats are counted
+/// and logged at DEBUG, so a peer that keeps dialling cannot flood the journal.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
+/// Causes remembered for that; past it the memory starts again.
+const REFUSAL_LOG_KEYS: usize = 256;
+
 /// The checks both sides of `mesh/1` make.
 pub struct PeerCheck {
     anchor_der: CertificateDer<'static>,
@@ -126,6 +133,7 @@ pub struct PeerCheck {
     revocations: Arc<Revocations>,
     metrics: Metrics,
     provider: Arc<CryptoProvider>,
+    logged: Mutex<HashMap<(&'static str, String), Instant>>,
 }
 
 impl std::fmt::Debug for PeerCheck {
@@ -142,7 +150,14 @@ impl PeerCheck {
         metrics: Metrics,
         provider: Arc<CryptoProvider>,
     ) -> PeerCheck {
-        PeerCheck { anchor_der: ca_der, trust_domain: trust_domain.to_owned(), revocations, metrics, provider }
+        PeerCheck {
+            anchor_der: ca_der,
+            trust_domain: trust_domain.to_owned(),
+            revocations,
+            metrics,
+            provider,
+            logged: Mutex::default(),
+        }
     }
 
     /// Checks a peer's certificate for `usage` at `now`.
@@ -166,8 +181,34 @@ impl PeerCheck {
 
     fn refuse(&self, side: &'static str, refused: Refused) -> rustls::Error {
         self.metrics.refused.get_or_create(&RefusedLabels { side, reason: refused.reason() }).inc();
-        tracing::warn!(side, reason = refused.reason(), error = %refused, "refused a peer certificate");
-        rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(Arc::new(refused))))
+        if self.first_in_a_while(side, &refused) {
+            tracing::warn!(side, reason = refused.reason(), error = %refused, "refused a peer certificate");
+        } else {
+            tracing::debug!(side, reason = refused.reason(), error = %refused, "refused a peer certificate again");
+        }
+        match refused {
+            // The certificate_revoked alert tells a removed node why, so it stops dialling.
+            Refused::Revoked(_) => rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked),
+            other => {
+                rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(Arc::new(other))))
+            }
+        }
+    }
+
+    /// Whether this refusal's cause was not logged at WARN within [`REFUSAL_LOG_EVERY`].
+    fn first_in_a_while(&self, side: &'static str, refused: &Refused) -> bool {
+        let now = Instant::now();
+        let mut logged = self.logged.lock().unwrap_or_else(|p| p.into_inner());
+        if logged.len() >= REFUSAL_LOG_KEYS {
+            logged.clear();
+        }
+        match logged.get(&(side, refused.to_string())) {
+            Some(at) if now.duration_since(*at) < REFUSAL_LOG_EVERY => false,
+            _ => {
+                logged.insert((side, refused.to_string()), now);
+                true
+            }
+        }
     }
 
     fn schemes(&self) -> Vec<SignatureScheme> {

@@ -10,7 +10,7 @@
 pub mod core;
 pub mod sync;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -248,7 +248,8 @@ pub async fn run(
                     let _ = swim.broadcast(&mut out);
                 } else {
                     // Too large for a datagram: push it on streams to every active member.
-                    for m in swim.iter_members().map(|m| m.id().clone()).collect::<Vec<_>>() {
+                    let removed = snapshots.borrow().removed.clone();
+                    for m in swim.iter_members().map(|m| m.id().clone()).filter(|m| !removed.contains(&m.name)).collect::<Vec<_>>() {
                         work.spawn(push_large(transport.clone(), m.addr, entry.clone()));
                     }
                 }
@@ -267,7 +268,9 @@ pub async fn run(
                 handler.lock().set_view(view);
             }
             _ = sync_tick.tick() => {
-                let members: Vec<MemberId> = swim.iter_members().map(|m| m.id().clone()).collect();
+                let removed = snapshots.borrow().removed.clone();
+                let members: Vec<MemberId> =
+                    swim.iter_members().map(|m| m.id().clone()).filter(|m| !removed.contains(&m.name)).collect();
                 if !members.is_empty() {
                     let pick = members[rng.random_range(0..members.len())].clone();
                     work.spawn(sync_with(transport.clone(), store.clone(), exchange.clone(), pick.addr, metrics.clone()));
@@ -337,7 +340,8 @@ pub async fn run(
             cluster_size = n;
             let _ = swim.set_config(params.foca_config(n));
         }
-        flush(&mut out, &mut timers, &mut seq, &transport, &metrics, &mut dialling, &dialled_tx, &mut work);
+        let removed = snapshots.borrow().removed.clone();
+        flush(&mut out, &mut timers, &mut seq, &transport, &metrics, &mut dialling, &dialled_tx, &mut work, &removed);
 
         let list = member_list(&swim, &me, &handler);
         if list != published {
@@ -360,7 +364,17 @@ pub async fn run(
     let _ = swim.add_broadcast(&encode_item(&Item::Left { name: me.name.clone(), bump: me.bump }));
     let _ = swim.leave_cluster(&mut out);
     let _ = swim.broadcast(&mut out);
-    flush(&mut out, &mut timers, &mut seq, &transport, &metrics, &mut dialling, &dialled_tx, &mut work);
+    flush(
+        &mut out,
+        &mut timers,
+        &mut seq,
+        &transport,
+        &metrics,
+        &mut dialling,
+        &dialled_tx,
+        &mut work,
+        &Default::default(),
+    );
     tokio::time::sleep(Duration::from_millis(100)).await;
     readers.shutdown().await;
     work.shutdown().await;
@@ -377,6 +391,7 @@ fn flush(
     dialling: &mut HashSet<String>,
     dialled: &mpsc::Sender<Dialled>,
     work: &mut JoinSet<()>,
+    removed: &BTreeSet<String>,
 ) {
     let now = Instant::now();
     for (timer, after) in out.timers.drain(..) {
@@ -384,7 +399,10 @@ fn flush(
         timers.insert((now + after, *seq), timer);
     }
     for (to, data) in out.sends.drain(..) {
-        if transport.peer_named(&to.name).is_some() {
+        if removed.contains(&to.name) {
+            // Its certificate is revoked: dialling it only makes refusals on both sides.
+            metrics.drop("removed");
+        } else if transport.peer_named(&to.name).is_some() {
             send(transport, metrics, &to, data);
         } else if dialling.insert(to.name.clone()) {
             // Dial in the background; the datagram goes once connected.

@@ -53,6 +53,10 @@ pub enum TransportError {
     Dial { addr: SocketAddr, detail: String },
     #[error("{addr} presented no usable certificate: {detail}")]
     NoPeerCert { addr: SocketAddr, detail: String },
+    /// A member refused this node's certificate as revoked: it was removed from the mesh
+    /// and dials nobody any more.
+    #[error("this node was removed from the mesh: it no longer connects to members")]
+    Removed,
 }
 
 /// A connected, authenticated member.
@@ -107,6 +111,8 @@ pub struct Transport {
     metrics: Metrics,
     /// Every new connection, inbound or outbound, for membership to read its datagrams.
     connections: Option<mpsc::Sender<Peer>>,
+    /// Set once a member refuses this node's certificate as revoked.
+    removed: std::sync::OnceLock<SocketAddr>,
 }
 
 /// How long a dial may take before the peer counts as unreachable: a lost peer must not
@@ -135,6 +141,20 @@ pub fn size_socket_buffers(socket: &std::net::UdpSocket) {
             wanted = SOCKET_BUFFER,
             "the UDP receive buffer is smaller than wanted; raise net.core.rmem_max for bulk tunnel traffic"
         );
+    }
+}
+
+/// Whether the peer closed a connection because this node's certificate is revoked: in
+/// the handshake (TLS alert certificate_revoked, carried as QUIC CRYPTO_ERROR 0x100 + 44)
+/// or later, when the revocation reached it ([`close::REVOKED`]).
+fn refused_as_revoked(e: &quinn::ConnectionError) -> bool {
+    const CERTIFICATE_REVOKED: u8 = 44;
+    match e {
+        quinn::ConnectionError::ConnectionClosed(c) => {
+            c.error_code == quinn::TransportErrorCode::crypto(CERTIFICATE_REVOKED)
+        }
+        quinn::ConnectionError::ApplicationClosed(c) => c.error_code == quinn::VarInt::from_u32(close::REVOKED),
+        _ => false,
     }
 }
 
@@ -175,7 +195,14 @@ impl Transport {
         let runtime = quinn::default_runtime().ok_or_else(|| TransportError::Config("no async runtime".to_owned()))?;
         let mut endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket, runtime)?;
         endpoint.set_default_client_config(mesh_client(&identity)?);
-        Ok(Transport { endpoint, identity, pool: Mutex::new(HashMap::new()), metrics, connections: new_conns })
+        Ok(Transport {
+            endpoint,
+            identity,
+            pool: Mutex::new(HashMap::new()),
+            metrics,
+            connections: new_conns,
+            removed: std::sync::OnceLock::new(),
+        })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -189,12 +216,19 @@ impl Transport {
     /// Dials `addr` on `mesh/1` and keeps the connection in the pool under the peer's
     /// verified name.
     pub async fn dial(&self, addr: SocketAddr) -> Result<Peer, TransportError> {
+        if self.is_removed() {
+            return Err(TransportError::Removed);
+        }
         let dial_err = |detail: String| TransportError::Dial { addr, detail };
         let connecting = self.endpoint.connect(addr, "mesh").map_err(|e| dial_err(e.to_string()))?;
         let conn = match tokio::time::timeout(DIAL_TIMEOUT, connecting).await {
             Ok(Ok(conn)) => conn,
             Ok(Err(e)) => {
                 self.metrics.count("mesh/1", "outbound", false);
+                if refused_as_revoked(&e) {
+                    self.note_removed(addr);
+                    return Err(TransportError::Removed);
+                }
                 return Err(dial_err(e.to_string()));
             }
             Err(_) => {
@@ -209,10 +243,44 @@ impl Transport {
         Ok(peer)
     }
 
+    /// Whether a member has refused this node's certificate as revoked.
+    pub fn is_removed(&self) -> bool {
+        self.removed.get().is_some()
+    }
+
+    /// Whether a pooled connection is open. One that a member closed because this node's
+    /// certificate is revoked tells this node it was removed: in QUIC the client's
+    /// handshake completes before the server has checked the client's certificate, so
+    /// the refusal arrives as the close of a connection that `dial` returned.
+    fn is_live(&self, p: &Peer) -> bool {
+        match p.conn.close_reason() {
+            None => true,
+            Some(reason) => {
+                if refused_as_revoked(&reason) {
+                    self.note_removed(p.conn.remote_address());
+                }
+                false
+            }
+        }
+    }
+
+    /// A member at `by` refused this node's certificate as revoked: say so once, loudly,
+    /// and dial nobody from now on (every member would refuse it the same way).
+    fn note_removed(&self, by: SocketAddr) {
+        if self.removed.set(by).is_ok() {
+            tracing::error!(
+                refused_by = %by,
+                node = %self.identity.node,
+                "THIS NODE WAS REMOVED FROM THE MESH (meshctl node remove): members refuse its certificate \
+                 as revoked. It no longer connects to anyone. To bring it back, stop meshd, empty its \
+                 data_dir, and join again with a new token (meshctl token create on a signer, then meshd join)"
+            );
+        }
+    }
+
     /// A live pooled connection to the member at `addr`, or a new one.
     pub async fn connection_to(&self, addr: SocketAddr) -> Result<Peer, TransportError> {
-        let pooled =
-            self.lock().values().find(|p| p.conn.remote_address() == addr && p.conn.close_reason().is_none()).cloned();
+        let pooled = self.lock().values().find(|p| p.conn.remote_address() == addr && self.is_live(p)).cloned();
         match pooled {
             Some(p) => Ok(p),
             None => self.dial(addr).await,
@@ -221,13 +289,13 @@ impl Transport {
 
     /// The live pooled connection to the member named `name`.
     pub fn peer_named(&self, name: &str) -> Option<Peer> {
-        self.lock().get(name).filter(|p| p.conn.close_reason().is_none()).cloned()
+        self.lock().get(name).filter(|p| self.is_live(p)).cloned()
     }
 
     /// Every live pooled connection.
     pub fn peers(&self) -> Vec<Peer> {
         let mut pool = self.lock();
-        pool.retain(|_, p| p.conn.close_reason().is_none());
+        pool.retain(|_, p| self.is_live(p));
         let mut peers: Vec<Peer> = pool.values().cloned().collect();
         peers.sort_by(|a, b| a.name().cmp(b.name()));
         peers
