@@ -445,12 +445,17 @@ fn bind_admin_socket(path: &Path) -> Result<(UnixListener, u64), AppError> {
     }
     let listener = UnixListener::bind(path).map_err(bind_err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(bind_err)?;
+    let meta = std::fs::metadata(path).map_err(bind_err)?;
+    // Under the systemd unit (Group=meshd) the socket is born in group meshd: no chown,
+    // which the unit's system call filter forbids (@chown is in @privileged).
     if let Ok(Some(group)) = nix::unistd::Group::from_name("meshd") {
-        if let Err(e) = nix::unistd::chown(path, None, Some(group.gid)) {
-            tracing::warn!(error = %e, path = %path.display(), "cannot give the admin socket to group meshd");
+        if meta.gid() != group.gid.as_raw() {
+            if let Err(e) = nix::unistd::chown(path, None, Some(group.gid)) {
+                tracing::warn!(error = %e, path = %path.display(), "cannot give the admin socket to group meshd");
+            }
         }
     }
-    let inode = std::fs::metadata(path).map_err(bind_err)?.ino();
+    let inode = meta.ino();
     Ok((listener, inode))
 }
 

@@ -100,6 +100,8 @@ pub struct Node {
     env: Vec<(String, String)>,
     /// The network namespace meshd runs in, if any.
     netns: Option<String>,
+    /// A command meshd runs under (`strace ...`, `setpriv ...`), if any.
+    wrapper: Vec<String>,
 }
 
 impl Node {
@@ -158,7 +160,7 @@ socket = "{socket}"
         );
         std::fs::write(&config, text).expect("write config");
         let log = dir.path().join("meshd.log");
-        Node { name, dir, config, socket, child: None, log, env: Vec::new(), netns: None }
+        Node { name, dir, config, socket, child: None, log, env: Vec::new(), netns: None, wrapper: Vec::new() }
     }
 
     /// Prepares node `i` with `top` and `extra`, joins it with `token` (which must
@@ -210,7 +212,19 @@ socket = "{socket}"
     }
 
     /// `meshd` itself, or `ip netns exec NS meshd` (which execs meshd: same PID).
+    /// Runs every later `meshd` of this node under `prefix` (a command and its
+    /// arguments, meshd's path and arguments following).
+    pub fn wrapped(mut self, prefix: &[&str]) -> Node {
+        self.wrapper = prefix.iter().map(|s| (*s).to_owned()).collect();
+        self
+    }
+
     fn meshd_command(&self) -> Command {
+        if let Some((program, args)) = self.wrapper.split_first() {
+            let mut c = Command::new(program);
+            c.args(args).arg(&binaries().meshd);
+            return c;
+        }
         match &self.netns {
             Some(ns) => {
                 let mut c = Command::new("ip");
