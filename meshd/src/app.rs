@@ -28,9 +28,10 @@ use crate::{datadir, membership, metrics, signal};
 /// Why meshd could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
-    /// A socket could not be bound (address in use, permission denied...).
-    #[error("cannot bind {what} on {addr}: {source}")]
-    Bind { what: &'static str, addr: String, source: std::io::Error },
+    /// A socket could not be bound (address in use, permission denied...). The I/O error
+    /// is part of the message, not a source, so that a chain printer says it once.
+    #[error("cannot bind {what} on {addr}: {error}{}", bind_hint(.error))]
+    Bind { what: &'static str, addr: String, error: std::io::Error },
     /// Another process already serves the admin socket.
     #[error("another meshd is already serving {}: stop it first, or set admin.socket", path.display())]
     AlreadyRunning { path: PathBuf },
@@ -57,6 +58,19 @@ impl AppError {
             AppError::Identity(e) => e.is_usage(),
             _ => false,
         }
+    }
+}
+
+/// What to do about a bind error, when there is something to say.
+fn bind_hint(error: &std::io::Error) -> &'static str {
+    match error.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            "; another meshd (or `meshd dev`) may be running on this address: stop it, or choose another address"
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            "; ports below 1024 need root or CAP_NET_BIND_SERVICE (the systemd unit grants it)"
+        }
+        _ => "",
     }
 }
 
@@ -111,21 +125,21 @@ struct GossipParts {
 
 /// Binds every socket `config` names.
 pub async fn build(config: &Config) -> Result<Bound, AppError> {
-    let udp_socket = UdpSocket::bind(config.bind).map_err(|source| AppError::Bind {
+    let udp_socket = UdpSocket::bind(config.bind).map_err(|error| AppError::Bind {
         what: "the mesh UDP port (bind)",
         addr: config.bind.to_string(),
-        source,
+        error,
     })?;
-    let udp = udp_socket.local_addr().map_err(|source| AppError::Bind {
+    let udp = udp_socket.local_addr().map_err(|error| AppError::Bind {
         what: "the mesh UDP port (bind)",
         addr: config.bind.to_string(),
-        source,
+        error,
     })?;
     crate::transport::size_socket_buffers(&udp_socket);
     let advertise = config.advertise_addr(udp)?;
 
     // DNS on UDP and TCP, the same port for both (port 0: the one UDP got).
-    let dns_err = |source| AppError::Bind { what: "DNS (dns.listen)", addr: config.dns.listen.to_string(), source };
+    let dns_err = |error| AppError::Bind { what: "DNS (dns.listen)", addr: config.dns.listen.to_string(), error };
     let dns_udp = tokio::net::UdpSocket::bind(config.dns.listen).await.map_err(dns_err)?;
     let dns_addr = dns_udp.local_addr().map_err(dns_err)?;
     let dns_tcp = TcpListener::bind(dns_addr).await.map_err(dns_err)?;
@@ -133,25 +147,25 @@ pub async fn build(config: &Config) -> Result<Bound, AppError> {
         .map_err(|e| AppError::Bind {
             what: "DNS (dns.domain)",
             addr: config.dns.domain.clone(),
-            source: std::io::Error::other(e.to_string()),
+            error: std::io::Error::other(e.to_string()),
         })?;
 
     let (admin_listener, admin_inode) = bind_admin_socket(&config.admin.socket)?;
     let http_listener = match config.admin.http {
-        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| AppError::Bind {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|error| AppError::Bind {
             what: "the metrics address (admin.http)",
             addr: addr.to_string(),
-            source,
+            error,
         })?),
         None => None,
     };
     let admin_http = http_listener.as_ref().and_then(|l| l.local_addr().ok());
     let mut upstreams = Vec::new();
     for u in &config.upstream {
-        let listener = TcpListener::bind(u.listen).await.map_err(|source| AppError::Bind {
+        let listener = TcpListener::bind(u.listen).await.map_err(|error| AppError::Bind {
             what: "an upstream ([[upstream]] listen)",
             addr: u.listen.to_string(),
-            source,
+            error,
         })?;
         let dest = crate::proxy::Destination { name: u.service.clone(), source_service: u.source.clone() };
         upstreams.push((listener, dest));
@@ -433,7 +447,7 @@ async fn serve_tcp(listener: TcpListener, router: Router, drain: DrainWatcher) {
 /// a crash is replaced, a live one is refused. Mode 0660, group `meshd` if it exists.
 fn bind_admin_socket(path: &Path) -> Result<(UnixListener, u64), AppError> {
     let bind_err =
-        |source| AppError::Bind { what: "the admin socket (admin.socket)", addr: path.display().to_string(), source };
+        |error| AppError::Bind { what: "the admin socket (admin.socket)", addr: path.display().to_string(), error };
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(bind_err)?;
     }

@@ -71,6 +71,7 @@ pub async fn run(mut signals: signal::Shutdown) -> anyhow::Result<()> {
     let signer = first.signer().clone();
     let socket = first.admin_socket.clone();
     let dns = first.dns;
+    let metrics = first.admin_http;
     let store = first.store.clone();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -126,6 +127,9 @@ pub async fn run(mut signals: signal::Shutdown) -> anyhow::Result<()> {
     println!("  curl -H 'end-user: jason' http://$(dig +short @{} -p {} reviews.mesh):{PORT}/", dns.ip(), dns.port());
     println!("  curl http://{}:{PORT}/", host(1));
     println!("  {meshctl} route apply -f {} --wait   # after editing the weights", route_file.display());
+    if let Some(addr) = metrics {
+        println!("  curl http://{addr}/metrics   # dev-1's Prometheus metrics");
+    }
     println!();
     println!("Ctrl-C stops it and removes the temporary directory.");
 

@@ -255,6 +255,24 @@ fn meshd_dev_starts_prints_what_to_try_and_stops_on_ctrl_c() {
         assert!(reply.contains("reviews v2"), "end-user jason goes to v2: {reply}");
     }
 
+    // Its metrics are where it says.
+    let metrics = printed
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("curl http://")?.split_once("/metrics").map(|(a, _)| a.to_owned()))
+        .expect("the demo prints where /metrics is");
+    let mut s = std::net::TcpStream::connect(&metrics).expect("the metrics address");
+    std::io::Write::write_all(&mut s, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("send");
+    let mut reply = String::new();
+    let _ = std::io::Read::read_to_string(&mut s, &mut reply);
+    assert!(reply.contains("mesh_build_info"), "{reply}");
+
+    // A second demo cannot bind: it says so once, and that another meshd may be running.
+    let second = std::process::Command::new(&binaries().meshd).arg("dev").output().expect("a second meshd dev");
+    assert_eq!(second.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(err.matches("in use").count(), 1, "the bind error is said once: {err}");
+    assert!(err.contains("another meshd"), "the hint: {err}");
+
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
     nix::sys::signal::kill(pid, Signal::SIGINT).expect("ctrl-c");
     let deadline = Instant::now() + LIVENESS;
