@@ -93,6 +93,8 @@ enum ServiceCommand {
     /// Register (or replace) a service on this node from a TOML file: the keys of one
     /// `[[service]]` entry at its top level. It survives restarts.
     Register {
+        /// The service file (TOML): name, port, and optionally address, protocol,
+        /// labels, check.
         #[arg(short, long)]
         file: PathBuf,
     },
@@ -174,8 +176,7 @@ async fn execute(client: &Client, command: &Command, output: Output) -> Result<S
             Ok(table::services(&serde_json::from_slice::<Vec<mesh_proto::api::Service>>(b)?))
         }),
         Command::Service { command: ServiceCommand::Register { file } } => {
-            let text =
-                std::fs::read_to_string(file).map_err(|e| ClientError::Input(format!("{}: {e}", file.display())))?;
+            let text = meshctl::read_input(file)?;
             let spec = mesh_proto::service::ServiceSpec::from_file(&file.display().to_string(), &text)
                 .map_err(|e| ClientError::Input(e.to_string()))?;
             let body = serde_json::to_vec(&spec).map_err(decode)?;

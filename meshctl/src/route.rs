@@ -1,19 +1,21 @@
-//! `meshctl route ...`: apply (with a diff, a dry run, and waiting until every member
-//! holds the new revision), list, get, delete, history, rollback.
+//! `meshctl route ...`: apply and rollback (with a diff, a dry run, and waiting until
+//! every member holds the new revision), list, get, delete, history, lint.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clap::Subcommand;
 use hyper::{Method, StatusCode};
-use mesh_proto::api::{Catchup, RollbackRequest, Route, RouteRevision};
-use mesh_proto::route::RouteSpec;
+use mesh_proto::api::{Catchup, RollbackRequest, Route, RouteLint, RouteRevision};
+use mesh_proto::route::{changes, RouteSpec};
 use meshctl::{table, Client, ClientError};
 
 #[derive(Subcommand)]
 pub enum RouteCommand {
-    /// Validate a route file and store it as the route's new revision; prints what changed.
+    /// Validate a route file and store it as the route's new revision; prints what
+    /// changed, and warnings about what cannot work (see `route lint`).
     Apply {
+        /// The route file (TOML): `service`, `[subsets]`, `[[http]]` or `[[tcp]]` rules.
         #[arg(short, long)]
         file: PathBuf,
         /// Validate and print the diff against the current revision; store nothing.
@@ -37,12 +39,24 @@ pub enum RouteCommand {
     Delete { name: String },
     /// The revisions of a route, oldest first.
     History { name: String },
-    /// A new revision with an earlier revision's content.
+    /// A new revision with an earlier revision's content; prints what changed.
     Rollback {
         name: String,
         /// The revision to restore. Default: the one before the current.
         #[arg(long)]
         to: Option<u64>,
+        /// Print the diff the rollback would make; store nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Return once every alive member holds the new revision (at most --timeout).
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Problems that keep routes from working as written: a service with no instance,
+    /// subsets that select no instance, rules of the other protocol. Exit 1 when any.
+    Lint {
+        /// One route; default: every route.
+        name: Option<String>,
     },
 }
 
@@ -80,11 +94,7 @@ pub async fn run(
             Ok(table::columns(&["NAME", "SERVICE", "REVISION", "APPLIED", "ORIGIN"], &rows))
         }
         RouteCommand::Get { name, revision } => {
-            let path = match revision {
-                Some(n) => format!("/v1/routes/{name}?revision={n}"),
-                None => format!("/v1/routes/{name}"),
-            };
-            let r = client.request(Method::GET, &path, None).await?;
+            let r = client.request(Method::GET, &route_path(name, *revision), None).await?;
             if json {
                 return Ok(body_text(&r.body));
             }
@@ -111,25 +121,93 @@ pub async fn run(
             let rows: Vec<Vec<String>> = revs
                 .iter()
                 .map(|r| {
-                    let what = if r.deleted { "deleted" } else { "applied" };
-                    vec![r.revision.to_string(), r.applied_at.clone(), r.origin.clone(), what.to_owned()]
+                    let what = match (r.deleted, r.rollback_of) {
+                        (true, _) => "deleted".to_owned(),
+                        (false, Some(n)) => format!("rollback to {n}"),
+                        (false, None) => "applied".to_owned(),
+                    };
+                    vec![r.revision.to_string(), r.applied_at.clone(), r.origin.clone(), what]
                 })
                 .collect();
             Ok(table::columns(&["REVISION", "TIME", "ORIGIN", "CHANGE"], &rows))
         }
-        RouteCommand::Rollback { name, to } => {
-            let body = serde_json::to_vec(&RollbackRequest { to: *to }).map_err(decode)?;
-            let r = client.request(Method::POST, &format!("/v1/routes/{name}/rollback"), Some(body)).await?;
-            if json {
-                return Ok(body_text(&r.body));
+        RouteCommand::Rollback { name, to, dry_run, wait } => {
+            rollback(client, name, *to, *dry_run, *wait, json, timeout).await
+        }
+        RouteCommand::Lint { name } => {
+            let path = match name {
+                Some(n) => format!("/v1/lint?route={n}"),
+                None => "/v1/lint".to_owned(),
+            };
+            let r = client.request(Method::GET, &path, None).await?;
+            let lints: Vec<RouteLint> = serde_json::from_slice(&r.body).map_err(decode)?;
+            let problems: usize = lints.iter().map(|l| l.problems.len()).sum();
+            let mut out = if json { body_text(&r.body) } else { String::new() };
+            if !json {
+                for l in &lints {
+                    for p in &l.problems {
+                        out += &format!("route {}: {p}\n", l.route);
+                    }
+                }
             }
-            let route: Route = serde_json::from_slice(&r.body).map_err(decode)?;
-            let from = to.map_or("the previous revision".to_owned(), |n| format!("revision {n}"));
-            Ok(format!("rolled back route {name} to {from}: now revision {}\n", route.revision))
+            if problems > 0 {
+                print!("{out}");
+                return Err(ClientError::Failed(format!(
+                    "{problems} problem{} in {} route{}",
+                    if problems == 1 { "" } else { "s" },
+                    lints.iter().filter(|l| !l.problems.is_empty()).count(),
+                    if lints.len() == 1 { "" } else { "s" }
+                )));
+            }
+            if !json {
+                out += &format!("no problems in {} route{}\n", lints.len(), if lints.len() == 1 { "" } else { "s" });
+            }
+            Ok(out)
         }
     }
 }
 
+fn route_path(name: &str, revision: Option<u64>) -> String {
+    match revision {
+        Some(n) => format!("/v1/routes/{name}?revision={n}"),
+        None => format!("/v1/routes/{name}"),
+    }
+}
+
+/// The current revision of route `name`, if there is one.
+async fn current(client: &Client, name: &str) -> Result<Option<Route>, ClientError> {
+    match client.request(Method::GET, &route_path(name, None), None).await {
+        Ok(r) => Ok(Some(serde_json::from_slice::<Route>(&r.body).map_err(decode)?)),
+        Err(ClientError::Api { status: StatusCode::NOT_FOUND, .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// What an apply or rollback answered, for people: `done` (what happened, when it was
+/// stored), or what a dry run would do, then the diff and the warnings.
+fn describe(done: &str, before: Option<&Route>, answer: &Route, dry_run: bool) -> String {
+    let mut out = String::new();
+    if answer.unchanged {
+        out += &format!("route {}: unchanged, still revision {}\n", answer.name, answer.revision);
+    } else {
+        match before {
+            Some(b) if dry_run => {
+                out += &format!("route {}: revision {} would become {}\n", answer.name, b.revision, answer.revision)
+            }
+            None if dry_run => out += &format!("route {}: would be created as revision 1\n", answer.name),
+            _ => out += done,
+        }
+        let changes = match before {
+            Some(b) => changes(&b.spec, &answer.spec),
+            None => answer.spec.to_toml().lines().filter(|l| !l.is_empty()).map(|l| format!("+ {l}")).collect(),
+        };
+        out += &changes.iter().map(|l| format!("  {l}\n")).collect::<String>();
+    }
+    for w in &answer.warnings {
+        out += &format!("warning: {w}\n");
+    }
+    out
+}
 fn body_text(body: &[u8]) -> String {
     let mut s = String::from_utf8_lossy(body).into_owned();
     s.push('\n');
@@ -138,132 +216,133 @@ fn body_text(body: &[u8]) -> String {
 
 async fn apply(
     client: &Client,
-    file: &PathBuf,
+    file: &Path,
     dry_run: bool,
     wait: bool,
     json: bool,
     timeout: Duration,
 ) -> Result<String, ClientError> {
-    let text = std::fs::read_to_string(file).map_err(|e| ClientError::Input(format!("{}: {e}", file.display())))?;
+    let text = meshctl::read_input(file)?;
     let spec =
         RouteSpec::from_file(&file.display().to_string(), &text).map_err(|e| ClientError::Input(e.to_string()))?;
-    let current = match client.request(Method::GET, &format!("/v1/routes/{}", spec.name), None).await {
-        Ok(r) => Some(serde_json::from_slice::<Route>(&r.body).map_err(decode)?),
-        Err(ClientError::Api { status: StatusCode::NOT_FOUND, .. }) => None,
-        Err(e) => return Err(e),
-    };
-    let before = current.as_ref().map(|r| r.spec.to_toml()).unwrap_or_default();
-    let changes = diff(&before, &spec.to_toml());
-    let mut out = String::new();
-    if dry_run {
-        if json {
-            let v = serde_json::json!({ "dry_run": true, "current": current, "route": spec, "diff": changes });
-            return Ok(format!("{v}\n"));
-        }
-        match &current {
-            Some(c) => {
-                out += &format!("route {}: revision {} would become {}\n", spec.name, c.revision, c.revision + 1)
-            }
-            None => out += &format!("route {}: would be created\n", spec.name),
-        }
-        out += &render(&changes);
-        return Ok(out);
-    }
+    let before = current(client, &spec.name).await?;
     let body = serde_json::to_vec(&spec).map_err(decode)?;
-    let r = client.request(Method::PUT, &format!("/v1/routes/{}", spec.name), Some(body)).await?;
-    let applied: Route = serde_json::from_slice(&r.body).map_err(decode)?;
-    if json {
-        out += &body_text(&r.body);
-    } else {
-        out += &format!("applied route {} revision {} on {}\n", applied.name, applied.revision, applied.origin);
-        out += &render(&changes);
-    }
-    if wait {
-        let started = Instant::now();
-        let path = format!("/v1/catchup?key=route/{}&revision={}", applied.name, applied.revision);
-        let mut last: Option<Catchup> = None;
-        loop {
-            let answer = match client.request(Method::GET, &path, None).await {
-                Ok(r) => Some(serde_json::from_slice::<Catchup>(&r.body).map_err(decode)?),
-                Err(ClientError::Timeout { .. }) => None,
-                Err(e) => return Err(e),
-            };
-            if let Some(c) = answer {
-                if c.lagging.is_empty() && c.unreachable.is_empty() {
-                    if !json {
-                        out += &format!(
-                            "every alive member ({}) holds revision {} after {} ms\n",
-                            c.holding.len(),
-                            applied.revision,
-                            started.elapsed().as_millis()
-                        );
-                    }
-                    break;
-                }
-                last = Some(c);
-            }
-            if started.elapsed() >= timeout {
-                let lag = match &last {
-                    Some(c) => {
-                        let mut lag = c.lagging.clone();
-                        lag.extend(c.unreachable.iter().map(|n| format!("{n} (unreachable)")));
-                        lag.join(", ")
-                    }
-                    None => "unknown (meshd did not answer)".to_owned(),
-                };
-                print!("{out}");
-                return Err(ClientError::Failed(format!(
-                    "revision {} of route {} is not everywhere after {}: lagging: {lag}",
-                    applied.revision,
-                    applied.name,
-                    mesh_proto::duration::format(timeout),
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    let query = if dry_run { "?dry_run=true" } else { "" };
+    let r = client.request(Method::PUT, &format!("/v1/routes/{}{query}", spec.name), Some(body)).await?;
+    let answer: Route = serde_json::from_slice(&r.body).map_err(decode)?;
+    let done = format!("applied route {} revision {} on {}\n", answer.name, answer.revision, answer.origin);
+    let mut out = if json { body_text(&r.body) } else { describe(&done, before.as_ref(), &answer, dry_run) };
+    if wait && !dry_run {
+        out += &wait_until_everywhere(client, &answer, json, timeout, &out).await?;
     }
     Ok(out)
 }
 
-/// A line diff (longest common subsequence; route files are short).
-fn diff(before: &str, after: &str) -> Vec<String> {
-    let a: Vec<&str> = before.lines().collect();
-    let b: Vec<&str> = after.lines().collect();
-    let mut lcs = vec![vec![0usize; b.len() + 1]; a.len() + 1];
-    for i in (0..a.len()).rev() {
-        for j in (0..b.len()).rev() {
-            lcs[i][j] = if a[i] == b[j] { lcs[i + 1][j + 1] + 1 } else { lcs[i + 1][j].max(lcs[i][j + 1]) };
+async fn rollback(
+    client: &Client,
+    name: &str,
+    to: Option<u64>,
+    dry_run: bool,
+    wait: bool,
+    json: bool,
+    timeout: Duration,
+) -> Result<String, ClientError> {
+    let before = current(client, name).await?.ok_or_else(|| ClientError::Api {
+        status: StatusCode::NOT_FOUND,
+        body: mesh_proto::api::ApiError { error: "not_found".to_owned(), detail: format!("no route named {name}") },
+    })?;
+    if dry_run {
+        let target = match to {
+            Some(n) => n,
+            None => {
+                let r = client.request(Method::GET, &format!("/v1/routes/{name}/history"), None).await?;
+                let revs: Vec<RouteRevision> = serde_json::from_slice(&r.body).map_err(decode)?;
+                revs.iter()
+                    .filter(|r| r.revision < before.revision && !r.deleted)
+                    .map(|r| r.revision)
+                    .max()
+                    .ok_or_else(|| {
+                        ClientError::Failed(format!("route {name} has no earlier revision to roll back to"))
+                    })?
+            }
+        };
+        let r = client.request(Method::GET, &route_path(name, Some(target)), None).await?;
+        let old: Route = serde_json::from_slice(&r.body).map_err(decode)?;
+        // Dry-run the content through the apply path: validation and warnings as today.
+        let body = serde_json::to_vec(&old.spec).map_err(decode)?;
+        let r = client.request(Method::PUT, &format!("/v1/routes/{name}?dry_run=true"), Some(body)).await?;
+        let answer: Route = serde_json::from_slice(&r.body).map_err(decode)?;
+        if json {
+            return Ok(body_text(&r.body));
         }
+        return Ok(format!("rollback to revision {target}: {}", describe("", Some(&before), &answer, true)));
     }
-    let (mut i, mut j, mut out) = (0, 0, Vec::new());
-    while i < a.len() || j < b.len() {
-        if i < a.len() && j < b.len() && a[i] == b[j] {
-            i += 1;
-            j += 1;
-        } else if i < a.len() && (j == b.len() || lcs[i + 1][j] >= lcs[i][j + 1]) {
-            out.push(format!("- {}", a[i]));
-            i += 1;
-        } else {
-            out.push(format!("+ {}", b[j]));
-            j += 1;
-        }
+    let body = serde_json::to_vec(&RollbackRequest { to }).map_err(decode)?;
+    let r = client.request(Method::POST, &format!("/v1/routes/{name}/rollback"), Some(body)).await?;
+    let answer: Route = serde_json::from_slice(&r.body).map_err(decode)?;
+    let mut out = if json {
+        body_text(&r.body)
+    } else {
+        let restored =
+            answer.rollback_of.or(to).map_or("the previous revision".to_owned(), |n| format!("revision {n}"));
+        let done = format!("rolled back route {name} to {restored}: now revision {}\n", answer.revision);
+        describe(&done, Some(&before), &answer, false)
+    };
+    if wait {
+        out += &wait_until_everywhere(client, &answer, json, timeout, &out).await?;
     }
-    out
+    Ok(out)
 }
 
-fn render(changes: &[String]) -> String {
-    if changes.is_empty() {
-        return "no change in content\n".to_owned();
-    }
-    changes.iter().map(|l| format!("  {l}\n")).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn diff_marks_removed_and_added_lines() {
-        let d = super::diff("a\nb\nc\n", "a\nx\nc\nd\n");
-        assert_eq!(d, vec!["- b", "+ x", "+ d"]);
-        assert!(super::diff("same\n", "same\n").is_empty());
+/// Waits until every alive member holds `applied`'s revision; the line that says so, or
+/// an error naming the members that lag (`printed` is shown first, as it is lost then).
+async fn wait_until_everywhere(
+    client: &Client,
+    applied: &Route,
+    json: bool,
+    timeout: Duration,
+    printed: &str,
+) -> Result<String, ClientError> {
+    let started = Instant::now();
+    let path = format!("/v1/catchup?key=route/{}&revision={}", applied.name, applied.revision);
+    let mut last: Option<Catchup> = None;
+    loop {
+        let answer = match client.request(Method::GET, &path, None).await {
+            Ok(r) => Some(serde_json::from_slice::<Catchup>(&r.body).map_err(decode)?),
+            Err(ClientError::Timeout { .. }) => None,
+            Err(e) => return Err(e),
+        };
+        if let Some(c) = answer {
+            if c.lagging.is_empty() && c.unreachable.is_empty() {
+                if json {
+                    return Ok(String::new());
+                }
+                return Ok(format!(
+                    "every alive member ({}) holds revision {} after {} ms\n",
+                    c.holding.len(),
+                    applied.revision,
+                    started.elapsed().as_millis()
+                ));
+            }
+            last = Some(c);
+        }
+        if started.elapsed() >= timeout {
+            let lag = match &last {
+                Some(c) => {
+                    let mut lag = c.lagging.clone();
+                    lag.extend(c.unreachable.iter().map(|n| format!("{n} (unreachable)")));
+                    lag.join(", ")
+                }
+                None => "unknown (meshd did not answer)".to_owned(),
+            };
+            print!("{printed}");
+            return Err(ClientError::Failed(format!(
+                "revision {} of route {} is not everywhere after {}: lagging: {lag}",
+                applied.revision,
+                applied.name,
+                mesh_proto::duration::format(timeout),
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

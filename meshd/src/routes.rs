@@ -1,10 +1,12 @@
 //! Routes in the replicated store: `route/NAME` holds a route's spec as JSON. Each apply
-//! is a new revision of that entry, and the entry carries its last revisions with it, so
-//! the history (and a rollback to any revision in it) is on every node.
+//! that changes the content is a new revision of that entry, and the entry carries its
+//! last revisions with it, so the history (and a rollback to any revision in it) is on
+//! every node. [`lint`] says why a route may not work as written.
 
 use std::time::{Duration, SystemTime};
 
 use mesh_proto::route::RouteSpec;
+use serde::{Deserialize, Serialize};
 
 use crate::state::Snapshot;
 use crate::store::entry::{Entry, Revision};
@@ -26,6 +28,8 @@ pub enum RouteError {
     NothingEarlier(String),
     #[error("cannot encode the route: {0}")]
     Encode(String),
+    #[error("route {name} is {size} bytes stored, over the {limit} bytes (64 KiB) a route may take: split its subsets or rules")]
+    TooLarge { name: String, size: usize, limit: usize },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -36,21 +40,49 @@ pub struct Stored {
     pub revision: u64,
     pub applied_at: SystemTime,
     pub origin: String,
+    /// The revision whose content this one restored.
+    pub rollback_of: Option<u64>,
 }
 
-fn decode(r: &Revision) -> Option<RouteSpec> {
+/// What an apply or a rollback did.
+pub struct Applied {
+    pub stored: Stored,
+    /// The content was already current: nothing was stored.
+    pub unchanged: bool,
+}
+
+/// The value of `route/NAME`: the spec, and for a rollback the revision it restores.
+/// Values written before rollbacks were recorded are a bare spec, still read.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Value {
+    route: RouteSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rollback_of: Option<u64>,
+}
+
+fn decode(r: &Revision) -> Option<Value> {
     if r.deleted {
         return None;
     }
-    serde_json::from_slice(&r.value).ok()
+    serde_json::from_slice::<Value>(&r.value)
+        .or_else(|_| serde_json::from_slice::<RouteSpec>(&r.value).map(|route| Value { route, rollback_of: None }))
+        .ok()
+}
+
+/// Whether a revision restored another one, and which.
+pub fn rollback_of(r: &Revision) -> Option<u64> {
+    decode(r)?.rollback_of
 }
 
 fn stored(r: &Revision) -> Option<Stored> {
+    let v = decode(r)?;
     Some(Stored {
-        spec: decode(r)?,
+        spec: v.route,
         revision: r.revision,
         applied_at: SystemTime::UNIX_EPOCH + Duration::from_millis(r.version.millis()),
         origin: r.origin.clone(),
+        rollback_of: v.rollback_of,
     })
 }
 
@@ -99,11 +131,26 @@ pub fn history(store: &Store, name: &str) -> Result<Vec<Revision>, RouteError> {
     Ok(revs)
 }
 
-/// Stores `spec` as the route's new revision (acknowledged once durable). Blocking.
-pub fn apply(store: &Store, spec: &RouteSpec) -> Result<Stored, RouteError> {
-    let value = serde_json::to_vec(spec).map_err(|e| RouteError::Encode(e.to_string()))?;
-    let e = store.put(&key(&spec.name), value)?;
-    stored(&e.as_revision()).ok_or_else(|| RouteError::Unknown(spec.name.clone()))
+/// Stores `spec` as the route's new revision (acknowledged once durable), unless it is
+/// the current content already: then nothing is stored. Blocking.
+pub fn apply(store: &Store, spec: &RouteSpec) -> Result<Applied, RouteError> {
+    write(store, spec, None)
+}
+
+fn write(store: &Store, spec: &RouteSpec, rollback_of: Option<u64>) -> Result<Applied, RouteError> {
+    if let Some(current) = entry(store, &spec.name).and_then(|e| stored(&e.as_revision())) {
+        if current.spec == *spec {
+            return Ok(Applied { stored: current, unchanged: true });
+        }
+    }
+    let value = serde_json::to_vec(&Value { route: spec.clone(), rollback_of })
+        .map_err(|e| RouteError::Encode(e.to_string()))?;
+    let e = store.put(&key(&spec.name), value).map_err(|e| match e {
+        StoreError::TooLarge { size, limit, .. } => RouteError::TooLarge { name: spec.name.clone(), size, limit },
+        e => RouteError::Store(e),
+    })?;
+    let stored = stored(&e.as_revision()).ok_or_else(|| RouteError::Unknown(spec.name.clone()))?;
+    Ok(Applied { stored, unchanged: false })
 }
 
 /// Deletes the route (a tombstone revision: the history stays). Blocking.
@@ -113,17 +160,58 @@ pub fn delete(store: &Store, name: &str) -> Result<(), RouteError> {
     Ok(())
 }
 
-/// A new revision with the content of revision `to`, or of the newest live revision
-/// before the current one. Blocking.
-pub fn rollback(store: &Store, name: &str, to: Option<u64>) -> Result<Stored, RouteError> {
+/// The revision a rollback restores: `to`, or the newest live revision before the
+/// current one.
+pub fn rollback_target(store: &Store, name: &str, to: Option<u64>) -> Result<Stored, RouteError> {
     let e = entry(store, name).ok_or_else(|| RouteError::Unknown(name.to_owned()))?;
-    let target = match to {
-        Some(n) => get(store, name, Some(n))?,
+    match to {
+        Some(n) => get(store, name, Some(n)),
         None => {
             let mut earlier: Vec<Revision> = e.revisions().filter(|r| r.revision < e.revision && !r.deleted).collect();
             earlier.sort_by_key(|r| r.revision);
-            earlier.last().and_then(stored).ok_or_else(|| RouteError::NothingEarlier(name.to_owned()))?
+            earlier.last().and_then(stored).ok_or_else(|| RouteError::NothingEarlier(name.to_owned()))
         }
-    };
-    apply(store, &target.spec)
+    }
+}
+
+/// A new revision with the content of revision `to`, or of the newest live revision
+/// before the current one (nothing stored when that is the current content). Blocking.
+pub fn rollback(store: &Store, name: &str, to: Option<u64>) -> Result<Applied, RouteError> {
+    let target = rollback_target(store, name, to)?;
+    write(store, &target.spec, Some(target.revision))
+}
+
+/// Why `spec` may not work as written in this snapshot: a service with no instance yet,
+/// subsets that select no instance, rules of the other protocol. A route may come before
+/// its service, so these are warnings, not errors.
+pub fn lint(spec: &RouteSpec, snap: &Snapshot) -> Vec<String> {
+    let instances: Vec<crate::catalog::Instance> =
+        crate::catalog::instances(snap).into_iter().filter(|i| i.spec.name == spec.service).collect();
+    if instances.is_empty() {
+        return vec![format!(
+            "service {} has no instance in the mesh: the route does nothing until one registers",
+            spec.service
+        )];
+    }
+    let mut problems = Vec::new();
+    let protocols: std::collections::BTreeSet<&str> = instances.iter().map(|i| i.spec.protocol.as_str()).collect();
+    for p in &protocols {
+        if let Err(e) = spec.check_protocol(p) {
+            problems.push(e);
+        }
+    }
+    let used: std::collections::BTreeSet<&str> = spec.used_subsets().collect();
+    for (name, labels) in &spec.subsets {
+        let selected = instances.iter().filter(|i| labels.iter().all(|(k, v)| i.spec.labels.get(k) == Some(v))).count();
+        if selected == 0 {
+            let selector: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let effect = if used.contains(name.as_str()) { "traffic sent to it fails" } else { "no rule sends to it" };
+            problems.push(format!(
+                "subset {name} ({}) selects no instance of {}: {effect}",
+                selector.join(", "),
+                spec.service
+            ));
+        }
+    }
+    problems
 }

@@ -203,6 +203,25 @@ pub struct Route {
     /// The node where it was applied.
     pub origin: String,
     pub spec: crate::route::RouteSpec,
+    /// This revision restores revision N's content (`meshctl route rollback`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_of: Option<u64>,
+    /// Answering an apply or rollback: the content was already current, nothing was
+    /// stored, and `revision` is still the current one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unchanged: bool,
+    /// Answering an apply or rollback: why the route may not work as written (`meshctl
+    /// route lint` lists the same).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// One item of `GET /v1/lint`: a route and its problems.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteLint {
+    pub route: String,
+    pub service: String,
+    pub problems: Vec<String>,
 }
 
 /// One item of `GET /v1/routes/NAME/history`, oldest first.
@@ -214,6 +233,9 @@ pub struct RouteRevision {
     /// The route was deleted at this revision.
     #[serde(default)]
     pub deleted: bool,
+    /// This revision restored revision N's content.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_of: Option<u64>,
 }
 
 /// `POST /v1/routes/NAME/rollback`: the revision whose content becomes the newest one;

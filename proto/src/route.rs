@@ -13,7 +13,9 @@ use crate::input::{InputError, Source};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteSpec {
-    /// The route's name. Required.
+    /// The route's name: the service's (one route per service). Optional; when given it
+    /// must be the service's name.
+    #[serde(default)]
     pub name: String,
     /// The service whose traffic it governs. Required.
     pub service: String,
@@ -158,7 +160,10 @@ impl RouteSpec {
     /// Parses and validates a route file.
     pub fn from_file(file: &str, text: &str) -> Result<RouteSpec, InputError> {
         let src = Source::new(file, text);
-        let spec: RouteSpec = src.parse()?;
+        let mut spec: RouteSpec = src.parse()?;
+        if spec.name.is_empty() {
+            spec.name = spec.service.clone();
+        }
         spec.validate(&src)?;
         Ok(spec)
     }
@@ -174,8 +179,19 @@ impl RouteSpec {
                     .error(key, format!("'{v}' is not a valid {what}: use 1 to 63 lower-case letters, digits and '-'")))
             }
         };
-        label("name", &self.name, "route name")?;
         label("service", &self.service, "service name")?;
+        if self.name != self.service {
+            // One route per service: two routes for one service would fight over its
+            // traffic, and under gossip only one key per service resolves cleanly.
+            return Err(src.error(
+                "name",
+                format!(
+                    "a route is named after the service it governs (one route per service): \
+                     use name = \"{}\", or leave name out",
+                    self.service
+                ),
+            ));
+        }
         for (name, labels) in &self.subsets {
             label(&format!("subsets.{name}"), name, "subset name")?;
             if labels.is_empty() {
@@ -316,6 +332,73 @@ impl RouteSpec {
     pub fn to_toml(&self) -> String {
         toml::to_string(self).unwrap_or_default()
     }
+
+    /// Every subset the rules send to or mirror to.
+    pub fn used_subsets(&self) -> impl Iterator<Item = &str> {
+        let http = self.http.iter().flat_map(|r| {
+            r.to.iter().flatten().map(|d| d.subset.as_str()).chain(r.mirror.iter().map(|m| m.subset.as_str()))
+        });
+        http.chain(self.tcp.iter().flat_map(|r| r.to.iter().flatten().map(|d| d.subset.as_str())))
+    }
+}
+
+/// What changed from `before` to `after`, one line a key, each named by the path that
+/// validation errors use, with the subset's name for a destination
+/// (`~ http[1].to[v1].weight: 80 -> 50`, `+ subsets.v3 = {...}`, `- http[2] = {...}`).
+pub fn changes(before: &RouteSpec, after: &RouteSpec) -> Vec<String> {
+    let (Ok(a), Ok(b)) = (serde_json::to_value(before), serde_json::to_value(after)) else {
+        return vec!["~ the route (cannot compare its revisions)".to_owned()];
+    };
+    let mut out = Vec::new();
+    compare("", &a, &b, &mut out);
+    out
+}
+
+fn compare(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+    use serde_json::Value;
+    let join = |key: &str| if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") };
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            for k in keys {
+                match (x.get(k), y.get(k)) {
+                    (Some(va), Some(vb)) => compare(&join(k), va, vb, out),
+                    (Some(va), None) => out.push(format!("- {} = {va}", join(k))),
+                    (None, Some(vb)) => out.push(format!("+ {} = {vb}", join(k))),
+                    (None, None) => {}
+                }
+            }
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            // Destinations pair up by subset (a reordered list is no change of weight);
+            // rules by position, since their order is their meaning.
+            let by_subset = |v: &Value| v.get("subset").and_then(Value::as_str).map(str::to_owned);
+            let keyed = x.iter().chain(y).all(|v| by_subset(v).is_some());
+            if keyed {
+                let name = |v: &Value| by_subset(v).unwrap_or_default();
+                for va in x {
+                    match y.iter().find(|vb| name(vb) == name(va)) {
+                        Some(vb) => compare(&format!("{path}[{}]", name(va)), va, vb, out),
+                        None => out.push(format!("- {path}[{}] = {va}", name(va))),
+                    }
+                }
+                for vb in y.iter().filter(|vb| !x.iter().any(|va| name(va) == name(vb))) {
+                    out.push(format!("+ {path}[{}] = {vb}", name(vb)));
+                }
+            } else {
+                for i in 0..x.len().max(y.len()) {
+                    match (x.get(i), y.get(i)) {
+                        (Some(va), Some(vb)) => compare(&format!("{path}[{i}]"), va, vb, out),
+                        (Some(va), None) => out.push(format!("- {path}[{i}] = {va}")),
+                        (None, Some(vb)) => out.push(format!("+ {path}[{i}] = {vb}")),
+                        (None, None) => {}
+                    }
+                }
+            }
+        }
+        (x, y) if x != y => out.push(format!("~ {path}: {x} -> {y}")),
+        _ => {}
+    }
 }
 
 fn percent(src: &Source<'_>, key: &str, p: u32) -> Result<(), InputError> {
@@ -366,7 +449,7 @@ fault = { abort = { status = 503, percent = 0 }, delay = { fixed = "0s", percent
 
     #[test]
     fn every_mistake_names_its_key_and_line() {
-        let base = "name = \"r\"\nservice = \"s\"\n[subsets]\nv1 = { version = \"v1\" }\n";
+        let base = "name = \"s\"\nservice = \"s\"\n[subsets]\nv1 = { version = \"v1\" }\n";
         let cases: &[(&str, usize, &str)] = &[
             ("[[tcp]]\nto = [{ subset = \"v1\", weight = -1 }]\n", 6, "weight"),
             ("[[tcp]]\nto = [{ subset = \"v1\", weight = 1.5 }]\n", 6, "weight"),
@@ -391,10 +474,33 @@ fault = { abort = { status = 503, percent = 0 }, delay = { fixed = "0s", percent
             assert_eq!(err.line, Some(*line), "{extra}: {err}");
             assert!(err.to_string().contains(key), "{extra}: {err}");
         }
-        let no_subset =
-            RouteSpec::from_file("r.toml", "name = \"r\"\nservice = \"s\"\n[[tcp]]\nto = [{ subset = \"a\" }]\n")
-                .expect_err("undefined");
+        let no_subset = RouteSpec::from_file("r.toml", "service = \"s\"\n[[tcp]]\nto = [{ subset = \"a\" }]\n")
+            .expect_err("undefined");
         assert!(no_subset.to_string().contains("add it under [subsets]"), "{no_subset}");
+    }
+
+    #[test]
+    fn a_route_is_named_after_its_service() {
+        let err = RouteSpec::from_file("r.toml", "name = \"other\"\nservice = \"reviews\"\n").expect_err("two names");
+        assert_eq!(err.line, Some(1), "{err}");
+        assert!(err.to_string().contains("name = \"reviews\""), "{err}");
+        let spec = RouteSpec::from_file("r.toml", "service = \"reviews\"\n").expect("the name defaults");
+        assert_eq!(spec.name, "reviews");
+    }
+
+    #[test]
+    fn changes_name_the_rule_and_subset_that_changed() {
+        let before = RouteSpec::from_file("r.toml", SEED).expect("valid");
+        let after_text = SEED.replace("weight = 90", "weight = 50").replace("timeout = \"10s\"\n", "");
+        let after = RouteSpec::from_file("r.toml", &after_text).expect("valid");
+        let c = changes(&before, &after);
+        assert_eq!(c, vec!["- http[1].timeout = \"10s\"", "~ http[1].to[v1].weight: 90 -> 50"], "{c:?}");
+        assert!(changes(&before, &before).is_empty());
+        let mut reordered = before.clone();
+        if let Some(to) = reordered.http[1].to.as_mut() {
+            to.reverse();
+        }
+        assert!(changes(&before, &reordered).is_empty(), "reordering destinations changes nothing");
     }
 
     #[test]

@@ -124,7 +124,7 @@ fn an_invalid_file_changes_nothing_and_names_the_key_and_line() {
     // A dry run prints the diff and stores nothing.
     let other = write(&n1, "other.toml", &split(1, 1));
     let out = ok(n1.meshctl(&["route", "apply", "--dry-run", "-f", &other]));
-    assert!(out.contains("revision 1 would become 2") && out.contains("+ "), "{out}");
+    assert!(out.contains("revision 1 would become 2") && out.contains("~ tcp[0].to[v2].weight: 0 -> 1"), "{out}");
     assert_eq!(n1.meshctl_json(&["route", "get", "echo"])["revision"], 1);
 }
 
@@ -136,8 +136,14 @@ fn rollback_restores_the_previous_content_everywhere_and_history_survives_a_rest
     let second = write(&n1, "two.toml", &split(0, 1));
     ok(n1.meshctl(&["route", "apply", "-f", &first]));
     ok(n1.meshctl(&["route", "apply", "-f", &second, "--wait"]));
-    let out = ok(n1.meshctl(&["route", "rollback", "echo"]));
-    assert!(out.contains("now revision 3"), "{out}");
+    // A dry run shows what the rollback would change and stores nothing.
+    let out = ok(n1.meshctl(&["route", "rollback", "echo", "--dry-run"]));
+    assert!(out.contains("revision 2 would become 3"), "{out}");
+    assert!(out.contains("~ tcp[0].to[v1].weight: 0 -> 1"), "which rule and subset: {out}");
+    assert_eq!(n1.meshctl_json(&["route", "get", "echo"])["revision"], 2);
+    let out = ok(n1.meshctl(&["route", "rollback", "echo", "--wait"]));
+    assert!(out.contains("now revision 3") && out.contains("tcp[0].to[v2].weight: 1 -> 0"), "{out}");
+    assert!(out.contains("every alive member (3) holds revision 3"), "{out}");
     let want = n1.meshctl_json(&["route", "get", "echo", "--revision", "1"])["spec"].clone();
     n3.eventually(CONVERGE, "node-3 holds the rolled-back content", || {
         let r = n3.meshctl_json(&["route", "get", "echo"]);
@@ -153,6 +159,102 @@ fn rollback_restores_the_previous_content_everywhere_and_history_survives_a_rest
     assert_eq!(revisions, vec![1, 2, 3], "the history survives a restart");
     let table = ok(n1.meshctl(&["route", "history", "echo"]));
     assert!(table.contains("node-1"), "the origin is named: {table}");
+    assert!(table.contains("rollback to 1"), "a rollback says so: {table}");
+    assert_eq!(history[2]["rollback_of"], 1, "{history}");
+}
+
+#[test]
+fn reapplying_the_same_route_stores_nothing_and_a_change_names_its_rule_and_subset() {
+    let block = Block::take();
+    let n1 = Node::start(&block, 1, "");
+    let file = write(&n1, "route.toml", &split(80, 20));
+    ok(n1.meshctl(&["route", "apply", "-f", &file]));
+    let out = ok(n1.meshctl(&["route", "apply", "-f", &file]));
+    assert!(out.contains("unchanged, still revision 1"), "{out}");
+    let history = n1.meshctl_json(&["route", "history", "echo"]);
+    assert_eq!(history.as_array().map(Vec::len), Some(1), "nothing stored: {history}");
+    let out = ok(n1.meshctl(&["route", "apply", "--dry-run", "-f", &file]));
+    assert!(out.contains("unchanged, still revision 1"), "{out}");
+
+    let changed = write(&n1, "changed.toml", &split(50, 50));
+    let out = ok(n1.meshctl(&["route", "apply", "-f", &changed]));
+    assert!(out.contains("~ tcp[0].to[v1].weight: 80 -> 50"), "{out}");
+    assert!(out.contains("~ tcp[0].to[v2].weight: 20 -> 50"), "{out}");
+}
+
+#[test]
+fn routes_that_cannot_work_are_applied_with_warnings_and_linted() {
+    let block = Block::take();
+    let n1 = Node::start(&block, 1, "");
+    // No service echo yet: a route may come first, with a warning.
+    let file = write(&n1, "route.toml", &split(1, 1));
+    let out = ok(n1.meshctl(&["route", "apply", "-f", &file]));
+    assert!(out.contains("warning: service echo has no instance"), "{out}");
+    let lint = n1.meshctl(&["route", "lint"]);
+    assert_eq!(lint.status.code(), Some(1), "problems found: exit 1");
+    assert!(String::from_utf8_lossy(&lint.stdout).contains("route echo: service echo has no instance"));
+
+    // Once v1 registers, subset v2 still selects nothing.
+    let port = TcpListener::bind((block.node_ip(1), 0)).expect("port").local_addr().expect("addr").port();
+    let svc = write(
+        &n1,
+        "echo.toml",
+        &format!(
+            "name = \"echo\"\naddress = \"{}\"\nport = {port}\nlabels = {{ version = \"v1\" }}\n",
+            block.node_ip(1)
+        ),
+    );
+    ok(n1.meshctl(&["service", "register", "-f", &svc]));
+    let lint = n1.meshctl(&["route", "lint", "echo"]);
+    let text = String::from_utf8_lossy(&lint.stdout);
+    assert_eq!(lint.status.code(), Some(1), "{text}");
+    assert!(text.contains("subset v2 (version=v2) selects no instance of echo"), "{text}");
+    assert!(!text.contains("subset v1"), "{text}");
+
+    // Fixed: no problems, exit 0.
+    let fixed = write(
+        &n1,
+        "fixed.toml",
+        &split(1, 0).replace("v2 = { version = \"v2\" }\n", "").replace(", { subset = \"v2\", weight = 0 }", ""),
+    );
+    ok(n1.meshctl(&["route", "apply", "-f", &fixed]));
+    let out = ok(n1.meshctl(&["route", "lint"]));
+    assert!(out.contains("no problems in 1 route"), "{out}");
+    assert_eq!(n1.meshctl(&["route", "lint", "nope"]).status.code(), Some(1));
+}
+
+#[test]
+fn routes_that_break_the_model_or_the_bounds_are_refused_and_change_nothing() {
+    let block = Block::take();
+    let n1 = Node::start(&block, 1, "");
+    ok(n1.meshctl(&["route", "apply", "-f", &write(&n1, "route.toml", &split(1, 1))]));
+
+    // A second route for the same service.
+    let other = write(&n1, "other.toml", &split(1, 0).replace("name = \"echo\"", "name = \"other\""));
+    let out = n1.meshctl(&["route", "apply", "-f", &other]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("other.toml:1") && err.contains("name = \"echo\""), "{err}");
+
+    // Over the 64 KiB a route may take: 413, exit 2, the limit named.
+    let subsets: String = (0..3000).map(|i| format!("s{i} = {{ version = \"v{i}\" }}\n")).collect();
+    let big = format!("service = \"echo\"\n[subsets]\n{subsets}[[tcp]]\nto = [{{ subset = \"s1\" }}]\n");
+    let big = write(&n1, "big.toml", &big);
+    let out = n1.meshctl(&["route", "apply", "-f", &big]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("65536") && err.contains("413"), "{err}");
+
+    // An endless file is not read to the end.
+    let out = n1.meshctl(&["route", "apply", "-f", "/dev/zero"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("larger than 1024 KiB"));
+    let out = n1.meshctl(&["service", "register", "-f", "/dev/zero"]);
+    assert_eq!(out.status.code(), Some(2));
+
+    let history = n1.meshctl_json(&["route", "history", "echo"]);
+    assert_eq!(history.as_array().map(Vec::len), Some(1), "nothing changed: {history}");
+    assert_eq!(n1.meshctl_json(&["route", "list"]).as_array().map(Vec::len), Some(1));
 }
 
 #[test]

@@ -86,6 +86,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/routes/{name}", get(routes::get).put(routes::apply).delete(routes::delete))
         .route("/v1/routes/{name}/history", get(routes::history))
         .route("/v1/routes/{name}/rollback", axum::routing::post(routes::rollback))
+        .route("/v1/lint", get(routes::lint))
         .route("/v1/catchup", get(catchup))
         .route("/v1/tokens", axum::routing::post(create_token))
         .route("/v1/nodes/{name}", axum::routing::delete(remove_node))

@@ -1,6 +1,7 @@
-//! `/v1/routes`: apply, read, delete, history and rollback of routes. Writes are
-//! acknowledged once durable here; gossip spreads them (`/v1/catchup` tells who holds a
-//! revision, which is how `meshctl route apply --wait` knows every node has it).
+//! `/v1/routes`: apply, read, delete, history and rollback of routes, and `/v1/lint`.
+//! Writes are acknowledged once durable here; gossip spreads them (`/v1/catchup` tells
+//! who holds a revision, which is how `meshctl route apply --wait` knows every node has
+//! it). An apply or rollback that changes nothing stores nothing and says so.
 
 use std::sync::Arc;
 
@@ -13,7 +14,8 @@ use mesh_proto::route::RouteSpec;
 use serde::Deserialize;
 
 use super::{rfc3339, AdminState, Error};
-use crate::routes::{self, RouteError, Stored};
+use crate::routes::{self, Applied, RouteError, Stored};
+use crate::store::StoreError;
 
 fn body(s: Stored) -> api::Route {
     api::Route {
@@ -23,13 +25,24 @@ fn body(s: Stored) -> api::Route {
         applied_at: rfc3339(s.applied_at),
         origin: s.origin,
         spec: s.spec,
+        rollback_of: s.rollback_of,
+        unchanged: false,
+        warnings: Vec::new(),
     }
+}
+
+/// The answer to an apply or rollback: the revision, whether it was unchanged, and the
+/// route's problems in this node's view.
+fn applied(state: &AdminState, a: Applied) -> api::Route {
+    let warnings = routes::lint(&a.stored.spec, &state.snapshot.borrow());
+    api::Route { unchanged: a.unchanged, warnings, ..body(a.stored) }
 }
 
 fn error(e: RouteError) -> Error {
     let status = match &e {
         RouteError::Unknown(_) | RouteError::NoRevision { .. } => StatusCode::NOT_FOUND,
         RouteError::NothingEarlier(_) => StatusCode::CONFLICT,
+        RouteError::TooLarge { .. } | RouteError::Store(StoreError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
         RouteError::Store(s) if s.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
         RouteError::Store(_) | RouteError::Encode(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
@@ -66,13 +79,26 @@ pub async fn get(
     routes::get(&state.store, &name, q.revision).map(body).map(Json).map_err(error)
 }
 
-/// `PUT /v1/routes/NAME`: validates the whole route (and its rules against the
-/// service's protocol, when the service is known), then stores a new revision.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApplyQuery {
+    /// Validate and report what would happen; store nothing.
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// `PUT /v1/routes/NAME[?dry_run=true]`: validates the whole route (and its rules
+/// against the service's protocol, when the service is known), then stores a new
+/// revision, unless the content is the current one already. The answer carries the
+/// route's warnings ([`routes::lint`]). A dry run answers the same without storing: the
+/// revision it would become, or the current one when unchanged.
 pub async fn apply(
     State(state): State<Arc<AdminState>>,
     Path(name): Path<String>,
+    query: Result<Query<ApplyQuery>, QueryRejection>,
     spec: Result<Json<RouteSpec>, JsonRejection>,
 ) -> Result<Json<api::Route>, Error> {
+    let Query(query) = query.map_err(|e| Error::new(StatusCode::BAD_REQUEST, e.body_text()))?;
     let Json(spec) = spec.map_err(|e| Error::new(StatusCode::BAD_REQUEST, e.body_text()))?;
     if spec.name != name {
         return Err(Error::new(
@@ -89,8 +115,31 @@ pub async fn apply(
     if let Some(p) = protocol {
         spec.check_protocol(&p).map_err(|e| Error::new(StatusCode::BAD_REQUEST, e))?;
     }
+    if query.dry_run {
+        let current = routes::get(&state.store, &name, None).ok();
+        let unchanged = current.as_ref().is_some_and(|c| c.spec == spec);
+        let revision = current.as_ref().map_or(1, |c| if unchanged { c.revision } else { c.revision + 1 });
+        let warnings = routes::lint(&spec, &snap);
+        let origin = state.identity.node.clone();
+        let applied_at = current
+            .as_ref()
+            .filter(|_| unchanged)
+            .map_or_else(|| rfc3339(std::time::SystemTime::now()), |c| rfc3339(c.applied_at));
+        return Ok(Json(api::Route {
+            name: spec.name.clone(),
+            service: spec.service.clone(),
+            revision,
+            applied_at,
+            origin,
+            spec,
+            rollback_of: None,
+            unchanged,
+            warnings,
+        }));
+    }
     let store = state.store.clone();
-    blocking(move || routes::apply(&store, &spec)).await.map(body).map(Json)
+    let done = blocking(move || routes::apply(&store, &spec)).await?;
+    Ok(Json(applied(&state, done)))
 }
 
 /// `DELETE /v1/routes/NAME`
@@ -115,6 +164,7 @@ pub async fn history(
             .map(|r| api::RouteRevision {
                 revision: r.revision,
                 applied_at: rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_millis(r.version.millis())),
+                rollback_of: routes::rollback_of(&r),
                 origin: r.origin,
                 deleted: r.deleted,
             })
@@ -130,5 +180,34 @@ pub async fn rollback(
 ) -> Result<Json<api::Route>, Error> {
     let Json(req) = req.map_err(|e| Error::new(StatusCode::BAD_REQUEST, e.body_text()))?;
     let store = state.store.clone();
-    blocking(move || routes::rollback(&store, &name, req.to)).await.map(body).map(Json)
+    let done = blocking(move || routes::rollback(&store, &name, req.to)).await?;
+    Ok(Json(applied(&state, done)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LintQuery {
+    route: Option<String>,
+}
+
+/// `GET /v1/lint[?route=NAME]`: every route (or one) with its problems in this node's
+/// view of the mesh; routes without problems are listed with none.
+pub async fn lint(
+    State(state): State<Arc<AdminState>>,
+    query: Result<Query<LintQuery>, QueryRejection>,
+) -> Result<Json<Vec<api::RouteLint>>, Error> {
+    let Query(q) = query.map_err(|e| Error::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let snap = state.snapshot.borrow().clone();
+    let mut all: Vec<api::RouteLint> = routes::all(&snap)
+        .into_iter()
+        .filter(|r| q.route.as_ref().is_none_or(|n| *n == r.spec.name))
+        .map(|r| api::RouteLint { problems: routes::lint(&r.spec, &snap), route: r.spec.name, service: r.spec.service })
+        .collect();
+    if let Some(name) = &q.route {
+        if all.is_empty() {
+            return Err(Error::new(StatusCode::NOT_FOUND, format!("no route named {name}")));
+        }
+    }
+    all.sort_by(|a, b| a.route.cmp(&b.route));
+    Ok(Json(all))
 }

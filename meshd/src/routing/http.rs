@@ -220,7 +220,7 @@ mod tests {
     fn the_first_matching_rule_wins() {
         let route = RouteSpec::from_file(
             "r.toml",
-            r#"name = "r"
+            r#"name = "s"
 service = "s"
 [subsets]
 v1 = { version = "v1" }
