@@ -66,12 +66,107 @@ pub struct Config {
     pub identity: IdentityConfig,
     #[serde(default)]
     pub gossip: GossipConfig,
+    #[serde(default)]
+    pub policy: PolicyConfig,
+    #[serde(default)]
+    pub tracing: TracingConfig,
+    #[serde(default)]
+    pub access_log: AccessLogConfig,
+    /// Only on a node that bridges a Kubernetes cluster. Default: none.
+    #[serde(default)]
+    pub bridge: Option<BridgeConfig>,
     /// Services on this host.
     #[serde(default)]
     pub service: Vec<ServiceSpec>,
     /// Fixed local listeners for applications that cannot use DNS. Default: none.
     #[serde(default)]
     pub upstream: Vec<UpstreamConfig>,
+}
+
+/// `[policy]`: authorization when a service has no policy of its own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// `allow` or `deny`: what a service without a policy does with a caller. Default:
+    /// `allow`, so that a new mesh carries traffic before anyone writes a policy.
+    #[serde(default = "default_policy")]
+    pub default: PolicyDefault,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyDefault {
+    #[default]
+    Allow,
+    Deny,
+}
+
+fn default_policy() -> PolicyDefault {
+    PolicyDefault::Allow
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig { default: default_policy() }
+    }
+}
+
+/// `[tracing]`: spans exported over OTLP/HTTP.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracingConfig {
+    /// An OTLP/HTTP collector (`http://127.0.0.1:4318`). Default: off.
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
+    /// Percent of requests traced, 0 to 100, when no caller decided. Default: 1.
+    #[serde(default = "default_sample_percent")]
+    pub sample_percent: f64,
+}
+
+fn default_sample_percent() -> f64 {
+    1.0
+}
+
+/// `[access_log]`: one JSON line per connection or request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogConfig {
+    /// `-` for meshd's own output (the journal under systemd), or a file. Default: `-`.
+    #[serde(default = "default_access_log_path")]
+    pub path: String,
+}
+
+fn default_access_log_path() -> String {
+    "-".to_owned()
+}
+
+impl Default for AccessLogConfig {
+    fn default() -> Self {
+        AccessLogConfig { path: default_access_log_path() }
+    }
+}
+
+/// `[bridge]`: this node bridges a Kubernetes cluster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BridgeConfig {
+    /// The cluster's name in the mesh. Required.
+    pub cluster: String,
+    /// Kubernetes services with these labels are imported into the mesh. Default:
+    /// `meshd.io/import=true`.
+    #[serde(default = "default_import_selector")]
+    pub import_selector: String,
+    /// Mesh services appear in this namespace of the cluster. Default: `mesh`.
+    #[serde(default = "default_export_namespace")]
+    pub export_namespace: String,
+}
+
+fn default_import_selector() -> String {
+    "meshd.io/import=true".to_owned()
+}
+
+fn default_export_namespace() -> String {
+    "mesh".to_owned()
 }
 
 /// `[[upstream]]`: a local address that leads to a mesh service, as its virtual IP does.
@@ -119,6 +214,10 @@ pub struct ProxyConfig {
     /// host) to accept before trying another. Default: 5s.
     #[serde(default = "default_connect_timeout", with = "duration")]
     pub connect_timeout: Duration,
+    /// The local service that traffic from this host through virtual IPs comes from (a
+    /// host with one service). Default: none: the node alone is the caller.
+    #[serde(default)]
+    pub source: Option<String>,
 }
 
 fn default_max_connections() -> usize {
@@ -304,6 +403,7 @@ impl Default for ProxyConfig {
             vip_range: default_vip_range(),
             max_connections: default_max_connections(),
             connect_timeout: default_connect_timeout(),
+            source: None,
         }
     }
 }
@@ -321,6 +421,19 @@ impl Default for IdentityConfig {
 /// Why a config could not be used. Both are the operator's to fix: exit status 2.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// There is no file at the path.
+    #[error(
+        "{}: no such file. meshd needs a config; the smallest one is\n\n    \
+         node_name = \"vm-1\"          # default: the hostname\n    \
+         bind = \"198.18.0.1:7946\"    # this host's address: the one UDP port of the mesh\n    \
+         join = [\"198.18.0.2:7946\"]  # on every host but the first: a member to find the mesh by\n\n\
+         A commented example with every key: packaging/examples/meshd.toml in the source, installed as\n\
+         /usr/share/doc/meshd/examples/meshd.toml; each key is described in docs/configuration.md.\n\
+         Write it to {} (or pass --config PATH), then run this again.",
+        path.display(),
+        path.display()
+    )]
+    Missing { path: PathBuf },
     /// The file could not be read.
     #[error("{}: {source}", path.display())]
     Read { path: PathBuf, source: std::io::Error },
@@ -332,8 +445,10 @@ pub enum ConfigError {
 impl Config {
     /// Reads, parses and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => ConfigError::Missing { path: path.to_owned() },
+            _ => ConfigError::Read { path: path.to_owned(), source },
+        })?;
         Ok(Config::parse(&path.display().to_string(), &text)?)
     }
 
@@ -345,12 +460,44 @@ impl Config {
         Ok(config)
     }
 
+    /// Keys this meshd accepts (so one config serves every version) but does not act on
+    /// yet, each with what happens instead; meshd logs them at WARN when it starts.
+    pub fn not_yet_in_effect(&self) -> Vec<String> {
+        let mut keys = Vec::new();
+        if self.policy.default == PolicyDefault::Deny {
+            keys.push(
+                "policy.default = \"deny\": authorization policies are not enforced yet; every caller is allowed"
+                    .to_owned(),
+            );
+        }
+        if self.tracing.otlp_endpoint.is_some() {
+            keys.push(
+                "tracing.otlp_endpoint: spans are not exported yet (trace ids are still made and passed on)".to_owned(),
+            );
+        }
+        if self.access_log.path != "-" {
+            keys.push(format!(
+                "access_log.path = {:?}: access logs still go to meshd's own output",
+                self.access_log.path
+            ));
+        }
+        if self.bridge.is_some() {
+            keys.push("[bridge]: this meshd does not bridge Kubernetes clusters yet".to_owned());
+        }
+        if self.proxy.source.is_some() {
+            keys.push(
+                "proxy.source: connections through virtual IPs still carry the node alone as their caller".to_owned(),
+            );
+        }
+        keys
+    }
+
     fn validate(&self, src: &Source<'_>) -> Result<(), InputError> {
         if !mesh_proto::is_dns_label(&self.node_name) {
             let why = if self.node_name.is_empty() {
                 "no node name: the hostname is empty; set node_name".to_owned()
             } else {
-                format!("'{}' is not a valid node name: use 1 to 63 lower-case letters, digits and '-'", self.node_name)
+                format!("'{}' is not a valid node name: {}", self.node_name, mesh_proto::DNS_LABEL_RULE)
             };
             return Err(src.error("node_name", why));
         }
@@ -421,6 +568,30 @@ impl Config {
                         format!("'{source}' is not a [[service]] of this host"),
                     ));
                 }
+            }
+        }
+        if let Some(source) = &self.proxy.source {
+            if !self.service.iter().any(|s| &s.name == source) {
+                return Err(src.error("proxy.source", format!("'{source}' is not a [[service]] of this host")));
+            }
+        }
+        if !(0.0..=100.0).contains(&self.tracing.sample_percent) {
+            return Err(src.error("tracing.sample_percent", "sample_percent must be between 0 and 100"));
+        }
+        if let Some(e) = &self.tracing.otlp_endpoint {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                return Err(src.error("tracing.otlp_endpoint", format!("'{e}' is not an http:// or https:// URL")));
+            }
+        }
+        if self.access_log.path.is_empty() {
+            return Err(src.error("access_log.path", "path must be '-' (meshd's output) or a file"));
+        }
+        if let Some(b) = &self.bridge {
+            if !mesh_proto::is_dns_label(&b.cluster) {
+                return Err(src.error(
+                    "bridge.cluster",
+                    format!("'{}' is not a valid cluster name: {}", b.cluster, mesh_proto::DNS_LABEL_RULE),
+                ));
             }
         }
         if self.admin.socket.as_os_str().is_empty() {

@@ -31,6 +31,9 @@ enum Command {
     },
     /// A local mesh on loopback to try things with; stops on Ctrl-C.
     Dev,
+    /// Validate the config file: exit 0 when meshd would start with it, 2 (naming the
+    /// line and key) when not. Changes nothing.
+    CheckConfig,
 }
 
 fn main() -> ExitCode {
@@ -40,6 +43,13 @@ fn main() -> ExitCode {
         Command::Init => init(&cli.config),
         Command::Join { token } => join(&cli.config, &token),
         Command::Dev => dev(),
+        Command::CheckConfig => match load(&cli.config) {
+            Ok(_) => {
+                println!("{}: ok", cli.config.display());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
     }
 }
 
@@ -103,6 +113,9 @@ fn run(path: &std::path::Path) -> ExitCode {
         Err(code) => return code,
     };
     telemetry::init(&config.log_level);
+    for key in config.not_yet_in_effect() {
+        tracing::warn!("accepted but not in effect in this version: {key}");
+    }
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(code) => return code,

@@ -23,6 +23,10 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Whether `s` is a valid DNS label as mesh uses them for node and service names:
 /// 1 to 63 characters of `a-z`, `0-9` and `-`, not starting or ending with `-`.
 /// Lower case only, so that a name and its DNS form are the same string.
+/// What [`is_dns_label`] asks of a name, for error messages.
+pub const DNS_LABEL_RULE: &str =
+    "use 1 to 63 lower-case letters, digits and '-', not starting or ending with '-' (names are DNS labels)";
+
 pub fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63

@@ -108,6 +108,37 @@ pub struct Retries {
     /// What to retry on. Default: `5xx`, `connect-failure` and `reset`.
     #[serde(default = "default_retry_on")]
     pub on: Vec<RetryOn>,
+    /// How many retries the service may take, per second. Default: 20% of its requests,
+    /// and at least 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<Budget>,
+}
+
+/// A retry budget: retries may be at most `percent` of a service's requests in a second,
+/// but `min_per_second` are always allowed (so a quiet service can retry at all).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Budget {
+    /// 0 to 100. Default: 20.
+    #[serde(default = "twenty")]
+    pub percent: u32,
+    /// Default: 10.
+    #[serde(default = "ten")]
+    pub min_per_second: u32,
+}
+
+impl Default for Budget {
+    fn default() -> Budget {
+        Budget { percent: twenty(), min_per_second: ten() }
+    }
+}
+
+fn twenty() -> u32 {
+    20
+}
+
+fn ten() -> u32 {
+    10
 }
 
 fn default_retry_on() -> Vec<RetryOn> {
@@ -175,8 +206,7 @@ impl RouteSpec {
             if crate::is_dns_label(v) {
                 Ok(())
             } else {
-                Err(src
-                    .error(key, format!("'{v}' is not a valid {what}: use 1 to 63 lower-case letters, digits and '-'")))
+                Err(src.error(key, format!("'{v}' is not a valid {what}: {}", crate::DNS_LABEL_RULE)))
             }
         };
         label("service", &self.service, "service name")?;
@@ -220,6 +250,12 @@ impl RouteSpec {
                 }
                 if r.on.is_empty() {
                     return Err(src.error(&format!("{at}.retries.on"), "name at least one condition to retry on"));
+                }
+                if let Some(b) = &r.budget {
+                    percent(src, &format!("{at}.retries.budget.percent"), b.percent)?;
+                    if b.min_per_second > 100_000 {
+                        return Err(src.error(&format!("{at}.retries.budget.min_per_second"), "at most 100000"));
+                    }
                 }
                 match (r.per_try_timeout, rule.timeout) {
                     (Some(t), _) if t.is_zero() => {
@@ -463,6 +499,7 @@ fault = { abort = { status = 503, percent = 0 }, delay = { fixed = "0s", percent
             ),
             ("[[http]]\ntimeout = \"soon\"\n", 6, "timeout"),
             ("[[http]]\nmirror = { subset = \"v1\", percent = 101 }\n", 6, "http[0].mirror.percent"),
+            ("[[http]]\nretries = { attempts = 1, budget = { percent = 120 } }\n", 6, "http[0].retries.budget.percent"),
             ("[[http]]\nfault = { abort = { status = 42, percent = 5 } }\n", 6, "status"),
             ("[[http]]\nmatch = { headers = { x = { regex = \"(\" } } }\n", 6, "http[0].match.headers.x"),
             ("[[http]]\nmatch = { path_prefix = \"api\" }\n", 6, "path_prefix"),

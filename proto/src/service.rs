@@ -111,7 +111,7 @@ impl ServiceSpec {
         if !crate::is_dns_label(&self.name) {
             return Err(src.error(
                 &key("name"),
-                format!("'{}' is not a valid service name: use 1 to 63 lower-case letters, digits and '-'", self.name),
+                format!("'{}' is not a valid service name: {}", self.name, crate::DNS_LABEL_RULE),
             ));
         }
         if self.port == 0 {

@@ -295,7 +295,12 @@ socket = "{socket}"
 
     /// Runs `meshd ARGS --config CONFIG` to completion.
     pub fn meshd(&self, args: &[&str]) -> Output {
-        self.meshd_command().args(args).arg("--config").arg(&self.config).output().expect("run meshd")
+        self.meshd_with_config(args, &self.config)
+    }
+
+    /// Runs `meshd ARGS --config PATH` to completion.
+    pub fn meshd_with_config(&self, args: &[&str], config: &Path) -> Output {
+        self.meshd_command().args(args).arg("--config").arg(config).output().expect("run meshd")
     }
 
     /// Starts `meshd run` and waits (up to 20 s, far above the usual ~50 ms) for the

@@ -189,6 +189,53 @@ fn the_mirror_copies_every_request_and_the_client_sees_only_the_primary() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(m.v2.seen.load(Ordering::Relaxed), 100, "v2 sees the copies and nothing else");
+    let metrics = m.n1.metrics();
+    assert_eq!(
+        metric(&metrics, "mesh_proxy_http_events_total{service=\"web\",event=\"mirror_sent\"}"),
+        100,
+        "{metrics}"
+    );
+    // HTTP connections count like TCP ones: 100 and more (the waits), with their bytes.
+    assert!(metric(&metrics, "mesh_proxy_connections_total{direction=\"outbound\",result=\"ok\"}") >= 100, "{metrics}");
+    let sent = metric(&metrics, "mesh_proxy_bytes_total{direction=\"outbound\",way=\"sent\"}");
+    let received = metric(&metrics, "mesh_proxy_bytes_total{direction=\"outbound\",way=\"received\"}");
+    assert!(sent >= 100 * 50 && received >= 100 * 40, "bytes of 100 requests and responses: {sent} / {received}");
+}
+
+/// The value of the sample `name` (with its labels) in Prometheus text, 0 if absent.
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.trim().parse::<f64>().ok()))
+        .map_or(0, |v| v as u64)
+}
+
+#[test]
+fn a_rules_retry_budget_caps_retries_and_refusals_are_counted() {
+    let block = Block::take();
+    let m = mesh(&block);
+    m.v1.broken.store(true, Ordering::Relaxed);
+    // A budget of 0% with no floor: not one retry, however many attempts the rule allows.
+    apply(
+        &m,
+        "[[http]]\nto = [{ subset = \"v1\" }]\nretries = { attempts = 3, on = [\"5xx\"], budget = { percent = 0, min_per_second = 0 } }\n",
+    );
+    for _ in 0..20 {
+        assert_eq!(get(m.addr, "").0, 500);
+    }
+    assert_eq!(m.v1.seen.load(Ordering::Relaxed), 20, "one try per request");
+    let metrics = m.n1.metrics();
+    assert_eq!(
+        metric(&metrics, "mesh_proxy_http_events_total{service=\"web\",event=\"retry_budget_exhausted\"}"),
+        20,
+        "{metrics}"
+    );
+    assert_eq!(metric(&metrics, "mesh_proxy_http_events_total{service=\"web\",event=\"retry\"}"), 0);
+
+    // The default budget lets the floor of 10 a second through.
+    apply(&m, "[[http]]\nto = [{ subset = \"v1\" }]\nretries = { attempts = 3, on = [\"5xx\"] }\n");
+    get(m.addr, "");
+    let metrics = m.n1.metrics();
+    assert_eq!(metric(&metrics, "mesh_proxy_http_events_total{service=\"web\",event=\"retry\"}"), 3, "{metrics}");
 }
 
 #[test]
@@ -235,6 +282,8 @@ fn timeouts_faults_and_ejection() {
         get(m.addr, "");
     }
     assert!((0..20).all(|_| get(m.addr, "") == (200, "v2".to_owned())), "the broken instance is ejected");
+    let metrics = m.n1.metrics();
+    assert!(metric(&metrics, "mesh_proxy_http_events_total{service=\"web\",event=\"ejection\"}") >= 1, "{metrics}");
     // It comes back after the ejection time (5 s the first time).
     m.v1.broken.store(false, Ordering::Relaxed);
     std::thread::sleep(Duration::from_secs(6));

@@ -110,6 +110,35 @@ fn an_invalid_config_exits_2_naming_line_and_key_and_starts_nothing() {
 }
 
 #[test]
+fn init_without_a_config_says_what_to_write_and_where_the_example_is() {
+    let block = Block::take();
+    let node = Node::prepare(&block, 1, "");
+    std::fs::remove_file(&node.config).expect("no config");
+    let out = node.meshd(&["init"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for said in ["no such file", "node_name = ", "bind = ", "packaging/examples/meshd.toml", "docs/configuration.md"] {
+        assert!(err.contains(said), "says {said:?}: {err}");
+    }
+    // The example it points at works as it is.
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/examples/meshd.toml");
+    let check = node.meshd_with_config(&["check-config"], &example);
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+}
+
+#[test]
+fn a_bad_node_name_is_refused_with_the_rule() {
+    let block = Block::take();
+    let node = Node::start(&block, 1, "");
+    for args in [&["token", "create", "--node", "Web_1"][..], &["node", "remove", "Web_1"][..]] {
+        let out = node.meshctl(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("lower-case letters, digits and '-'"), "{args:?}: {err}");
+    }
+}
+
+#[test]
 fn run_without_init_exits_2_and_says_what_to_do() {
     let block = Block::take();
     let node = Node::prepare(&block, 1, "");

@@ -63,7 +63,7 @@ pub enum SignerError {
     NotSigner,
     #[error("ttl must be between 1s and 7d")]
     BadTtl,
-    #[error("{0:?} is not a valid node name")]
+    #[error("{0:?} is not a valid node name: {rule}", rule = mesh_proto::DNS_LABEL_RULE)]
     BadName(String),
     #[error("no node {0} is known to this node")]
     UnknownNode(String),
@@ -310,6 +310,9 @@ impl Signer {
     pub fn remove(&self, node: &str) -> Result<Revocation, SignerError> {
         if node == self.identity.node {
             return Err(SignerError::RemoveSelf(node.to_owned()));
+        }
+        if !mesh_proto::is_dns_label(node) {
+            return Err(SignerError::BadName(node.to_owned()));
         }
         let view = self.store.view();
         let held: NodeCertRecord = view

@@ -43,15 +43,36 @@ fn full(status: StatusCode, text: &str) -> Response<Body> {
     r
 }
 
-/// Serves one application connection until it closes.
+/// Serves one application connection until it closes; counted like a TCP connection
+/// (`mesh_proxy_connections_total`, `mesh_proxy_bytes_total`, active connections).
 pub async fn serve(proxy: Arc<Proxy>, client: TcpStream, dest: Arc<Destination>) {
+    let _active = proxy.metrics.active("outbound");
+    proxy.metrics.count("outbound", "ok");
+    let counted = Arc::new(ByteCounts::default());
+    let guard = HeadGuard::new(client, counted.clone());
+    let p = proxy.clone();
     let service = hyper::service::service_fn(move |req| {
-        let (proxy, dest) = (proxy.clone(), dest.clone());
+        let (proxy, dest) = (p.clone(), dest.clone());
         async move { Ok::<_, std::convert::Infallible>(handle(&proxy, &dest, req).await) }
     });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    if let Err(e) = builder.serve_connection(TokioIo::new(HeadGuard::new(client)), service).await {
+    if let Err(e) = builder.serve_connection(TokioIo::new(guard), service).await {
         tracing::debug!(error = %e, "HTTP connection ended with an error");
+    }
+    proxy.metrics.moved("outbound", counted.moved());
+}
+
+/// Bytes read from and written to an application connection.
+#[derive(Default)]
+struct ByteCounts {
+    read: std::sync::atomic::AtomicU64,
+    written: std::sync::atomic::AtomicU64,
+}
+
+impl ByteCounts {
+    fn moved(&self) -> super::splice::Moved {
+        use std::sync::atomic::Ordering::Relaxed;
+        super::splice::Moved { sent: self.read.load(Relaxed), received: self.written.load(Relaxed) }
     }
 }
 
@@ -71,11 +92,12 @@ struct HeadGuard {
     inner: TcpStream,
     head: Vec<u8>,
     done: bool,
+    counted: Arc<ByteCounts>,
 }
 
 impl HeadGuard {
-    fn new(inner: TcpStream) -> HeadGuard {
-        HeadGuard { inner, head: Vec::new(), done: false }
+    fn new(inner: TcpStream, counted: Arc<ByteCounts>) -> HeadGuard {
+        HeadGuard { inner, head: Vec::new(), done: false, counted }
     }
 }
 
@@ -98,6 +120,10 @@ impl tokio::io::AsyncRead for HeadGuard {
     ) -> std::task::Poll<std::io::Result<()>> {
         let start = buf.filled().len();
         let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, std::task::Poll::Ready(Ok(()))) {
+            let n = (buf.filled().len() - start) as u64;
+            self.counted.read.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        }
         if self.done || !matches!(polled, std::task::Poll::Ready(Ok(()))) {
             return polled;
         }
@@ -133,7 +159,11 @@ impl tokio::io::AsyncWrite for HeadGuard {
         cx: &mut std::task::Context<'_>,
         data: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.inner).poll_write(cx, data)
+        let polled = std::pin::Pin::new(&mut self.inner).poll_write(cx, data);
+        if let std::task::Poll::Ready(Ok(n)) = polled {
+            self.counted.written.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        polled
     }
 
     fn poll_flush(
@@ -238,10 +268,15 @@ async fn handle(proxy: &Arc<Proxy>, dest: &Destination, req: Request<Incoming>) 
         let mut tried: Vec<Target> = Vec::new();
         let mut last = None;
         for attempt in 0..attempts {
-            if attempt > 0
-                && !proxy.budget.lock().unwrap_or_else(|p| p.into_inner()).try_retry(&service, Instant::now())
-            {
-                break;
+            if attempt > 0 {
+                let budget = rule.and_then(|r| r.retries.as_ref()).and_then(|r| r.budget).unwrap_or_default();
+                let granted =
+                    proxy.budget.lock().unwrap_or_else(|p| p.into_inner()).try_retry(&service, &budget, Instant::now());
+                if !granted {
+                    proxy.metrics.http_event(&service, "retry_budget_exhausted");
+                    break;
+                }
+                proxy.metrics.http_event(&service, "retry");
             }
             let Some((target, subset)) = choose(proxy, &tables, &service, pinned.as_deref(), rule, &tried) else {
                 return Err((StatusCode::SERVICE_UNAVAILABLE, "no healthy instance\n"));
@@ -464,10 +499,11 @@ fn send_mirror(
     body: Bytes,
 ) {
     let Ok(permit) = proxy.mirrors.clone().try_acquire_owned() else {
-        proxy.metrics.count("outbound", "mirror_shed");
+        proxy.metrics.http_event(service, "mirror_shed");
         return;
     };
     let Some((target, _)) = choose(proxy, tables, service, Some(subset), None, &[]) else { return };
+    proxy.metrics.http_event(service, "mirror_sent");
     let mut request = build(parts, whole(body), service);
     request.headers_mut().insert(HeaderName::from_static("x-mesh-mirror"), HeaderValue::from_static("1"));
     let (proxy, dest) = (proxy.clone(), dest.clone());

@@ -43,6 +43,14 @@ pub struct Metrics {
     connections: Family<ConnLabels, Counter>,
     bytes: Family<BytesLabels, Counter>,
     active: Family<DirectionLabel, Gauge>,
+    http_events: Family<EventLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabels {
+    service: String,
+    /// `retry`, `retry_budget_exhausted`, `mirror_sent`, `mirror_shed`, `ejection`.
+    event: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -88,6 +96,7 @@ impl Default for Metrics {
             connections: Family::default(),
             bytes: Family::default(),
             active: Family::default(),
+            http_events: Family::default(),
         }
     }
 }
@@ -101,7 +110,17 @@ impl Metrics {
         r.register("connections", "Proxied connections, by direction and result", m.connections.clone());
         r.register("bytes", "Bytes proxied, by direction and way", m.bytes.clone());
         r.register("active_connections", "Connections open now, by direction", m.active.clone());
+        r.register(
+            "http_events",
+            "HTTP traffic control at work, by service: retries sent, retries refused by the budget, \
+             mirror copies sent and shed, instances ejected",
+            m.http_events.clone(),
+        );
         m
+    }
+
+    fn http_event(&self, service: &str, event: &'static str) {
+        self.http_events.get_or_create(&EventLabels { service: service.to_owned(), event }).inc();
     }
 
     fn count(&self, direction: &'static str, result: &'static str) {
@@ -186,7 +205,7 @@ impl Proxy {
         let mut ejections = self.ejections.lock().unwrap_or_else(|p| p.into_inner());
         if ejections.record(&http::key(target), failed, &peers, std::time::Instant::now()) {
             tracing::warn!(service, node = %target.node, port = target.port, "instance ejected after consecutive failures");
-            self.metrics.count("outbound", "ejected");
+            self.metrics.http_event(service, "ejection");
         }
     }
 

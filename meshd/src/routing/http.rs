@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use mesh_proto::route::{HeaderMatch, HttpMatch, HttpRule, RouteSpec};
+use mesh_proto::route::{Budget, HeaderMatch, HttpMatch, HttpRule, RouteSpec};
 
 /// What a rule can look at.
 pub struct RequestView<'a> {
@@ -105,8 +105,9 @@ fn decode_unreserved(s: &str) -> String {
     out
 }
 
-/// Retries at most 20% of requests, with a floor of 10 per second, per service: retries
-/// cannot multiply an outage.
+/// Retries at most a share of requests (by default 20%, with a floor of 10 per second),
+/// per service and second: retries cannot multiply an outage. Each rule may set its own
+/// share and floor (`retries.budget`).
 #[derive(Default)]
 pub struct RetryBudget {
     windows: HashMap<String, Window>,
@@ -137,9 +138,9 @@ impl RetryBudget {
     }
 
     /// Takes one retry from the budget, if there is one left.
-    pub fn try_retry(&mut self, service: &str, now: Instant) -> bool {
+    pub fn try_retry(&mut self, service: &str, budget: &Budget, now: Instant) -> bool {
         let w = self.window(service, now);
-        let allowed = (w.requests / 5).max(10);
+        let allowed = (w.requests * u64::from(budget.percent) / 100).max(u64::from(budget.min_per_second));
         if w.retries < allowed {
             w.retries += 1;
             true
@@ -262,9 +263,24 @@ to = [{ subset = "v1" }]
         for _ in 0..100 {
             b.request("s", t);
         }
-        assert_eq!((0..50).filter(|_| b.try_retry("s", t)).count(), 20, "20% of 100 requests");
+        let default = Budget::default();
+        assert_eq!((0..50).filter(|_| b.try_retry("s", &default, t)).count(), 20, "20% of 100 requests");
         let later = t + Duration::from_secs(2);
-        assert_eq!((0..50).filter(|_| b.try_retry("s", later)).count(), 10, "the floor, in a fresh window");
+        assert_eq!((0..50).filter(|_| b.try_retry("s", &default, later)).count(), 10, "the floor, in a fresh window");
+    }
+
+    #[test]
+    fn a_rule_sets_its_own_retry_budget() {
+        let mut b = RetryBudget::default();
+        let t = Instant::now();
+        for _ in 0..100 {
+            b.request("s", t);
+        }
+        let half = Budget { percent: 50, min_per_second: 0 };
+        assert_eq!((0..80).filter(|_| b.try_retry("s", &half, t)).count(), 50, "50% of 100 requests");
+        let none = Budget { percent: 0, min_per_second: 0 };
+        let later = t + Duration::from_secs(2);
+        assert_eq!((0..10).filter(|_| b.try_retry("s", &none, later)).count(), 0, "a budget of nothing");
     }
 
     #[test]
