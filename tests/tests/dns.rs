@@ -168,6 +168,10 @@ fn a_passthrough_service_leaves_the_answers_when_its_check_fails_and_returns() {
     n1.eventually(CONVERGE, "db returns", || {
         (a_records(&n1.dig("db.mesh.", RecordType::A, false)) == vec![ip.clone()]).then_some(())
     });
+    // The log says why a check failed, and nothing empty when it passes.
+    let logs = n1.logs();
+    assert!(logs.contains("health changed: healthy") && logs.contains("health changed: unhealthy"), "{logs}");
+    assert!(!logs.contains("reason=None"), "no empty reasons in the log: {logs}");
 }
 
 /// A query for a name of `len` wire bytes (root label included), over raw UDP.

@@ -256,7 +256,10 @@ async fn check_loop(catalog: Catalog, spec: ServiceSpec) {
         if let Some(healthy) = state.observe(result.is_ok(), check.rise, check.fall) {
             let to = if healthy { "healthy" } else { "unhealthy" };
             catalog.metrics.transitions.get_or_create(&CheckLabels { service: spec.name.clone(), result: to }).inc();
-            tracing::info!(service = %spec.name, healthy, reason = ?result.err(), "health changed");
+            match &result {
+                Ok(()) => tracing::info!(service = %spec.name, "health changed: healthy"),
+                Err(why) => tracing::warn!(service = %spec.name, reason = %why, "health changed: unhealthy"),
+            }
             let catalog = catalog.clone();
             let spec = spec.clone();
             let _ = tokio::task::spawn_blocking(move || catalog.set_health(&spec, healthy)).await;
