@@ -58,7 +58,7 @@ pub fn status(s: &Status) -> String {
         ("routes", or_dash(s.routes)),
     ];
     let mut rows = rows.to_vec();
-    if let Some(w) = &s.cert_warning {
+    for w in [&s.cert_warning, &s.membership_warning].into_iter().flatten() {
         rows.push(("WARNING", w.clone()));
     }
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);

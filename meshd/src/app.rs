@@ -269,6 +269,7 @@ impl Bound {
             store: self.store.clone(),
             catalog: self.catalog.clone(),
             vips: self.vips.clone(),
+            seeds: self.seeds.clone(),
         });
 
         // Logged before anything serves, so that whoever sees the admin socket answer

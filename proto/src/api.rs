@@ -22,6 +22,10 @@ pub struct Status {
     /// Set while certificate renewal is failing: what fails and how long is left.
     #[serde(default)]
     pub cert_warning: Option<String>,
+    /// Set while this node knows no other member although it has join seeds: it serves
+    /// alone (its seeds are unreachable, or every member left).
+    #[serde(default)]
+    pub membership_warning: Option<String>,
     /// The replicated store's size; null until the store is open.
     pub store: Option<StoreStatus>,
     /// Members by state, this node included.

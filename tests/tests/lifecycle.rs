@@ -319,3 +319,27 @@ fn meshd_dev_starts_prints_what_to_try_and_stops_on_ctrl_c() {
     let dir = std::path::Path::new(&socket).parent().expect("dir");
     assert!(!dir.exists(), "the temporary directory is removed: {}", dir.display());
 }
+
+#[test]
+fn a_node_whose_seeds_are_unreachable_says_it_is_alone() {
+    let block = Block::take();
+    // A seed where nothing listens.
+    let dead = std::net::UdpSocket::bind((block.node_ip(9), 0)).expect("a free port");
+    let seed = dead.local_addr().expect("addr");
+    drop(dead);
+    let node = Node::prepare_with(&block, 1, &format!("join = [\"{seed}\"]"), "");
+    assert!(node.meshd(&["init"]).status.success());
+    let node = node.run();
+    let status = node.meshctl_json(&["status"]);
+    let warning = status["membership_warning"].as_str().unwrap_or_default().to_owned();
+    assert!(warning.contains("knows no other member") && warning.contains(&seed.to_string()), "{status}");
+    let table = String::from_utf8_lossy(&node.meshctl(&["status"]).stdout).into_owned();
+    assert!(table.contains("WARNING") && table.contains("no other member"), "{table}");
+    node.eventually(Duration::from_secs(30), "the log says it is alone", || {
+        node.logs().contains("knows no other member").then_some(())
+    });
+
+    // A node without seeds (the first of a mesh) is alone by design: no warning.
+    let first = Node::start(&block, 2, "");
+    assert!(first.meshctl_json(&["status"])["membership_warning"].is_null());
+}

@@ -47,6 +47,8 @@ pub struct AdminState {
     pub store: crate::store::Store,
     pub catalog: crate::catalog::Catalog,
     pub vips: Arc<crate::catalog::vip::Vips>,
+    /// The `join` seeds from the config (without this node's own address).
+    pub seeds: Vec<std::net::SocketAddr>,
 }
 
 /// The admin API's own metrics.
@@ -231,6 +233,7 @@ async fn status(
         } else {
             state.identity.warning()
         },
+        membership_warning: crate::membership::alone_warning(&snap, &state.seeds),
         store: Some(api::StoreStatus {
             entries: snap.store.len() as u64,
             bytes: snap.store.bytes(),

@@ -65,6 +65,7 @@ fn fixture() -> Fixture {
         store: store.clone(),
         catalog: crate::catalog::Catalog::new(store.clone(), "vm-1"),
         vips: Arc::new(crate::catalog::vip::Vips::load(store, "127.77.0.0/16".parse().expect("range")).expect("vips")),
+        seeds: Vec::new(),
     });
     Fixture { publisher, state, trigger: Some(trigger), _watcher: watcher, _dir: dir }
 }

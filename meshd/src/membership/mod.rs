@@ -183,6 +183,9 @@ pub async fn run(
     let mut view_tick = tokio::time::interval(params.probe_period);
     let mut published: Vec<(String, MemberState, SocketAddr)> = Vec::new();
     let mut cluster_size = 1usize;
+    let started = Instant::now();
+    let mut warned_alone: Option<Instant> = None;
+    let seed_addrs = seeds.clone();
 
     // Seeds: dial, then announce to whoever answers (its certificate names it).
     for seed in seeds {
@@ -288,6 +291,21 @@ pub async fn run(
             }
             _ = view_tick.tick() => {
                 exchange.set_ours(&swim);
+                let now = Instant::now();
+                match alone_warning(&snapshots.borrow(), &seed_addrs) {
+                    Some(w) if now.duration_since(started) >= ALONE_GRACE
+                        && warned_alone.is_none_or(|at| now.duration_since(at) >= ALONE_WARNING_EVERY) =>
+                    {
+                        tracing::warn!("{w}");
+                        warned_alone = Some(now);
+                    }
+                    Some(_) => {}
+                    None => {
+                        if warned_alone.take().is_some() {
+                            tracing::info!("this node found the mesh: it knows other members again");
+                        }
+                    }
+                }
                 // Nobody knows us yet (our announce was lost, or every member went
                 // away): announce to the seeds again.
                 if swim.num_members() == 0 {
@@ -521,6 +539,26 @@ fn member_list(swim: &Swim, me: &MemberId, handler: &Handler) -> Vec<(String, Me
     list.sort_by(|a, b| a.0.cmp(&b.0));
     list
 }
+
+/// While this node knows no other member that is alive (or suspect) although it has
+/// join seeds: what to tell the operator. None when it has company, or no seeds (the
+/// first node of a mesh is alone by design).
+pub fn alone_warning(snap: &state::Snapshot, seeds: &[SocketAddr]) -> Option<String> {
+    if seeds.is_empty() || snap.members.iter().any(|m| m.name != snap.node && snap.is_serving(&m.name)) {
+        return None;
+    }
+    let list: Vec<String> = seeds.iter().map(ToString::to_string).collect();
+    Some(format!(
+        "this node knows no other member: none of its join seeds ({}) answers; it serves alone until one does",
+        list.join(", ")
+    ))
+}
+
+/// How often the alone warning repeats in the log.
+const ALONE_WARNING_EVERY: Duration = Duration::from_secs(60);
+/// How long a node with seeds may know nobody before the first warning: seeds that
+/// answer do so within a dial timeout.
+const ALONE_GRACE: Duration = Duration::from_secs(6);
 
 fn publish(publisher: &Publisher, list: &[(String, MemberState, SocketAddr)], heard: &Heard) {
     let members = list
