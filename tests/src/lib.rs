@@ -60,8 +60,9 @@ impl Block {
     pub fn take() -> Block {
         let dir = std::env::temp_dir().join("mesh-tests-blocks");
         std::fs::create_dir_all(&dir).expect("lock directory");
-        // 127.77/16 is meshd's default virtual IP range: leave it out.
-        for n in (10u8..=250).filter(|n| *n != 77) {
+        // 127.77/16 is meshd's default virtual IP range, 127.78/16 `meshd dev`'s and
+        // 127.79/16 the getting-started guide's: leave them out.
+        for n in (10u8..=250).filter(|n| !(77..=79).contains(n)) {
             let file = File::create(dir.join(format!("{n}.lock"))).expect("lock file");
             if let Ok(lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) {
                 return Block { n, _lock: lock };
