@@ -1,7 +1,7 @@
 //! Routes in the replicated store: `route/NAME` holds a route's spec as JSON. Each apply
 //! that changes the content is a new revision of that entry, and the entry carries its
 //! last revisions with it, so the history (and a rollback to any revision in it) is on
-//! every node. [`lint`] says why a route may not work as written.
+//! every node. (`routing::lint` says why a route may not work as written.)
 
 use std::time::{Duration, SystemTime};
 
@@ -179,39 +179,4 @@ pub fn rollback_target(store: &Store, name: &str, to: Option<u64>) -> Result<Sto
 pub fn rollback(store: &Store, name: &str, to: Option<u64>) -> Result<Applied, RouteError> {
     let target = rollback_target(store, name, to)?;
     write(store, &target.spec, Some(target.revision))
-}
-
-/// Why `spec` may not work as written in this snapshot: a service with no instance yet,
-/// subsets that select no instance, rules of the other protocol. A route may come before
-/// its service, so these are warnings, not errors.
-pub fn lint(spec: &RouteSpec, snap: &Snapshot) -> Vec<String> {
-    let instances: Vec<crate::catalog::Instance> =
-        crate::catalog::instances(snap).into_iter().filter(|i| i.spec.name == spec.service).collect();
-    if instances.is_empty() {
-        return vec![format!(
-            "service {} has no instance in the mesh: the route does nothing until one registers",
-            spec.service
-        )];
-    }
-    let mut problems = Vec::new();
-    let protocols: std::collections::BTreeSet<&str> = instances.iter().map(|i| i.spec.protocol.as_str()).collect();
-    for p in &protocols {
-        if let Err(e) = spec.check_protocol(p) {
-            problems.push(e);
-        }
-    }
-    let used: std::collections::BTreeSet<&str> = spec.used_subsets().collect();
-    for (name, labels) in &spec.subsets {
-        let selected = instances.iter().filter(|i| labels.iter().all(|(k, v)| i.spec.labels.get(k) == Some(v))).count();
-        if selected == 0 {
-            let selector: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            let effect = if used.contains(name.as_str()) { "traffic sent to it fails" } else { "no rule sends to it" };
-            problems.push(format!(
-                "subset {name} ({}) selects no instance of {}: {effect}",
-                selector.join(", "),
-                spec.service
-            ));
-        }
-    }
-    problems
 }

@@ -34,7 +34,7 @@ fn body(s: Stored) -> api::Route {
 /// The answer to an apply or rollback: the revision, whether it was unchanged, and the
 /// route's problems in this node's view.
 fn applied(state: &AdminState, a: Applied) -> api::Route {
-    let warnings = routes::lint(&a.stored.spec, &state.snapshot.borrow());
+    let warnings = crate::routing::lint::lint(&a.stored.spec, &state.snapshot.borrow());
     api::Route { unchanged: a.unchanged, warnings, ..body(a.stored) }
 }
 
@@ -119,7 +119,7 @@ pub async fn apply(
         let current = routes::get(&state.store, &name, None).ok();
         let unchanged = current.as_ref().is_some_and(|c| c.spec == spec);
         let revision = current.as_ref().map_or(1, |c| if unchanged { c.revision } else { c.revision + 1 });
-        let warnings = routes::lint(&spec, &snap);
+        let warnings = crate::routing::lint::lint(&spec, &snap);
         let origin = state.identity.node.clone();
         let applied_at = current
             .as_ref()
@@ -201,7 +201,11 @@ pub async fn lint(
     let mut all: Vec<api::RouteLint> = routes::all(&snap)
         .into_iter()
         .filter(|r| q.route.as_ref().is_none_or(|n| *n == r.spec.name))
-        .map(|r| api::RouteLint { problems: routes::lint(&r.spec, &snap), route: r.spec.name, service: r.spec.service })
+        .map(|r| api::RouteLint {
+            problems: crate::routing::lint::lint(&r.spec, &snap),
+            route: r.spec.name,
+            service: r.spec.service,
+        })
         .collect();
     if let Some(name) = &q.route {
         if all.is_empty() {

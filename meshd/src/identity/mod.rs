@@ -8,6 +8,7 @@
 
 pub mod ca;
 pub mod cert;
+pub mod records;
 pub mod renew;
 pub mod signer;
 pub mod verify;

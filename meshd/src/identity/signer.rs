@@ -13,7 +13,7 @@ use mesh_proto::wire::{JoinRequest, JoinResponse, Refusal, RefusalReason, RenewR
 use serde::{Deserialize, Serialize};
 
 use super::cert::{self, CertInfo, SpiffeId};
-use super::verify::RevokedSet;
+pub use super::records::{node_cert_key, removed_nodes, revoked_set, NodeCertRecord, Revocation};
 use super::Identity;
 use crate::store::{wall_ms, Store, StoreError};
 
@@ -36,25 +36,6 @@ pub struct TokenRecord {
     pub node: Option<String>,
     /// The node that redeemed it.
     pub used_by: Option<String>,
-}
-
-/// `node/NAME/cert`: the certificate a signer last issued to a node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeCertRecord {
-    pub serial: String,
-    pub key_hash: String,
-    pub not_after_ms: u64,
-    pub issued_by: String,
-}
-
-/// `revoked/SERIAL`: a removed node's certificate and key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Revocation {
-    pub node: String,
-    pub serial: String,
-    pub key_hash: String,
-    pub at_ms: u64,
-    pub by: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,10 +75,6 @@ pub struct Signer {
 
 pub fn token_key(id: &str) -> String {
     format!("token/{id}")
-}
-
-pub fn node_cert_key(node: &str) -> String {
-    format!("node/{node}/cert")
 }
 
 fn secret_hash(secret: &[u8]) -> String {
@@ -330,32 +307,4 @@ impl Signer {
         tracing::warn!(%node, serial = %held.serial, "node removed from the mesh");
         Ok(revocation)
     }
-}
-
-/// The nodes removed from the mesh: those whose current certificate record names a
-/// revoked key. A name that joined again with a new key is not removed.
-pub fn removed_nodes(view: &crate::store::View) -> std::collections::BTreeSet<String> {
-    let (set, list) = revoked_set(view);
-    list.into_iter()
-        .map(|r| r.node)
-        .filter(|node| {
-            view.get(&node_cert_key(node))
-                .and_then(|v| serde_json::from_slice::<NodeCertRecord>(v).ok())
-                .is_none_or(|held| set.keys.contains(&held.key_hash))
-        })
-        .collect()
-}
-
-/// The revocation list in a store view.
-pub fn revoked_set(view: &crate::store::View) -> (RevokedSet, Vec<Revocation>) {
-    let mut set = RevokedSet::default();
-    let mut list = Vec::new();
-    for e in view.prefix("revoked/") {
-        if let Ok(r) = serde_json::from_slice::<Revocation>(&e.value) {
-            set.serials.insert(r.serial.clone());
-            set.keys.insert(r.key_hash.clone());
-            list.push(r);
-        }
-    }
-    (set, list)
 }

@@ -5,6 +5,7 @@
 //! half-applied change. No I/O.
 
 pub mod http;
+pub mod lint;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};

@@ -54,7 +54,7 @@ impl Publisher {
     pub fn new(mut first: Snapshot) -> Publisher {
         first.index = 1;
         first.members_index = 1;
-        first.removed = Arc::new(crate::identity::signer::removed_nodes(&first.store));
+        first.removed = Arc::new(crate::identity::records::removed_nodes(&first.store));
         first.apply_removals();
         Publisher { tx: Arc::new(watch::Sender::new(Arc::new(first))) }
     }
@@ -75,7 +75,7 @@ impl Publisher {
             change(&mut next);
             next.index = current.index + 1;
             if !Arc::ptr_eq(&next.store, &current.store) {
-                let removed = crate::identity::signer::removed_nodes(&next.store);
+                let removed = crate::identity::records::removed_nodes(&next.store);
                 if removed != *current.removed {
                     next.removed = Arc::new(removed);
                 }

@@ -1,0 +1,61 @@
+//! The identity facts kept in the replicated store, and what follows from them alone:
+//! which certificate each node holds, which are revoked, which nodes are removed. Pure
+//! over a store view, so the read model can use it without the signer's machinery.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use super::verify::RevokedSet;
+use crate::store::view::View;
+
+/// `node/NAME/cert`: the certificate a signer last issued to a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeCertRecord {
+    pub serial: String,
+    pub key_hash: String,
+    pub not_after_ms: u64,
+    pub issued_by: String,
+}
+
+/// `revoked/SERIAL`: a removed node's certificate and key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    pub node: String,
+    pub serial: String,
+    pub key_hash: String,
+    pub at_ms: u64,
+    pub by: String,
+}
+
+pub fn node_cert_key(node: &str) -> String {
+    format!("node/{node}/cert")
+}
+
+/// The nodes removed from the mesh: those whose current certificate record names a
+/// revoked key. A name that joined again with a new key is not removed.
+pub fn removed_nodes(view: &View) -> BTreeSet<String> {
+    let (set, list) = revoked_set(view);
+    list.into_iter()
+        .map(|r| r.node)
+        .filter(|node| {
+            view.get(&node_cert_key(node))
+                .and_then(|v| serde_json::from_slice::<NodeCertRecord>(v).ok())
+                .is_none_or(|held| set.keys.contains(&held.key_hash))
+        })
+        .collect()
+}
+
+/// The revocation list in a store view.
+pub fn revoked_set(view: &View) -> (RevokedSet, Vec<Revocation>) {
+    let mut set = RevokedSet::default();
+    let mut list = Vec::new();
+    for e in view.prefix("revoked/") {
+        if let Ok(r) = serde_json::from_slice::<Revocation>(&e.value) {
+            set.serials.insert(r.serial.clone());
+            set.keys.insert(r.key_hash.clone());
+            list.push(r);
+        }
+    }
+    (set, list)
+}
