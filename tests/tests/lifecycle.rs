@@ -42,7 +42,9 @@ fn a_request_in_flight_at_sigterm_completes_and_meshd_exits_0() {
     let client = node.client();
     let current = rt.block_on(client.get("/v1/members")).expect("members");
     let index = current.headers[mesh_proto::api::INDEX_HEADER].to_str().expect("ascii").to_owned();
-    // A blocking query: meshd holds it open until the state changes or the wait ends.
+    // A blocking query: meshd holds it open until the member list changes (it does not,
+    // on one idle node) or the wait ends.
+    let index_sent = index.clone();
     let in_flight = rt.spawn(async move { client.get(&format!("/v1/members?index={index}&wait=60s")).await });
     rt.block_on(async {
         // Let the request reach meshd and park there.
@@ -56,6 +58,8 @@ fn a_request_in_flight_at_sigterm_completes_and_meshd_exits_0() {
         .expect("task")
         .expect("a full response, not a cut connection");
     assert!(response.status.is_success());
+    // The member list did not change: the query ended because of the drain, not a change.
+    assert_eq!(response.headers[mesh_proto::api::INDEX_HEADER].to_str().ok(), Some(index_sent.as_str()));
     let members: serde_json::Value = serde_json::from_slice(&response.body).expect("a whole JSON body");
     assert_eq!(members[0]["name"], "node-1");
     assert_eq!(node.wait_exit(LIVENESS).code(), Some(0), "{}", node.logs());
