@@ -213,17 +213,17 @@ socket = "{socket}"
     }
 
     /// `meshd` itself, or `ip netns exec NS meshd` (which execs meshd: same PID).
-    /// Runs every later `meshd` of this node under `prefix` (a command and its
-    /// arguments, meshd's path and arguments following).
-    pub fn wrapped(mut self, prefix: &[&str]) -> Node {
-        self.wrapper = prefix.iter().map(|s| (*s).to_owned()).collect();
+    /// Runs every later `meshd` of this node as `command` (`strace ... /path/to/meshd`):
+    /// meshd's arguments follow it.
+    pub fn wrapped(mut self, command: &[&str]) -> Node {
+        self.wrapper = command.iter().map(|s| (*s).to_owned()).collect();
         self
     }
 
     fn meshd_command(&self) -> Command {
         if let Some((program, args)) = self.wrapper.split_first() {
             let mut c = Command::new(program);
-            c.args(args).arg(&binaries().meshd);
+            c.args(args);
             return c;
         }
         match &self.netns {

@@ -113,13 +113,15 @@ impl Drop for MeshdUser {
     }
 }
 
-/// A node whose every meshd runs as user `meshd` under `strace -f -c`, the summaries
-/// appended to `trace`.
-fn traced(node: Node, trace: &Path) -> Node {
+/// A node whose every meshd (the copy at `meshd`, which user meshd can reach wherever
+/// the checkout is) runs as user `meshd` under `strace -f -c`, the summaries appended to
+/// `trace`.
+fn traced(node: Node, meshd: &Path, trace: &Path) -> Node {
     let chown = Command::new("chown").args(["-R", "meshd:meshd"]).arg(node.dir.path()).status().expect("chown");
     assert!(chown.success());
     let trace = trace.display().to_string();
-    let prefix = [
+    let meshd = meshd.display().to_string();
+    let command = [
         "setpriv",
         "--reuid=meshd",
         "--regid=meshd",
@@ -130,8 +132,9 @@ fn traced(node: Node, trace: &Path) -> Node {
         "-A",
         "-o",
         trace.as_str(),
+        meshd.as_str(),
     ];
-    node.wrapped(&prefix)
+    node.wrapped(&command)
 }
 
 /// The pid of `parent`'s child process (meshd under strace).
@@ -165,18 +168,21 @@ fn every_system_call_meshd_makes_is_allowed_by_the_units_filter() {
     let _user = MeshdUser::ensure();
     let traces = tempfile::tempdir().expect("tempdir");
     let _ = Command::new("chmod").arg("0777").arg(traces.path()).status();
+    // The checkout may sit in a directory user meshd cannot enter: run a copy.
+    let meshd = traces.path().join("meshd");
+    std::fs::copy(&mesh_tests::binaries().meshd, &meshd).expect("copy meshd");
 
     // init and run on node-1, join and run on node-2.
     let block = Block::take();
     let trace1 = traces.path().join("node-1.strace");
-    let n1 = traced(Node::prepare(&block, 1, ""), &trace1);
+    let n1 = traced(Node::prepare(&block, 1, ""), &meshd, &trace1);
     let init = n1.meshd(&["init"]);
     assert!(init.status.success(), "meshd init as user meshd: {}", String::from_utf8_lossy(&init.stderr));
     let mut n1 = n1.run();
     let seed = format!("join = [\"{}\"]", n1.addr());
     let token = n1.token(&[]);
     let trace2 = traces.path().join("node-2.strace");
-    let n2 = traced(Node::prepare_with(&block, 2, &seed, ""), &trace2);
+    let n2 = traced(Node::prepare_with(&block, 2, &seed, ""), &meshd, &trace2);
     let join = n2.meshd(&["join", &token]);
     assert!(join.status.success(), "meshd join as user meshd: {}", String::from_utf8_lossy(&join.stderr));
     let mut n2 = n2.run();
