@@ -9,22 +9,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body as _, Incoming};
-use hyper::client::conn::http1::SendRequest;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_proto::route::{HttpRule, RetryOn};
 use tokio::net::TcpStream;
 
-use super::outbound::{reach, Upstream};
+use super::upstream::{key, send, Body, Failure};
 use super::{Destination, LoadGuard, Proxy};
 use crate::routing::http::{match_rule, normalize_path, RequestView};
 use crate::routing::{pick_p2c, Tables, Target};
-
-pub(super) type Body = BoxBody<Bytes, hyper::Error>;
 
 /// Request bodies up to this size are buffered, so the request can be retried and
 /// mirrored; larger or unsized ones stream through once.
@@ -179,14 +175,6 @@ impl tokio::io::AsyncWrite for HeadGuard {
     ) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
-}
-
-/// Why a try failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Failure {
-    Connect,
-    Reset,
-    Timeout,
 }
 
 async fn handle(proxy: &Arc<Proxy>, dest: &Destination, req: Request<Incoming>) -> Response<Body> {
@@ -394,82 +382,6 @@ fn choose(
     };
     Some((candidates[pool[pick]].clone(), subset))
 }
-
-pub(super) fn key(t: &Target) -> String {
-    format!("{}/{}/{}", t.node, t.service, t.port)
-}
-
-/// Idle HTTP/1.1 connections to instances (over tunnel streams, or local TCP), kept for
-/// later requests: a pooled request pays no tunnel header round trip and no connect.
-#[derive(Default)]
-pub struct Pool {
-    idle: std::sync::Mutex<std::collections::HashMap<String, Vec<SendRequest<Body>>>>,
-}
-
-/// Connections kept per instance.
-const POOLED: usize = 64;
-
-impl Pool {
-    /// A ready connection to `key`; closed ones are dropped, busy ones stay.
-    fn take(&self, key: &str) -> Option<SendRequest<Body>> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let list = idle.get_mut(key)?;
-        list.retain(|s| !s.is_closed());
-        let ready = list.iter().position(|s| s.is_ready())?;
-        Some(list.swap_remove(ready))
-    }
-
-    /// Keeps `sender` (it becomes ready again once its response body has been read).
-    fn put(&self, key: &str, sender: SendRequest<Body>) {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let list = idle.entry(key.to_owned()).or_default();
-        if list.len() < POOLED && !sender.is_closed() {
-            list.push(sender);
-        }
-    }
-}
-
-/// One try: on a pooled connection to the instance when one is ready, else on a new
-/// stream (or local connection) with HTTP/1.1 over it.
-async fn send(
-    proxy: &Proxy,
-    target: &Target,
-    dest: &Destination,
-    mut request: Request<Body>,
-    trace: &str,
-) -> Result<Response<Incoming>, Failure> {
-    let pool_key = key(target);
-    while let Some(mut sender) = proxy.pool.take(&pool_key) {
-        match sender.try_send_request(request).await {
-            Ok(resp) => {
-                proxy.pool.put(&pool_key, sender);
-                return Ok(resp);
-            }
-            // Closed before the request went out (the instance dropped an idle
-            // connection): the request comes back; try the next, or a new one.
-            Err(mut e) => match e.take_message() {
-                Some(r) => request = r,
-                None => return Err(Failure::Reset),
-            },
-        }
-    }
-    let io: Box<dyn Io> = match reach(proxy, target, dest, trace).await {
-        Ok(Upstream::Local(tcp)) => Box::new(tcp),
-        Ok(Upstream::Tunnel(send, recv)) => Box::new(tokio::io::join(recv, send)),
-        Err(_) => return Err(Failure::Connect),
-    };
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(io)).await.map_err(|_| Failure::Connect)?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let resp = sender.send_request(request).await.map_err(|_| Failure::Reset)?;
-    proxy.pool.put(&pool_key, sender);
-    Ok(resp)
-}
-
-trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
 /// The request as sent upstream: HTTP/1.1, origin-form target, a Host header.
 fn build(parts: &hyper::http::request::Parts, body: Body, service: &str) -> Request<Body> {

@@ -10,6 +10,7 @@ pub mod http;
 pub mod inbound;
 pub mod outbound;
 pub mod splice;
+pub mod upstream;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -172,7 +173,7 @@ pub struct Proxy {
     budget: Mutex<crate::routing::http::RetryBudget>,
     ejections: Mutex<crate::routing::http::Ejections>,
     mirrors: Arc<tokio::sync::Semaphore>,
-    pool: http::Pool,
+    pool: upstream::Pool,
 }
 
 impl Proxy {
@@ -195,15 +196,15 @@ impl Proxy {
             budget: Mutex::default(),
             ejections: Mutex::default(),
             mirrors: Arc::new(tokio::sync::Semaphore::new(http::MIRRORS)),
-            pool: http::Pool::default(),
+            pool: upstream::Pool::default(),
         }
     }
 
     /// Records an HTTP try's result for outlier ejection among the service's instances.
     fn eject(&self, tables: &Tables, service: &str, target: &Target, failed: bool) {
-        let peers: Vec<String> = tables.healthy(service).into_iter().map(http::key).collect();
+        let peers: Vec<String> = tables.healthy(service).into_iter().map(upstream::key).collect();
         let mut ejections = self.ejections.lock().unwrap_or_else(|p| p.into_inner());
-        if ejections.record(&http::key(target), failed, &peers, std::time::Instant::now()) {
+        if ejections.record(&upstream::key(target), failed, &peers, std::time::Instant::now()) {
             tracing::warn!(service, node = %target.node, port = target.port, "instance ejected after consecutive failures");
             self.metrics.http_event(service, "ejection");
         }

@@ -7,14 +7,13 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use mesh_proto::wire::{MeshRequest, TunnelHeader, TunnelReply};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
+use super::upstream::{reach, Upstream};
 use super::{splice, Destination, LoadGuard, Proxy};
 use crate::drain::DrainWatcher;
-use crate::routing::{pick_p2c, Target};
-use crate::transport::frame;
+use crate::routing::pick_p2c;
 
 /// Instances tried per connection before giving up.
 pub const ATTEMPTS: usize = 3;
@@ -59,12 +58,6 @@ pub async fn listen(proxy: Arc<Proxy>, listener: TcpListener, dest: Destination,
             drop((permit, drain));
         });
     }
-}
-
-/// Where a connection went.
-pub(super) enum Upstream {
-    Local(TcpStream),
-    Tunnel(quinn::SendStream, quinn::RecvStream),
 }
 
 async fn connection(proxy: &Proxy, mut client: TcpStream, dest: &Destination) {
@@ -132,65 +125,4 @@ async fn connection(proxy: &Proxy, mut client: TcpStream, dest: &Destination) {
         error = result.as_ref().err().map(|e| e.to_string()),
         "connection"
     );
-}
-
-/// Connects to one instance; the error is the metric's reason.
-pub(super) async fn reach(
-    proxy: &Proxy,
-    target: &Target,
-    dest: &Destination,
-    trace_id: &str,
-) -> Result<Upstream, &'static str> {
-    let timeout = proxy.connect_timeout;
-    if target.node == proxy.node {
-        return match tokio::time::timeout(timeout, TcpStream::connect((target.addr, target.port))).await {
-            Ok(Ok(s)) => {
-                let _ = s.set_nodelay(true);
-                Ok(Upstream::Local(s))
-            }
-            Ok(Err(_)) => Err("local_refused"),
-            Err(_) => Err("local_timeout"),
-        };
-    }
-    let tables = proxy.tables.load();
-    let peer = match proxy.transport.peer_named(&target.node) {
-        Some(p) => p,
-        None => {
-            let Some(addr) = tables.nodes.get(&target.node) else { return Err("node_unknown") };
-            match tokio::time::timeout(timeout, proxy.transport.connection_to(*addr)).await {
-                Ok(Ok(p)) if p.name() == target.node => p,
-                Ok(Ok(_)) => return Err("node_mismatch"),
-                Ok(Err(_)) | Err(_) => return Err("node_unreachable"),
-            }
-        }
-    };
-    let header = TunnelHeader {
-        version: TunnelHeader::VERSION,
-        service: target.service.clone(),
-        port: target.port,
-        source_node: proxy.node.clone(),
-        source_service: dest.source_service.clone(),
-        trace_id: trace_id.to_owned(),
-    };
-    let opened = async {
-        let (mut send, mut recv) = peer.conn.open_bi().await.map_err(|_| "tunnel_open")?;
-        frame::write(&mut send, &MeshRequest::Tunnel(header)).await.map_err(|_| "tunnel_write")?;
-        match frame::read::<TunnelReply>(&mut recv).await {
-            Ok(TunnelReply::Accepted) => Ok(Upstream::Tunnel(send, recv)),
-            Ok(TunnelReply::Refused { reason, .. }) => Err(refused(reason)),
-            Err(_) => Err("tunnel_reply"),
-        }
-    };
-    tokio::time::timeout(timeout, opened).await.unwrap_or(Err("tunnel_timeout"))
-}
-
-fn refused(reason: mesh_proto::wire::TunnelRefusal) -> &'static str {
-    use mesh_proto::wire::TunnelRefusal::*;
-    match reason {
-        NoInstance => "refused_no_instance",
-        Forged => "refused_forged",
-        Denied => "refused_denied",
-        Unreachable => "refused_unreachable",
-        Malformed => "refused_malformed",
-    }
 }

@@ -1,0 +1,172 @@
+//! The upstream side of the proxy: reaching one instance (through a new stream on the
+//! pooled `mesh/1` connection to its node, or directly when it runs on this host) and,
+//! for HTTP, the pooled HTTP/1.1 connections to instances that requests are sent on.
+//! Both the TCP splice (`outbound`) and the HTTP engine (`http`) go through here; this
+//! file decides nothing about routing.
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use mesh_proto::wire::{MeshRequest, TunnelHeader, TunnelReply};
+use tokio::net::TcpStream;
+
+use super::{Destination, Proxy};
+use crate::routing::Target;
+use crate::transport::frame;
+
+/// A request or response body as the proxy carries it.
+pub(super) type Body = BoxBody<Bytes, hyper::Error>;
+
+/// Where a connection went.
+pub(super) enum Upstream {
+    Local(TcpStream),
+    Tunnel(quinn::SendStream, quinn::RecvStream),
+}
+
+/// Connects to one instance; the error is the metric's reason.
+pub(super) async fn reach(
+    proxy: &Proxy,
+    target: &Target,
+    dest: &Destination,
+    trace_id: &str,
+) -> Result<Upstream, &'static str> {
+    let timeout = proxy.connect_timeout;
+    if target.node == proxy.node {
+        return match tokio::time::timeout(timeout, TcpStream::connect((target.addr, target.port))).await {
+            Ok(Ok(s)) => {
+                let _ = s.set_nodelay(true);
+                Ok(Upstream::Local(s))
+            }
+            Ok(Err(_)) => Err("local_refused"),
+            Err(_) => Err("local_timeout"),
+        };
+    }
+    let tables = proxy.tables.load();
+    let peer = match proxy.transport.peer_named(&target.node) {
+        Some(p) => p,
+        None => {
+            let Some(addr) = tables.nodes.get(&target.node) else { return Err("node_unknown") };
+            match tokio::time::timeout(timeout, proxy.transport.connection_to(*addr)).await {
+                Ok(Ok(p)) if p.name() == target.node => p,
+                Ok(Ok(_)) => return Err("node_mismatch"),
+                Ok(Err(_)) | Err(_) => return Err("node_unreachable"),
+            }
+        }
+    };
+    let header = TunnelHeader {
+        version: TunnelHeader::VERSION,
+        service: target.service.clone(),
+        port: target.port,
+        source_node: proxy.node.clone(),
+        source_service: dest.source_service.clone(),
+        trace_id: trace_id.to_owned(),
+    };
+    let opened = async {
+        let (mut send, mut recv) = peer.conn.open_bi().await.map_err(|_| "tunnel_open")?;
+        frame::write(&mut send, &MeshRequest::Tunnel(header)).await.map_err(|_| "tunnel_write")?;
+        match frame::read::<TunnelReply>(&mut recv).await {
+            Ok(TunnelReply::Accepted) => Ok(Upstream::Tunnel(send, recv)),
+            Ok(TunnelReply::Refused { reason, .. }) => Err(refused(reason)),
+            Err(_) => Err("tunnel_reply"),
+        }
+    };
+    tokio::time::timeout(timeout, opened).await.unwrap_or(Err("tunnel_timeout"))
+}
+
+fn refused(reason: mesh_proto::wire::TunnelRefusal) -> &'static str {
+    use mesh_proto::wire::TunnelRefusal::*;
+    match reason {
+        NoInstance => "refused_no_instance",
+        Forged => "refused_forged",
+        Denied => "refused_denied",
+        Unreachable => "refused_unreachable",
+        Malformed => "refused_malformed",
+    }
+}
+
+/// Why a try failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Failure {
+    Connect,
+    Reset,
+    Timeout,
+}
+
+pub(super) fn key(t: &Target) -> String {
+    format!("{}/{}/{}", t.node, t.service, t.port)
+}
+
+/// Idle HTTP/1.1 connections to instances (over tunnel streams, or local TCP), kept for
+/// later requests: a pooled request pays no tunnel header round trip and no connect.
+#[derive(Default)]
+pub struct Pool {
+    idle: std::sync::Mutex<std::collections::HashMap<String, Vec<SendRequest<Body>>>>,
+}
+
+/// Connections kept per instance.
+const POOLED: usize = 64;
+
+impl Pool {
+    /// A ready connection to `key`; closed ones are dropped, busy ones stay.
+    fn take(&self, key: &str) -> Option<SendRequest<Body>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.get_mut(key)?;
+        list.retain(|s| !s.is_closed());
+        let ready = list.iter().position(|s| s.is_ready())?;
+        Some(list.swap_remove(ready))
+    }
+
+    /// Keeps `sender` (it becomes ready again once its response body has been read).
+    fn put(&self, key: &str, sender: SendRequest<Body>) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.entry(key.to_owned()).or_default();
+        if list.len() < POOLED && !sender.is_closed() {
+            list.push(sender);
+        }
+    }
+}
+
+/// One try: on a pooled connection to the instance when one is ready, else on a new
+/// stream (or local connection) with HTTP/1.1 over it.
+pub(super) async fn send(
+    proxy: &Proxy,
+    target: &Target,
+    dest: &Destination,
+    mut request: Request<Body>,
+    trace: &str,
+) -> Result<Response<Incoming>, Failure> {
+    let pool_key = key(target);
+    while let Some(mut sender) = proxy.pool.take(&pool_key) {
+        match sender.try_send_request(request).await {
+            Ok(resp) => {
+                proxy.pool.put(&pool_key, sender);
+                return Ok(resp);
+            }
+            // Closed before the request went out (the instance dropped an idle
+            // connection): the request comes back; try the next, or a new one.
+            Err(mut e) => match e.take_message() {
+                Some(r) => request = r,
+                None => return Err(Failure::Reset),
+            },
+        }
+    }
+    let io: Box<dyn Io> = match reach(proxy, target, dest, trace).await {
+        Ok(Upstream::Local(tcp)) => Box::new(tcp),
+        Ok(Upstream::Tunnel(send, recv)) => Box::new(tokio::io::join(recv, send)),
+        Err(_) => return Err(Failure::Connect),
+    };
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(io)).await.map_err(|_| Failure::Connect)?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let resp = sender.send_request(request).await.map_err(|_| Failure::Reset)?;
+    proxy.pool.put(&pool_key, sender);
+    Ok(resp)
+}
+
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
