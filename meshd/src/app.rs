@@ -183,7 +183,7 @@ pub async fn build(config: &Config) -> Result<Bound, AppError> {
     let mut registry = metrics::registry();
     let store_metrics = store::Metrics::register(&mut registry);
     let store =
-        Store::open(&datadir::store_path(&config.data_dir), &config.node_name, publisher.clone(), store_metrics)?;
+        Store::open(&datadir::store_path(&config.data_dir), &config.node_name, store_metrics, publisher.store_sink())?;
     let tls_metrics = verify::Metrics::register(&mut registry);
     let identity = Arc::new(Identity::load(&config.data_dir, &config.node_name, tls_metrics)?);
     // Revocations are in force before the first handshake.

@@ -11,7 +11,6 @@ use crate::config::Config;
 use crate::datadir::{self, DataDirError};
 use crate::identity::signer::{node_cert_key, NodeCertRecord};
 use crate::identity::{self, ca, cert, IdentityError};
-use crate::state::{Publisher, Snapshot};
 use crate::store::{self, Store, StoreError};
 
 /// How long `meshd join` waits for the signer.
@@ -50,8 +49,7 @@ impl BootstrapError {
 }
 
 fn open_store(config: &Config) -> Result<Store, StoreError> {
-    let publisher = Publisher::new(Snapshot::empty(&config.node_name));
-    Store::open(&datadir::store_path(&config.data_dir), &config.node_name, publisher, store::Metrics::new())
+    Store::open(&datadir::store_path(&config.data_dir), &config.node_name, store::Metrics::new(), |_| {})
 }
 
 fn record_own_cert(store: &Store, data_dir: &Path, node: &str, issued_by: &str) -> Result<(), BootstrapError> {

@@ -13,7 +13,6 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use meshd::state::{Publisher, Snapshot};
 use meshd::store::{Metrics, Store};
 
 const CHILD_DIR: &str = "MESH_STORE_CRASH_CHILD";
@@ -21,7 +20,7 @@ const CHILD_START: &str = "MESH_STORE_CRASH_START";
 const COUNTER: &str = "crash/counter";
 
 fn open(path: &Path) -> Store {
-    Store::open(path, "crash", Publisher::new(Snapshot::empty("crash")), Metrics::new()).expect("open store")
+    Store::open(path, "crash", Metrics::new(), |_| {}).expect("open store")
 }
 
 fn key(i: u64) -> String {

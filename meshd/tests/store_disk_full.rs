@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 
-use meshd::state::{Publisher, Snapshot};
 use meshd::store::{Metrics, Store, StoreError};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
@@ -37,7 +36,7 @@ impl Drop for Tmpfs {
 }
 
 fn open(path: &Path) -> Result<Store, StoreError> {
-    Store::open(path, "a", Publisher::new(Snapshot::empty("a")), Metrics::new())
+    Store::open(path, "a", Metrics::new(), |_| {})
 }
 
 #[test]

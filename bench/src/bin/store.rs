@@ -45,7 +45,7 @@ fn main() {
 
     // The store.
     let publisher = Publisher::new(Snapshot::empty("bench"));
-    let store = Store::open(&dir.path().join("store"), "bench", publisher.clone(), Metrics::new()).expect("store");
+    let store = Store::open(&dir.path().join("store"), "bench", Metrics::new(), publisher.store_sink()).expect("store");
     let started = Instant::now();
     for i in 0..writes {
         store.put(&format!("route/r{i}"), buf.clone()).expect("put");

@@ -44,8 +44,8 @@ fn fixture() -> Fixture {
     let store = crate::store::Store::open(
         &crate::datadir::store_path(&config.data_dir),
         "vm-1",
-        publisher.clone(),
         crate::store::Metrics::new(),
+        publisher.store_sink(),
     )
     .expect("store");
     let identity = Arc::new(Identity::load(&config.data_dir, "vm-1", Default::default()).expect("identity"));

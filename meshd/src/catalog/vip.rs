@@ -102,16 +102,13 @@ pub fn pick(range: Ipv4Net, name: &str, taken: &std::collections::HashSet<Ipv4Ad
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{Publisher, Snapshot};
 
     #[test]
     fn allocations_are_stable_distinct_and_survive_a_reopen() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let range: Ipv4Net = "127.77.0.0/28".parse().expect("range");
         let open = || {
-            let store =
-                Store::open(&tmp.path().join("s"), "a", Publisher::new(Snapshot::empty("a")), Default::default())
-                    .expect("store");
+            let store = Store::open(&tmp.path().join("s"), "a", Default::default(), |_| {}).expect("store");
             Vips::load(store, range).expect("vips")
         };
         let vips = open();

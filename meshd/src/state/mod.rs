@@ -63,6 +63,13 @@ impl Publisher {
         self.tx.subscribe()
     }
 
+    /// What the store calls with each new view: publishes it, under the writer's lock,
+    /// so a write is in the snapshot before it is acknowledged.
+    pub fn store_sink(&self) -> impl Fn(Arc<View>) + Send + Sync + 'static {
+        let publisher = self.clone();
+        move |view| publisher.update(|s| s.store = view)
+    }
+
     /// The snapshot most recently published.
     pub fn current(&self) -> Arc<Snapshot> {
         self.tx.borrow().clone()

@@ -34,7 +34,6 @@ use prometheus_client::registry::Registry;
 use self::entry::{Entry, MAX_KEY, MAX_VALUE};
 use self::hlc::{Clock, Hlc};
 pub use self::view::{Merge, View};
-use crate::state::Publisher;
 
 /// Why the store refused an operation.
 #[derive(Debug, thiserror::Error)]
@@ -142,7 +141,11 @@ struct Inner {
     origin: String,
     db: sled::Db,
     writer: Mutex<Writer>,
-    publisher: Publisher,
+    /// The latest view, for [`Store::view`]: readers never take the writer's lock.
+    current: arc_swap::ArcSwap<View>,
+    /// Told of every new view, in order, before the write that made it returns (the read
+    /// model publishes it): the store knows nothing of who reads.
+    on_publish: Box<dyn Fn(Arc<View>) + Send + Sync>,
     metrics: Metrics,
     /// Where local writes go to be gossiped (set once membership runs).
     broadcast: std::sync::OnceLock<tokio::sync::mpsc::Sender<Arc<Entry>>>,
@@ -161,8 +164,13 @@ pub fn wall_ms() -> u64 {
 
 impl Store {
     /// Opens (creating if needed) the store at `path` for node `origin`, loads every
-    /// entry and publishes the first snapshot through `publisher`.
-    pub fn open(path: &Path, origin: &str, publisher: Publisher, metrics: Metrics) -> Result<Store, StoreError> {
+    /// entry and hands the first view to `on_publish`, then every later one.
+    pub fn open(
+        path: &Path,
+        origin: &str,
+        metrics: Metrics,
+        on_publish: impl Fn(Arc<View>) + Send + Sync + 'static,
+    ) -> Result<Store, StoreError> {
         let corrupt = |detail: String| StoreError::Corrupt { path: path.to_owned(), detail };
         // sled writes `conf` when it creates a store; a store without it is new.
         let existed = path.join("conf").exists();
@@ -223,14 +231,15 @@ impl Store {
         metrics.entries.set(view.len() as i64);
         metrics.bytes.set(view.bytes() as i64);
         let snapshot = Arc::new(view.clone());
-        publisher.update(|s| s.store = snapshot);
+        on_publish(snapshot.clone());
         Ok(Store {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
                 origin: origin.to_owned(),
                 db,
                 writer: Mutex::new(Writer { clock: Clock::new(newest), view }),
-                publisher,
+                current: arc_swap::ArcSwap::new(snapshot),
+                on_publish: Box::new(on_publish),
                 metrics,
                 broadcast: std::sync::OnceLock::new(),
             }),
@@ -274,10 +283,9 @@ impl Store {
         Ok(())
     }
 
-    /// The latest published view. Readers normally use the snapshot instead; this is the
-    /// same data.
+    /// The latest view. Readers normally use the snapshot instead; this is the same data.
     pub fn view(&self) -> Arc<View> {
-        self.inner.publisher.current().store.clone()
+        self.inner.current.load_full()
     }
 
     /// Writes `value` under `key`; returns the stored entry once it is durable.
@@ -424,7 +432,8 @@ impl Store {
         self.inner.metrics.entries.set(w.view.len() as i64);
         self.inner.metrics.bytes.set(w.view.bytes() as i64);
         let snapshot = Arc::new(w.view.clone());
-        self.inner.publisher.update(|s| s.store = snapshot);
+        self.inner.current.store(snapshot.clone());
+        (self.inner.on_publish)(snapshot);
     }
 }
 
