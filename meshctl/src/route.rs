@@ -304,7 +304,7 @@ async fn wait_until_everywhere(
     printed: &str,
 ) -> Result<String, ClientError> {
     let started = Instant::now();
-    let path = format!("/v1/catchup?key=route/{}&revision={}", applied.name, applied.revision);
+    let path = format!("/v1/routes/{}/catchup?revision={}", applied.name, applied.revision);
     let mut last: Option<Catchup> = None;
     loop {
         let answer = match client.request(Method::GET, &path, None).await {

@@ -126,7 +126,7 @@ pub struct Connection {
     pub mtu: u16,
 }
 
-/// `GET /v1/catchup?key=KEY&revision=N`: who holds at least revision N of KEY.
+/// `GET /v1/routes/NAME/catchup?revision=N`: who holds at least revision N of the route.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Catchup {
     pub key: String,

@@ -49,15 +49,14 @@ fn five_nodes_converge_a_write_reaches_all_and_a_killed_node_is_dead_everywhere(
     let block = Block::take();
     let mut nodes = five(&block);
 
-    // A store write on node-1 (a token record: node-1 is the signer) reaches every node.
-    let out = nodes[0].meshctl(&["token", "create", "-o", "json"]);
-    assert!(out.status.success());
-    let id =
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("json")["id"].as_str().expect("id").to_owned();
+    // A store write on node-1 (a route) reaches every node.
+    let route = nodes[0].dir.path().join("route.toml");
+    std::fs::write(&route, "service = \"web\"\n").expect("route file");
+    let out = nodes[0].meshctl(&["route", "apply", "-f", &route.display().to_string()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
     let catchup = |n: &Node| -> serde_json::Value {
-        let body =
-            rt.block_on(n.client().get(&format!("/v1/catchup?key=token/{id}&revision=1"))).expect("catchup").body;
+        let body = rt.block_on(n.client().get("/v1/routes/web/catchup?revision=1")).expect("catchup").body;
         serde_json::from_slice(&body).expect("json")
     };
     nodes[0].eventually(CONVERGE, "the write held by all five", || {

@@ -88,8 +88,8 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/routes/{name}", get(routes::get).put(routes::apply).delete(routes::delete))
         .route("/v1/routes/{name}/history", get(routes::history))
         .route("/v1/routes/{name}/rollback", axum::routing::post(routes::rollback))
+        .route("/v1/routes/{name}/catchup", get(routes::catchup))
         .route("/v1/lint", get(routes::lint))
-        .route("/v1/catchup", get(catchup))
         .route("/v1/tokens", axum::routing::post(create_token))
         .route("/v1/nodes/{name}", axum::routing::delete(remove_node))
         .route("/metrics", get(metrics))
@@ -319,33 +319,23 @@ fn catalog_error(e: crate::catalog::CatalogError) -> Error {
     Error::new(status, e.to_string())
 }
 
-/// `GET /v1/catchup?key=KEY&revision=N`: which alive members hold at least revision N of
-/// KEY. Members answer over `mesh/1`; one that does not answer within 2 s is listed as
-/// unreachable.
-async fn catchup(
-    State(state): State<Arc<AdminState>>,
-    query: Result<Query<CatchupQuery>, QueryRejection>,
-) -> Result<Json<api::Catchup>, Error> {
-    let Query(q) = query.map_err(|e| Error::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+/// Which alive members hold at least revision `revision` of store key `key`. Members
+/// answer over `mesh/1`; one that does not answer within 2 s is listed as unreachable.
+/// The admin API names things (`/v1/routes/NAME/catchup`); the key stays in here.
+pub(crate) async fn catchup(state: &AdminState, key: String, revision: u64) -> api::Catchup {
     let snap = state.snapshot.borrow().clone();
     let others: Vec<(String, std::net::SocketAddr)> = snap
         .members
         .iter()
-        .filter(|m| m.name != snap.node && matches!(m.state, api::MemberState::Alive | api::MemberState::Suspect))
+        .filter(|m| m.name != snap.node && snap.is_serving(&m.name))
         .map(|m| (m.name.clone(), m.addr))
         .collect();
-    let mut answers = crate::membership::ask_holds(&state.transport, others, &q.key).await;
-    answers.push((snap.node.clone(), Some(crate::membership::holds(&state.store, &q.key))));
-    let mut body = api::Catchup {
-        key: q.key.clone(),
-        revision: q.revision,
-        holding: vec![],
-        lagging: vec![],
-        unreachable: vec![],
-    };
+    let mut answers = crate::membership::ask_holds(&state.transport, others, &key).await;
+    answers.push((snap.node.clone(), Some(crate::membership::holds(&state.store, &key))));
+    let mut body = api::Catchup { key, revision, holding: vec![], lagging: vec![], unreachable: vec![] };
     for (name, answer) in answers {
         match answer {
-            Some(h) if h.revision.is_some_and(|r| r >= q.revision) => body.holding.push(name),
+            Some(h) if h.revision.is_some_and(|r| r >= revision) => body.holding.push(name),
             Some(_) => body.lagging.push(name),
             None => body.unreachable.push(name),
         }
@@ -353,14 +343,7 @@ async fn catchup(
     body.holding.sort();
     body.lagging.sort();
     body.unreachable.sort();
-    Ok(Json(body))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CatchupQuery {
-    key: String,
-    revision: u64,
+    body
 }
 
 /// `GET /v1/connections`: the live `mesh/1` connections, with their verified peers.

@@ -1,7 +1,7 @@
 //! `/v1/routes`: apply, read, delete, history and rollback of routes, and `/v1/lint`.
-//! Writes are acknowledged once durable here; gossip spreads them (`/v1/catchup` tells
-//! who holds a revision, which is how `meshctl route apply --wait` knows every node has
-//! it). An apply or rollback that changes nothing stores nothing and says so.
+//! Writes are acknowledged once durable here; gossip spreads them
+//! (`/v1/routes/NAME/catchup` tells who holds a revision, which is how `meshctl route
+//! apply --wait` knows every node has it). An apply or rollback that changes nothing stores nothing and says so.
 
 use std::sync::Arc;
 
@@ -214,4 +214,21 @@ pub async fn lint(
     }
     all.sort_by(|a, b| a.route.cmp(&b.route));
     Ok(Json(all))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatchupQuery {
+    revision: u64,
+}
+
+/// `GET /v1/routes/NAME/catchup?revision=N`: which alive members hold at least revision
+/// N of the route (its deletion counts as a revision too).
+pub async fn catchup(
+    State(state): State<Arc<AdminState>>,
+    Path(name): Path<String>,
+    query: Result<Query<CatchupQuery>, QueryRejection>,
+) -> Result<Json<api::Catchup>, Error> {
+    let Query(q) = query.map_err(|e| Error::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    Ok(Json(super::catchup(&state, routes::key(&name), q.revision).await))
 }
