@@ -80,9 +80,7 @@ pub struct Bound {
     pub admin_socket: PathBuf,
     /// The `admin.http` address as bound, when set.
     pub admin_http: Option<SocketAddr>,
-    /// The UDP address as bound: gossip, tunnels and joins (served from the transport
-    /// issue on; bound now so the port is this node's from the start and a clash is
-    /// found at once).
+    /// The UDP address as bound: gossip, tunnels and joins.
     pub udp: SocketAddr,
     /// What peers dial.
     pub advertise: SocketAddr,

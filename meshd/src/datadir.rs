@@ -2,8 +2,11 @@
 //!
 //! `node.toml` records which node the directory belongs to and its layout version, so
 //! that a config whose `node_name` changed, or a directory from a newer meshd, is refused
-//! at start instead of being half-used. Later modules add the store and the identity
-//! beside it.
+//! at start instead of being half-used. The store (`store/`) and the identity
+//! (`identity/`) live beside it.
+//!
+//! Must not: read or write the store or the keys: it only lays out and checks the
+//! directory.
 
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};

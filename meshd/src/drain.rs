@@ -5,6 +5,8 @@
 //! [`Release`] it got from [`DrainWatcher::wait_for_drain`]). The trigger returns when
 //! every watcher is gone, or when the deadline passes, whichever is first; the caller
 //! then aborts whatever is left. An idle daemon therefore exits at once.
+//!
+//! Must not: know what the tasks do; it only counts who is still busy.
 
 use std::time::Duration;
 

@@ -1,6 +1,8 @@
 //! The Prometheus registry every module adds its metrics to, under the `mesh_` prefix.
 //! Each module defines one metrics struct and registers it once at start
 //! (`Registry::sub_registry_with_prefix`); `/metrics` encodes the whole registry.
+//!
+//! Must not: hold metrics of its own beyond the build info: each module owns its series.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;

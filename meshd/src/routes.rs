@@ -2,6 +2,9 @@
 //! that changes the content is a new revision of that entry, and the entry carries its
 //! last revisions with it, so the history (and a rollback to any revision in it) is on
 //! every node. (`routing::lint` says why a route may not work as written.)
+//!
+//! Must not: decide where traffic goes (that is `routing`), or store a route that did
+//! not validate whole.
 
 use std::time::{Duration, SystemTime};
 

@@ -1,5 +1,8 @@
 //! Requests on QUIC streams: serving `mesh/1` members' requests and `mesh-join/1` joins,
 //! and calling other members. One bidirectional stream per request: one frame each way.
+//!
+//! Must not: decide policy (who may join, renew or open a tunnel is the signer's and the
+//! proxy's call), or trust a name the handshake did not prove.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -3,6 +3,8 @@
 //! SIGTERM or SIGINT starts a graceful drain; a second one ends the process at once.
 //! With `Type=notify`, systemd learns READY once every socket serves, STOPPING when the
 //! drain starts, and gets WATCHDOG pings when the unit sets `WatchdogSec`.
+//!
+//! Must not: stop anything itself: it tells `app`, which drains.
 
 use std::time::Duration;
 

@@ -1,5 +1,8 @@
 //! Logging through `tracing`: the filter comes from `RUST_LOG` when it is set (an
 //! operator debugging one host), else from `log_level` in meshd.toml.
+//!
+//! Must not: block the data path: events are formatted and written by `tracing`'s
+//! subscriber, never awaited.
 
 use std::io::IsTerminal;
 

@@ -1,7 +1,11 @@
 //! `/v1/routes`: apply, read, delete, history and rollback of routes, and `/v1/lint`.
 //! Writes are acknowledged once durable here; gossip spreads them
 //! (`/v1/routes/NAME/catchup` tells who holds a revision, which is how `meshctl route
-//! apply --wait` knows every node has it). An apply or rollback that changes nothing stores nothing and says so.
+//! apply --wait` knows every node has it). An apply or rollback that changes nothing
+//! stores nothing and says so.
+//!
+//! Must not: take store keys from clients (names only), or decide anything `routes` and
+//! `routing::lint` decide.
 
 use std::sync::Arc;
 

@@ -7,6 +7,8 @@
 //! writes the store only when its instance's health changes. Listing is a pure function
 //! of a snapshot (`services`): an instance is healthy when its own node says so and that
 //! node is alive, so a dead node's instances are unhealthy everywhere.
+//!
+//! Must not: act for a service another node declared (check it, write its health).
 
 pub mod health;
 pub mod vip;

@@ -5,6 +5,9 @@
 //! `node.key` (0600, made here, never sent anywhere), `node.pem`, and `signers` (the
 //! addresses this node renews at). The certificate is swapped in place on renewal: new
 //! connections present the new one, live connections are not cut.
+//!
+//! Must not: trust a name that the handshake did not prove, or let a key leave the
+//! node that made it (the CA key goes only to nodes joined as signers).
 
 pub mod ca;
 pub mod cert;

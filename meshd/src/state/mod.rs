@@ -1,7 +1,10 @@
 //! The read model: an immutable [`Snapshot`] of what this node knows about the mesh,
-//! published through a `tokio::sync::watch` channel. Readers (admin API, and later DNS,
-//! routing and the proxy) clone an `Arc` and never lock anything; only the owner of the
-//! [`Publisher`] makes new snapshots.
+//! published through a `tokio::sync::watch` channel. Writers hand it their part (the
+//! store its view, through [`Publisher::store_sink`]; membership its members); readers
+//! (admin API, DNS, routing, the proxy) clone an `Arc` and never lock anything. Each
+//! publish derives what follows from both (removed nodes are `Left`).
+//!
+//! Must not: write anything back, or do I/O: a publish is a pure function of the parts.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
