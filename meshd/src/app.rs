@@ -18,9 +18,9 @@ use tokio::task::JoinSet;
 use crate::admin::{self, AdminState};
 use crate::config::{AdvertiseError, Config};
 use crate::drain::{self, DrainOutcome, DrainTrigger, DrainWatcher};
-use crate::identity::signer::{self, Signer};
+use crate::identity::signer::Signer;
 use crate::identity::{verify, Identity, IdentityError};
-use crate::state::{self, Publisher, Snapshot, SnapshotRx};
+use crate::state::{self, Publisher, Snapshot};
 use crate::store::{self, Store, StoreError};
 use crate::transport::{Transport, TransportError};
 use crate::{datadir, membership, metrics, signal};
@@ -185,7 +185,7 @@ pub async fn build(config: &Config) -> Result<Bound, AppError> {
     let tls_metrics = verify::Metrics::register(&mut registry);
     let identity = Arc::new(Identity::load(&config.data_dir, &config.node_name, tls_metrics)?);
     // Revocations are in force before the first handshake.
-    identity.revocations.replace(signer::revoked_set(&store.view()).0);
+    identity.revocations.replace(publisher.current().parts.revoked.clone());
     let transport_metrics = crate::transport::Metrics::register(&mut registry);
     let (conns_tx, conns_rx) = tokio::sync::mpsc::channel(1024);
     let transport = Arc::new(Transport::new(udp_socket, identity.clone(), transport_metrics, Some(conns_tx))?);
@@ -348,7 +348,11 @@ impl Bound {
             self.publisher.subscribe(),
             watcher.clone(),
         ));
-        tasks.spawn(watch_revocations(self.publisher.subscribe(), self.transport.clone(), watcher.clone()));
+        tasks.spawn(crate::transport::apply_revocations(
+            self.publisher.subscribe(),
+            self.transport.clone(),
+            watcher.clone(),
+        ));
         drop(watcher);
 
         signal::notify_ready();
@@ -403,25 +407,6 @@ async fn dispatch(
     // Each connection's server refuses new work once the drain starts and ends with its
     // connection; the tunnels it started hold the drain themselves.
     handlers.detach_all();
-}
-
-/// Applies the store's revocation list as it changes: refuses removed nodes in new
-/// handshakes and closes their live connections.
-async fn watch_revocations(mut snapshots: SnapshotRx, transport: Arc<Transport>, drain: DrainWatcher) {
-    let mut applied = None;
-    loop {
-        let view = snapshots.borrow_and_update().store.clone();
-        let (set, _) = signer::revoked_set(&view);
-        if applied.as_ref() != Some(&set) {
-            transport.identity().revocations.replace(set.clone());
-            transport.close_revoked();
-            applied = Some(set);
-        }
-        tokio::select! {
-            changed = snapshots.changed() => if changed.is_err() { return },
-            _ = drain.signaled() => return,
-        }
-    }
 }
 
 async fn serve_unix(listener: UnixListener, router: Router, drain: DrainWatcher) {

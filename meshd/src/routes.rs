@@ -6,19 +6,17 @@
 //! Must not: decide where traffic goes (that is `routing`), or store a route that did
 //! not validate whole.
 
-use std::time::{Duration, SystemTime};
-
 use mesh_proto::route::RouteSpec;
-use serde::{Deserialize, Serialize};
 
+pub use crate::state::model::Route as Stored;
+use crate::state::model::RouteRecord;
 use crate::state::Snapshot;
 use crate::store::entry::{Entry, Revision};
 use crate::store::{Store, StoreError};
 
-const PREFIX: &str = "route/";
-
+/// The store key of route `name`.
 pub fn key(name: &str) -> String {
-    format!("{PREFIX}{name}")
+    RouteRecord::key(name)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -37,16 +35,6 @@ pub enum RouteError {
     Store(#[from] StoreError),
 }
 
-/// A stored revision, decoded.
-pub struct Stored {
-    pub spec: RouteSpec,
-    pub revision: u64,
-    pub applied_at: SystemTime,
-    pub origin: String,
-    /// The revision whose content this one restored.
-    pub rollback_of: Option<u64>,
-}
-
 /// What an apply or a rollback did.
 pub struct Applied {
     pub stored: Stored,
@@ -54,49 +42,18 @@ pub struct Applied {
     pub unchanged: bool,
 }
 
-/// The value of `route/NAME`: the spec, and for a rollback the revision it restores.
-/// Values written before rollbacks were recorded are a bare spec, still read.
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Value {
-    route: RouteSpec,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    rollback_of: Option<u64>,
-}
-
-fn decode(r: &Revision) -> Option<Value> {
-    if r.deleted {
-        return None;
-    }
-    serde_json::from_slice::<Value>(&r.value)
-        .or_else(|_| serde_json::from_slice::<RouteSpec>(&r.value).map(|route| Value { route, rollback_of: None }))
-        .ok()
-}
-
 /// Whether a revision restored another one, and which.
 pub fn rollback_of(r: &Revision) -> Option<u64> {
-    decode(r)?.rollback_of
+    Stored::from_revision(r)?.rollback_of
 }
 
 fn stored(r: &Revision) -> Option<Stored> {
-    let v = decode(r)?;
-    Some(Stored {
-        spec: v.route,
-        revision: r.revision,
-        applied_at: SystemTime::UNIX_EPOCH + Duration::from_millis(r.version.millis()),
-        origin: r.origin.clone(),
-        rollback_of: v.rollback_of,
-    })
+    Stored::from_revision(r)
 }
 
 /// Every live route of the snapshot, by name.
 pub fn all(snap: &Snapshot) -> Vec<Stored> {
-    snap.store.prefix(PREFIX).filter_map(|e| stored(&e.as_revision())).collect()
-}
-
-/// The live routes' specs, for routing tables.
-pub fn specs(snap: &Snapshot) -> Vec<RouteSpec> {
-    all(snap).into_iter().map(|s| s.spec).collect()
+    snap.routes().values().map(|r| Stored::clone(r)).collect()
 }
 
 fn entry(store: &Store, name: &str) -> Option<std::sync::Arc<Entry>> {
@@ -146,8 +103,8 @@ fn write(store: &Store, spec: &RouteSpec, rollback_of: Option<u64>) -> Result<Ap
             return Ok(Applied { stored: current, unchanged: true });
         }
     }
-    let value = serde_json::to_vec(&Value { route: spec.clone(), rollback_of })
-        .map_err(|e| RouteError::Encode(e.to_string()))?;
+    let value =
+        RouteRecord { route: spec.clone(), rollback_of }.encode().map_err(|e| RouteError::Encode(e.to_string()))?;
     let e = store.put(&key(&spec.name), value).map_err(|e| match e {
         StoreError::TooLarge { size, limit, .. } => RouteError::TooLarge { name: spec.name.clone(), size, limit },
         e => RouteError::Store(e),

@@ -24,7 +24,7 @@ use prometheus_client::registry::Registry;
 use serde::Deserialize;
 
 use crate::drain::DrainSignal;
-use crate::identity::signer::{self, Signer, SignerError};
+use crate::identity::signer::{Signer, SignerError};
 use crate::identity::Identity;
 use crate::state::{Snapshot, SnapshotRx};
 use crate::transport::Transport;
@@ -435,8 +435,8 @@ fn member_list(state: &AdminState, snap: &Snapshot) -> Vec<api::Member> {
         })
         .collect();
     // The snapshot shows removed members `left`; removed nodes it never knew are added.
-    for removed in signer::revoked_set(&snap.store).1 {
-        if snap.removed.contains(&removed.node) && !body.iter().any(|m| m.name == removed.node) {
+    for removed in &snap.parts.revocations {
+        if snap.is_removed(&removed.node) && !body.iter().any(|m| m.name == removed.node) {
             body.push(api::Member {
                 name: removed.node.clone(),
                 addr: String::new(),

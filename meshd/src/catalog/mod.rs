@@ -13,72 +13,37 @@
 pub mod health;
 pub mod vip;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use mesh_proto::api::{self, MemberState};
+use mesh_proto::api;
 use mesh_proto::service::ServiceSpec;
-use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
 use crate::drain::DrainWatcher;
+pub use crate::state::model::{InstanceRecord, Source};
 use crate::state::{Snapshot, SnapshotRx};
 use crate::store::{Store, StoreError};
 
-/// Where a local service came from: config services are re-declared at every start
-/// (and removed when gone from the config); registered ones persist until deregistered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Source {
-    Config,
-    Api,
-}
-
-/// `node/NODE/service/NAME`: one instance, owned by its node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Instance {
-    pub node: String,
-    pub spec: ServiceSpec,
-    /// The owner's view of its health (checks run there only).
-    pub healthy: bool,
-    pub source: Source,
-}
-
-pub fn key(node: &str, service: &str) -> String {
-    format!("node/{node}/service/{service}")
-}
-
-/// Every instance in a snapshot, but those of removed nodes: a removed node leaves
-/// listings, routing and DNS at once.
-pub fn instances(snap: &Snapshot) -> Vec<Instance> {
-    snap.store
-        .prefix("node/")
-        .filter(|e| e.key.contains("/service/"))
-        .filter_map(|e| serde_json::from_slice::<Instance>(&e.value).ok())
-        .filter(|i| !snap.removed.contains(&i.node))
-        .collect()
-}
-
 /// `GET /v1/services`: services by name, each with its instances across the mesh.
 pub fn services(snap: &Snapshot) -> Vec<api::Service> {
-    let alive: HashMap<&str, MemberState> = snap.members.iter().map(|m| (m.name.as_str(), m.state)).collect();
-    let mut by_name: BTreeMap<String, Vec<api::Instance>> = BTreeMap::new();
-    for i in instances(snap) {
-        let node_alive = matches!(alive.get(i.node.as_str()), Some(MemberState::Alive | MemberState::Suspect));
-        by_name.entry(i.spec.name.clone()).or_default().push(api::Instance {
-            node: i.node.clone(),
-            addr: i.spec.address.to_string(),
-            port: i.spec.port,
-            protocol: i.spec.protocol.as_str().to_owned(),
-            labels: i.spec.labels.clone(),
-            healthy: i.healthy && node_alive,
-        });
-    }
-    by_name
-        .into_iter()
-        .map(|(name, mut instances)| {
-            instances.sort_by(|a, b| (&a.node, a.port).cmp(&(&b.node, b.port)));
-            api::Service { name, vip: None, instances }
+    snap.services
+        .values()
+        .map(|s| api::Service {
+            name: s.name.clone(),
+            vip: None,
+            instances: s
+                .instances
+                .iter()
+                .map(|i| api::Instance {
+                    node: i.node.clone(),
+                    addr: i.address.to_string(),
+                    port: i.port,
+                    protocol: s.protocol.as_str().to_owned(),
+                    labels: i.labels.clone(),
+                    healthy: i.healthy,
+                })
+                .collect(),
         })
         .collect()
 }
@@ -138,14 +103,15 @@ impl Catalog {
         self
     }
 
-    fn own(&self) -> Vec<Instance> {
-        let prefix = format!("node/{}/service/", self.node);
-        self.store.view().prefix(&prefix).filter_map(|e| serde_json::from_slice(&e.value).ok()).collect()
+    fn own(&self) -> Vec<InstanceRecord> {
+        let prefix = InstanceRecord::key(&self.node, "");
+        self.store.view().prefix(&prefix).filter_map(|e| InstanceRecord::decode(&e.value)).collect()
     }
 
     fn write(&self, spec: ServiceSpec, source: Source, healthy: bool) -> Result<(), StoreError> {
-        let record = Instance { node: self.node.clone(), healthy, spec, source };
-        self.store.put(&key(&self.node, &record.spec.name), serde_json::to_vec(&record).unwrap_or_default())?;
+        let record = InstanceRecord { node: self.node.clone(), healthy, spec, source };
+        let value = record.encode().map_err(|e| StoreError::Encode(e.to_string()))?;
+        self.store.put(&InstanceRecord::key(&self.node, &record.spec.name), value)?;
         Ok(())
     }
 
@@ -154,7 +120,7 @@ impl Catalog {
     pub fn declare_config(&self, services: &[ServiceSpec]) -> Result<(), StoreError> {
         for old in self.own() {
             if old.source == Source::Config && !services.iter().any(|s| s.name == old.spec.name) {
-                self.store.delete(&key(&self.node, &old.spec.name))?;
+                self.store.delete(&InstanceRecord::key(&self.node, &old.spec.name))?;
             }
         }
         for spec in services {
@@ -185,7 +151,7 @@ impl Catalog {
             None => Err(CatalogError::Unknown(name.to_owned())),
             Some(i) if i.source == Source::Config => Err(CatalogError::FromConfig(name.to_owned())),
             Some(_) => {
-                self.store.delete(&key(&self.node, name))?;
+                self.store.delete(&InstanceRecord::key(&self.node, name))?;
                 Ok(())
             }
         }
@@ -219,10 +185,12 @@ pub async fn run(catalog: Catalog, vips: Arc<vip::Vips>, mut snapshots: Snapshot
             })
             .await;
         }
-        let wanted: HashMap<String, ServiceSpec> = instances(&snap)
-            .into_iter()
-            .filter(|i| i.node == catalog.node && i.spec.check.is_some())
-            .map(|i| (i.spec.name.clone(), i.spec))
+        let wanted: HashMap<String, ServiceSpec> = snap
+            .services
+            .values()
+            .flat_map(|s| &s.instances)
+            .filter(|i| i.node == catalog.node && i.record.spec.check.is_some())
+            .map(|i| (i.record.spec.name.clone(), i.record.spec.clone()))
             .collect();
         running.retain(|name, (spec, handle)| {
             let keep = wanted.get(name) == Some(spec);
@@ -273,14 +241,12 @@ async fn check_loop(catalog: Catalog, spec: ServiceSpec) {
 /// of its instances' `version` label.
 pub fn vip_names(snap: &Snapshot) -> Vec<String> {
     let mut names: Vec<String> = Vec::new();
-    for i in instances(snap) {
-        names.push(i.spec.name.clone());
-        if let Some(v) = i.spec.labels.get("version") {
-            names.push(format!("{v}.{}", i.spec.name));
-        }
+    for s in snap.services.values() {
+        names.push(s.name.clone());
+        names.extend(s.instances.iter().filter_map(|i| i.labels.get("version")).map(|v| format!("{v}.{}", s.name)));
     }
-    for route in crate::routes::specs(snap) {
-        names.extend(route.subsets.keys().map(|s| format!("{s}.{}", route.service)));
+    for route in snap.routes().values() {
+        names.extend(route.spec.subsets.keys().map(|s| format!("{s}.{}", route.spec.service)));
     }
     names.sort();
     names.dedup();
@@ -289,10 +255,7 @@ pub fn vip_names(snap: &Snapshot) -> Vec<String> {
 
 /// The number of services known, for `/v1/status`.
 pub fn count(snap: &Snapshot) -> u64 {
-    let mut names: Vec<String> = instances(snap).into_iter().map(|i| i.spec.name).collect();
-    names.sort();
-    names.dedup();
-    names.len() as u64
+    snap.services.len() as u64
 }
 
 /// Shared by the admin API.

@@ -10,10 +10,12 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 
 use hickory_proto::rr::rdata::{A, SOA, SRV};
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 
+use crate::state::model::Service;
 use crate::state::Snapshot;
 
 /// A decision about one question.
@@ -28,24 +30,15 @@ pub enum Answer {
     Refused,
 }
 
-/// What the answers need from a snapshot, decoded once per snapshot rather than per
-/// query (the catalog's entries are JSON in the store).
+/// What the answers need from a snapshot: its typed services.
 pub struct Table {
     pub index: u64,
-    pub services: Vec<mesh_proto::api::Service>,
-    pub passthrough: BTreeMap<String, bool>,
+    pub services: Arc<BTreeMap<String, Service>>,
 }
 
 impl Table {
     pub fn build(snap: &Snapshot) -> Table {
-        Table {
-            index: snap.index,
-            services: crate::catalog::services(snap),
-            passthrough: crate::catalog::instances(snap)
-                .into_iter()
-                .map(|i| (i.spec.name.clone(), i.spec.passthrough))
-                .collect(),
-        }
+        Table { index: snap.index, services: snap.services.clone() }
     }
 }
 
@@ -98,7 +91,6 @@ impl Zone {
         let records = |rs: Vec<Record>| Answer::Records { answers: rs, additionals: vec![] };
         let a = |ip: Ipv4Addr| Record::from_rdata(name.clone(), self.ttl, RData::A(A(ip)));
         let services = &table.services;
-        let passthrough = &table.passthrough;
 
         match labels.as_slice() {
             // The apex.
@@ -113,9 +105,9 @@ impl Zone {
             },
             // _PROTOCOL._tcp.SERVICE.mesh
             [proto, tcp, service] if tcp == "_tcp" => {
-                let Some(s) = services.iter().find(|s| s.name == *service) else { return Answer::NxDomain };
-                let healthy: Vec<_> = s.instances.iter().filter(|i| i.healthy).collect();
-                if proto.strip_prefix('_') != s.instances.first().map(|i| i.protocol.as_str()) {
+                let Some(s) = services.get(service.as_str()) else { return Answer::NxDomain };
+                let healthy: Vec<_> = s.healthy().collect();
+                if proto.strip_prefix('_') != Some(s.protocol.as_str()) {
                     return Answer::NxDomain;
                 }
                 if qtype != RecordType::SRV {
@@ -144,13 +136,18 @@ impl Zone {
             }
             // SERVICE.mesh
             [service] => {
-                let Some(s) = services.iter().find(|s| s.name == *service) else { return Answer::NxDomain };
+                let Some(s) = services.get(service.as_str()) else { return Answer::NxDomain };
                 if qtype != RecordType::A {
                     return records(vec![]);
                 }
-                if passthrough.get(service).copied().unwrap_or(false) {
-                    let mut ips: Vec<Ipv4Addr> =
-                        s.instances.iter().filter(|i| i.healthy).filter_map(|i| i.addr.parse().ok()).collect();
+                if s.passthrough {
+                    let mut ips: Vec<Ipv4Addr> = s
+                        .healthy()
+                        .filter_map(|i| match i.address {
+                            IpAddr::V4(ip) => Some(ip),
+                            IpAddr::V6(_) => None,
+                        })
+                        .collect();
                     ips.sort();
                     ips.dedup();
                     if !ips.is_empty() {

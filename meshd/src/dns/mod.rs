@@ -266,11 +266,9 @@ impl Answers {
     pub fn build(zone: &Zone, metrics: &Metrics, snap: Arc<Snapshot>, vips: VipMap) -> Answers {
         let table = Table::build(&snap);
         let mut names: Vec<String> = vec![String::new()];
-        for s in &table.services {
+        for s in table.services.values() {
             names.push(s.name.clone());
-            if let Some(i) = s.instances.first() {
-                names.push(format!("_{}._tcp.{}", i.protocol, s.name));
-            }
+            names.push(format!("_{}._tcp.{}", s.protocol.as_str(), s.name));
         }
         names.extend(vips.keys().cloned());
         names.extend(snap.members.iter().map(|m| format!("{}.node", m.name)));
@@ -286,7 +284,7 @@ impl Answers {
                 let orders = match &first {
                     Answer::Records { answers: rs, .. }
                         if qtype == RecordType::A
-                            && answers.table.passthrough.get(&relative).copied().unwrap_or(false) =>
+                            && answers.table.services.get(&relative).is_some_and(|s| s.passthrough) =>
                     {
                         rs.len().clamp(1, ROTATIONS)
                     }

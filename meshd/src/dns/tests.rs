@@ -10,7 +10,7 @@ use mesh_proto::api::MemberState;
 use mesh_proto::service::ServiceSpec;
 
 use super::*;
-use crate::catalog::{Instance, Source};
+use crate::state::model::{InstanceRecord, Source};
 use crate::state::Member;
 use crate::store::entry::Entry;
 use crate::store::hlc::Hlc;
@@ -33,15 +33,16 @@ fn snapshot(nodes: usize, specs: &[&str]) -> Arc<Snapshot> {
         for text in specs {
             let mut spec: ServiceSpec = toml::from_str(text).expect("spec");
             spec.address = ip;
-            let instance = Instance { node: node.clone(), spec, healthy: true, source: Source::Api };
-            let key = crate::catalog::key(&node, &instance.spec.name);
-            let value = serde_json::to_vec(&instance).expect("json");
+            let instance = InstanceRecord { node: node.clone(), spec, healthy: true, source: Source::Api };
+            let key = InstanceRecord::key(&node, &instance.spec.name);
+            let value = instance.encode().expect("json");
             view.merge(Arc::new(Entry::next(None, &key, Some(value), Hlc::from_millis(1), &node)));
         }
     }
     let mut snap = Snapshot::new("n0", members);
     snap.index = 1;
     snap.store = Arc::new(view);
+    snap.derive();
     Arc::new(snap)
 }
 

@@ -36,8 +36,13 @@ pub fn node_cert_key(node: &str) -> String {
 /// revoked key. A name that joined again with a new key is not removed.
 pub fn removed_nodes(view: &View) -> BTreeSet<String> {
     let (set, list) = revoked_set(view);
-    list.into_iter()
-        .map(|r| r.node)
+    removed_among(view, &set, &list)
+}
+
+/// The nodes of `list` still removed in `view` (their current key is in `set`).
+pub fn removed_among(view: &View, set: &RevokedSet, list: &[Revocation]) -> BTreeSet<String> {
+    list.iter()
+        .map(|r| r.node.clone())
         .filter(|node| {
             view.get(&node_cert_key(node))
                 .and_then(|v| serde_json::from_slice::<NodeCertRecord>(v).ok())

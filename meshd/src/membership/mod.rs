@@ -251,8 +251,8 @@ pub async fn run(
                     let _ = swim.broadcast(&mut out);
                 } else {
                     // Too large for a datagram: push it on streams to every active member.
-                    let removed = snapshots.borrow().removed.clone();
-                    for m in swim.iter_members().map(|m| m.id().clone()).filter(|m| !removed.contains(&m.name)).collect::<Vec<_>>() {
+                    let parts = snapshots.borrow().parts.clone();
+                    for m in swim.iter_members().map(|m| m.id().clone()).filter(|m| !parts.removed.contains(&m.name)).collect::<Vec<_>>() {
                         work.spawn(push_large(transport.clone(), m.addr, entry.clone()));
                     }
                 }
@@ -271,9 +271,9 @@ pub async fn run(
                 handler.lock().set_view(view);
             }
             _ = sync_tick.tick() => {
-                let removed = snapshots.borrow().removed.clone();
+                let parts = snapshots.borrow().parts.clone();
                 let members: Vec<MemberId> =
-                    swim.iter_members().map(|m| m.id().clone()).filter(|m| !removed.contains(&m.name)).collect();
+                    swim.iter_members().map(|m| m.id().clone()).filter(|m| !parts.removed.contains(&m.name)).collect();
                 if !members.is_empty() {
                     let pick = members[rng.random_range(0..members.len())].clone();
                     work.spawn(sync_with(transport.clone(), store.clone(), exchange.clone(), pick.addr, metrics.clone()));
@@ -358,8 +358,18 @@ pub async fn run(
             cluster_size = n;
             let _ = swim.set_config(params.foca_config(n));
         }
-        let removed = snapshots.borrow().removed.clone();
-        flush(&mut out, &mut timers, &mut seq, &transport, &metrics, &mut dialling, &dialled_tx, &mut work, &removed);
+        let parts = snapshots.borrow().parts.clone();
+        flush(
+            &mut out,
+            &mut timers,
+            &mut seq,
+            &transport,
+            &metrics,
+            &mut dialling,
+            &dialled_tx,
+            &mut work,
+            &parts.removed,
+        );
 
         let list = member_list(&swim, &me, &handler);
         if list != published {

@@ -9,8 +9,7 @@ use crate::state::Snapshot;
 /// subsets that select no instance, rules of the other protocol. A route may come before
 /// its service, so these are warnings, not errors.
 pub fn lint(spec: &RouteSpec, snap: &Snapshot) -> Vec<String> {
-    let instances: Vec<crate::catalog::Instance> =
-        crate::catalog::instances(snap).into_iter().filter(|i| i.spec.name == spec.service).collect();
+    let instances = snap.services.get(&spec.service).map_or(&[][..], |s| &s.instances[..]);
     if instances.is_empty() {
         return vec![format!(
             "service {} has no instance in the mesh: the route does nothing until one registers",
@@ -18,7 +17,8 @@ pub fn lint(spec: &RouteSpec, snap: &Snapshot) -> Vec<String> {
         )];
     }
     let mut problems = Vec::new();
-    let protocols: std::collections::BTreeSet<&str> = instances.iter().map(|i| i.spec.protocol.as_str()).collect();
+    let protocols: std::collections::BTreeSet<&str> =
+        instances.iter().map(|i| i.record.spec.protocol.as_str()).collect();
     for p in &protocols {
         if let Err(e) = spec.check_protocol(p) {
             problems.push(e);
@@ -26,7 +26,7 @@ pub fn lint(spec: &RouteSpec, snap: &Snapshot) -> Vec<String> {
     }
     let used: std::collections::BTreeSet<&str> = spec.used_subsets().collect();
     for (name, labels) in &spec.subsets {
-        let selected = instances.iter().filter(|i| labels.iter().all(|(k, v)| i.spec.labels.get(k) == Some(v))).count();
+        let selected = instances.iter().filter(|i| labels.iter().all(|(k, v)| i.labels.get(k) == Some(v))).count();
         if selected == 0 {
             let selector: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
             let effect = if used.contains(name.as_str()) { "traffic sent to it fails" } else { "no rule sends to it" };

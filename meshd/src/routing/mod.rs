@@ -56,33 +56,23 @@ impl Tables {
             .map(|m| (m.name.clone(), m.addr))
             .collect();
         let mut services: BTreeMap<String, ServiceTable> = BTreeMap::new();
-        for i in crate::catalog::instances(snap) {
-            let table = services.entry(i.spec.name.clone()).or_default();
-            table.passthrough |= i.spec.passthrough;
-            if table.protocol.is_empty() {
-                table.protocol = i.spec.protocol.as_str().to_owned();
-            }
-            table.targets.push(Target {
-                service: i.spec.name,
-                healthy: i.healthy && nodes.contains_key(&i.node),
-                node: i.node,
-                addr: i.spec.address,
-                port: i.spec.port,
-                labels: i.spec.labels,
-            });
-        }
-        for t in services.values_mut() {
-            t.targets.sort_by(|a, b| (&a.node, a.port).cmp(&(&b.node, b.port)));
-        }
-        // One route per service; should two name the same service, the first by name.
-        let mut specs = crate::routes::specs(snap);
-        specs.sort_by(|a, b| a.name.cmp(&b.name));
-        for spec in specs {
-            if let Some(t) = services.get_mut(&spec.service) {
-                if t.route.is_none() {
-                    t.route = Some(spec);
-                }
-            }
+        for s in snap.services.values() {
+            let targets = s
+                .instances
+                .iter()
+                .map(|i| Target {
+                    service: s.name.clone(),
+                    healthy: i.healthy,
+                    node: i.node.clone(),
+                    addr: i.address,
+                    port: i.port,
+                    labels: i.labels.clone(),
+                })
+                .collect();
+            let route = snap.routes().values().find(|r| r.spec.service == s.name).map(|r| r.spec.clone());
+            let table =
+                ServiceTable { protocol: s.protocol.as_str().to_owned(), passthrough: s.passthrough, targets, route };
+            services.insert(s.name.clone(), table);
         }
         Tables { index: snap.index, services, nodes }
     }

@@ -6,7 +6,9 @@
 //!
 //! Must not: write anything back, or do I/O: a publish is a pure function of the parts.
 
-use std::collections::BTreeSet;
+pub mod model;
+
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -31,8 +33,10 @@ pub struct Snapshot {
     pub members: Vec<Member>,
     /// The replicated store's entries, as of this snapshot.
     pub store: Arc<View>,
-    /// The nodes removed from the mesh (their current key is revoked).
-    pub removed: Arc<BTreeSet<String>>,
+    /// What the store view says, typed: instance records, routes, removed nodes.
+    pub parts: Arc<model::StoreParts>,
+    /// Every service with its instances, their health resolved against `members`.
+    pub services: Arc<BTreeMap<String, model::Service>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,8 +61,7 @@ impl Publisher {
     pub fn new(mut first: Snapshot) -> Publisher {
         first.index = 1;
         first.members_index = 1;
-        first.removed = Arc::new(crate::identity::records::removed_nodes(&first.store));
-        first.apply_removals();
+        first.derive();
         Publisher { tx: Arc::new(watch::Sender::new(Arc::new(first))) }
     }
 
@@ -84,15 +87,17 @@ impl Publisher {
             let mut next = Snapshot::clone(current);
             change(&mut next);
             next.index = current.index + 1;
-            if !Arc::ptr_eq(&next.store, &current.store) {
-                let removed = crate::identity::records::removed_nodes(&next.store);
-                if removed != *current.removed {
-                    next.removed = Arc::new(removed);
-                }
+            let store_changed = !Arc::ptr_eq(&next.store, &current.store);
+            if store_changed {
+                next.parts = Arc::new(model::StoreParts::decode(&next.store));
             }
             next.apply_removals();
-            if !same_members(&next.members, &current.members) {
+            let members_changed = !same_members(&next.members, &current.members);
+            if members_changed {
                 next.members_index = next.index;
+            }
+            if store_changed || members_changed {
+                next.services = Arc::new(model::resolve(&next.parts.records, &next.members));
             }
             *current = Arc::new(next);
         });
@@ -113,7 +118,8 @@ impl Snapshot {
             node: node.to_owned(),
             members,
             store: Arc::default(),
-            removed: Arc::default(),
+            parts: Arc::default(),
+            services: Arc::default(),
         }
     }
 
@@ -122,13 +128,31 @@ impl Snapshot {
         self.members.iter().any(|m| m.name == node && matches!(m.state, MemberState::Alive | MemberState::Suspect))
     }
 
+    /// Derives the typed parts from the store view and the members (what a publish does
+    /// for the parts that changed).
+    pub fn derive(&mut self) {
+        self.parts = Arc::new(model::StoreParts::decode(&self.store));
+        self.apply_removals();
+        self.services = Arc::new(model::resolve(&self.parts.records, &self.members));
+    }
+
+    /// Live routes by name.
+    pub fn routes(&self) -> &BTreeMap<String, Arc<model::Route>> {
+        &self.parts.routes
+    }
+
+    /// Whether `node` was removed from the mesh (its current key is revoked).
+    pub fn is_removed(&self, node: &str) -> bool {
+        self.parts.removed.contains(node)
+    }
+
     /// Removed nodes are `Left`, whatever gossip still says of them.
     fn apply_removals(&mut self) {
-        if self.removed.is_empty() {
+        if self.parts.removed.is_empty() {
             return;
         }
         for m in &mut self.members {
-            if m.name != self.node && self.removed.contains(&m.name) {
+            if m.name != self.node && self.parts.removed.contains(&m.name) {
                 m.state = MemberState::Left;
             }
         }

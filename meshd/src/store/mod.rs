@@ -38,6 +38,9 @@ pub use self::view::{Merge, View};
 /// Why the store refused an operation.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// A value could not be encoded (a bug, not the data's fault): nothing was written.
+    #[error("cannot encode a value for the store: {0}")]
+    Encode(String),
     /// sled could not open the store (permissions, another process holds it...).
     #[error("cannot open the store at {}: {detail}", path.display())]
     Open { path: PathBuf, detail: String },

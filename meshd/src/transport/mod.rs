@@ -144,6 +144,28 @@ pub fn size_socket_buffers(socket: &std::net::UdpSocket) {
     }
 }
 
+/// Applies the mesh's revocation list as snapshots bring it: new handshakes refuse
+/// removed nodes, and their live connections close. Until the drain starts.
+pub async fn apply_revocations(
+    mut snapshots: crate::state::SnapshotRx,
+    transport: Arc<Transport>,
+    drain: DrainWatcher,
+) {
+    let mut applied = None;
+    loop {
+        let parts = snapshots.borrow_and_update().parts.clone();
+        if applied.as_ref() != Some(&parts.revoked) {
+            transport.identity().revocations.replace(parts.revoked.clone());
+            transport.close_revoked();
+            applied = Some(parts.revoked.clone());
+        }
+        tokio::select! {
+            changed = snapshots.changed() => if changed.is_err() { return },
+            _ = drain.signaled() => return,
+        }
+    }
+}
+
 /// Whether the peer closed a connection because this node's certificate is revoked: in
 /// the handshake (TLS alert certificate_revoked, carried as QUIC CRYPTO_ERROR 0x100 + 44)
 /// or later, when the revocation reached it ([`close::REVOKED`]).

@@ -1,0 +1,272 @@
+//! The typed read model's contents, and the codecs of the store entries they come from.
+//!
+//! Each store prefix that readers care about has one codec here (`node/N/service/S`
+//! instance records, `route/NAME` values); [`StoreParts::decode`] reads a store view
+//! into typed values once per publish, and [`resolve`] joins them with the member list
+//! (health, removals). Readers take typed fields: no reader sees a store key or JSON.
+//!
+//! Must not: do I/O, or hold anything a reader does not need.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use mesh_proto::route::RouteSpec;
+use mesh_proto::service::{Protocol, ServiceSpec};
+use serde::{Deserialize, Serialize};
+
+use super::Member;
+use crate::store::view::View;
+
+/// The store prefix of instance records.
+const INSTANCES: &str = "node/";
+/// The store prefix of routes.
+const ROUTES: &str = "route/";
+
+/// Where a local service came from: config services are re-declared at every start (and
+/// removed when gone from the config); registered ones persist until deregistered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Config,
+    Api,
+}
+
+/// `node/NODE/service/NAME`: one instance, as its node declares it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceRecord {
+    pub node: String,
+    pub spec: ServiceSpec,
+    /// The owner's view of its health (checks run there only).
+    pub healthy: bool,
+    pub source: Source,
+}
+
+impl InstanceRecord {
+    /// The store key of `node`'s instance of `service`.
+    pub fn key(node: &str, service: &str) -> String {
+        format!("{INSTANCES}{node}/service/{service}")
+    }
+
+    pub fn encode(&self) -> Result<Vec<u8>, serde_json::Error> {
+        serde_json::to_vec(self)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<InstanceRecord> {
+        serde_json::from_slice(bytes).ok()
+    }
+}
+
+/// The value of `route/NAME`: the spec, and for a rollback the revision it restores.
+/// Values written before rollbacks were recorded are a bare spec, still read.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteRecord {
+    pub route: RouteSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_of: Option<u64>,
+}
+
+impl RouteRecord {
+    /// The store key of route `name`.
+    pub fn key(name: &str) -> String {
+        format!("{ROUTES}{name}")
+    }
+
+    pub fn encode(&self) -> Result<Vec<u8>, serde_json::Error> {
+        serde_json::to_vec(self)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<RouteRecord> {
+        serde_json::from_slice::<RouteRecord>(bytes)
+            .or_else(|_| {
+                serde_json::from_slice::<RouteSpec>(bytes).map(|route| RouteRecord { route, rollback_of: None })
+            })
+            .ok()
+    }
+}
+
+/// One revision of a route, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub spec: RouteSpec,
+    pub revision: u64,
+    pub applied_at: SystemTime,
+    pub origin: String,
+    /// The revision whose content this one restored.
+    pub rollback_of: Option<u64>,
+}
+
+impl Route {
+    /// A stored revision as a route; None for a deletion or a value that does not decode.
+    pub fn from_revision(r: &crate::store::entry::Revision) -> Option<Route> {
+        if r.deleted {
+            return None;
+        }
+        let record = RouteRecord::decode(&r.value)?;
+        Some(Route {
+            spec: record.route,
+            revision: r.revision,
+            applied_at: SystemTime::UNIX_EPOCH + Duration::from_millis(r.version.millis()),
+            origin: r.origin.clone(),
+            rollback_of: record.rollback_of,
+        })
+    }
+}
+
+/// One instance as readers see it: typed, with its health resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    pub node: String,
+    pub address: IpAddr,
+    pub port: u16,
+    pub labels: BTreeMap<String, String>,
+    /// Its own node says it is healthy, and that node is alive (or suspect).
+    pub healthy: bool,
+    /// The record as stored, for what only its owner needs (its check, its source).
+    pub record: Arc<InstanceRecord>,
+}
+
+/// A service across the mesh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    pub name: String,
+    /// As its first instance declares it.
+    pub protocol: Protocol,
+    /// Some instance asks for passthrough DNS answers.
+    pub passthrough: bool,
+    /// By node, then port.
+    pub instances: Vec<Instance>,
+}
+
+impl Service {
+    pub fn healthy(&self) -> impl Iterator<Item = &Instance> {
+        self.instances.iter().filter(|i| i.healthy)
+    }
+}
+
+/// What the snapshot takes from a store view, decoded once per view.
+#[derive(Debug, Default)]
+pub struct StoreParts {
+    /// Every instance record, but those of removed nodes.
+    pub records: Vec<Arc<InstanceRecord>>,
+    /// Live routes by name.
+    pub routes: BTreeMap<String, Arc<Route>>,
+    /// Revoked serials and keys (what handshakes refuse).
+    pub revoked: crate::identity::verify::RevokedSet,
+    /// Every revocation, as recorded.
+    pub revocations: Vec<crate::identity::records::Revocation>,
+    /// Nodes whose current key is revoked.
+    pub removed: BTreeSet<String>,
+}
+
+impl StoreParts {
+    pub fn decode(view: &View) -> StoreParts {
+        let (revoked, revocations) = crate::identity::records::revoked_set(view);
+        let removed = crate::identity::records::removed_among(view, &revoked, &revocations);
+        let records = view
+            .prefix(INSTANCES)
+            .filter(|e| e.key.contains("/service/"))
+            .filter_map(|e| InstanceRecord::decode(&e.value))
+            .filter(|i| !removed.contains(&i.node))
+            .map(Arc::new)
+            .collect();
+        let routes = view
+            .prefix(ROUTES)
+            .filter_map(|e| Route::from_revision(&e.as_revision()))
+            .map(|r| (r.spec.name.clone(), Arc::new(r)))
+            .collect();
+        StoreParts { records, routes, revoked, revocations, removed }
+    }
+}
+
+/// The services of `records`, with each instance's health resolved against `members`.
+pub fn resolve(records: &[Arc<InstanceRecord>], members: &[Member]) -> BTreeMap<String, Service> {
+    let serving: BTreeSet<&str> = members
+        .iter()
+        .filter(|m| matches!(m.state, mesh_proto::api::MemberState::Alive | mesh_proto::api::MemberState::Suspect))
+        .map(|m| m.name.as_str())
+        .collect();
+    let mut services: BTreeMap<String, Service> = BTreeMap::new();
+    for r in records {
+        let service = services.entry(r.spec.name.clone()).or_insert_with(|| Service {
+            name: r.spec.name.clone(),
+            protocol: r.spec.protocol,
+            passthrough: false,
+            instances: Vec::new(),
+        });
+        service.passthrough |= r.spec.passthrough;
+        service.instances.push(Instance {
+            node: r.node.clone(),
+            address: r.spec.address,
+            port: r.spec.port,
+            labels: r.spec.labels.clone(),
+            healthy: r.healthy && serving.contains(r.node.as_str()),
+            record: r.clone(),
+        });
+    }
+    for s in services.values_mut() {
+        s.instances.sort_by(|a, b| (&a.node, a.port).cmp(&(&b.node, b.port)));
+    }
+    services
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use mesh_proto::api::MemberState;
+
+    use super::*;
+    use crate::identity::records::{node_cert_key, NodeCertRecord, Revocation};
+    use crate::store::entry::Entry;
+    use crate::store::hlc::Hlc;
+
+    fn put(view: &mut View, key: &str, value: Vec<u8>) {
+        view.merge(Arc::new(Entry::next(None, key, Some(value), Hlc::from_millis(1), "w")));
+    }
+
+    fn instance(node: &str, healthy: bool) -> Vec<u8> {
+        let spec = ServiceSpec::from_file("s.toml", "name = \"web\"\nport = 80\nprotocol = \"http\"\n").expect("spec");
+        InstanceRecord { node: node.into(), spec, healthy, source: Source::Api }.encode().expect("encode")
+    }
+
+    fn member(name: &str, state: MemberState) -> Member {
+        let addr: SocketAddr = "198.18.0.1:7946".parse().expect("addr");
+        Member { name: name.into(), addr, state, last_heard: SystemTime::now() }
+    }
+
+    #[test]
+    fn a_view_decodes_once_into_typed_services_routes_and_removals() {
+        let mut view = View::default();
+        for (node, healthy) in [("a", true), ("b", true), ("c", false), ("gone", true)] {
+            put(&mut view, &InstanceRecord::key(node, "web"), instance(node, healthy));
+        }
+        let route = RouteSpec::from_file("r.toml", "service = \"web\"\n").expect("route");
+        put(&mut view, &RouteRecord::key("web"), RouteRecord { route, rollback_of: Some(3) }.encode().expect("encode"));
+        let cert =
+            NodeCertRecord { serial: "s1".into(), key_hash: "k1".into(), not_after_ms: 0, issued_by: "a".into() };
+        put(&mut view, &node_cert_key("gone"), serde_json::to_vec(&cert).expect("json"));
+        let revoked =
+            Revocation { node: "gone".into(), serial: "s1".into(), key_hash: "k1".into(), at_ms: 1, by: "a".into() };
+        put(&mut view, "revoked/s1", serde_json::to_vec(&revoked).expect("json"));
+        put(&mut view, "node/a/service/broken", b"not json".to_vec());
+
+        let parts = StoreParts::decode(&view);
+        assert_eq!(parts.removed.iter().collect::<Vec<_>>(), ["gone"]);
+        assert_eq!(parts.records.len(), 3, "the removed node's and the undecodable record are left out");
+        assert_eq!(parts.routes["web"].rollback_of, Some(3));
+        assert!(parts.revoked.keys.contains("k1"));
+
+        // b is dead: its instance is unhealthy; c says it is unhealthy itself.
+        let members =
+            [member("a", MemberState::Alive), member("b", MemberState::Dead), member("c", MemberState::Alive)];
+        let services = resolve(&parts.records, &members);
+        let web = &services["web"];
+        assert_eq!(web.protocol, Protocol::Http);
+        let health: Vec<(&str, bool)> = web.instances.iter().map(|i| (i.node.as_str(), i.healthy)).collect();
+        assert_eq!(health, [("a", true), ("b", false), ("c", false)]);
+        assert_eq!(web.instances[0].address, "127.0.0.1".parse::<IpAddr>().expect("ip"), "typed, not a string");
+    }
+}
