@@ -33,7 +33,7 @@ pub enum Answer {
 /// What the answers need from a snapshot: its typed services.
 pub struct Table {
     pub index: u64,
-    pub services: Arc<BTreeMap<String, Service>>,
+    pub services: Arc<BTreeMap<String, Arc<Service>>>,
 }
 
 impl Table {

@@ -179,3 +179,53 @@ fn an_update_swaps_in_the_new_names() {
     assert_eq!(m.response_code(), ResponseCode::NoError);
     assert_eq!(m.answers().len(), 1);
 }
+
+#[test]
+fn an_incremental_build_equals_a_full_one_and_keeps_the_unchanged_names() {
+    let specs = [
+        "name = \"reviews\"\nport = 9080\nprotocol = \"http\"\nlabels = { version = \"v1\" }\n",
+        "name = \"db\"\nport = 5432\npassthrough = true\n",
+        "name = \"web\"\nport = 80\n",
+    ];
+    let first = snapshot(3, &specs);
+    let publisher = crate::state::Publisher::new(Snapshot::clone(&first));
+    let zone = Zone::new("mesh", 5).expect("zone");
+    let metrics = Metrics::default();
+    let vips: VipMap = Arc::new(
+        [("reviews", [127, 77, 0, 1]), ("v1.reviews", [127, 77, 0, 2]), ("web", [127, 77, 0, 3])]
+            .iter()
+            .map(|(n, ip)| ((*n).to_owned(), Ipv4Addr::from(*ip)))
+            .collect(),
+    );
+    let before = Answers::build(&zone, &metrics, publisher.current(), vips.clone(), None);
+
+    // One instance of web turns unhealthy on n1.
+    let key = InstanceRecord::key("n1", "web");
+    let mut view = View::clone(&publisher.current().store);
+    let mut record = InstanceRecord::decode(view.get(&key).expect("held")).expect("record");
+    record.healthy = false;
+    let current = view.entry(&key).cloned();
+    view.merge(Arc::new(Entry::next(
+        current.as_deref(),
+        &key,
+        Some(record.encode().expect("json")),
+        Hlc::from_millis(2),
+        "n1",
+    )));
+    publisher.update(|s| s.store = Arc::new(view));
+    let snap = publisher.current();
+
+    let incremental = Answers::build(&zone, &metrics, snap.clone(), vips.clone(), Some(&before));
+    let full = Answers::build(&zone, &metrics, snap, vips, None);
+    assert_eq!(incremental.encoded.len(), full.encoded.len());
+    for (key, e) in &full.encoded {
+        let got = incremental.encoded.get(key).unwrap_or_else(|| panic!("{key:?} missing"));
+        assert_eq!(got.orders, e.orders, "{key:?}");
+    }
+    // reviews did not change: its bytes were taken over, not encoded again.
+    let kept = &incremental.by_name["reviews"];
+    assert!(kept.iter().all(|k| Arc::ptr_eq(&incremental.encoded[k], &before.encoded[k])));
+    // web changed: encoded again.
+    let web = &incremental.by_name["_tcp._tcp.web"];
+    assert!(web.iter().any(|k| !Arc::ptr_eq(&incremental.encoded[k], &before.encoded[k])), "web's SRV is new");
+}

@@ -36,7 +36,7 @@ pub struct Snapshot {
     /// What the store view says, typed: instance records, routes, removed nodes.
     pub parts: Arc<model::StoreParts>,
     /// Every service with its instances, their health resolved against `members`.
-    pub services: Arc<BTreeMap<String, model::Service>>,
+    pub services: Arc<BTreeMap<String, Arc<model::Service>>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,7 +89,7 @@ impl Publisher {
             next.index = current.index + 1;
             let store_changed = !Arc::ptr_eq(&next.store, &current.store);
             if store_changed {
-                next.parts = Arc::new(model::StoreParts::decode(&next.store));
+                next.parts = Arc::new(model::StoreParts::decode_after(&next.store, &current.parts));
             }
             next.apply_removals();
             let members_changed = !same_members(&next.members, &current.members);
@@ -97,7 +97,7 @@ impl Publisher {
                 next.members_index = next.index;
             }
             if store_changed || members_changed {
-                next.services = Arc::new(model::resolve(&next.parts.records, &next.members));
+                next.services = Arc::new(model::resolve(&next.parts.records, &next.members, &current.services));
             }
             *current = Arc::new(next);
         });
@@ -133,7 +133,7 @@ impl Snapshot {
     pub fn derive(&mut self) {
         self.parts = Arc::new(model::StoreParts::decode(&self.store));
         self.apply_removals();
-        self.services = Arc::new(model::resolve(&self.parts.records, &self.members));
+        self.services = Arc::new(model::resolve(&self.parts.records, &self.members, &BTreeMap::new()));
     }
 
     /// Live routes by name.

@@ -146,11 +146,15 @@ impl Service {
     }
 }
 
-/// What the snapshot takes from a store view, decoded once per view.
+/// What the snapshot takes from a store view, decoded once per view: incrementally,
+/// since an entry that did not change (the same `Arc` in the persistent map) keeps its
+/// decoded record.
 #[derive(Debug, Default)]
 pub struct StoreParts {
     /// Every instance record, but those of removed nodes.
     pub records: Vec<Arc<InstanceRecord>>,
+    /// Every decodable instance record by store key, with the entry it came from.
+    decoded: BTreeMap<String, (Arc<crate::store::entry::Entry>, Arc<InstanceRecord>)>,
     /// Live routes by name.
     pub routes: BTreeMap<String, Arc<Route>>,
     /// Revoked serials and keys (what handshakes refuse).
@@ -163,26 +167,42 @@ pub struct StoreParts {
 
 impl StoreParts {
     pub fn decode(view: &View) -> StoreParts {
+        StoreParts::decode_after(view, &StoreParts::default())
+    }
+
+    /// Decodes `view`, reusing what `prev` decoded of entries that did not change.
+    pub fn decode_after(view: &View, prev: &StoreParts) -> StoreParts {
         let (revoked, revocations) = crate::identity::records::revoked_set(view);
         let removed = crate::identity::records::removed_among(view, &revoked, &revocations);
-        let records = view
-            .prefix(INSTANCES)
-            .filter(|e| e.key.contains("/service/"))
-            .filter_map(|e| InstanceRecord::decode(&e.value))
-            .filter(|i| !removed.contains(&i.node))
-            .map(Arc::new)
-            .collect();
+        let mut decoded = BTreeMap::new();
+        for e in view.prefix(INSTANCES).filter(|e| e.key.contains("/service/")) {
+            let record = match prev.decoded.get(&e.key) {
+                Some((entry, record)) if Arc::ptr_eq(entry, e) => record.clone(),
+                _ => match InstanceRecord::decode(&e.value) {
+                    Some(r) => Arc::new(r),
+                    None => continue,
+                },
+            };
+            decoded.insert(e.key.clone(), (e.clone(), record));
+        }
+        let records = decoded.values().map(|(_, r)| r.clone()).filter(|r| !removed.contains(&r.node)).collect();
         let routes = view
             .prefix(ROUTES)
             .filter_map(|e| Route::from_revision(&e.as_revision()))
             .map(|r| (r.spec.name.clone(), Arc::new(r)))
             .collect();
-        StoreParts { records, routes, revoked, revocations, removed }
+        StoreParts { records, decoded, routes, revoked, revocations, removed }
     }
 }
 
-/// The services of `records`, with each instance's health resolved against `members`.
-pub fn resolve(records: &[Arc<InstanceRecord>], members: &[Member]) -> BTreeMap<String, Service> {
+/// The services of `records`, with each instance's health resolved against `members`. A
+/// service equal to its value in `prev` keeps `prev`'s `Arc`, so readers can tell what
+/// changed by pointer (DNS re-encodes only those).
+pub fn resolve(
+    records: &[Arc<InstanceRecord>],
+    members: &[Member],
+    prev: &BTreeMap<String, Arc<Service>>,
+) -> BTreeMap<String, Arc<Service>> {
     let serving: BTreeSet<&str> = members
         .iter()
         .filter(|m| matches!(m.state, mesh_proto::api::MemberState::Alive | mesh_proto::api::MemberState::Suspect))
@@ -206,10 +226,14 @@ pub fn resolve(records: &[Arc<InstanceRecord>], members: &[Member]) -> BTreeMap<
             record: r.clone(),
         });
     }
-    for s in services.values_mut() {
-        s.instances.sort_by(|a, b| (&a.node, a.port).cmp(&(&b.node, b.port)));
-    }
     services
+        .into_iter()
+        .map(|(name, mut s)| {
+            s.instances.sort_by(|a, b| (&a.node, a.port).cmp(&(&b.node, b.port)));
+            let kept = prev.get(&name).filter(|p| ***p == s).cloned();
+            (name, kept.unwrap_or_else(|| Arc::new(s)))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -228,7 +252,12 @@ mod tests {
     }
 
     fn instance(node: &str, healthy: bool) -> Vec<u8> {
-        let spec = ServiceSpec::from_file("s.toml", "name = \"web\"\nport = 80\nprotocol = \"http\"\n").expect("spec");
+        record_of(node, "web", healthy)
+    }
+
+    fn record_of(node: &str, service: &str, healthy: bool) -> Vec<u8> {
+        let text = format!("name = \"{service}\"\nport = 80\nprotocol = \"http\"\n");
+        let spec = ServiceSpec::from_file("s.toml", &text).expect("spec");
         InstanceRecord { node: node.into(), spec, healthy, source: Source::Api }.encode().expect("encode")
     }
 
@@ -262,11 +291,24 @@ mod tests {
         // b is dead: its instance is unhealthy; c says it is unhealthy itself.
         let members =
             [member("a", MemberState::Alive), member("b", MemberState::Dead), member("c", MemberState::Alive)];
-        let services = resolve(&parts.records, &members);
+        let services = resolve(&parts.records, &members, &BTreeMap::new());
         let web = &services["web"];
         assert_eq!(web.protocol, Protocol::Http);
         let health: Vec<(&str, bool)> = web.instances.iter().map(|i| (i.node.as_str(), i.healthy)).collect();
         assert_eq!(health, [("a", true), ("b", false), ("c", false)]);
         assert_eq!(web.instances[0].address, "127.0.0.1".parse::<IpAddr>().expect("ip"), "typed, not a string");
+
+        // Decoding again after one change reuses every unchanged record, and an equal
+        // service keeps its Arc.
+        put(&mut view, &InstanceRecord::key("zz", "db"), record_of("zz", "db", true));
+        let again = StoreParts::decode_after(&view, &parts);
+        assert_eq!(again.records.len(), 4);
+        assert!(again
+            .records
+            .iter()
+            .filter(|r| r.node != "zz")
+            .all(|r| parts.records.iter().any(|p| Arc::ptr_eq(p, r))));
+        let after = resolve(&again.records, &members, &services);
+        assert!(Arc::ptr_eq(&after["web"], &services["web"]), "web did not change");
     }
 }
