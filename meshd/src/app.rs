@@ -300,7 +300,7 @@ impl Bound {
             proxy: self.proxy.clone(),
             drain: watcher.clone(),
         };
-        tasks.spawn(dispatch(joins_rx, g.conns, members_tx, services, watcher.clone()));
+        tasks.spawn(crate::rpc::dispatch(joins_rx, g.conns, members_tx, services, watcher.clone()));
         let inputs = membership::Inputs {
             me: membership::core::MemberId { name: self.node_name.clone(), addr: self.advertise, bump: g.bump },
             params: g.params,
@@ -378,35 +378,6 @@ async fn drain_with(trigger: DrainTrigger, deadline: Duration) -> DrainOutcome {
         }
     }
     outcome
-}
-
-/// Serves every member connection (dialled or accepted: requests flow both ways) and
-/// hands it to membership for its datagrams; serves joins. Until the drain starts.
-async fn dispatch(
-    mut joins: tokio::sync::mpsc::Receiver<quinn::Connection>,
-    mut conns: tokio::sync::mpsc::Receiver<crate::transport::Peer>,
-    members: tokio::sync::mpsc::Sender<crate::transport::Peer>,
-    services: crate::rpc::Services,
-    drain: DrainWatcher,
-) {
-    let mut handlers = JoinSet::new();
-    loop {
-        tokio::select! {
-            Some(peer) = conns.recv() => {
-                handlers.spawn(crate::rpc::serve_peer(peer.clone(), services.clone()));
-                if members.send(peer).await.is_err() {
-                    break;
-                }
-            }
-            Some(conn) = joins.recv() => { handlers.spawn(crate::rpc::serve_join(conn, services.signer.clone())); }
-            Some(_) = handlers.join_next(), if !handlers.is_empty() => {}
-            _ = drain.signaled() => break,
-            else => break,
-        }
-    }
-    // Each connection's server refuses new work once the drain starts and ends with its
-    // connection; the tunnels it started hold the drain themselves.
-    handlers.detach_all();
 }
 
 async fn serve_unix(listener: UnixListener, router: Router, drain: DrainWatcher) {

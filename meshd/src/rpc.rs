@@ -26,6 +26,35 @@ pub struct Services {
     pub drain: crate::drain::DrainWatcher,
 }
 
+/// Serves every member connection (dialled or accepted: requests flow both ways) and
+/// hands it to membership for its datagrams; serves joins. Until the drain starts.
+pub async fn dispatch(
+    mut joins: tokio::sync::mpsc::Receiver<quinn::Connection>,
+    mut conns: tokio::sync::mpsc::Receiver<crate::transport::Peer>,
+    members: tokio::sync::mpsc::Sender<crate::transport::Peer>,
+    services: Services,
+    drain: crate::drain::DrainWatcher,
+) {
+    let mut handlers = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            Some(peer) = conns.recv() => {
+                handlers.spawn(serve_peer(peer.clone(), services.clone()));
+                if members.send(peer).await.is_err() {
+                    break;
+                }
+            }
+            Some(conn) = joins.recv() => { handlers.spawn(serve_join(conn, services.signer.clone())); }
+            Some(_) = handlers.join_next(), if !handlers.is_empty() => {}
+            _ = drain.signaled() => break,
+            else => break,
+        }
+    }
+    // Each connection's server refuses new work once the drain starts and ends with its
+    // connection; the tunnels it started hold the drain themselves.
+    handlers.detach_all();
+}
+
 /// Serves a member's requests until the connection closes. Once a drain starts, new
 /// streams are reset at once (the caller tries another node without waiting), while the
 /// tunnels already running hold the drain open until they end.
