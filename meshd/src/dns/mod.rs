@@ -89,10 +89,10 @@ pub struct Answers {
     snap: Arc<Snapshot>,
     table: Table,
     vips: VipMap,
-    encoded: HashMap<Box<[u8]>, Arc<Encoded>>,
+    encoded: HashMap<Arc<[u8]>, Arc<Encoded>>,
     /// The keys of `encoded` by relative name, so that the next build can take over a
     /// name whose inputs did not change without encoding it again.
-    by_name: HashMap<String, Vec<Box<[u8]>>>,
+    by_name: HashMap<String, Arc<[Arc<[u8]>]>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -280,20 +280,34 @@ impl Answers {
         names.sort();
         names.dedup();
 
-        let mut answers = Answers { snap, table, vips, encoded: HashMap::new(), by_name: HashMap::new() };
+        let Some(prev) = prev else {
+            let mut answers = Answers { snap, table, vips, encoded: HashMap::new(), by_name: HashMap::new() };
+            for relative in names {
+                answers.encode_name(zone, metrics, relative);
+            }
+            return answers;
+        };
+        // Start from the previous answers and patch what changed: an unchanged name costs
+        // a lookup and a pointer comparison, not an encoding.
+        let mut answers =
+            Answers { snap, table, vips, encoded: prev.encoded.clone(), by_name: HashMap::with_capacity(names.len()) };
         for relative in names {
-            if let Some(prev) = prev.filter(|p| answers.same_inputs(p, &relative)) {
-                if let Some(keys) = prev.by_name.get(&relative) {
-                    for key in keys {
-                        if let Some(e) = prev.encoded.get(key) {
-                            answers.encoded.insert(key.clone(), e.clone());
-                        }
-                    }
-                    answers.by_name.insert(relative, keys.clone());
-                    continue;
-                }
+            let held = prev.by_name.get(&relative);
+            if let Some(keys) = held.filter(|_| answers.same_inputs(prev, &relative)) {
+                answers.by_name.insert(relative, keys.clone());
+                continue;
+            }
+            for key in held.into_iter().flat_map(|k| k.iter()) {
+                answers.encoded.remove(key);
             }
             answers.encode_name(zone, metrics, relative);
+        }
+        for (name, keys) in &prev.by_name {
+            if !answers.by_name.contains_key(name) {
+                for key in keys.iter() {
+                    answers.encoded.remove(key);
+                }
+            }
         }
         answers
     }
@@ -307,13 +321,15 @@ impl Answers {
             (None, None) => true,
             _ => false,
         };
-        let labels: Vec<&str> = if relative.is_empty() { vec![] } else { relative.split('.').collect() };
-        match labels.as_slice() {
-            [] => true,
-            [_, "node"] => members,
-            [_, "_tcp", name] => service(name) && members,
-            [name] => service(name) && prev.vips.get(*name) == self.vips.get(*name),
-            [_, _] => prev.vips.get(relative) == self.vips.get(relative),
+        if relative.is_empty() {
+            return true;
+        }
+        let mut labels = relative.split('.');
+        match (labels.next(), labels.next(), labels.next(), labels.next()) {
+            (Some(_), Some("node"), None, _) => members,
+            (Some(_), Some("_tcp"), Some(name), None) => service(name) && members,
+            (Some(name), None, _, _) => service(name) && prev.vips.get(name) == self.vips.get(name),
+            (Some(_), Some(_), None, _) => prev.vips.get(relative) == self.vips.get(relative),
             _ => false,
         }
     }
@@ -352,12 +368,12 @@ impl Answers {
             let Some(key) = encoded.first().and_then(|b| packet::key_of(b)) else { continue };
             if encoded.len() == orders {
                 let counter = metrics.counter(qtype, rcode);
-                let key = key.into_boxed_slice();
+                let key: Arc<[u8]> = key.into();
                 self.encoded.insert(key.clone(), Arc::new(Encoded { orders: encoded, counter }));
                 keys.push(key);
             }
         }
-        self.by_name.insert(relative, keys);
+        self.by_name.insert(relative, keys.into());
     }
 }
 

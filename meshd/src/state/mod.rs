@@ -97,7 +97,8 @@ impl Publisher {
                 next.members_index = next.index;
             }
             if store_changed || members_changed {
-                next.services = Arc::new(model::resolve(&next.parts.records, &next.members, &current.services));
+                let same = !members_changed;
+                next.services = Arc::new(model::resolve(&next.parts.records, &next.members, &current.services, same));
             }
             *current = Arc::new(next);
         });
@@ -133,7 +134,7 @@ impl Snapshot {
     pub fn derive(&mut self) {
         self.parts = Arc::new(model::StoreParts::decode(&self.store));
         self.apply_removals();
-        self.services = Arc::new(model::resolve(&self.parts.records, &self.members, &BTreeMap::new()));
+        self.services = Arc::new(model::resolve(&self.parts.records, &self.members, &BTreeMap::new(), false));
     }
 
     /// Live routes by name.

@@ -197,43 +197,58 @@ impl StoreParts {
 
 /// The services of `records`, with each instance's health resolved against `members`. A
 /// service equal to its value in `prev` keeps `prev`'s `Arc`, so readers can tell what
-/// changed by pointer (DNS re-encodes only those).
+/// changed by pointer (DNS re-encodes only those). When the members are those `prev` was
+/// resolved with (`same_members`), a service whose records are `prev`'s own is taken
+/// over without being built again.
 pub fn resolve(
     records: &[Arc<InstanceRecord>],
     members: &[Member],
     prev: &BTreeMap<String, Arc<Service>>,
+    same_members: bool,
 ) -> BTreeMap<String, Arc<Service>> {
     let serving: BTreeSet<&str> = members
         .iter()
         .filter(|m| matches!(m.state, mesh_proto::api::MemberState::Alive | mesh_proto::api::MemberState::Suspect))
         .map(|m| m.name.as_str())
         .collect();
-    let mut services: BTreeMap<String, Service> = BTreeMap::new();
+    let mut by_service: BTreeMap<&str, Vec<&Arc<InstanceRecord>>> = BTreeMap::new();
     for r in records {
-        let service = services.entry(r.spec.name.clone()).or_insert_with(|| Service {
-            name: r.spec.name.clone(),
-            protocol: r.spec.protocol,
-            passthrough: false,
-            instances: Vec::new(),
+        by_service.entry(r.spec.name.as_str()).or_default().push(r);
+    }
+    let mut services = BTreeMap::new();
+    for (name, mut group) in by_service {
+        group.sort_by(|a, b| (&a.node, a.spec.port).cmp(&(&b.node, b.spec.port)));
+        let old = prev.get(name);
+        let taken_over = old.filter(|o| {
+            same_members
+                && o.instances.len() == group.len()
+                && o.instances.iter().zip(&group).all(|(i, r)| Arc::ptr_eq(&i.record, r))
         });
-        service.passthrough |= r.spec.passthrough;
-        service.instances.push(Instance {
-            node: r.node.clone(),
-            address: r.spec.address,
-            port: r.spec.port,
-            labels: r.spec.labels.clone(),
-            healthy: r.healthy && serving.contains(r.node.as_str()),
-            record: r.clone(),
-        });
+        if let Some(o) = taken_over {
+            services.insert(name.to_owned(), o.clone());
+            continue;
+        }
+        let first = group[0];
+        let service = Service {
+            name: name.to_owned(),
+            protocol: first.spec.protocol,
+            passthrough: group.iter().any(|r| r.spec.passthrough),
+            instances: group
+                .iter()
+                .map(|r| Instance {
+                    node: r.node.clone(),
+                    address: r.spec.address,
+                    port: r.spec.port,
+                    labels: r.spec.labels.clone(),
+                    healthy: r.healthy && serving.contains(r.node.as_str()),
+                    record: (*r).clone(),
+                })
+                .collect(),
+        };
+        let kept = old.filter(|o| ***o == service).cloned();
+        services.insert(name.to_owned(), kept.unwrap_or_else(|| Arc::new(service)));
     }
     services
-        .into_iter()
-        .map(|(name, mut s)| {
-            s.instances.sort_by(|a, b| (&a.node, a.port).cmp(&(&b.node, b.port)));
-            let kept = prev.get(&name).filter(|p| ***p == s).cloned();
-            (name, kept.unwrap_or_else(|| Arc::new(s)))
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -291,7 +306,7 @@ mod tests {
         // b is dead: its instance is unhealthy; c says it is unhealthy itself.
         let members =
             [member("a", MemberState::Alive), member("b", MemberState::Dead), member("c", MemberState::Alive)];
-        let services = resolve(&parts.records, &members, &BTreeMap::new());
+        let services = resolve(&parts.records, &members, &BTreeMap::new(), false);
         let web = &services["web"];
         assert_eq!(web.protocol, Protocol::Http);
         let health: Vec<(&str, bool)> = web.instances.iter().map(|i| (i.node.as_str(), i.healthy)).collect();
@@ -308,7 +323,7 @@ mod tests {
             .iter()
             .filter(|r| r.node != "zz")
             .all(|r| parts.records.iter().any(|p| Arc::ptr_eq(p, r))));
-        let after = resolve(&again.records, &members, &services);
+        let after = resolve(&again.records, &members, &services, true);
         assert!(Arc::ptr_eq(&after["web"], &services["web"]), "web did not change");
     }
 }
