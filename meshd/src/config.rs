@@ -549,7 +549,7 @@ impl Config {
         }
         let mut listens = std::collections::HashSet::new();
         for (i, u) in self.upstream.iter().enumerate() {
-            if !u.service.split('.').all(mesh_proto::is_dns_label) || u.service.split('.').count() > 2 {
+            if mesh_proto::service::ServiceName::parse(&u.service).is_none() {
                 return Err(src.error(
                     &format!("upstream[{i}].service"),
                     format!("'{}' is not a service name (SERVICE or SUBSET.SERVICE)", u.service),

@@ -9,6 +9,42 @@ use serde::{Deserialize, Serialize};
 
 use crate::input::{InputError, Source};
 
+/// What a client asks for by name: a service (`reviews`), or one subset of it
+/// (`v2.reviews`, `SUBSET.SERVICE`), as DNS names, virtual IPs and `[[upstream]]` spell
+/// it. The one place that parses that spelling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ServiceName<'a> {
+    pub service: &'a str,
+    pub subset: Option<&'a str>,
+}
+
+impl<'a> ServiceName<'a> {
+    /// `SERVICE` or `SUBSET.SERVICE`, each a DNS label; None for anything else.
+    pub fn parse(name: &'a str) -> Option<ServiceName<'a>> {
+        let parsed = match name.split_once('.') {
+            Some((subset, service)) => ServiceName { service, subset: Some(subset) },
+            None => ServiceName { service: name, subset: None },
+        };
+        let labels_ok = crate::is_dns_label(parsed.service) && parsed.subset.is_none_or(crate::is_dns_label);
+        labels_ok.then_some(parsed)
+    }
+
+    /// The service a possibly malformed name is about (its last label): for lookups that
+    /// then fail by themselves.
+    pub fn service_of(name: &'a str) -> &'a str {
+        name.rsplit('.').next().unwrap_or(name)
+    }
+}
+
+impl std::fmt::Display for ServiceName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.subset {
+            Some(subset) => write!(f, "{subset}.{}", self.service),
+            None => f.write_str(self.service),
+        }
+    }
+}
+
 /// One service on this host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -169,6 +205,18 @@ impl ServiceSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn service_names_are_a_service_or_a_subset_of_one() {
+        assert_eq!(ServiceName::parse("reviews"), Some(ServiceName { service: "reviews", subset: None }));
+        let v2 = ServiceName::parse("v2.reviews").expect("a subset");
+        assert_eq!((v2.service, v2.subset), ("reviews", Some("v2")));
+        assert_eq!(v2.to_string(), "v2.reviews");
+        for bad in ["", ".reviews", "v2.", "a.b.c", "Reviews", "v_2.reviews"] {
+            assert_eq!(ServiceName::parse(bad), None, "{bad:?}");
+        }
+        assert_eq!(ServiceName::service_of("v2.reviews"), "reviews");
+    }
 
     #[test]
     fn a_full_service_file() {

@@ -179,8 +179,8 @@ impl tokio::io::AsyncWrite for HeadGuard {
 
 async fn handle(proxy: &Arc<Proxy>, dest: &Destination, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
-    let (service, pinned) = match dest.name.split_once('.') {
-        Some((subset, service)) => (service.to_owned(), Some(subset.to_owned())),
+    let (service, pinned) = match mesh_proto::service::ServiceName::parse(&dest.name) {
+        Some(n) => (n.service.to_owned(), n.subset.map(str::to_owned)),
         None => (dest.name.clone(), None),
     };
     let tables = proxy.tables.load_full();

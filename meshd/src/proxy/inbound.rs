@@ -97,7 +97,8 @@ fn check(proxy: &Proxy, peer: &CertInfo, h: &TunnelHeader) -> Result<Target, (Tu
     }
     let tables = proxy.tables.load();
     if let Some(source) = &h.source_service {
-        let hosts = !source.contains('.') && tables.targets(source).iter().any(|t| t.node == peer.id.node);
+        let whole_service = mesh_proto::service::ServiceName::parse(source).is_some_and(|n| n.subset.is_none());
+        let hosts = whole_service && tables.targets(source).iter().any(|t| t.node == peer.id.node);
         if !hosts {
             return Err((TunnelRefusal::Forged, format!("{} does not host the service {source}", peer.id.node)));
         }

@@ -45,11 +45,8 @@ pub async fn listen(proxy: Arc<Proxy>, listener: TcpListener, dest: Destination,
         let _ = stream.set_nodelay(true);
         let (proxy, dest, drain) = (proxy.clone(), dest.clone(), drain.clone());
         tokio::spawn(async move {
-            let http = dest
-                .name
-                .rsplit('.')
-                .next()
-                .and_then(|s| proxy.tables.load().services.get(s).map(|t| t.protocol == "http"));
+            let service = mesh_proto::service::ServiceName::service_of(&dest.name);
+            let http = proxy.tables.load().services.get(service).map(|t| t.protocol == "http");
             if http == Some(true) {
                 super::http::serve(proxy.clone(), stream, dest).await;
             } else {

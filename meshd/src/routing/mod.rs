@@ -10,8 +10,8 @@ pub mod lint;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 
-use mesh_proto::api::MemberState;
 use mesh_proto::route::{Destination, RouteSpec};
+use mesh_proto::service::ServiceName;
 use rand::Rng;
 
 use crate::state::Snapshot;
@@ -49,12 +49,8 @@ pub struct Tables {
 
 impl Tables {
     pub fn build(snap: &Snapshot) -> Tables {
-        let nodes: HashMap<String, SocketAddr> = snap
-            .members
-            .iter()
-            .filter(|m| matches!(m.state, MemberState::Alive | MemberState::Suspect))
-            .map(|m| (m.name.clone(), m.addr))
-            .collect();
+        let nodes: HashMap<String, SocketAddr> =
+            snap.members.iter().filter(|m| m.is_serving()).map(|m| (m.name.clone(), m.addr)).collect();
         let mut services: BTreeMap<String, ServiceTable> = BTreeMap::new();
         for s in snap.services.values() {
             let targets = s
@@ -84,10 +80,12 @@ impl Tables {
     pub fn route_tcp(&self, name: &str, roll: u64) -> (Vec<&Target>, Option<String>) {
         let split = self.services.get(name).and_then(|t| t.route.as_ref()).and_then(|r| r.tcp.first()?.to.as_ref());
         match split {
-            Some(to) if !name.contains('.') => match self.split(name, to, roll, |sub| self.healthy(sub)) {
-                Some((subset, targets)) => (targets, Some(subset.to_owned())),
-                None => (vec![], None),
-            },
+            Some(to) if ServiceName::parse(name).is_some_and(|n| n.subset.is_none()) => {
+                match self.split(name, to, roll, |sub| self.healthy(sub)) {
+                    Some((subset, targets)) => (targets, Some(subset.to_owned())),
+                    None => (vec![], None),
+                }
+            }
             _ => (self.healthy(name), None),
         }
     }
@@ -119,10 +117,7 @@ impl Tables {
     /// the route's subset of that name selects, else those whose `version` label is
     /// SUBSET), healthy or not.
     pub fn targets(&self, name: &str) -> Vec<&Target> {
-        let (subset, service) = match name.split_once('.') {
-            Some((subset, service)) => (Some(subset), service),
-            None => (None, name),
-        };
+        let Some(ServiceName { service, subset }) = ServiceName::parse(name) else { return vec![] };
         let Some(table) = self.services.get(service) else { return vec![] };
         let defined = subset.and_then(|s| table.route.as_ref()?.subsets.get(s));
         let selects = |t: &Target| match (subset, defined) {

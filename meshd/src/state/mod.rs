@@ -47,6 +47,14 @@ pub struct Member {
     pub last_heard: SystemTime,
 }
 
+impl Member {
+    /// Alive or suspect: a member whose instances may carry traffic (a suspect may only be
+    /// slow; SWIM clears or condemns it within the suspicion timeout).
+    pub fn is_serving(&self) -> bool {
+        matches!(self.state, MemberState::Alive | MemberState::Suspect)
+    }
+}
+
 pub type SnapshotRx = watch::Receiver<Arc<Snapshot>>;
 
 /// Makes new snapshots. Clones share one channel: the store publishes its entries,
@@ -126,7 +134,7 @@ impl Snapshot {
 
     /// Whether `node` is a member that may carry traffic (alive or suspect, not removed).
     pub fn is_serving(&self, node: &str) -> bool {
-        self.members.iter().any(|m| m.name == node && matches!(m.state, MemberState::Alive | MemberState::Suspect))
+        self.members.iter().any(|m| m.name == node && m.is_serving())
     }
 
     /// Derives the typed parts from the store view and the members (what a publish does

@@ -206,11 +206,7 @@ pub fn resolve(
     prev: &BTreeMap<String, Arc<Service>>,
     same_members: bool,
 ) -> BTreeMap<String, Arc<Service>> {
-    let serving: BTreeSet<&str> = members
-        .iter()
-        .filter(|m| matches!(m.state, mesh_proto::api::MemberState::Alive | mesh_proto::api::MemberState::Suspect))
-        .map(|m| m.name.as_str())
-        .collect();
+    let serving: BTreeSet<&str> = members.iter().filter(|m| m.is_serving()).map(|m| m.name.as_str()).collect();
     let mut by_service: BTreeMap<&str, Vec<&Arc<InstanceRecord>>> = BTreeMap::new();
     for r in records {
         by_service.entry(r.spec.name.as_str()).or_default().push(r);
