@@ -10,12 +10,10 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::Arc;
 
 use hickory_proto::rr::rdata::{A, SOA, SRV};
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 
-use crate::state::model::Service;
 use crate::state::Snapshot;
 
 /// A decision about one question.
@@ -28,18 +26,6 @@ pub enum Answer {
     NxDomain,
     /// Not our domain: we are no open resolver.
     Refused,
-}
-
-/// What the answers need from a snapshot: its typed services.
-pub struct Table {
-    pub index: u64,
-    pub services: Arc<BTreeMap<String, Arc<Service>>>,
-}
-
-impl Table {
-    pub fn build(snap: &Snapshot) -> Table {
-        Table { index: snap.index, services: snap.services.clone() }
-    }
 }
 
 pub struct Zone {
@@ -73,7 +59,6 @@ impl Zone {
     pub fn answer(
         &self,
         snap: &Snapshot,
-        table: &Table,
         vips: &BTreeMap<String, Ipv4Addr>,
         qname: &LowerName,
         qtype: RecordType,
@@ -90,7 +75,7 @@ impl Zone {
             .collect();
         let records = |rs: Vec<Record>| Answer::Records { answers: rs, additionals: vec![] };
         let a = |ip: Ipv4Addr| Record::from_rdata(name.clone(), self.ttl, RData::A(A(ip)));
-        let services = &table.services;
+        let services = &snap.services;
 
         match labels.as_slice() {
             // The apex.

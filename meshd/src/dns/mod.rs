@@ -35,7 +35,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::watch;
 
-use self::answer::{Answer, Table, Zone};
+use self::answer::{Answer, Zone};
 use self::packet::Question;
 use crate::drain::DrainWatcher;
 use crate::state::{Snapshot, SnapshotRx};
@@ -87,7 +87,6 @@ struct Encoded {
 /// the common names encoded in advance.
 pub struct Answers {
     snap: Arc<Snapshot>,
-    table: Table,
     vips: VipMap,
     encoded: HashMap<Arc<[u8]>, Arc<Encoded>>,
     /// The keys of `encoded` by relative name, so that the next build can take over a
@@ -181,7 +180,7 @@ impl Responder {
         let decision = if query.query_class() == DNSClass::IN {
             let shuffle = self.rotation.fetch_add(1, Ordering::Relaxed);
             let name = LowerName::new(query.name());
-            self.zone.answer(&answers.snap, &answers.table, &answers.vips, &name, query.query_type(), shuffle)
+            self.zone.answer(&answers.snap, &answers.vips, &name, query.query_type(), shuffle)
         } else {
             Answer::Refused
         };
@@ -269,9 +268,8 @@ impl Answers {
     /// are the same as in `prev` (the same service `Arc`, virtual IP and member list)
     /// keeps `prev`'s bytes: one change among 10,000 services re-encodes its own names.
     pub fn build(zone: &Zone, metrics: &Metrics, snap: Arc<Snapshot>, vips: VipMap, prev: Option<&Answers>) -> Answers {
-        let table = Table::build(&snap);
         let mut names: Vec<String> = vec![String::new()];
-        for s in table.services.values() {
+        for s in snap.services.values() {
             names.push(s.name.clone());
             names.push(format!("_{}._tcp.{}", s.protocol.as_str(), s.name));
         }
@@ -281,7 +279,7 @@ impl Answers {
         names.dedup();
 
         let Some(prev) = prev else {
-            let mut answers = Answers { snap, table, vips, encoded: HashMap::new(), by_name: HashMap::new() };
+            let mut answers = Answers { snap, vips, encoded: HashMap::new(), by_name: HashMap::new() };
             for relative in names {
                 answers.encode_name(zone, metrics, relative);
             }
@@ -290,7 +288,7 @@ impl Answers {
         // Start from the previous answers and patch what changed: an unchanged name costs
         // a lookup and a pointer comparison, not an encoding.
         let mut answers =
-            Answers { snap, table, vips, encoded: prev.encoded.clone(), by_name: HashMap::with_capacity(names.len()) };
+            Answers { snap, vips, encoded: prev.encoded.clone(), by_name: HashMap::with_capacity(names.len()) };
         for relative in names {
             let held = prev.by_name.get(&relative);
             if let Some(keys) = held.filter(|_| answers.same_inputs(prev, &relative)) {
@@ -316,7 +314,7 @@ impl Answers {
     /// follow [`Zone::answer`]'s, in its order.
     fn same_inputs(&self, prev: &Answers, relative: &str) -> bool {
         let members = prev.snap.members_index == self.snap.members_index;
-        let service = |name: &str| match (prev.table.services.get(name), self.table.services.get(name)) {
+        let service = |name: &str| match (prev.snap.services.get(name), self.snap.services.get(name)) {
             (Some(a), Some(b)) => Arc::ptr_eq(a, b),
             (None, None) => true,
             _ => false,
@@ -339,10 +337,10 @@ impl Answers {
         let lower = LowerName::new(&name);
         let mut keys = Vec::new();
         for qtype in [RecordType::A, RecordType::AAAA, RecordType::SRV] {
-            let first = zone.answer(&self.snap, &self.table, &self.vips, &lower, qtype, 0);
+            let first = zone.answer(&self.snap, &self.vips, &lower, qtype, 0);
             let orders = match &first {
                 Answer::Records { answers: rs, .. }
-                    if qtype == RecordType::A && self.table.services.get(&relative).is_some_and(|s| s.passthrough) =>
+                    if qtype == RecordType::A && self.snap.services.get(&relative).is_some_and(|s| s.passthrough) =>
                 {
                     rs.len().clamp(1, ROTATIONS)
                 }
@@ -353,7 +351,7 @@ impl Answers {
             for k in 0..orders {
                 let decision = match k {
                     0 => first.clone(),
-                    k => zone.answer(&self.snap, &self.table, &self.vips, &lower, qtype, k),
+                    k => zone.answer(&self.snap, &self.vips, &lower, qtype, k),
                 };
                 let mut response = Message::new();
                 response.set_message_type(MessageType::Response).set_authoritative(true);

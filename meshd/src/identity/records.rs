@@ -32,14 +32,8 @@ pub fn node_cert_key(node: &str) -> String {
     format!("node/{node}/cert")
 }
 
-/// The nodes removed from the mesh: those whose current certificate record names a
-/// revoked key. A name that joined again with a new key is not removed.
-pub fn removed_nodes(view: &View) -> BTreeSet<String> {
-    let (set, list) = revoked_set(view);
-    removed_among(view, &set, &list)
-}
-
-/// The nodes of `list` still removed in `view` (their current key is in `set`).
+/// The nodes of `list` still removed in `view`: those whose current certificate record
+/// names a revoked key (`set`). A name that joined again with a new key is not removed.
 pub fn removed_among(view: &View, set: &RevokedSet, list: &[Revocation]) -> BTreeSet<String> {
     list.iter()
         .map(|r| r.node.clone())

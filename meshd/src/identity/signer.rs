@@ -13,7 +13,7 @@ use mesh_proto::wire::{JoinRequest, JoinResponse, Refusal, RefusalReason, RenewR
 use serde::{Deserialize, Serialize};
 
 use super::cert::{self, CertInfo, SpiffeId};
-pub use super::records::{node_cert_key, removed_nodes, revoked_set, NodeCertRecord, Revocation};
+pub use super::records::{node_cert_key, revoked_set, NodeCertRecord, Revocation};
 use super::Identity;
 use crate::store::{wall_ms, Store, StoreError};
 
