@@ -251,34 +251,9 @@ async fn rollback(
         status: StatusCode::NOT_FOUND,
         body: mesh_proto::api::ApiError { error: "not_found".to_owned(), detail: format!("no route named {name}") },
     })?;
-    if dry_run {
-        let target = match to {
-            Some(n) => n,
-            None => {
-                let r = client.request(Method::GET, &format!("/v1/routes/{name}/history"), None).await?;
-                let revs: Vec<RouteRevision> = serde_json::from_slice(&r.body).map_err(decode)?;
-                revs.iter()
-                    .filter(|r| r.revision < before.revision && !r.deleted)
-                    .map(|r| r.revision)
-                    .max()
-                    .ok_or_else(|| {
-                        ClientError::Failed(format!("route {name} has no earlier revision to roll back to"))
-                    })?
-            }
-        };
-        let r = client.request(Method::GET, &route_path(name, Some(target)), None).await?;
-        let old: Route = serde_json::from_slice(&r.body).map_err(decode)?;
-        // Dry-run the content through the apply path: validation and warnings as today.
-        let body = serde_json::to_vec(&old.spec).map_err(decode)?;
-        let r = client.request(Method::PUT, &format!("/v1/routes/{name}?dry_run=true"), Some(body)).await?;
-        let answer: Route = serde_json::from_slice(&r.body).map_err(decode)?;
-        if json {
-            return Ok(body_text(&r.body));
-        }
-        return Ok(format!("rollback to revision {target}: {}", describe("", Some(&before), &answer, true)));
-    }
     let body = serde_json::to_vec(&RollbackRequest { to }).map_err(decode)?;
-    let r = client.request(Method::POST, &format!("/v1/routes/{name}/rollback"), Some(body)).await?;
+    let query = if dry_run { "?dry_run=true" } else { "" };
+    let r = client.request(Method::POST, &format!("/v1/routes/{name}/rollback{query}"), Some(body)).await?;
     let answer: Route = serde_json::from_slice(&r.body).map_err(decode)?;
     let mut out = if json {
         body_text(&r.body)
@@ -286,9 +261,14 @@ async fn rollback(
         let restored =
             answer.rollback_of.or(to).map_or("the previous revision".to_owned(), |n| format!("revision {n}"));
         let done = format!("rolled back route {name} to {restored}: now revision {}\n", answer.revision);
-        describe(&done, Some(&before), &answer, false)
+        let text = describe(&done, Some(&before), &answer, dry_run);
+        if dry_run {
+            format!("rollback to {restored}: {text}")
+        } else {
+            text
+        }
     };
-    if wait {
+    if wait && !dry_run {
         out += &wait_until_everywhere(client, &answer, json, timeout, &out).await?;
     }
     Ok(out)

@@ -47,10 +47,6 @@ pub fn rollback_of(r: &Revision) -> Option<u64> {
     Stored::from_revision(r)?.rollback_of
 }
 
-fn stored(r: &Revision) -> Option<Stored> {
-    Stored::from_revision(r)
-}
-
 /// Every live route of the snapshot, by name.
 pub fn all(snap: &Snapshot) -> Vec<Stored> {
     snap.routes().values().map(|r| Stored::clone(r)).collect()
@@ -64,11 +60,11 @@ fn entry(store: &Store, name: &str) -> Option<std::sync::Arc<Entry>> {
 pub fn get(store: &Store, name: &str, revision: Option<u64>) -> Result<Stored, RouteError> {
     let e = entry(store, name).ok_or_else(|| RouteError::Unknown(name.to_owned()))?;
     match revision {
-        None => stored(&e.as_revision()).ok_or_else(|| RouteError::Unknown(name.to_owned())),
+        None => Stored::from_revision(&e.as_revision()).ok_or_else(|| RouteError::Unknown(name.to_owned())),
         Some(n) => e
             .revisions()
             .find(|r| r.revision == n)
-            .and_then(|r| stored(&r))
+            .and_then(|r| Stored::from_revision(&r))
             .ok_or_else(|| RouteError::NoRevision { name: name.to_owned(), revision: n, held: held(&e) }),
     }
 }
@@ -91,17 +87,36 @@ pub fn history(store: &Store, name: &str) -> Result<Vec<Revision>, RouteError> {
     Ok(revs)
 }
 
-/// Stores `spec` as the route's new revision (acknowledged once durable), unless it is
-/// the current content already: then nothing is stored. Blocking.
-pub fn apply(store: &Store, spec: &RouteSpec) -> Result<Applied, RouteError> {
-    write(store, spec, None)
+/// Whether a write goes to the store or only says what it would do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Store,
+    DryRun,
 }
 
-fn write(store: &Store, spec: &RouteSpec, rollback_of: Option<u64>) -> Result<Applied, RouteError> {
-    if let Some(current) = entry(store, &spec.name).and_then(|e| stored(&e.as_revision())) {
+/// Stores `spec` as the route's new revision (acknowledged once durable), unless it is
+/// the current content already: then nothing is stored. A dry run answers the revision
+/// it would become. Blocking.
+pub fn apply(store: &Store, spec: &RouteSpec, mode: Mode) -> Result<Applied, RouteError> {
+    write(store, spec, None, mode)
+}
+
+fn write(store: &Store, spec: &RouteSpec, rollback_of: Option<u64>, mode: Mode) -> Result<Applied, RouteError> {
+    let held = entry(store, &spec.name);
+    if let Some(current) = held.as_ref().and_then(|e| Stored::from_revision(&e.as_revision())) {
         if current.spec == *spec {
             return Ok(Applied { stored: current, unchanged: true });
         }
+    }
+    if mode == Mode::DryRun {
+        let stored = Stored {
+            spec: spec.clone(),
+            revision: held.map_or(1, |e| e.revision + 1),
+            applied_at: std::time::SystemTime::now(),
+            origin: store.origin().to_owned(),
+            rollback_of,
+        };
+        return Ok(Applied { stored, unchanged: false });
     }
     let value =
         RouteRecord { route: spec.clone(), rollback_of }.encode().map_err(|e| RouteError::Encode(e.to_string()))?;
@@ -109,7 +124,7 @@ fn write(store: &Store, spec: &RouteSpec, rollback_of: Option<u64>) -> Result<Ap
         StoreError::TooLarge { size, limit, .. } => RouteError::TooLarge { name: spec.name.clone(), size, limit },
         e => RouteError::Store(e),
     })?;
-    let stored = stored(&e.as_revision()).ok_or_else(|| RouteError::Unknown(spec.name.clone()))?;
+    let stored = Stored::from_revision(&e.as_revision()).ok_or_else(|| RouteError::Unknown(spec.name.clone()))?;
     Ok(Applied { stored, unchanged: false })
 }
 
@@ -122,21 +137,22 @@ pub fn delete(store: &Store, name: &str) -> Result<(), RouteError> {
 
 /// The revision a rollback restores: `to`, or the newest live revision before the
 /// current one.
-pub fn rollback_target(store: &Store, name: &str, to: Option<u64>) -> Result<Stored, RouteError> {
+fn rollback_target(store: &Store, name: &str, to: Option<u64>) -> Result<Stored, RouteError> {
     let e = entry(store, name).ok_or_else(|| RouteError::Unknown(name.to_owned()))?;
     match to {
         Some(n) => get(store, name, Some(n)),
         None => {
             let mut earlier: Vec<Revision> = e.revisions().filter(|r| r.revision < e.revision && !r.deleted).collect();
             earlier.sort_by_key(|r| r.revision);
-            earlier.last().and_then(stored).ok_or_else(|| RouteError::NothingEarlier(name.to_owned()))
+            earlier.last().and_then(Stored::from_revision).ok_or_else(|| RouteError::NothingEarlier(name.to_owned()))
         }
     }
 }
 
 /// A new revision with the content of revision `to`, or of the newest live revision
-/// before the current one (nothing stored when that is the current content). Blocking.
-pub fn rollback(store: &Store, name: &str, to: Option<u64>) -> Result<Applied, RouteError> {
+/// before the current one (nothing stored when that is the current content, or in a dry
+/// run). Blocking.
+pub fn rollback(store: &Store, name: &str, to: Option<u64>, mode: Mode) -> Result<Applied, RouteError> {
     let target = rollback_target(store, name, to)?;
-    write(store, &target.spec, Some(target.revision))
+    write(store, &target.spec, Some(target.revision), mode)
 }

@@ -111,39 +111,21 @@ pub async fn apply(
         ));
     }
     RouteSpec::from_file("request", &spec.to_toml()).map_err(|e| Error::new(StatusCode::BAD_REQUEST, e.to_string()))?;
-    let snap = state.snapshot.borrow().clone();
-    let protocol = crate::catalog::services(&snap)
-        .into_iter()
-        .find(|s| s.name == spec.service)
-        .and_then(|s| s.instances.first().map(|i| i.protocol.clone()));
+    let protocol = state.snapshot.borrow().services.get(&spec.service).map(|s| s.protocol);
     if let Some(p) = protocol {
-        spec.check_protocol(&p).map_err(|e| Error::new(StatusCode::BAD_REQUEST, e))?;
+        spec.check_protocol(p.as_str()).map_err(|e| Error::new(StatusCode::BAD_REQUEST, e))?;
     }
-    if query.dry_run {
-        let current = routes::get(&state.store, &name, None).ok();
-        let unchanged = current.as_ref().is_some_and(|c| c.spec == spec);
-        let revision = current.as_ref().map_or(1, |c| if unchanged { c.revision } else { c.revision + 1 });
-        let warnings = crate::routing::lint::lint(&spec, &snap);
-        let origin = state.identity.node.clone();
-        let applied_at = current
-            .as_ref()
-            .filter(|_| unchanged)
-            .map_or_else(|| rfc3339(std::time::SystemTime::now()), |c| rfc3339(c.applied_at));
-        return Ok(Json(api::Route {
-            name: spec.name.clone(),
-            service: spec.service.clone(),
-            revision,
-            applied_at,
-            origin,
-            spec,
-            rollback_of: None,
-            unchanged,
-            warnings,
-        }));
-    }
-    let store = state.store.clone();
-    let done = blocking(move || routes::apply(&store, &spec)).await?;
+    let (store, mode) = (state.store.clone(), mode(query.dry_run));
+    let done = blocking(move || routes::apply(&store, &spec, mode)).await?;
     Ok(Json(applied(&state, done)))
+}
+
+fn mode(dry_run: bool) -> routes::Mode {
+    if dry_run {
+        routes::Mode::DryRun
+    } else {
+        routes::Mode::Store
+    }
 }
 
 /// `DELETE /v1/routes/NAME`
@@ -176,15 +158,18 @@ pub async fn history(
     ))
 }
 
-/// `POST /v1/routes/NAME/rollback`: a new revision with an old revision's content.
+/// `POST /v1/routes/NAME/rollback[?dry_run=true]`: a new revision with an old
+/// revision's content; answered like an apply.
 pub async fn rollback(
     State(state): State<Arc<AdminState>>,
     Path(name): Path<String>,
+    query: Result<Query<ApplyQuery>, QueryRejection>,
     req: Result<Json<api::RollbackRequest>, JsonRejection>,
 ) -> Result<Json<api::Route>, Error> {
+    let Query(query) = query.map_err(|e| Error::new(StatusCode::BAD_REQUEST, e.body_text()))?;
     let Json(req) = req.map_err(|e| Error::new(StatusCode::BAD_REQUEST, e.body_text()))?;
-    let store = state.store.clone();
-    let done = blocking(move || routes::rollback(&store, &name, req.to)).await?;
+    let (store, mode) = (state.store.clone(), mode(query.dry_run));
+    let done = blocking(move || routes::rollback(&store, &name, req.to, mode)).await?;
     Ok(Json(applied(&state, done)))
 }
 

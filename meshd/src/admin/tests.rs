@@ -111,7 +111,7 @@ async fn status_counts_the_routes() {
     let f = fixture();
     let spec = mesh_proto::route::RouteSpec::from_file("r.toml", "name = \"reviews\"\nservice = \"reviews\"\n")
         .expect("route");
-    crate::routes::apply(&f.state.store, &spec).expect("apply");
+    crate::routes::apply(&f.state.store, &spec, crate::routes::Mode::Store).expect("apply");
     let (_, _, body) = call(router(f.state.clone()), Method::GET, "/v1/status").await;
     let raw: serde_json::Value = serde_json::from_slice(&body).expect("json");
     assert_eq!(raw["routes"], 1, "{raw}");
