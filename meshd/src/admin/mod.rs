@@ -241,7 +241,7 @@ async fn status(
         }),
         members: Some(count_members(&member_list(&state, &snap))),
         services: Some(crate::catalog::count(&snap)),
-        routes: Some(crate::routes::all(&snap).len() as u64),
+        routes: Some(snap.routes().len() as u64),
     };
     Ok(with_index(snap.index, Json(body)))
 }
