@@ -293,14 +293,14 @@ impl Bound {
         let g = self.gossip;
         let (members_tx, members_rx) = tokio::sync::mpsc::channel(1024);
         let (exchange, member_lists) = membership::Exchange::new();
-        let services = crate::rpc::Services {
+        let services = crate::peer::server::Services {
             signer: self.signer.clone(),
             store: self.store.clone(),
             exchange: exchange.clone(),
             proxy: self.proxy.clone(),
             drain: watcher.clone(),
         };
-        tasks.spawn(crate::rpc::dispatch(joins_rx, g.conns, members_tx, services, watcher.clone()));
+        tasks.spawn(crate::peer::server::dispatch(joins_rx, g.conns, members_tx, services, watcher.clone()));
         let inputs = membership::Inputs {
             me: membership::core::MemberId { name: self.node_name.clone(), addr: self.advertise, bump: g.bump },
             params: g.params,
@@ -314,8 +314,8 @@ impl Bound {
             heard: g.heard,
             exchange,
         };
-        tasks.spawn(membership::run(inputs, members_rx, g.writes, member_lists, watcher.clone()));
-        tasks.spawn(crate::identity::renew::run(
+        tasks.spawn(membership::driver::run(inputs, members_rx, g.writes, member_lists, watcher.clone()));
+        tasks.spawn(crate::peer::renew::run(
             self.identity.clone(),
             self.transport.clone(),
             self.signer.clone(),

@@ -92,12 +92,12 @@ pub async fn join(config: &Config, token_text: &str) -> Result<Joined, Bootstrap
     let csr = ca::csr_for(&key, &config.node_name).map_err(IdentityError::from)?;
     let tls = identity::join_client_config(token.ca_fingerprint)?;
     let request = JoinRequest::V1 { secret: token.secret, node: config.node_name.clone(), csr };
-    let answer = tokio::time::timeout(JOIN_TIMEOUT, crate::rpc::join(token.signer, tls, request))
+    let answer = tokio::time::timeout(JOIN_TIMEOUT, crate::peer::client::join(token.signer, tls, request))
         .await
         .map_err(|_| {
             BootstrapError::Join(format!("the signer at {} did not answer in {JOIN_TIMEOUT:?}", token.signer))
         })?
-        .map_err(BootstrapError::Join)?;
+        .map_err(|e| BootstrapError::Join(e.to_string()))?;
     let (cert_der, ca_der, ca_key) = match answer {
         JoinResponse::Granted { cert, ca, ca_key } => (cert, ca, ca_key),
         JoinResponse::Refused(r) => return Err(BootstrapError::Refused(r)),

@@ -2,7 +2,7 @@
 //! services, carries traffic between hosts through mutually authenticated QUIC tunnels and
 //! enforces the routes that operators apply with meshctl.
 //!
-//! One module per concern (see DESIGN.md); [`app`] wires them together and owns nothing.
+//! One module per concern (see ARCHITECTURE.md); [`app`] wires them together and owns nothing.
 
 pub mod admin;
 pub mod app;
@@ -17,11 +17,11 @@ pub mod fuzzing;
 pub mod identity;
 pub mod membership;
 pub mod metrics;
+pub mod peer;
 pub mod policy;
 pub mod proxy;
 pub mod routes;
 pub mod routing;
-pub mod rpc;
 pub mod signal;
 pub mod state;
 pub mod store;

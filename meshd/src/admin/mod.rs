@@ -330,8 +330,8 @@ pub(crate) async fn catchup(state: &AdminState, key: String, revision: u64) -> a
         .filter(|m| m.name != snap.node && snap.is_serving(&m.name))
         .map(|m| (m.name.clone(), m.addr))
         .collect();
-    let mut answers = crate::membership::ask_holds(&state.transport, others, &key).await;
-    answers.push((snap.node.clone(), Some(crate::membership::holds(&state.store, &key))));
+    let mut answers = crate::peer::client::holds(&state.transport, others, &key).await;
+    answers.push((snap.node.clone(), Some(crate::peer::server::holds(&state.store, &key))));
     let mut body = api::Catchup { key, revision, holding: vec![], lagging: vec![], unreachable: vec![] };
     for (name, answer) in answers {
         match answer {

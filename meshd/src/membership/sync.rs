@@ -1,17 +1,25 @@
-//! Anti-entropy, the pure part: which buckets differ, what each side lacks. Gossip
-//! broadcasts reach members that are up when a write happens; this repairs everything
-//! else (a late joiner, a healed partition, a lost datagram), one random member at a time.
+//! Anti-entropy as a sans-IO session: which buckets differ, what each side lacks, and
+//! the messages of one exchange, with no sockets and no clock. Gossip broadcasts reach
+//! members that are up when a write happens; this repairs everything else (a late
+//! joiner, a healed partition, a lost datagram), one random member at a time.
 //!
-//! The exchange on one stream: the caller sends its 256 bucket digests; the callee
-//! answers with the `(key, version, origin)` of its entries in the buckets that differ;
-//! the caller sends the entries the callee lacks or has older, and names the keys it
-//! wants; the callee sends those. Two round trips, and only differing buckets travel.
+//! The exchange on one stream: the [`Caller`] sends its 256 bucket digests and its SWIM
+//! member list; the [`Callee`] answers with the `(key, version, origin)` of its entries in
+//! the buckets that differ, and its member list; the caller sends the entries the callee
+//! lacks or has older, and names the keys it wants; the callee sends those. Two round
+//! trips, and only differing buckets travel. meshd drives these sessions over QUIC
+//! streams (`peer`); the deterministic simulation (`membership::sim`) drives the very
+//! same ones in memory.
+//!
+//! Must not: touch the network or the disk, or merge anything itself (the driver merges
+//! what a session hands back into the store, through its one write path).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use mesh_proto::wire::{BucketDigest, KeyVersion};
+use mesh_proto::wire::{BucketDigest, KeyVersion, MeshRequest, SyncEntries, SyncPush, SyncSummary};
 
+use super::core::{MemberId, Swim};
 use crate::store::digest::{bucket_of, Digest, BUCKETS};
 use crate::store::entry::Entry;
 use crate::store::hlc::Hlc;
@@ -91,6 +99,117 @@ pub fn decode(encoded: Vec<Vec<u8>>) -> (Vec<Entry>, usize) {
     (entries, bad)
 }
 
+/// A SWIM member list as it travels in a sync exchange.
+pub type MemberList = Vec<foca::Member<MemberId>>;
+
+/// Encodes this node's SWIM member list for a sync exchange.
+pub fn encode_members(swim: &Swim) -> Vec<u8> {
+    let list: Vec<&foca::Member<MemberId>> = swim.iter_membership_state().collect();
+    postcard::to_stdvec(&list).unwrap_or_default()
+}
+
+/// Decodes a peer's member list; a malformed list is empty, and members with invalid
+/// names are left out.
+pub fn decode_members(bytes: &[u8]) -> MemberList {
+    let Ok(list) = postcard::from_bytes::<MemberList>(bytes) else { return Vec::new() };
+    list.into_iter().filter(|m| mesh_proto::is_dns_label(&m.id().name)).collect()
+}
+
+/// What one side of an exchange received: entries to merge, and how many did not decode.
+#[derive(Debug, Default)]
+pub struct Received {
+    pub entries: Vec<Entry>,
+    pub malformed: usize,
+}
+
+/// What one exchange moved, as the side that started it counts.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    pub sent: usize,
+    pub received: usize,
+    pub malformed: usize,
+}
+
+/// The caller's side of one exchange.
+#[derive(Debug, Default)]
+pub struct Caller {
+    sent: usize,
+    got: Vec<Vec<u8>>,
+}
+
+impl Caller {
+    /// Opens an exchange: the request to send, with this side's member list `ours`.
+    pub fn open(view: &View, ours: Vec<u8>) -> (Caller, MeshRequest) {
+        (Caller::default(), MeshRequest::Sync { buckets: digests(view), members: ours })
+    }
+
+    /// The callee's summary arrived: the pushes to send, in order (the last one names the
+    /// keys this side wants; the stream is finished after it), and the callee's member
+    /// list (to apply to SWIM at once).
+    pub fn on_summary(&mut self, view: &View, summary: SyncSummary) -> (Vec<SyncPush>, MemberList) {
+        let members = decode_members(&summary.members);
+        let (give, want) = plan(view, &summary.buckets, &summary.keys);
+        self.sent = give.len();
+        let mut pushes: Vec<SyncPush> =
+            batches(&give).into_iter().map(|entries| SyncPush { entries, want: Vec::new() }).collect();
+        match pushes.last_mut() {
+            Some(last) => last.want = want,
+            None => pushes.push(SyncPush { entries: Vec::new(), want }),
+        }
+        (pushes, members)
+    }
+
+    /// One batch of the entries this side asked for.
+    pub fn on_entries(&mut self, chunk: SyncEntries) {
+        self.got.extend(chunk.entries);
+    }
+
+    /// The callee finished its stream: what this side received, and the exchange's counts.
+    pub fn finish(self) -> (Received, Stats) {
+        let (entries, malformed) = decode(self.got);
+        let stats = Stats { sent: self.sent, received: entries.len(), malformed };
+        (Received { entries, malformed }, stats)
+    }
+}
+
+/// The callee's side of one exchange.
+#[derive(Debug, Default)]
+pub struct Callee {
+    incoming: Vec<Vec<u8>>,
+    want: Vec<String>,
+}
+
+impl Callee {
+    /// The caller's request arrived (its digests and member list): the summary to answer
+    /// with, carrying this side's member list `ours`, and the caller's member list (to
+    /// apply to SWIM at once).
+    pub fn on_request(
+        view: &View,
+        buckets: &[BucketDigest],
+        members: &[u8],
+        ours: Vec<u8>,
+    ) -> (Callee, SyncSummary, MemberList) {
+        let diff = differing(view, buckets);
+        let keys = summary(view, &diff);
+        (Callee::default(), SyncSummary { buckets: diff, keys, members: ours }, decode_members(members))
+    }
+
+    /// One push from the caller.
+    pub fn on_push(&mut self, push: SyncPush) {
+        self.incoming.extend(push.entries);
+        self.want.extend(push.want);
+    }
+
+    /// The caller finished its stream: the batches to send back (the stream is finished
+    /// after them), and what this side received.
+    pub fn finish(self, view: &View) -> (Vec<SyncEntries>, Received) {
+        let give = entries_for(view, &self.want);
+        let out = batches(&give).into_iter().filter(|b| !b.is_empty()).map(|entries| SyncEntries { entries }).collect();
+        let (entries, malformed) = decode(self.incoming);
+        (out, Received { entries, malformed })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,6 +248,42 @@ mod tests {
         }
         for x in entries_for(&b, &want) {
             a.merge(x);
+        }
+        assert_eq!(a.digest(), b.digest());
+    }
+
+    #[test]
+    fn a_session_moves_what_each_side_lacks_both_ways() {
+        let mut a = View::default();
+        let mut b = View::default();
+        for i in 0..50 {
+            let x = e(&format!("route/r{i}"), 10, "a");
+            a.merge(x.clone());
+            b.merge(x);
+        }
+        a.merge(e("route/only-a", 1, "a"));
+        b.merge(e("route/only-b", 1, "b"));
+
+        let (mut caller, request) = Caller::open(&a, b"not a member list".to_vec());
+        let MeshRequest::Sync { buckets, members } = request else { panic!("a sync request") };
+        let (mut callee, summary, theirs) = Callee::on_request(&b, &buckets, &members, Vec::new());
+        assert!(theirs.is_empty(), "a malformed member list is empty");
+        let (pushes, _) = caller.on_summary(&a, summary);
+        assert_eq!(pushes.last().map(|p| p.want.clone()), Some(vec!["route/only-b".to_owned()]));
+        for p in pushes {
+            callee.on_push(p);
+        }
+        let (back, got_b) = callee.finish(&b);
+        for chunk in back {
+            caller.on_entries(chunk);
+        }
+        let (got_a, stats) = caller.finish();
+        assert_eq!(stats, Stats { sent: 1, received: 1, malformed: 0 });
+        for x in got_a.entries {
+            a.merge(Arc::new(x));
+        }
+        for x in got_b.entries {
+            b.merge(Arc::new(x));
         }
         assert_eq!(a.digest(), b.digest());
     }

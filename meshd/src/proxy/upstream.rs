@@ -10,12 +10,12 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use mesh_proto::wire::{MeshRequest, TunnelHeader, TunnelReply};
+use mesh_proto::wire::TunnelHeader;
 use tokio::net::TcpStream;
 
 use super::{Destination, Proxy};
+use crate::peer::{client, PeerError};
 use crate::routing::Target;
-use crate::transport::frame;
 
 /// A request or response body as the proxy carries it.
 pub(super) type Body = BoxBody<Bytes, hyper::Error>;
@@ -64,16 +64,14 @@ pub(super) async fn reach(
         source_service: dest.source_service.clone(),
         trace_id: trace_id.to_owned(),
     };
-    let opened = async {
-        let (mut send, mut recv) = peer.conn.open_bi().await.map_err(|_| "tunnel_open")?;
-        frame::write(&mut send, &MeshRequest::Tunnel(header)).await.map_err(|_| "tunnel_write")?;
-        match frame::read::<TunnelReply>(&mut recv).await {
-            Ok(TunnelReply::Accepted) => Ok(Upstream::Tunnel(send, recv)),
-            Ok(TunnelReply::Refused { reason, .. }) => Err(refused(reason)),
-            Err(_) => Err("tunnel_reply"),
-        }
-    };
-    tokio::time::timeout(timeout, opened).await.unwrap_or(Err("tunnel_timeout"))
+    match tokio::time::timeout(timeout, client::open_tunnel(&peer, header)).await {
+        Ok(Ok((send, recv))) => Ok(Upstream::Tunnel(send, recv)),
+        Ok(Err(PeerError::Refused(reason))) => Err(refused(reason)),
+        Ok(Err(PeerError::Send(_))) => Err("tunnel_write"),
+        Ok(Err(PeerError::Receive(_))) => Err("tunnel_reply"),
+        Ok(Err(_)) => Err("tunnel_open"),
+        Err(_) => Err("tunnel_timeout"),
+    }
 }
 
 fn refused(reason: mesh_proto::wire::TunnelRefusal) -> &'static str {

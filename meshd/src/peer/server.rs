@@ -1,41 +1,47 @@
-//! Requests on QUIC streams: serving `mesh/1` members' requests and `mesh-join/1` joins,
-//! and calling other members. One bidirectional stream per request: one frame each way.
+//! The serving side of peer RPC: every member connection (dialled or accepted; requests
+//! flow both ways) is served here and handed to membership for its datagrams; joins are
+//! served here.
 //!
-//! Must not: decide policy (who may join, renew or open a tunnel is the signer's and the
-//! proxy's call), or trust a name the handshake did not prove.
+//! Must not: decide who may join or renew (the signer does) or which tunnel may open (the
+//! proxy does).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mesh_proto::wire::{JoinRequest, JoinResponse, MeshRequest, RenewResponse};
+use mesh_proto::wire::{BucketDigest, Holds, JoinRequest, MeshRequest, SyncPush};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use super::PeerError;
+use crate::drain::DrainWatcher;
 use crate::identity::signer::Signer;
-use crate::store::Store;
-use crate::transport::{close, frame, Peer, Transport, TransportError};
+use crate::membership::sync::{self, Callee};
+use crate::membership::Exchange;
+use crate::proxy::Proxy;
+use crate::store::{wall_ms, Store};
+use crate::transport::{close, frame, Peer};
 
 /// What serving a member's requests needs besides the connection.
 #[derive(Clone)]
 pub struct Services {
     pub signer: Arc<Signer>,
     pub store: Store,
-    pub exchange: Arc<crate::membership::Exchange>,
-    pub proxy: Arc<crate::proxy::Proxy>,
+    pub exchange: Arc<Exchange>,
+    pub proxy: Arc<Proxy>,
     /// Held by each tunnel: a drain waits for them (up to `drain_timeout`).
-    pub drain: crate::drain::DrainWatcher,
+    pub drain: DrainWatcher,
 }
 
-/// Serves every member connection (dialled or accepted: requests flow both ways) and
-/// hands it to membership for its datagrams; serves joins. Until the drain starts.
+/// Serves every member connection and hands it to membership; serves joins. Until the
+/// drain starts.
 pub async fn dispatch(
-    mut joins: tokio::sync::mpsc::Receiver<quinn::Connection>,
-    mut conns: tokio::sync::mpsc::Receiver<crate::transport::Peer>,
-    members: tokio::sync::mpsc::Sender<crate::transport::Peer>,
+    mut joins: mpsc::Receiver<quinn::Connection>,
+    mut conns: mpsc::Receiver<Peer>,
+    members: mpsc::Sender<Peer>,
     services: Services,
-    drain: crate::drain::DrainWatcher,
+    drain: DrainWatcher,
 ) {
-    let mut handlers = tokio::task::JoinSet::new();
+    let mut handlers = JoinSet::new();
     loop {
         tokio::select! {
             Some(peer) = conns.recv() => {
@@ -75,8 +81,8 @@ pub async fn serve_peer(peer: Peer, services: Services) {
             }
         };
         let Some(services) = &services else {
-            let _ = send.reset(quinn::VarInt::from_u32(crate::transport::close::SHUTDOWN));
-            let _ = recv.stop(quinn::VarInt::from_u32(crate::transport::close::SHUTDOWN));
+            let _ = send.reset(quinn::VarInt::from_u32(close::SHUTDOWN));
+            let _ = recv.stop(quinn::VarInt::from_u32(close::SHUTDOWN));
             continue;
         };
         let info = peer.info.clone();
@@ -98,18 +104,17 @@ pub async fn serve_peer(peer: Peer, services: Services) {
                     }
                 }
                 MeshRequest::Sync { buckets, members } => {
-                    if let Err(e) =
-                        crate::membership::serve_sync(&store, &exchange, buckets, members, &mut send, &mut recv).await
-                    {
+                    let served = serve_sync(&store, &exchange, &buckets, &members, &mut send, &mut recv).await;
+                    if let Err(e) = served {
                         tracing::debug!(peer = %info.id, error = %e, "anti-entropy exchange failed");
                     }
                 }
                 MeshRequest::Holds { key } => {
-                    let _ = frame::write_last(&mut send, &crate::membership::holds(&store, &key)).await;
+                    let _ = frame::write_last(&mut send, &holds(&store, &key)).await;
                 }
                 MeshRequest::Push { entries } => {
-                    let (entries, _) = crate::membership::sync::decode(entries);
-                    let _ = tokio::task::spawn_blocking(move || store.merge(entries, crate::store::wall_ms())).await;
+                    let (entries, _) = sync::decode(entries);
+                    let _ = tokio::task::spawn_blocking(move || store.merge(entries, wall_ms())).await;
                 }
                 MeshRequest::Tunnel(header) => {
                     // Its own task, holding the drain: the tunnel outlives this
@@ -125,49 +130,68 @@ pub async fn serve_peer(peer: Peer, services: Services) {
     requests.shutdown().await;
 }
 
+/// The callee's side of a sync, after the request frame: the session over the stream.
+async fn serve_sync(
+    store: &Store,
+    exchange: &Exchange,
+    buckets: &[BucketDigest],
+    members: &[u8],
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+) -> Result<(), PeerError> {
+    let (mut session, summary, theirs) = Callee::on_request(&store.view(), buckets, members, exchange.ours());
+    exchange.received(theirs);
+    frame::write(send, &summary).await.map_err(PeerError::Send)?;
+    // The caller finishes its stream after its last push.
+    while let Ok(push) = frame::read::<SyncPush>(recv).await {
+        session.on_push(push);
+    }
+    let (batches, received) = session.finish(&store.view());
+    for batch in &batches {
+        frame::write(send, batch).await.map_err(PeerError::Send)?;
+    }
+    let _ = send.finish();
+    merge(store, received.entries).await
+}
+
+/// Merges entries that arrived from a peer, off the runtime.
+pub(super) async fn merge(store: &Store, entries: Vec<crate::store::entry::Entry>) -> Result<(), PeerError> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || store.merge(entries, wall_ms()))
+        .await
+        .map_err(|e| PeerError::Task(e.to_string()))?
+        .map_err(|e| PeerError::Store(e.to_string()))?;
+    Ok(())
+}
+
+/// The answer to `Holds { key }`: which revision of `key` this node holds.
+pub fn holds(store: &Store, key: &str) -> Holds {
+    match store.view().entry(key) {
+        Some(e) => Holds { revision: Some(e.revision), version: e.version.0, deleted: e.deleted },
+        None => Holds { revision: None, version: 0, deleted: false },
+    }
+}
+
 /// Serves one joining node: one request, one answer.
 pub async fn serve_join(conn: quinn::Connection, signer: Arc<Signer>) {
     let remote = conn.remote_address();
     let served = async {
-        let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
-        let request: JoinRequest = frame::read(&mut recv).await.map_err(|e| e.to_string())?;
-        let answer = tokio::task::spawn_blocking(move || signer.join(request)).await.map_err(|e| e.to_string())?;
-        frame::write_last(&mut send, &answer).await.map_err(|e| e.to_string())?;
+        let (mut send, mut recv) = conn.accept_bi().await?;
+        let request: JoinRequest = frame::read(&mut recv).await.map_err(PeerError::Receive)?;
+        let answer = tokio::task::spawn_blocking(move || signer.join(request))
+            .await
+            .map_err(|e| PeerError::Task(e.to_string()))?;
+        frame::write_last(&mut send, &answer).await.map_err(PeerError::Send)?;
         // Let the joiner read the answer and close.
         let _ = tokio::time::timeout(Duration::from_secs(10), conn.closed()).await;
-        Ok::<(), String>(())
+        Ok::<(), PeerError>(())
     };
-    if let Err(e) = tokio::time::timeout(Duration::from_secs(30), served).await.unwrap_or(Err("timed out".to_owned())) {
+    let deadline = Duration::from_secs(30);
+    let result = tokio::time::timeout(deadline, served).await.unwrap_or(Err(PeerError::Timeout(deadline)));
+    if let Err(e) = result {
         tracing::warn!(%remote, error = %e, "join connection failed");
     }
-}
-
-/// Asks the signer at `addr` to renew this node's certificate.
-pub async fn renew_at(transport: &Transport, addr: SocketAddr, csr: Vec<u8>) -> Result<RenewResponse, String> {
-    let peer = transport.connection_to(addr).await.map_err(|e: TransportError| e.to_string())?;
-    let (mut send, mut recv) = peer.conn.open_bi().await.map_err(|e| e.to_string())?;
-    frame::write_last(&mut send, &MeshRequest::Renew { csr }).await.map_err(|e| e.to_string())?;
-    frame::read(&mut recv).await.map_err(|e| e.to_string())
-}
-
-/// `meshd join`: dials the signer on `mesh-join/1` with its CA pinned, sends the request
-/// and returns the answer.
-pub async fn join(signer: SocketAddr, tls: rustls::ClientConfig, request: JoinRequest) -> Result<JoinResponse, String> {
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls)).map_err(|e| e.to_string())?;
-    let mut client = quinn::ClientConfig::new(Arc::new(quic));
-    client.transport_config(Arc::new(crate::transport::transport_config()));
-    let bind: SocketAddr =
-        if signer.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().map_err(|_| "bind".to_owned())?;
-    let endpoint = quinn::Endpoint::client(bind).map_err(|e| e.to_string())?;
-    let conn = endpoint
-        .connect_with(client, signer, "mesh")
-        .map_err(|e| e.to_string())?
-        .await
-        .map_err(|e| format!("cannot reach the signer at {signer}: {e}"))?;
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-    frame::write_last(&mut send, &request).await.map_err(|e| e.to_string())?;
-    let answer = frame::read(&mut recv).await.map_err(|e| e.to_string());
-    conn.close(quinn::VarInt::from_u32(close::DONE), b"joined");
-    endpoint.wait_idle().await;
-    answer
 }

@@ -1,0 +1,468 @@
+//! The SWIM driver: the one task that owns foca. It feeds foca datagrams, timers and
+//! member lists, and carries out what foca asks for: datagrams to send (dialling first
+//! when needed), timers to set, news to merge into the store, syncs with members that
+//! come up. Every datagram's SWIM sender must be the name in the certificate of the
+//! connection it came on, or it is dropped and counted.
+//!
+//! Must not: block inside the loop (dials, syncs, store merges and reaping run as tasks),
+//! or decide anything foca or the sync session decides.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use foca::{Foca, PostcardCodec, Timer};
+use mesh_proto::api::MemberState;
+use rand::{Rng, SeedableRng};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::core::{self, encode_item, Change, Handler, Item, MemberId, Output, Swim};
+use super::reap::{self, Gone};
+use super::sync::MemberList;
+use super::{alone_warning, Heard, Inputs};
+use crate::drain::DrainWatcher;
+use crate::peer::client;
+use crate::state::{self, Snapshot};
+use crate::store::entry::Entry;
+use crate::store::wall_ms;
+use crate::transport::Peer;
+
+type Datagram = (String, Bytes);
+
+/// A member list as published: name, state, address; sorted by name.
+type List = Vec<(String, MemberState, SocketAddr)>;
+
+/// The outcome of a background dial.
+enum Dialled {
+    /// A seed answered: announce to it.
+    Seed(MemberId),
+    /// Connected to the member: send the datagram that was waiting.
+    Ready(MemberId, Vec<u8>),
+    /// Could not reach it (or someone else answers there).
+    Failed(String),
+}
+
+/// How often the alone warning repeats in the log.
+const ALONE_WARNING_EVERY: Duration = Duration::from_secs(60);
+/// How long a node with seeds may know nobody before the first warning: seeds that
+/// answer do so within a dial timeout.
+const ALONE_GRACE: Duration = Duration::from_secs(6);
+
+/// Runs membership until the drain starts; then announces `left` and returns.
+pub async fn run(
+    inputs: Inputs,
+    mut connections: mpsc::Receiver<Peer>,
+    mut local_writes: mpsc::Receiver<Arc<Entry>>,
+    mut member_lists: mpsc::Receiver<MemberList>,
+    drain: DrainWatcher,
+) {
+    let (dgram_tx, mut dgrams) = mpsc::channel::<Datagram>(4096);
+    let (dialled_tx, mut dialled) = mpsc::channel::<Dialled>(256);
+    let mut d = Driver::new(inputs, dialled_tx);
+    let mut sync_tick = tokio::time::interval(d.inputs.sync_interval);
+    sync_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut view_tick = tokio::time::interval(d.inputs.params.probe_period);
+    let reap_every = d.inputs.reap_after.min(Duration::from_secs(60)).max(Duration::from_millis(100));
+    let mut reap_tick = tokio::time::interval(reap_every);
+    let mut readers = JoinSet::new();
+    d.dial_seeds();
+
+    loop {
+        let mut out = Output::default();
+        let next_timer = d.timers.keys().next().map(|(t, _)| *t);
+        tokio::select! {
+            Some(peer) = connections.recv() => { readers.spawn(read_datagrams(peer, dgram_tx.clone())); }
+            Some((name, data)) = dgrams.recv() => d.on_datagram(&name, &data, &mut out),
+            Some(list) = member_lists.recv() => { let _ = d.swim.apply_many(list.into_iter(), true, &mut out); }
+            Some(outcome) = dialled.recv() => d.on_dialled(outcome, &mut out),
+            Some(entry) = local_writes.recv() => d.on_local_write(entry, &mut out),
+            _ = async { tokio::time::sleep_until(next_timer.unwrap_or_else(Instant::now)).await }, if next_timer.is_some() => {
+                d.on_timers(&mut out);
+            }
+            changed = d.snapshots.changed() => {
+                if changed.is_err() { break; }
+                let view = d.snapshots.borrow_and_update().store.clone();
+                d.handler.lock().set_view(view);
+            }
+            _ = sync_tick.tick() => d.sync_with_random_member(),
+            _ = reap_tick.tick() => d.reap(),
+            _ = view_tick.tick() => d.on_view_tick(&mut out),
+            Some(_) = readers.join_next(), if !readers.is_empty() => {}
+            Some(_) = d.work.join_next(), if !d.work.is_empty() => {}
+            _ = drain.signaled() => break,
+        }
+        d.after(out);
+    }
+
+    d.leave();
+    // Give the last datagrams a moment before the endpoint closes.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    readers.shutdown().await;
+    d.work.shutdown().await;
+    drop(drain);
+}
+
+/// The loop's state, and one method per kind of event.
+struct Driver {
+    inputs: Inputs,
+    swim: Swim,
+    handler: Handler,
+    rng: rand::rngs::SmallRng,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    timers: BTreeMap<(Instant, u64), Timer<MemberId>>,
+    seq: u64,
+    dialled_tx: mpsc::Sender<Dialled>,
+    /// Dials, syncs, pushes, merges and reaping.
+    work: JoinSet<()>,
+    dialling: HashSet<String>,
+    seed_ids: Vec<MemberId>,
+    published: List,
+    gone: Gone,
+    cluster_size: usize,
+    started: Instant,
+    warned_alone: Option<Instant>,
+}
+
+impl Driver {
+    fn new(inputs: Inputs, dialled_tx: mpsc::Sender<Dialled>) -> Driver {
+        let handler = Handler::default();
+        let swim: Swim = Foca::with_custom_broadcast(
+            inputs.me.clone(),
+            inputs.params.foca_config(1),
+            rand::rngs::SmallRng::from_os_rng(),
+            PostcardCodec,
+            handler.clone(),
+        );
+        Driver {
+            snapshots: inputs.publisher.subscribe(),
+            inputs,
+            swim,
+            handler,
+            rng: rand::rngs::SmallRng::from_os_rng(),
+            timers: BTreeMap::new(),
+            seq: 0,
+            dialled_tx,
+            work: JoinSet::new(),
+            dialling: HashSet::new(),
+            seed_ids: Vec::new(),
+            published: Vec::new(),
+            gone: Gone::default(),
+            cluster_size: 1,
+            started: Instant::now(),
+            warned_alone: None,
+        }
+    }
+
+    /// Seeds: dial, then announce to whoever answers (its certificate names it).
+    fn dial_seeds(&mut self) {
+        for seed in self.inputs.seeds.clone() {
+            let transport = self.inputs.transport.clone();
+            let tx = self.dialled_tx.clone();
+            self.work.spawn(async move {
+                let mut backoff = Duration::from_millis(100);
+                for _ in 0..20 {
+                    if let Ok(peer) = transport.dial(seed).await {
+                        let id = MemberId { name: peer.name().to_owned(), addr: seed, bump: 0 };
+                        let _ = tx.send(Dialled::Seed(id)).await;
+                        return;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                tracing::warn!(%seed, "seed unreachable; waiting for others to find this node");
+            });
+        }
+    }
+
+    fn on_datagram(&mut self, name: &str, data: &[u8], out: &mut Output) {
+        let metrics = &self.inputs.metrics;
+        metrics.datagram("in");
+        match core::check_sender(data, name, self.inputs.params.max_datagram) {
+            Ok(()) => {
+                self.inputs.heard.set(name);
+                if self.swim.handle_data(data, out).is_err() {
+                    metrics.drop("rejected");
+                }
+            }
+            Err(core::Dropped::Impostor { .. }) => metrics.drop("impostor"),
+            Err(core::Dropped::TooLarge(_)) => metrics.drop("too_large"),
+            Err(core::Dropped::Malformed) => metrics.drop("malformed"),
+        }
+    }
+
+    fn on_dialled(&mut self, outcome: Dialled, out: &mut Output) {
+        match outcome {
+            Dialled::Seed(id) => {
+                let _ = self.swim.announce(id.clone(), &mut *out);
+                self.seed_ids.push(id);
+            }
+            Dialled::Ready(id, data) => {
+                self.dialling.remove(&id.name);
+                self.send(&id, data);
+            }
+            Dialled::Failed(name) => {
+                self.dialling.remove(&name);
+            }
+        }
+    }
+
+    fn on_local_write(&mut self, entry: Arc<Entry>, out: &mut Output) {
+        let item = encode_item(&Item::Entry((*entry).clone()));
+        if item.len() + 64 < self.inputs.params.max_datagram {
+            let _ = self.swim.add_broadcast(&item);
+            // Send it now, on its own, rather than waiting for room on the next gossip
+            // round (membership updates fill those first).
+            let _ = self.swim.broadcast(out);
+        } else {
+            // Too large for a datagram: push it on streams to every active member.
+            for m in self.active_members() {
+                self.work.spawn(client::push(self.inputs.transport.clone(), m.addr, entry.clone()));
+            }
+        }
+    }
+
+    fn on_timers(&mut self, out: &mut Output) {
+        let now = Instant::now();
+        while let Some(entry) = self.timers.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let timer = entry.remove();
+            let _ = self.swim.handle_timer(timer, &mut *out);
+        }
+    }
+
+    /// Members foca counts as active, less those removed from the mesh.
+    fn active_members(&self) -> Vec<MemberId> {
+        let parts = self.snapshots.borrow().parts.clone();
+        self.swim.iter_members().map(|m| m.id().clone()).filter(|m| !parts.removed.contains(&m.name)).collect()
+    }
+
+    fn sync_with_random_member(&mut self) {
+        let members = self.active_members();
+        if !members.is_empty() {
+            let pick = members[self.rng.random_range(0..members.len())].addr;
+            self.sync_with(pick);
+        }
+    }
+
+    /// One anti-entropy exchange with the member at `addr`, as a task.
+    fn sync_with(&mut self, addr: SocketAddr) {
+        let transport = self.inputs.transport.clone();
+        let store = self.inputs.store.clone();
+        let exchange = self.inputs.exchange.clone();
+        let metrics = self.inputs.metrics.clone();
+        self.work.spawn(async move {
+            let result = client::sync(&transport, &store, &exchange, addr).await;
+            metrics.synced(&result);
+            if let Err(e) = result {
+                tracing::debug!(%addr, error = %e, "anti-entropy exchange failed");
+            }
+        });
+    }
+
+    fn reap(&mut self) {
+        let doomed = self.gone.to_reap(&self.published, Instant::now(), self.inputs.reap_after, &self.inputs.me.name);
+        if !doomed.is_empty() {
+            let store = self.inputs.store.clone();
+            self.work.spawn(async move {
+                let _ = tokio::task::spawn_blocking(move || reap::reap(&store, &doomed)).await;
+            });
+        }
+    }
+
+    fn on_view_tick(&mut self, out: &mut Output) {
+        self.inputs.exchange.set_ours(&self.swim);
+        let now = Instant::now();
+        match alone_warning(&self.snapshots.borrow(), &self.inputs.seeds) {
+            Some(w)
+                if now.duration_since(self.started) >= ALONE_GRACE
+                    && self.warned_alone.is_none_or(|at| now.duration_since(at) >= ALONE_WARNING_EVERY) =>
+            {
+                tracing::warn!("{w}");
+                self.warned_alone = Some(now);
+            }
+            Some(_) => {}
+            None => {
+                if self.warned_alone.take().is_some() {
+                    tracing::info!("this node found the mesh: it knows other members again");
+                }
+            }
+        }
+        // Nobody knows us yet (our announce was lost, or every member went away):
+        // announce to the seeds again.
+        if self.swim.num_members() == 0 {
+            for id in &self.seed_ids {
+                let _ = self.swim.announce(id.clone(), &mut *out);
+            }
+        }
+    }
+
+    /// After every event: news to the store, membership changes acted on, foca's output
+    /// carried out, the member list published when it changed.
+    fn after(&mut self, mut out: Output) {
+        let received = std::mem::take(&mut self.handler.lock().received);
+        if !received.is_empty() {
+            // Pass news on at once, not only when the next gossip round has room.
+            let _ = self.swim.broadcast(&mut out);
+        }
+        let entries: Vec<Entry> = received
+            .into_iter()
+            .filter_map(|item| match item {
+                Item::Entry(e) => Some(e),
+                Item::Left { .. } => None,
+            })
+            .collect();
+        if !entries.is_empty() {
+            let store = self.inputs.store.clone();
+            self.work.spawn(async move {
+                let _ = tokio::task::spawn_blocking(move || store.merge(entries, wall_ms())).await;
+            });
+        }
+        for change in std::mem::take(&mut out.changes) {
+            match change {
+                Change::Up(m) | Change::Renamed { new: m, .. } => {
+                    self.handler.lock().forget_left(&m.name);
+                    // A member that comes up (new, restarted or back from a partition)
+                    // gets a full sync at once: broadcasts never reach a late joiner.
+                    self.sync_with(m.addr);
+                }
+                Change::Defunct => {
+                    tracing::warn!("the mesh declared this node down; rejoining with a new identity");
+                    let _ = self.swim.reuse_down_identity();
+                }
+                _ => {}
+            }
+        }
+        let n = self.swim.num_members() + 1;
+        if n != self.cluster_size {
+            self.cluster_size = n;
+            let _ = self.swim.set_config(self.inputs.params.foca_config(n));
+        }
+        let parts = self.snapshots.borrow().parts.clone();
+        self.flush(&mut out, |name| parts.removed.contains(name));
+
+        let list = member_list(&self.swim, &self.inputs.me, &self.handler);
+        if list != self.published {
+            self.gone.observe(&list, Instant::now());
+            publish(&self.inputs.publisher, &list, &self.inputs.heard);
+            self.published = list;
+        }
+    }
+
+    /// Leaving: tells the others this is on purpose, then leaves.
+    fn leave(&mut self) {
+        let mut out = Output::default();
+        let me = &self.inputs.me;
+        let _ = self.swim.add_broadcast(&encode_item(&Item::Left { name: me.name.clone(), bump: me.bump }));
+        let _ = self.swim.leave_cluster(&mut out);
+        let _ = self.swim.broadcast(&mut out);
+        self.flush(&mut out, |_| false);
+    }
+
+    /// Sets foca's timers and sends its datagrams, dialling members not yet connected.
+    fn flush(&mut self, out: &mut Output, removed: impl Fn(&str) -> bool) {
+        let now = Instant::now();
+        for (timer, after) in out.timers.drain(..) {
+            self.seq += 1;
+            self.timers.insert((now + after, self.seq), timer);
+        }
+        for (to, data) in out.sends.drain(..) {
+            if removed(&to.name) {
+                // Its certificate is revoked: dialling it only makes refusals on both sides.
+                self.inputs.metrics.drop("removed");
+            } else if self.inputs.transport.peer_named(&to.name).is_some() {
+                self.send(&to, data);
+            } else if self.dialling.insert(to.name.clone()) {
+                // Dial in the background; the datagram goes once connected.
+                let transport = self.inputs.transport.clone();
+                let tx = self.dialled_tx.clone();
+                self.work.spawn(async move {
+                    let outcome = match transport.dial(to.addr).await {
+                        Ok(peer) if peer.name() == to.name => Dialled::Ready(to, data),
+                        Ok(peer) => {
+                            tracing::warn!(expected = %to.name, found = %peer.name(), addr = %to.addr, "another node answers at a member's address");
+                            Dialled::Failed(to.name)
+                        }
+                        Err(_) => Dialled::Failed(to.name),
+                    };
+                    let _ = tx.send(outcome).await;
+                });
+            } else {
+                self.inputs.metrics.drop("dialling");
+            }
+        }
+    }
+
+    fn send(&self, to: &MemberId, data: Vec<u8>) {
+        let metrics = &self.inputs.metrics;
+        let Some(peer) = self.inputs.transport.peer_named(&to.name) else {
+            metrics.drop("no_connection");
+            return;
+        };
+        if peer.conn.max_datagram_size().is_none_or(|max| data.len() > max) {
+            metrics.drop("too_large_for_path");
+            return;
+        }
+        match peer.conn.send_datagram(Bytes::from(data)) {
+            Ok(()) => metrics.datagram("out"),
+            Err(_) => metrics.drop("send_failed"),
+        }
+    }
+}
+
+async fn read_datagrams(peer: Peer, tx: mpsc::Sender<Datagram>) {
+    let name = peer.name().to_owned();
+    while let Ok(data) = peer.conn.read_datagram().await {
+        if tx.send((name.clone(), data)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Members as this node sees them: itself, then foca's view, sorted by name.
+fn member_list(swim: &Swim, me: &MemberId, handler: &Handler) -> List {
+    let shared = handler.lock();
+    let mut list = vec![(me.name.clone(), MemberState::Alive, me.addr)];
+    let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for m in swim.iter_membership_state() {
+        let id = m.id();
+        if id.name == me.name {
+            continue;
+        }
+        let state = match m.state() {
+            foca::State::Alive => MemberState::Alive,
+            foca::State::Suspect => MemberState::Suspect,
+            foca::State::Down if shared.has_left(&id.name, id.bump) => MemberState::Left,
+            foca::State::Down => MemberState::Dead,
+        };
+        // A restarted member appears twice (old bump down, new alive): keep the newest.
+        match seen.get(&id.name) {
+            Some(&i) if list[i].1 == MemberState::Alive => {}
+            Some(&i) => list[i] = (id.name.clone(), state, id.addr),
+            None => {
+                seen.insert(id.name.clone(), list.len());
+                list.push((id.name.clone(), state, id.addr));
+            }
+        }
+    }
+    list.sort_by(|a, b| a.0.cmp(&b.0));
+    list
+}
+
+fn publish(publisher: &state::Publisher, list: &[(String, MemberState, SocketAddr)], heard: &Heard) {
+    let members = list
+        .iter()
+        .map(|(name, st, addr)| state::Member {
+            name: name.clone(),
+            addr: *addr,
+            state: *st,
+            last_heard: heard.get(name).unwrap_or(SystemTime::UNIX_EPOCH),
+        })
+        .collect();
+    publisher.update(|s| s.members = members);
+}
