@@ -14,13 +14,14 @@ use hyper::body::{Body as _, Incoming};
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use mesh_proto::route::{HttpRule, RetryOn};
+use mesh_proto::route::HttpRule;
 use tokio::net::TcpStream;
 
-use super::upstream::{key, send, Body, Failure};
+use super::upstream::{send, Body};
 use super::{Destination, LoadGuard, Proxy};
 use crate::routing::http::{match_rule, normalize_path, RequestView};
-use crate::routing::{pick_p2c, Tables, Target};
+use crate::routing::plan::{self, exhausted, Failure, InstanceKey, Outcome, Tries, Verdict};
+use crate::routing::{Tables, Target};
 
 /// Request bodies up to this size are buffered, so the request can be retried and
 /// mirrored; larger or unsized ones stream through once.
@@ -249,15 +250,14 @@ async fn handle(proxy: &Arc<Proxy>, dest: &Destination, req: Request<Incoming>) 
         }
     }
 
-    let attempts =
-        1 + rule.and_then(|r| r.retries.as_ref()).map_or(0, |r| if buffered.is_some() { r.attempts } else { 0 });
-    let per_try = rule.and_then(|r| r.retries.as_ref()).and_then(|r| r.per_try_timeout);
+    let mut plan = Tries::new(rule, buffered.is_some());
+    let per_try = plan.per_try_timeout();
     let tries = async {
-        let mut tried: Vec<Target> = Vec::new();
+        let mut tried: Vec<InstanceKey> = Vec::new();
         let mut last = None;
-        for attempt in 0..attempts {
-            if attempt > 0 {
-                let budget = rule.and_then(|r| r.retries.as_ref()).and_then(|r| r.budget).unwrap_or_default();
+        loop {
+            if plan.next_is_retry() {
+                let budget = plan.budget();
                 let granted =
                     proxy.budget.lock().unwrap_or_else(|p| p.into_inner()).try_retry(&service, &budget, Instant::now());
                 if !granted {
@@ -269,46 +269,36 @@ async fn handle(proxy: &Arc<Proxy>, dest: &Destination, req: Request<Incoming>) 
             let Some((target, subset)) = choose(proxy, &tables, &service, pinned.as_deref(), rule, &tried) else {
                 return Err((StatusCode::SERVICE_UNAVAILABLE, "no healthy instance\n"));
             };
-            tried.push(target.clone());
+            let instance = InstanceKey::of(&target);
             let body: Body = match (&buffered, streamed.take()) {
                 (Some(b), _) => whole(b.clone()),
                 (None, Some(s)) => s.boxed(),
                 (None, None) => break,
             };
             let request = build(&parts, body, &service);
-            let _guard = LoadGuard::new(proxy.load_of(&target));
-            let sent = send(proxy, &target, dest, request, &trace);
-            let outcome = match per_try {
+            let _guard = LoadGuard::new(proxy.load_of(&instance));
+            let sent = send(proxy, &target, &instance, dest, request, &trace);
+            let result = match per_try {
                 Some(t) => tokio::time::timeout(t, sent).await.unwrap_or(Err(Failure::Timeout)),
                 None => sent.await,
             };
-            let failed = match &outcome {
-                Ok(r) => r.status().is_server_error(),
-                Err(_) => true,
+            let outcome = match &result {
+                Ok(r) => Outcome::Status(r.status().as_u16()),
+                Err(f) => Outcome::Failed(*f),
             };
-            proxy.eject(&tables, &service, &target, failed);
-            match outcome {
-                Ok(resp) if !resp.status().is_server_error() || !retries_on(rule, RetryOn::ServerError) => {
-                    return Ok((resp, subset));
-                }
-                Ok(resp) => last = Some(Ok((resp, subset))),
-                Err(f) => {
-                    let retry = match f {
-                        Failure::Connect => retries_on(rule, RetryOn::ConnectFailure),
-                        Failure::Reset | Failure::Timeout => retries_on(rule, RetryOn::Reset),
-                    };
-                    last = Some(Err(f));
-                    if !retry {
-                        break;
-                    }
-                }
+            proxy.eject(&tables, &service, &instance, outcome.failed());
+            tried.push(instance);
+            last = Some(result.map(|r| (r, subset)));
+            if plan.after(outcome) != Verdict::Retry {
+                break;
             }
         }
         match last {
             Some(Ok(r)) => Ok(r),
-            Some(Err(Failure::Timeout)) => Err((StatusCode::GATEWAY_TIMEOUT, "the instance did not answer in time\n")),
-            _ => Err((StatusCode::BAD_GATEWAY, "no instance could be reached\n")),
+            Some(Err(f)) => Err(exhausted(Some(f))),
+            None => Err(exhausted(None)),
         }
+        .map_err(|(status, text)| (StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY), text))
     };
     let outcome = match rule.and_then(|r| r.timeout) {
         Some(t) => tokio::time::timeout(t, tries)
@@ -330,57 +320,27 @@ async fn handle(proxy: &Arc<Proxy>, dest: &Destination, req: Request<Incoming>) 
     }
 }
 
-fn retries_on(rule: Option<&HttpRule>, what: RetryOn) -> bool {
-    rule.and_then(|r| r.retries.as_ref()).is_some_and(|r| r.on.contains(&what))
-}
-
 fn roll(proxy: &Proxy, n: u64) -> u64 {
     let r: u64 = rand::Rng::random(&mut *proxy.rng.lock().unwrap_or_else(|p| p.into_inner()));
     r % n
 }
 
-/// The subset by the rule's weights (among subsets with an available instance), then an
-/// instance by power of two choices, preferring one not tried yet and not ejected.
+/// The planner's choice of the next instance, with the proxy's shared ejections, loads
+/// and random numbers.
 fn choose(
     proxy: &Proxy,
     tables: &Tables,
     service: &str,
     pinned: Option<&str>,
     rule: Option<&HttpRule>,
-    tried: &[Target],
+    tried: &[InstanceKey],
 ) -> Option<(Target, Option<String>)> {
-    let now = Instant::now();
     let ejections = proxy.ejections.lock().unwrap_or_else(|p| p.into_inner());
-    let any_ejected = ejections.any();
-    let available = |name: &str| -> Vec<&Target> {
-        let healthy = tables.healthy(name);
-        if !any_ejected {
-            return healthy;
-        }
-        let kept: Vec<&Target> = healthy.iter().copied().filter(|t| !ejections.is_ejected(&key(t), now)).collect();
-        if kept.is_empty() {
-            healthy
-        } else {
-            kept
-        }
-    };
-    let (candidates, subset) = match (pinned, rule.and_then(|r| r.to.as_ref())) {
-        (Some(s), _) => (available(&format!("{s}.{service}")), Some(s.to_owned())),
-        (None, Some(to)) => {
-            let (subset, targets) = tables.split(service, to, roll(proxy, u64::MAX), available)?;
-            (targets, Some(subset.to_owned()))
-        }
-        (None, None) => (available(service), None),
-    };
-    drop(ejections);
-    let fresh: Vec<usize> = (0..candidates.len()).filter(|i| !tried.contains(candidates[*i])).collect();
-    let pool: Vec<usize> = if fresh.is_empty() { (0..candidates.len()).collect() } else { fresh };
-    let pick = {
-        let load = |i: usize| proxy.load_of(candidates[pool[i]]).load(std::sync::atomic::Ordering::Relaxed);
-        let mut rng = proxy.rng.lock().unwrap_or_else(|p| p.into_inner());
-        pick_p2c(pool.len(), &[], load, &mut *rng)?
-    };
-    Some((candidates[pool[pick]].clone(), subset))
+    let mut rng = proxy.rng.lock().unwrap_or_else(|p| p.into_inner());
+    let load = |t: &Target| proxy.load_of(&InstanceKey::of(t)).load(std::sync::atomic::Ordering::Relaxed);
+    let (target, subset) =
+        plan::choose(tables, service, pinned, rule, tried, &ejections, Instant::now(), load, &mut *rng)?;
+    Some((target.clone(), subset))
 }
 
 /// The request as sent upstream: HTTP/1.1, origin-form target, a Host header.
@@ -420,7 +380,11 @@ fn send_mirror(
     request.headers_mut().insert(HeaderName::from_static("x-mesh-mirror"), HeaderValue::from_static("1"));
     let (proxy, dest) = (proxy.clone(), dest.clone());
     tokio::spawn(async move {
-        let sent = tokio::time::timeout(Duration::from_secs(30), send(&proxy, &target, &dest, request, "")).await;
+        let sent = tokio::time::timeout(
+            Duration::from_secs(30),
+            send(&proxy, &target, &InstanceKey::of(&target), &dest, request, ""),
+        )
+        .await;
         if let Ok(Ok(resp)) = sent {
             let _ = resp.into_body().collect().await;
         }

@@ -32,7 +32,8 @@ use tokio::task::AbortHandle;
 
 use crate::dns::VipMap;
 use crate::drain::DrainWatcher;
-use crate::routing::{Tables, Target};
+use crate::routing::plan::InstanceKey;
+use crate::routing::Tables;
 use crate::state::SnapshotRx;
 use crate::transport::Transport;
 
@@ -165,13 +166,13 @@ pub struct Proxy {
     transport: Arc<Transport>,
     tables: ArcSwap<Tables>,
     /// Open connections per instance, for the power-of-two choice.
-    loads: Mutex<HashMap<(String, String, u16), Arc<AtomicUsize>>>,
+    loads: Mutex<HashMap<InstanceKey, Arc<AtomicUsize>>>,
     metrics: Metrics,
     connect_timeout: Duration,
     max_connections: usize,
     rng: Mutex<rand::rngs::SmallRng>,
-    budget: Mutex<crate::routing::http::RetryBudget>,
-    ejections: Mutex<crate::routing::http::Ejections>,
+    budget: Mutex<crate::routing::plan::RetryBudget>,
+    ejections: Mutex<crate::routing::plan::Ejections>,
     mirrors: Arc<tokio::sync::Semaphore>,
     pool: upstream::Pool,
 }
@@ -201,19 +202,22 @@ impl Proxy {
     }
 
     /// Records an HTTP try's result for outlier ejection among the service's instances.
-    fn eject(&self, tables: &Tables, service: &str, target: &Target, failed: bool) {
-        let peers: Vec<String> = tables.healthy(service).into_iter().map(upstream::key).collect();
+    fn eject(&self, tables: &Tables, service: &str, instance: &InstanceKey, failed: bool) {
+        let peers: Vec<InstanceKey> = tables.healthy(service).into_iter().map(InstanceKey::of).collect();
         let mut ejections = self.ejections.lock().unwrap_or_else(|p| p.into_inner());
-        if ejections.record(&upstream::key(target), failed, &peers, std::time::Instant::now()) {
-            tracing::warn!(service, node = %target.node, port = target.port, "instance ejected after consecutive failures");
+        if ejections.record(instance, failed, &peers, std::time::Instant::now()) {
+            tracing::warn!(service, node = %instance.node, port = instance.port, "instance ejected after consecutive failures");
             self.metrics.http_event(service, "ejection");
         }
     }
 
     /// A counter of `target`'s open connections; the guard decrements it when dropped.
-    fn load_of(&self, t: &Target) -> Arc<AtomicUsize> {
+    fn load_of(&self, instance: &InstanceKey) -> Arc<AtomicUsize> {
         let mut loads = self.loads.lock().unwrap_or_else(|p| p.into_inner());
-        loads.entry((t.node.clone(), t.service.clone(), t.port)).or_default().clone()
+        if let Some(load) = loads.get(instance) {
+            return load.clone();
+        }
+        loads.entry(instance.clone()).or_default().clone()
     }
 }
 

@@ -14,6 +14,7 @@ use super::upstream::{reach, Upstream};
 use super::{splice, Destination, LoadGuard, Proxy};
 use crate::drain::DrainWatcher;
 use crate::routing::pick_p2c;
+use crate::routing::plan::InstanceKey;
 
 /// Instances tried per connection before giving up.
 pub const ATTEMPTS: usize = 3;
@@ -65,7 +66,7 @@ async fn connection(proxy: &Proxy, mut client: TcpStream, dest: &Destination) {
     let tables = proxy.tables.load_full();
     let roll: u64 = rand::Rng::random(&mut *proxy.rng.lock().unwrap_or_else(|p| p.into_inner()));
     let (candidates, subset) = tables.route_tcp(&dest.name, roll);
-    let loads: Vec<_> = candidates.iter().map(|t| proxy.load_of(t)).collect();
+    let loads: Vec<_> = candidates.iter().map(|t| proxy.load_of(&InstanceKey::of(t))).collect();
     let mut tried = Vec::new();
     let mut last_error = "no_healthy_instance";
     let reached = loop {

@@ -15,6 +15,7 @@ use tokio::net::TcpStream;
 
 use super::{Destination, Proxy};
 use crate::peer::{client, PeerError};
+use crate::routing::plan::{Failure, InstanceKey};
 use crate::routing::Target;
 
 /// A request or response body as the proxy carries it.
@@ -85,23 +86,11 @@ fn refused(reason: mesh_proto::wire::TunnelRefusal) -> &'static str {
     }
 }
 
-/// Why a try failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Failure {
-    Connect,
-    Reset,
-    Timeout,
-}
-
-pub(super) fn key(t: &Target) -> String {
-    format!("{}/{}/{}", t.node, t.service, t.port)
-}
-
 /// Idle HTTP/1.1 connections to instances (over tunnel streams, or local TCP), kept for
 /// later requests: a pooled request pays no tunnel header round trip and no connect.
 #[derive(Default)]
 pub struct Pool {
-    idle: std::sync::Mutex<std::collections::HashMap<String, Vec<SendRequest<Body>>>>,
+    idle: std::sync::Mutex<std::collections::HashMap<InstanceKey, Vec<SendRequest<Body>>>>,
 }
 
 /// Connections kept per instance.
@@ -109,7 +98,7 @@ const POOLED: usize = 64;
 
 impl Pool {
     /// A ready connection to `key`; closed ones are dropped, busy ones stay.
-    fn take(&self, key: &str) -> Option<SendRequest<Body>> {
+    fn take(&self, key: &InstanceKey) -> Option<SendRequest<Body>> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.get_mut(key)?;
         list.retain(|s| !s.is_closed());
@@ -118,9 +107,9 @@ impl Pool {
     }
 
     /// Keeps `sender` (it becomes ready again once its response body has been read).
-    fn put(&self, key: &str, sender: SendRequest<Body>) {
+    fn put(&self, key: &InstanceKey, sender: SendRequest<Body>) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let list = idle.entry(key.to_owned()).or_default();
+        let list = idle.entry(key.clone()).or_default();
         if list.len() < POOLED && !sender.is_closed() {
             list.push(sender);
         }
@@ -132,15 +121,15 @@ impl Pool {
 pub(super) async fn send(
     proxy: &Proxy,
     target: &Target,
+    instance: &InstanceKey,
     dest: &Destination,
     mut request: Request<Body>,
     trace: &str,
 ) -> Result<Response<Incoming>, Failure> {
-    let pool_key = key(target);
-    while let Some(mut sender) = proxy.pool.take(&pool_key) {
+    while let Some(mut sender) = proxy.pool.take(instance) {
         match sender.try_send_request(request).await {
             Ok(resp) => {
-                proxy.pool.put(&pool_key, sender);
+                proxy.pool.put(instance, sender);
                 return Ok(resp);
             }
             // Closed before the request went out (the instance dropped an idle
@@ -162,7 +151,7 @@ pub(super) async fn send(
         let _ = conn.await;
     });
     let resp = sender.send_request(request).await.map_err(|_| Failure::Reset)?;
-    proxy.pool.put(&pool_key, sender);
+    proxy.pool.put(instance, sender);
     Ok(resp)
 }
 

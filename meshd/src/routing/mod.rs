@@ -6,6 +6,7 @@
 
 pub mod http;
 pub mod lint;
+pub mod plan;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
