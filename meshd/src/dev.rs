@@ -162,14 +162,14 @@ async fn productpage(dns: SocketAddr) -> String {
 async fn resolve(dns: SocketAddr, name: &str) -> Option<Ipv4Addr> {
     use hickory_proto::op::{Message, Query};
     use hickory_proto::rr::{Name, RData, RecordType};
-    let mut q = Message::new();
-    q.set_id(1).add_query(Query::query(Name::from_ascii(name).ok()?, RecordType::A));
+    let mut q = Message::query();
+    q.add_query(Query::query(Name::from_ascii(name).ok()?, RecordType::A));
     let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.ok()?;
     sock.send_to(&q.to_vec().ok()?, dns).await.ok()?;
     let mut buf = [0u8; 512];
     let n = sock.recv(&mut buf).await.ok()?;
-    Message::from_vec(&buf[..n]).ok()?.answers().iter().find_map(|r| match r.data() {
-        Some(RData::A(a)) => Some(a.0),
+    Message::from_vec(&buf[..n]).ok()?.answers.iter().find_map(|r| match &r.data {
+        RData::A(a) => Some(a.0),
         _ => None,
     })
 }

@@ -76,9 +76,8 @@ pub fn dns_query(data: &[u8]) {
     });
     let mut out = Vec::new();
     if responder.respond(data, crate::dns::Transport::Udp, &mut out) {
-        let edns = hickory_proto::op::Message::from_vec(data)
-            .ok()
-            .and_then(|m| m.extensions().as_ref().map(|e| e.max_payload()));
+        let edns =
+            hickory_proto::op::Message::from_vec(data).ok().and_then(|m| m.edns.as_ref().map(|e| e.max_payload()));
         let limit = crate::dns::packet::udp_limit(edns);
         assert!(out.len() <= limit.max(crate::dns::packet::UDP_PLAIN), "{} bytes for a limit of {limit}", out.len());
     }

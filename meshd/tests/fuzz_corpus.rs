@@ -131,7 +131,8 @@ fn write_seeds() {
         ("node-1.node.mesh.", hickory_proto::rr::RecordType::AAAA),
         ("example.com.", hickory_proto::rr::RecordType::A),
     ] {
-        let mut msg = hickory_proto::op::Message::new();
+        let mut msg =
+            hickory_proto::op::Message::new(0, hickory_proto::op::MessageType::Query, hickory_proto::op::OpCode::Query);
         msg.add_query(hickory_proto::op::Query::query(hickory_proto::rr::Name::from_ascii(name).expect("name"), qtype));
         put("dns_query", name, &msg.to_vec().expect("encode"));
     }

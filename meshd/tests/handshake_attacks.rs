@@ -25,8 +25,8 @@ struct Server {
     metrics: verify::Metrics,
     /// Every peer that got in.
     accepted: mpsc::Receiver<meshd::transport::Peer>,
-    ca: rcgen::Certificate,
-    ca_key: KeyPair,
+    /// The mesh CA as an rcgen issuer, to mint certificates the CA would never issue.
+    ca: rcgen::Issuer<'static, KeyPair>,
     _trigger: drain::DrainTrigger,
     _dir: tempfile::TempDir,
 }
@@ -48,9 +48,8 @@ async fn server() -> Server {
     tokio::spawn(transport.clone().serve(joins, watcher));
     let key_der = identity.ca.key_der().expect("the first node is a signer");
     let ca_key = KeyPair::try_from(key_der.as_slice()).expect("ca key");
-    let ca =
-        CertificateParams::from_ca_cert_der(&identity.ca.der).expect("ca params").self_signed(&ca_key).expect("ca");
-    Server { transport, identity, metrics, accepted, ca, ca_key, _trigger: trigger, _dir: dir }
+    let ca = rcgen::Issuer::from_ca_cert_der(&identity.ca.der, ca_key).expect("ca");
+    Server { transport, identity, metrics, accepted, ca, _trigger: trigger, _dir: dir }
 }
 
 /// Node-certificate parameters, for the tests to spoil one field at a time.
@@ -65,9 +64,9 @@ fn node_params(uri: &str) -> CertificateParams {
     p
 }
 
-fn mint(params: CertificateParams, ca: &rcgen::Certificate, ca_key: &KeyPair) -> (CertificateDer<'static>, KeyPair) {
+fn mint(params: CertificateParams, ca: &rcgen::Issuer<'static, KeyPair>) -> (CertificateDer<'static>, KeyPair) {
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("key");
-    let cert = params.signed_by(&key, ca, ca_key).expect("sign");
+    let cert = params.signed_by(&key, ca).expect("sign");
     (cert.der().clone(), key)
 }
 
@@ -146,7 +145,7 @@ async fn every_bad_client_certificate_is_refused_in_the_handshake_and_counted() 
     let td = |node: &str| format!("spiffe://mesh.local/node/{node}");
 
     // The control: a proper node certificate gets in.
-    let good = mint(node_params(&td("good")), &s.ca, &s.ca_key);
+    let good = mint(node_params(&td("good")), &s.ca);
     assert!(attempt(&s, Some(good)).await, "a good certificate must be accepted");
     match tokio::time::timeout(Duration::from_secs(5), s.accepted.recv()).await {
         Ok(Some(peer)) => assert_eq!(peer.name(), "good"),
@@ -155,7 +154,7 @@ async fn every_bad_client_certificate_is_refused_in_the_handshake_and_counted() 
 
     let other_ca = Ca::create("mesh.local").expect("other ca");
     let other_key = KeyPair::try_from(other_ca.key_der().expect("key").as_slice()).expect("key");
-    let other = CertificateParams::from_ca_cert_der(&other_ca.der).expect("p").self_signed(&other_key).expect("ca");
+    let other = rcgen::Issuer::from_ca_cert_der(&other_ca.der, other_key).expect("ca");
 
     let mut two_uris = node_params(&td("a"));
     two_uris.subject_alt_names.push(SanType::URI(td("b").as_str().try_into().expect("uri")));
@@ -171,13 +170,13 @@ async fn every_bad_client_certificate_is_refused_in_the_handshake_and_counted() 
     server_only.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
 
     let cases: Vec<(&str, (CertificateDer<'static>, KeyPair), &'static str)> = vec![
-        ("signed by another CA", mint(node_params(&td("a")), &other, &other_key), "unknown_issuer"),
-        ("another trust domain", mint(node_params("spiffe://evil.local/node/a"), &s.ca, &s.ca_key), "trust_domain"),
-        ("two URI SANs", mint(two_uris, &s.ca, &s.ca_key), "not_a_node_cert"),
-        ("a DNS SAN instead of a URI SAN", mint(dns_only, &s.ca, &s.ca_key), "not_a_node_cert"),
-        ("expired", mint(expired, &s.ca, &s.ca_key), "expired"),
-        ("not yet valid", mint(future, &s.ca, &s.ca_key), "not_yet_valid"),
-        ("without the client EKU", mint(server_only, &s.ca, &s.ca_key), "wrong_usage"),
+        ("signed by another CA", mint(node_params(&td("a")), &other), "unknown_issuer"),
+        ("another trust domain", mint(node_params("spiffe://evil.local/node/a"), &s.ca), "trust_domain"),
+        ("two URI SANs", mint(two_uris, &s.ca), "not_a_node_cert"),
+        ("a DNS SAN instead of a URI SAN", mint(dns_only, &s.ca), "not_a_node_cert"),
+        ("expired", mint(expired, &s.ca), "expired"),
+        ("not yet valid", mint(future, &s.ca), "not_yet_valid"),
+        ("without the client EKU", mint(server_only, &s.ca), "wrong_usage"),
     ];
     for (what, cert, reason) in cases {
         let before = refused(&s, reason);
@@ -186,7 +185,7 @@ async fn every_bad_client_certificate_is_refused_in_the_handshake_and_counted() 
     }
 
     // A revoked node's (otherwise perfect) certificate.
-    let (der, key) = mint(node_params(&td("gone")), &s.ca, &s.ca_key);
+    let (der, key) = mint(node_params(&td("gone")), &s.ca);
     let info = cert::inspect(&der).expect("node cert");
     s.identity.revocations.replace(RevokedSet { serials: [info.serial].into(), keys: Default::default() });
     assert!(!attempt(&s, Some((der, key))).await, "revoked: refused");
@@ -207,10 +206,10 @@ async fn a_node_refuses_a_server_from_another_mesh() {
     // trust domain signed by ours.
     let other_ca = Ca::create("mesh.local").expect("other ca");
     let other_key = KeyPair::try_from(other_ca.key_der().expect("key").as_slice()).expect("key");
-    let other = CertificateParams::from_ca_cert_der(&other_ca.der).expect("p").self_signed(&other_key).expect("ca");
+    let other = rcgen::Issuer::from_ca_cert_der(&other_ca.der, other_key).expect("ca");
     let rogues = [
-        (mint(node_params("spiffe://mesh.local/node/rogue"), &other, &other_key), "unknown_issuer"),
-        (mint(node_params("spiffe://evil.local/node/rogue"), &s.ca, &s.ca_key), "trust_domain"),
+        (mint(node_params("spiffe://mesh.local/node/rogue"), &other), "unknown_issuer"),
+        (mint(node_params("spiffe://evil.local/node/rogue"), &s.ca), "trust_domain"),
     ];
     for ((der, key), reason) in rogues {
         let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -250,8 +250,8 @@ socket = "{socket}"
     pub fn dig(&self, name: &str, qtype: hickory_proto::rr::RecordType, edns: bool) -> hickory_proto::op::Message {
         use hickory_proto::op::{Message, Query};
         use hickory_proto::rr::Name;
-        let mut msg = Message::new();
-        msg.set_id(4242).set_recursion_desired(true);
+        let mut msg = Message::new(4242, hickory_proto::op::MessageType::Query, hickory_proto::op::OpCode::Query);
+        msg.metadata.recursion_desired = true;
         msg.add_query(Query::query(Name::from_ascii(name).expect("name"), qtype));
         if edns {
             let mut e = hickory_proto::op::Edns::new();
@@ -272,8 +272,8 @@ socket = "{socket}"
     pub fn vip(&self, name: &str, limit: Duration) -> Ipv4Addr {
         self.eventually(limit, &format!("{name}.mesh answers with a virtual IP"), || {
             let m = self.dig(&format!("{name}.mesh."), hickory_proto::rr::RecordType::A, false);
-            m.answers().iter().find_map(|r| match r.data() {
-                Some(hickory_proto::rr::RData::A(a)) => Some(a.0),
+            m.answers.iter().find_map(|r| match &r.data {
+                hickory_proto::rr::RData::A(a) => Some(a.0),
                 _ => None,
             })
         })

@@ -17,10 +17,10 @@ fn register(node: &Node, file: &str, text: &str) {
 }
 
 fn a_records(msg: &hickory_proto::op::Message) -> Vec<String> {
-    msg.answers()
+    msg.answers
         .iter()
-        .filter_map(|r| match r.data() {
-            Some(RData::A(a)) => Some(a.0.to_string()),
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(a.0.to_string()),
             _ => None,
         })
         .collect()
@@ -53,9 +53,9 @@ fn every_record_answers_as_designed() {
     });
     assert!(reviews_vip.starts_with(&format!("127.{}.", block.n)), "{reviews_vip}");
     let answer = n1.dig("reviews.mesh.", RecordType::A, false);
-    assert_eq!(answer.response_code(), ResponseCode::NoError);
-    assert!(answer.authoritative());
-    assert_eq!(answer.answers()[0].ttl(), 5);
+    assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
+    assert!(answer.metadata.authoritative);
+    assert_eq!(answer.answers[0].ttl, 5);
 
     // The subset named by the version label.
     let v1 = n1.eventually(CONVERGE, "v1.reviews has a VIP", || {
@@ -70,22 +70,20 @@ fn every_record_answers_as_designed() {
 
     // AAAA for an IPv4-only service: an empty answer, not an error.
     let aaaa = n1.dig("reviews.mesh.", RecordType::AAAA, false);
-    assert_eq!(aaaa.response_code(), ResponseCode::NoError);
-    assert!(aaaa.answers().is_empty());
+    assert_eq!(aaaa.metadata.response_code, ResponseCode::NoError);
+    assert!(aaaa.answers.is_empty());
 
     // SRV with the target's A record in the additional section.
     let srv = n1.dig("_http._tcp.reviews.mesh.", RecordType::SRV, false);
-    assert_eq!(srv.response_code(), ResponseCode::NoError);
-    let Some(RData::SRV(record)) = srv.answers().first().and_then(|r| r.data()) else {
-        panic!("an SRV answer: {srv:?}")
-    };
-    assert_eq!(record.port(), 9080);
-    assert_eq!(record.target().to_ascii(), "node-2.node.mesh.");
+    assert_eq!(srv.metadata.response_code, ResponseCode::NoError);
+    let Some(RData::SRV(record)) = srv.answers.first().map(|r| &r.data) else { panic!("an SRV answer: {srv:?}") };
+    assert_eq!(record.port, 9080);
+    assert_eq!(record.target.to_ascii(), "node-2.node.mesh.");
     let glue: Vec<String> = srv
-        .additionals()
+        .additionals
         .iter()
-        .filter_map(|r| match r.data() {
-            Some(RData::A(a)) if r.name().to_ascii() == "node-2.node.mesh." => Some(a.0.to_string()),
+        .filter_map(|r| match &r.data {
+            RData::A(a) if r.name.to_ascii() == "node-2.node.mesh." => Some(a.0.to_string()),
             _ => None,
         })
         .collect();
@@ -102,19 +100,22 @@ fn every_record_answers_as_designed() {
 
     // Unknown in the domain: NXDOMAIN with the SOA; outside: REFUSED; EDNS answered.
     let nx = n1.dig("nope.mesh.", RecordType::A, false);
-    assert_eq!(nx.response_code(), ResponseCode::NXDomain);
-    assert_eq!(nx.name_servers().first().map(|r| r.record_type()), Some(RecordType::SOA));
+    assert_eq!(nx.metadata.response_code, ResponseCode::NXDomain);
+    assert_eq!(nx.authorities.first().map(|r| r.record_type()), Some(RecordType::SOA));
     let refused = n1.dig("example.com.", RecordType::A, false);
-    assert_eq!(refused.response_code(), ResponseCode::Refused);
-    assert!(refused.answers().is_empty());
+    assert_eq!(refused.metadata.response_code, ResponseCode::Refused);
+    assert!(refused.answers.is_empty());
     let with_edns = n1.dig("reviews.mesh.", RecordType::A, true);
-    assert!(with_edns.extensions().is_some(), "EDNS in, EDNS out");
+    assert!(with_edns.edns.is_some(), "EDNS in, EDNS out");
 
     // TCP: the same answers, two queries on one connection, case as asked.
     let tcp = dig_tcp(&n1, &["REVIEWS.mesh.", "_http._tcp.reviews.mesh."], RecordType::SRV);
-    assert_eq!(tcp[0].queries()[0].name().to_ascii(), "REVIEWS.mesh.");
-    assert!(tcp[0].answers().is_empty() && tcp[0].response_code() == ResponseCode::NoError, "no SRV at the A name");
-    assert_eq!(tcp[1].answers(), srv.answers());
+    assert_eq!(tcp[0].queries[0].name().to_ascii(), "REVIEWS.mesh.");
+    assert!(
+        tcp[0].answers.is_empty() && tcp[0].metadata.response_code == ResponseCode::NoError,
+        "no SRV at the A name"
+    );
+    assert_eq!(tcp[1].answers, srv.answers);
 }
 
 /// Queries over one TCP connection (RFC 7766 framing), answered in order.
@@ -126,8 +127,7 @@ fn dig_tcp(node: &Node, names: &[&str], qtype: RecordType) -> Vec<hickory_proto:
     names
         .iter()
         .map(|name| {
-            let mut msg = Message::new();
-            msg.set_id(99);
+            let mut msg = Message::new(99, hickory_proto::op::MessageType::Query, hickory_proto::op::OpCode::Query);
             msg.add_query(Query::query(hickory_proto::rr::Name::from_ascii(name).expect("name"), qtype));
             let bytes = msg.to_vec().expect("encode");
             let len = u16::try_from(bytes.len()).expect("short").to_be_bytes();
@@ -208,7 +208,7 @@ fn names_of_250_to_260_bytes_get_answers_and_dns_keeps_serving() {
     }
     // And a plain query still gets its answer: the server did not die.
     let answer = n1.dig("node-1.node.mesh.", RecordType::A, false);
-    assert_eq!(answer.response_code(), ResponseCode::NoError);
+    assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
     let metrics = n1.metrics();
     assert!(metrics.contains("mesh_dns_restarts_total 0"), "no restart was needed: {metrics}");
 }

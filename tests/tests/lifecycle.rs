@@ -177,8 +177,9 @@ fn a_second_meshd_on_the_same_socket_is_refused_and_the_first_keeps_serving() {
 fn dig_a(dns: std::net::SocketAddr, name: &str) -> std::net::Ipv4Addr {
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
     sock.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-    let mut q = hickory_proto::op::Message::new();
-    q.set_id(7).add_query(hickory_proto::op::Query::query(
+    let mut q =
+        hickory_proto::op::Message::new(7, hickory_proto::op::MessageType::Query, hickory_proto::op::OpCode::Query);
+    q.add_query(hickory_proto::op::Query::query(
         hickory_proto::rr::Name::from_ascii(name).expect("name"),
         hickory_proto::rr::RecordType::A,
     ));
@@ -187,10 +188,10 @@ fn dig_a(dns: std::net::SocketAddr, name: &str) -> std::net::Ipv4Addr {
     let n = sock.recv(&mut buf).expect("a DNS answer");
     let answer = hickory_proto::op::Message::from_vec(&buf[..n]).expect("message");
     answer
-        .answers()
+        .answers
         .iter()
-        .find_map(|r| match r.data() {
-            Some(hickory_proto::rr::RData::A(a)) => Some(a.0),
+        .find_map(|r| match &r.data {
+            hickory_proto::rr::RData::A(a) => Some(a.0),
             _ => None,
         })
         .unwrap_or_else(|| panic!("{name} has its virtual IP: {answer:?}"))

@@ -221,7 +221,7 @@ fn every_system_call_meshd_makes_is_allowed_by_the_units_filter() {
     assert_eq!(line, "hello\n");
 
     // DNS over UDP and TCP, an admin write, then the drain.
-    assert_eq!(n2.dig("echo.mesh.", RecordType::A, true).response_code(), ResponseCode::NoError);
+    assert_eq!(n2.dig("echo.mesh.", RecordType::A, true).metadata.response_code, ResponseCode::NoError);
     let mut tcp = TcpStream::connect(n1.dns_addr()).expect("DNS over TCP");
     let query = [
         0u8, 17, 0, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 4, b'e', b'c', b'h', b'o', 4, b'm', b'e', b's', b'h', 0, 0, 1, 0,

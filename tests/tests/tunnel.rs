@@ -307,7 +307,7 @@ fn a_removed_node_leaves_routing_and_dns_at_once_and_stops_dialling() {
         echo["instances"].as_array().expect("instances").iter().filter_map(|i| i["node"].as_str()).collect();
     assert_eq!(nodes, ["node-2"], "the removed node's instance leaves the listing: {echo}");
     let srv = n1.dig("_tcp._tcp.echo.mesh.", hickory_proto::rr::RecordType::SRV, false);
-    let targets: Vec<String> = srv.answers().iter().filter_map(|r| r.data().map(|d| d.to_string())).collect();
+    let targets: Vec<String> = srv.answers.iter().map(|r| r.data.to_string()).collect();
     assert!(targets.iter().all(|t| !t.contains("node-3")), "no SRV target on node-3: {targets:?}");
     for _ in 0..20 {
         assert_eq!(connect(addr).0, "b2", "no connection to the removed node");

@@ -65,12 +65,13 @@ fn stock_pair() -> (quinn::Endpoint, quinn::Endpoint, SocketAddr) {
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     let ca = ca_params.self_signed(&ca_key).expect("ca");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
     let leaf = |name: &str| {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
         let mut p = rcgen::CertificateParams::new(vec![name.to_owned()]).expect("params");
         p.extended_key_usages =
             vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-        let cert = p.signed_by(&key, &ca, &ca_key).expect("leaf");
+        let cert = p.signed_by(&key, &issuer).expect("leaf");
         (cert.der().clone(), PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())))
     };
     let mut roots = rustls::RootCertStore::empty();

@@ -106,11 +106,12 @@ fn pki(dir: &Path) -> Pki {
     ca.distinguished_name.push(DnType::CommonName, "bench ca");
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let ca_cert = ca.self_signed(&ca_key).expect("ca");
+    let issuer = rcgen::Issuer::new(ca, ca_key);
     let issue = |name: &str| {
         let key = KeyPair::generate().expect("key");
         let mut params = CertificateParams::new(vec![name.to_owned()]).expect("params");
         params.distinguished_name.push(DnType::CommonName, name);
-        let cert = params.signed_by(&key, &ca_cert, &ca_key).expect("cert");
+        let cert = params.signed_by(&key, &issuer).expect("cert");
         (cert.pem(), key.serialize_pem())
     };
     let (server_cert, server_key) = issue("server");

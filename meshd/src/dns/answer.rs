@@ -34,7 +34,7 @@ pub struct Zone {
 }
 
 impl Zone {
-    pub fn new(domain: &str, ttl: u32) -> Result<Zone, hickory_proto::error::ProtoError> {
+    pub fn new(domain: &str, ttl: u32) -> Result<Zone, hickory_proto::ProtoError> {
         let mut domain = Name::from_ascii(domain)?.to_lowercase();
         domain.set_fqdn(true);
         Ok(Zone { domain, ttl })
@@ -112,7 +112,7 @@ impl Zone {
                         RData::SRV(SRV::new(0, 1, i.port, target.clone())),
                     ));
                     if let Some(IpAddr::V4(ip)) = snap.members.iter().find(|m| m.name == i.node).map(|m| m.addr.ip()) {
-                        if !additionals.iter().any(|r: &Record| r.name() == &target) {
+                        if !additionals.iter().any(|r: &Record| r.name == target) {
                             additionals.push(Record::from_rdata(target, self.ttl, RData::A(A(ip))));
                         }
                     }

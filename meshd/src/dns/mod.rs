@@ -145,7 +145,7 @@ impl Responder {
     /// The full path: hickory-proto's decoder, the zone's decision, its encoder.
     fn respond_decoded(&self, answers: &Answers, query: &[u8], transport: Transport, out: &mut Vec<u8>) -> bool {
         let request = match Message::from_vec(query) {
-            Ok(m) if m.message_type() == MessageType::Query => m,
+            Ok(m) if m.metadata.message_type == MessageType::Query => m,
             // Never answer a response: two servers would bounce errors forever.
             Ok(_) => {
                 self.metrics.dropped.inc();
@@ -153,28 +153,27 @@ impl Responder {
             }
             Err(_) => return self.format_error(query, out),
         };
-        let mut response = Message::new();
-        response
-            .set_id(request.id())
-            .set_message_type(MessageType::Response)
-            .set_op_code(request.op_code())
-            .set_authoritative(true)
-            .set_recursion_desired(request.recursion_desired());
+        let mut response = Message::response(request.metadata.id, request.metadata.op_code);
+        response.metadata.authoritative = true;
+        response.metadata.recursion_desired = request.metadata.recursion_desired;
         let limit = match transport {
-            Transport::Udp => packet::udp_limit(request.extensions().as_ref().map(|e| e.max_payload())),
+            Transport::Udp => packet::udp_limit(request.edns.as_ref().map(|e| e.max_payload())),
             Transport::Tcp => usize::from(u16::MAX),
         };
-        if let Some(theirs) = request.extensions() {
+        if let Some(theirs) = &request.edns {
             response.set_edns(our_edns());
             if theirs.version() > 0 {
-                return self.finish(response.set_response_code(ResponseCode::BADVERS), RecordType::OPT, limit, out);
+                response.metadata.response_code = ResponseCode::BADVERS;
+                return self.finish(&mut response, RecordType::OPT, limit, out);
             }
         }
-        if request.op_code() != OpCode::Query {
-            return self.finish(response.set_response_code(ResponseCode::NotImp), RecordType::Unknown(0), limit, out);
+        if request.metadata.op_code != OpCode::Query {
+            response.metadata.response_code = ResponseCode::NotImp;
+            return self.finish(&mut response, RecordType::Unknown(0), limit, out);
         }
-        let [query] = request.queries() else {
-            return self.finish(response.set_response_code(ResponseCode::FormErr), RecordType::Unknown(0), limit, out);
+        let [query] = request.queries.as_slice() else {
+            response.metadata.response_code = ResponseCode::FormErr;
+            return self.finish(&mut response, RecordType::Unknown(0), limit, out);
         };
         response.add_query(query.clone());
         let decision = if query.query_class() == DNSClass::IN {
@@ -200,10 +199,10 @@ impl Responder {
             }
         };
         if bytes.len() > limit {
-            response.take_answers();
-            response.take_name_servers();
-            response.take_additionals();
-            response.set_truncated(true);
+            response.answers.clear();
+            response.authorities.clear();
+            response.additionals.clear();
+            response.metadata.truncation = true;
             match response.to_vec() {
                 Ok(b) if b.len() <= limit => bytes = b,
                 _ => {
@@ -212,7 +211,7 @@ impl Responder {
                 }
             }
         }
-        self.metrics.counter(qtype, response.response_code()).inc();
+        self.metrics.counter(qtype, response.metadata.response_code).inc();
         out.clear();
         out.extend_from_slice(&bytes);
         true
@@ -241,15 +240,16 @@ impl Responder {
 fn fill(zone: &Zone, response: &mut Message, decision: Answer) {
     match decision {
         Answer::Refused => {
-            response.set_response_code(ResponseCode::Refused);
+            response.metadata.response_code = ResponseCode::Refused;
         }
         Answer::NxDomain => {
-            response.set_response_code(ResponseCode::NXDomain).add_name_server(zone.soa());
+            response.metadata.response_code = ResponseCode::NXDomain;
+            response.add_authority(zone.soa());
         }
         Answer::Records { answers, additionals } => {
             if answers.is_empty() {
                 // NODATA: the SOA tells caches how long to remember the absence.
-                response.add_name_server(zone.soa());
+                response.add_authority(zone.soa());
             }
             response.add_answers(answers).add_additionals(additionals);
         }
@@ -353,11 +353,11 @@ impl Answers {
                     0 => first.clone(),
                     k => zone.answer(&self.snap, &self.vips, &lower, qtype, k),
                 };
-                let mut response = Message::new();
-                response.set_message_type(MessageType::Response).set_authoritative(true);
+                let mut response = Message::response(0, OpCode::Query);
+                response.metadata.authoritative = true;
                 response.add_query(Query::query(name.clone(), qtype));
                 fill(zone, &mut response, decision);
-                rcode = response.response_code();
+                rcode = response.metadata.response_code;
                 match response.to_vec() {
                     Ok(bytes) => encoded.push(bytes),
                     Err(_) => break,

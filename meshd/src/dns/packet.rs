@@ -158,7 +158,7 @@ pub fn copy_response(template: &[u8], query: &[u8], q: &Question, out: &mut Vec<
 mod tests {
     use super::*;
     use crate::dns::tests::query;
-    use hickory_proto::op::{Message, MessageType, Query};
+    use hickory_proto::op::{Message, Query};
     use hickory_proto::rr::{Name, RecordType};
 
     #[test]
@@ -259,8 +259,8 @@ mod tests {
 
     #[test]
     fn a_copied_response_carries_the_queries_id_rd_case_and_edns() {
-        let mut template = Message::new();
-        template.set_message_type(MessageType::Response).set_authoritative(true);
+        let mut template = Message::response(0, hickory_proto::op::OpCode::Query);
+        template.metadata.authoritative = true;
         template.add_query(Query::query(Name::from_ascii("reviews.mesh.").expect("name"), RecordType::A));
         let template = template.to_vec().expect("encode");
         assert_eq!(key_of(&template).as_deref(), Some(&b"\x07reviews\x04mesh\x00\x00\x01"[..]));
@@ -271,9 +271,9 @@ mod tests {
         copy_response(&template, &p, &q, &mut out);
         assert_eq!(out.len(), copy_len(&template, &q));
         let m = Message::from_vec(&out).expect("a DNS message");
-        assert_eq!(m.id(), 7);
-        assert!(m.recursion_desired() && m.authoritative());
-        assert_eq!(m.queries()[0].name().to_ascii(), "REVIEWS.mesh.");
-        assert_eq!(m.extensions().as_ref().map(|e| e.max_payload()), Some(UDP_EDNS));
+        assert_eq!(m.metadata.id, 7);
+        assert!(m.metadata.recursion_desired && m.metadata.authoritative);
+        assert_eq!(m.queries[0].name().to_ascii(), "REVIEWS.mesh.");
+        assert_eq!(m.edns.as_ref().map(|e| e.max_payload()), Some(UDP_EDNS));
     }
 }

@@ -53,8 +53,8 @@ fn responder(snap: Arc<Snapshot>, vips: &[(&str, [u8; 4])]) -> Responder {
 
 /// A query as resolvers send it: ID 7, RD set, optionally EDNS with `edns` bytes.
 pub(super) fn query(name: &str, qtype: RecordType, edns: Option<u16>) -> Vec<u8> {
-    let mut m = Message::new();
-    m.set_id(7).set_recursion_desired(true);
+    let mut m = Message::new(7, hickory_proto::op::MessageType::Query, hickory_proto::op::OpCode::Query);
+    m.metadata.recursion_desired = true;
     m.add_query(Query::query(Name::from_ascii(name).expect("name"), qtype));
     if let Some(size) = edns {
         let mut e = Edns::new();
@@ -96,9 +96,9 @@ fn copied_answers_equal_the_decoded_ones_for_every_name_and_type() {
         }
     }
     let m = ask(&r, "ReViEwS.mesh.", RecordType::A, None, Transport::Udp);
-    assert_eq!((m.id(), m.recursion_desired(), m.authoritative()), (7, true, true));
-    assert_eq!(m.queries()[0].name().to_ascii(), "ReViEwS.mesh.", "the case as asked");
-    assert_eq!(m.answers()[0].data(), Some(&RData::A(hickory_proto::rr::rdata::A::new(127, 77, 0, 1))));
+    assert_eq!((m.metadata.id, m.metadata.recursion_desired, m.metadata.authoritative), (7, true, true));
+    assert_eq!(m.queries[0].name().to_ascii(), "ReViEwS.mesh.", "the case as asked");
+    assert_eq!(Some(&m.answers[0].data), Some(&RData::A(hickory_proto::rr::rdata::A::new(127, 77, 0, 1))));
 }
 
 #[test]
@@ -107,8 +107,8 @@ fn passthrough_answers_rotate_through_every_instance() {
     let mut firsts = std::collections::BTreeSet::new();
     for _ in 0..8 {
         let m = ask(&r, "db.mesh.", RecordType::A, None, Transport::Udp);
-        assert_eq!(m.answers().len(), 4);
-        firsts.insert(m.answers()[0].data().cloned().map(|d| d.to_string()));
+        assert_eq!(m.answers.len(), 4);
+        firsts.insert(Some(m.answers[0].data.to_string()));
     }
     assert_eq!(firsts.len(), 4, "each instance comes first in turn: {firsts:?}");
 }
@@ -123,16 +123,16 @@ fn an_answer_too_big_for_udp_is_truncated_and_whole_over_tcp() {
             assert!(r.respond(&query(name, qtype, edns), Transport::Udp, &mut out));
             assert!(out.len() <= packet::udp_limit(edns), "{name}: {} bytes", out.len());
             let m = Message::from_vec(&out).expect("message");
-            assert!(m.truncated(), "{name} edns={edns:?}: TC set");
-            assert!(m.answers().is_empty() && m.additionals().is_empty());
-            assert_eq!(m.extensions().is_some(), edns.is_some(), "EDNS kept when asked");
+            assert!(m.metadata.truncation, "{name} edns={edns:?}: TC set");
+            assert!(m.answers.is_empty() && m.additionals.is_empty());
+            assert_eq!(m.edns.is_some(), edns.is_some(), "EDNS kept when asked");
         }
         let m = ask(&r, name, qtype, None, Transport::Tcp);
-        assert!(!m.truncated());
-        assert_eq!(m.answers().len(), 100, "{name}: every instance over TCP");
+        assert!(!m.metadata.truncation);
+        assert_eq!(m.answers.len(), 100, "{name}: every instance over TCP");
     }
     let srv = ask(&r, "_http._tcp.reviews.mesh.", RecordType::SRV, None, Transport::Tcp);
-    assert_eq!(srv.additionals().len(), 100, "glue for each node");
+    assert_eq!(srv.additionals.len(), 100, "glue for each node");
 }
 
 #[test]
@@ -140,7 +140,8 @@ fn errors_have_their_codes_and_responses_are_never_answered() {
     let r = responder(snapshot(1, &[REVIEWS]), &[("reviews", [127, 77, 0, 1])]);
     let code = |packet: &[u8]| {
         let mut out = Vec::new();
-        r.respond(packet, Transport::Udp, &mut out).then(|| Message::from_vec(&out).expect("message").response_code())
+        r.respond(packet, Transport::Udp, &mut out)
+            .then(|| Message::from_vec(&out).expect("message").metadata.response_code)
     };
     assert_eq!(code(&query("nope.mesh.", RecordType::A, None)), Some(ResponseCode::NXDomain));
     assert_eq!(code(&query("example.com.", RecordType::A, None)), Some(ResponseCode::Refused));
@@ -172,12 +173,15 @@ fn errors_have_their_codes_and_responses_are_never_answered() {
 #[test]
 fn an_update_swaps_in_the_new_names() {
     let r = responder(snapshot(1, &[]), &[]);
-    assert_eq!(ask(&r, "reviews.mesh.", RecordType::A, None, Transport::Udp).response_code(), ResponseCode::NXDomain);
+    assert_eq!(
+        ask(&r, "reviews.mesh.", RecordType::A, None, Transport::Udp).metadata.response_code,
+        ResponseCode::NXDomain
+    );
     let vips: VipMap = Arc::new([("reviews".to_owned(), Ipv4Addr::new(127, 77, 0, 9))].into_iter().collect());
     r.update(snapshot(1, &[REVIEWS]), vips);
     let m = ask(&r, "reviews.mesh.", RecordType::A, None, Transport::Udp);
-    assert_eq!(m.response_code(), ResponseCode::NoError);
-    assert_eq!(m.answers().len(), 1);
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(m.answers.len(), 1);
 }
 
 #[test]

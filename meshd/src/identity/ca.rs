@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType, SerialNumber, PKCS_ECDSA_P256_SHA256,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber, PKCS_ECDSA_P256_SHA256,
 };
 use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer};
 
@@ -28,8 +28,8 @@ pub enum CaError {
 /// The CA's certificate and, on a signer, its key.
 pub struct Ca {
     pub der: CertificateDer<'static>,
-    /// The rcgen view of the CA certificate, for signing (same name and key as `der`).
-    issuer: Option<(rcgen::Certificate, KeyPair)>,
+    /// The rcgen issuer: the CA certificate's name and key identifier, and its key.
+    issuer: Option<Issuer<'static, KeyPair>>,
 }
 
 impl Ca {
@@ -49,7 +49,7 @@ impl Ca {
         params.not_after = (now + CA_LIFETIME).into();
         params.serial_number = Some(random_serial());
         let cert = params.self_signed(&key)?;
-        Ok(Ca { der: cert.der().clone(), issuer: Some((cert, key)) })
+        Ok(Ca { der: cert.der().clone(), issuer: Some(Issuer::new(params, key)) })
     }
 
     /// The CA as a non-signer holds it: the certificate alone.
@@ -60,8 +60,8 @@ impl Ca {
     /// The CA with its key (PKCS#8 DER), as a signer holds it.
     pub fn with_key(der: CertificateDer<'static>, key_der: &[u8]) -> Result<Ca, CaError> {
         let key = KeyPair::try_from(key_der)?;
-        let cert = CertificateParams::from_ca_cert_der(&der)?.self_signed(&key)?;
-        Ok(Ca { der, issuer: Some((cert, key)) })
+        let issuer = Issuer::from_ca_cert_der(&der, key)?;
+        Ok(Ca { der, issuer: Some(issuer) })
     }
 
     pub fn is_signer(&self) -> bool {
@@ -70,17 +70,17 @@ impl Ca {
 
     /// The CA key as PKCS#8 DER, for files and `--signer` joins.
     pub fn key_der(&self) -> Option<Vec<u8>> {
-        self.issuer.as_ref().map(|(_, k)| k.serialize_der())
+        self.issuer.as_ref().map(|i| i.key().serialize_der())
     }
 
     /// Issues a node certificate for `id`, valid for `ttl`, for the key in `csr`.
     /// None when this node is not a signer.
     pub fn issue(&self, csr: &[u8], id: &SpiffeId, ttl: Duration) -> Result<Option<CertificateDer<'static>>, CaError> {
-        let Some((ca_cert, ca_key)) = &self.issuer else { return Ok(None) };
+        let Some(issuer) = &self.issuer else { return Ok(None) };
         let csr = CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr.to_vec()))
             .map_err(|e| CaError::BadCsr(e.to_string()))?;
         let params = node_params(id, ttl)?;
-        let cert = params.signed_by(&csr.public_key, ca_cert, ca_key)?;
+        let cert = params.signed_by(&csr.public_key, issuer)?;
         Ok(Some(cert.der().clone()))
     }
 }
@@ -150,7 +150,10 @@ mod tests {
         assert!(life > Duration::from_secs(3590) && life <= Duration::from_secs(3600));
         assert_eq!(
             info.key_hash,
-            cert::hex(ring::digest::digest(&ring::digest::SHA256, &key.public_key_der()).as_ref())
+            cert::hex(
+                ring::digest::digest(&ring::digest::SHA256, &rcgen::PublicKeyData::subject_public_key_info(&key))
+                    .as_ref()
+            )
         );
     }
 

@@ -234,7 +234,10 @@ impl Identity {
 
     /// SHA-256 of this node's public key, hex (what revocations name).
     pub fn key_hash(&self) -> String {
-        cert::hex(ring::digest::digest(&ring::digest::SHA256, &self.key.public_key_der()).as_ref())
+        cert::hex(
+            ring::digest::digest(&ring::digest::SHA256, &rcgen::PublicKeyData::subject_public_key_info(&self.key))
+                .as_ref(),
+        )
     }
 
     /// Installs a renewed certificate: checks it, writes it durably, then swaps it in.

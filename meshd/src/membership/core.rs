@@ -73,7 +73,7 @@ impl Params {
         c.max_transmissions =
             std::num::NonZeroU8::new(retransmits.ceil().clamp(1.0, 255.0) as u8).unwrap_or(std::num::NonZeroU8::MIN);
         c.suspect_to_down_after = self.probe_period.mul_f64(self.suspicion_mult * node_scale);
-        c.remove_down_after = self.remember_down;
+        c.remove_down_after = Some(self.remember_down);
         c.max_packet_size = std::num::NonZeroUsize::new(self.max_datagram).unwrap_or(std::num::NonZeroUsize::MIN);
         c.notify_down_members = true;
         c.periodic_gossip = Some(foca::PeriodicParams {

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use foca::{Foca, PostcardCodec, Timer};
 use mesh_proto::api::MemberState;
-use rand::{Rng, SeedableRng};
+use rand::RngExt;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -133,7 +133,7 @@ impl Driver {
         let swim: Swim = Foca::with_custom_broadcast(
             inputs.me.clone(),
             inputs.params.foca_config(1),
-            rand::rngs::SmallRng::from_os_rng(),
+            rand::make_rng::<rand::rngs::SmallRng>(),
             PostcardCodec,
             handler.clone(),
         );
@@ -142,7 +142,7 @@ impl Driver {
             inputs,
             swim,
             handler,
-            rng: rand::rngs::SmallRng::from_os_rng(),
+            rng: rand::make_rng::<rand::rngs::SmallRng>(),
             timers: BTreeMap::new(),
             seq: 0,
             dialled_tx,

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use foca::{Foca, PostcardCodec, Timer};
 use mesh_proto::wire::{self, MeshRequest};
 use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
+use rand::{RngExt, SeedableRng};
 
 use super::core::{encode_item, Change, Handler, Item, MemberId, Output, Params, Swim};
 use super::sync::{self, Callee, Caller};

@@ -321,7 +321,7 @@ async fn handle(proxy: &Arc<Proxy>, dest: &Destination, req: Request<Incoming>) 
 }
 
 fn roll(proxy: &Proxy, n: u64) -> u64 {
-    let r: u64 = rand::Rng::random(&mut *proxy.rng.lock().unwrap_or_else(|p| p.into_inner()));
+    let r: u64 = rand::RngExt::random(&mut *proxy.rng.lock().unwrap_or_else(|p| p.into_inner()));
     r % n
 }
 

@@ -193,7 +193,7 @@ impl Proxy {
             metrics,
             connect_timeout,
             max_connections,
-            rng: Mutex::new(rand::SeedableRng::from_os_rng()),
+            rng: Mutex::new(rand::make_rng()),
             budget: Mutex::default(),
             ejections: Mutex::default(),
             mirrors: Arc::new(tokio::sync::Semaphore::new(http::MIRRORS)),
@@ -342,7 +342,7 @@ pub async fn run(
 
 /// A random W3C trace id (16 bytes, hex).
 fn trace_id(proxy: &Proxy) -> String {
-    use rand::Rng;
+    use rand::RngExt;
     let bytes: [u8; 16] = proxy.rng.lock().unwrap_or_else(|p| p.into_inner()).random();
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(32);

@@ -64,7 +64,7 @@ async fn connection(proxy: &Proxy, mut client: TcpStream, dest: &Destination) {
     let source = client.peer_addr().map_or_else(|_| "-".to_owned(), |a| a.to_string());
     let trace_id = super::trace_id(proxy);
     let tables = proxy.tables.load_full();
-    let roll: u64 = rand::Rng::random(&mut *proxy.rng.lock().unwrap_or_else(|p| p.into_inner()));
+    let roll: u64 = rand::RngExt::random(&mut *proxy.rng.lock().unwrap_or_else(|p| p.into_inner()));
     let (candidates, subset) = tables.route_tcp(&dest.name, roll);
     let loads: Vec<_> = candidates.iter().map(|t| proxy.load_of(&InstanceKey::of(t))).collect();
     let mut tried = Vec::new();

@@ -13,7 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use mesh_proto::route::{Destination, RouteSpec};
 use mesh_proto::service::ServiceName;
-use rand::Rng;
+use rand::RngExt;
 
 use crate::state::Snapshot;
 
@@ -179,7 +179,7 @@ pub fn weighted<'a>(items: &[(&'a str, u64)], roll: u64) -> Option<&'a str> {
 /// Power of two choices: two candidates at random (not in `tried`), the one with fewer
 /// open connections. `load` gives a candidate's open connections. None when every
 /// candidate has been tried.
-pub fn pick_p2c<R: Rng>(count: usize, tried: &[usize], load: impl Fn(usize) -> usize, rng: &mut R) -> Option<usize> {
+pub fn pick_p2c<R: RngExt>(count: usize, tried: &[usize], load: impl Fn(usize) -> usize, rng: &mut R) -> Option<usize> {
     let left: Vec<usize> = (0..count).filter(|i| !tried.contains(i)).collect();
     match left.len() {
         0 => None,

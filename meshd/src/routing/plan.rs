@@ -12,7 +12,7 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use mesh_proto::route::{Budget, HttpRule, RetryOn};
-use rand::Rng;
+use rand::RngExt;
 
 use super::{pick_p2c, Tables, Target};
 
@@ -242,7 +242,7 @@ impl Ejections {
 /// available) one not `tried` yet if there is one, by power of two choices on `load`.
 /// Also returns the subset chosen.
 #[allow(clippy::too_many_arguments)]
-pub fn choose<'t, R: Rng>(
+pub fn choose<'t, R: RngExt>(
     tables: &'t Tables,
     service: &str,
     pinned: Option<&str>,
