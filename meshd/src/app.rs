@@ -302,7 +302,7 @@ impl Bound {
         };
         tasks.spawn(crate::peer::server::dispatch(joins_rx, g.conns, members_tx, services, watcher.clone()));
         let inputs = membership::Inputs {
-            me: membership::core::MemberId { name: self.node_name.clone(), addr: self.advertise, bump: g.bump },
+            me: membership::core::MemberId { name: self.node_name.as_str().into(), addr: self.advertise, bump: g.bump },
             params: g.params,
             sync_interval: g.sync_interval,
             reap_after: g.reap_after,

@@ -47,7 +47,7 @@ pub fn store_entry(data: &[u8]) {
 /// A gossip datagram from an authenticated peer named "peer": the sender check, then
 /// foca itself with our codec and broadcast handler.
 pub fn gossip_datagram(data: &[u8]) {
-    let me = MemberId { name: "me".to_owned(), addr: ([198, 18, 0, 1], 7946).into(), bump: 1 };
+    let me = MemberId { name: "me".into(), addr: ([198, 18, 0, 1], 7946).into(), bump: 1 };
     if core::check_sender(data, "peer", 1150).is_err() {
         return;
     }

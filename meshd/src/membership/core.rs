@@ -21,19 +21,21 @@ use crate::store::View;
 /// that supersedes its old one instead of being confused with it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct MemberId {
-    pub name: String,
+    /// Shared, not copied: foca asks for a member's [`foca::Identity::addr`] (its name)
+    /// at every comparison, thousands of times per datagram in a large mesh.
+    pub name: Arc<str>,
     pub addr: SocketAddr,
     pub bump: u64,
 }
 
 impl foca::Identity for MemberId {
-    type Addr = String;
+    type Addr = Arc<str>;
 
     fn renew(&self) -> Option<Self> {
         Some(MemberId { bump: self.bump.wrapping_add(1), ..self.clone() })
     }
 
-    fn addr(&self) -> String {
+    fn addr(&self) -> Arc<str> {
         self.name.clone()
     }
 
@@ -287,8 +289,8 @@ pub fn check_sender(data: &[u8], peer: &str, max: usize) -> Result<(), Dropped> 
     let header: foca::Header<MemberId> =
         Codec::<MemberId>::decode_header(&mut PostcardCodec, &mut buf).map_err(|_| Dropped::Malformed)?;
     let _ = buf.remaining();
-    if header.src.name != peer {
-        return Err(Dropped::Impostor { claimed: header.src.name, actual: peer.to_owned() });
+    if *header.src.name != *peer {
+        return Err(Dropped::Impostor { claimed: header.src.name.to_string(), actual: peer.to_owned() });
     }
     Ok(())
 }

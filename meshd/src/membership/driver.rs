@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 use super::core::{self, encode_item, Change, Handler, Item, MemberId, Output, Swim};
 use super::reap::{self, Gone};
-use super::sync::MemberList;
+use super::sync::{self, MemberList};
 use super::{alone_warning, Heard, Inputs};
 use crate::drain::DrainWatcher;
 use crate::peer::client;
@@ -77,7 +77,7 @@ pub async fn run(
         tokio::select! {
             Some(peer) = connections.recv() => { readers.spawn(read_datagrams(peer, dgram_tx.clone())); }
             Some((name, data)) = dgrams.recv() => d.on_datagram(&name, &data, &mut out),
-            Some(list) = member_lists.recv() => { let _ = d.swim.apply_many(list.into_iter(), true, &mut out); }
+            Some(list) = member_lists.recv() => d.on_member_list(list, &mut out),
             Some(outcome) = dialled.recv() => d.on_dialled(outcome, &mut out),
             Some(entry) = local_writes.recv() => d.on_local_write(entry, &mut out),
             _ = async { tokio::time::sleep_until(next_timer.unwrap_or_else(Instant::now)).await }, if next_timer.is_some() => {
@@ -166,7 +166,7 @@ impl Driver {
                 let mut backoff = Duration::from_millis(100);
                 for _ in 0..20 {
                     if let Ok(peer) = transport.dial(seed).await {
-                        let id = MemberId { name: peer.name().to_owned(), addr: seed, bump: 0 };
+                        let id = MemberId { name: peer.name().into(), addr: seed, bump: 0 };
                         let _ = tx.send(Dialled::Seed(id)).await;
                         return;
                     }
@@ -194,6 +194,14 @@ impl Driver {
         }
     }
 
+    /// A peer's member list from a sync exchange: what is news to SWIM is applied.
+    fn on_member_list(&mut self, list: MemberList, out: &mut Output) {
+        let news = sync::news(&self.swim, list);
+        if !news.is_empty() {
+            let _ = self.swim.apply_many(news.into_iter(), true, &mut *out);
+        }
+    }
+
     fn on_dialled(&mut self, outcome: Dialled, out: &mut Output) {
         match outcome {
             Dialled::Seed(id) => {
@@ -201,7 +209,7 @@ impl Driver {
                 self.seed_ids.push(id);
             }
             Dialled::Ready(id, data) => {
-                self.dialling.remove(&id.name);
+                self.dialling.remove(&*id.name);
                 self.send(&id, data);
             }
             Dialled::Failed(name) => {
@@ -239,7 +247,7 @@ impl Driver {
     /// Members foca counts as active, less those removed from the mesh.
     fn active_members(&self) -> Vec<MemberId> {
         let parts = self.snapshots.borrow().parts.clone();
-        self.swim.iter_members().map(|m| m.id().clone()).filter(|m| !parts.removed.contains(&m.name)).collect()
+        self.swim.iter_members().map(|m| m.id().clone()).filter(|m| !parts.removed.contains(&*m.name)).collect()
     }
 
     fn sync_with_random_member(&mut self) {
@@ -358,7 +366,7 @@ impl Driver {
     fn leave(&mut self) {
         let mut out = Output::default();
         let me = &self.inputs.me;
-        let _ = self.swim.add_broadcast(&encode_item(&Item::Left { name: me.name.clone(), bump: me.bump }));
+        let _ = self.swim.add_broadcast(&encode_item(&Item::Left { name: me.name.to_string(), bump: me.bump }));
         let _ = self.swim.leave_cluster(&mut out);
         let _ = self.swim.broadcast(&mut out);
         self.flush(&mut out, |_| false);
@@ -377,18 +385,18 @@ impl Driver {
                 self.inputs.metrics.drop("removed");
             } else if self.inputs.transport.peer_named(&to.name).is_some() {
                 self.send(&to, data);
-            } else if self.dialling.insert(to.name.clone()) {
+            } else if self.dialling.insert(to.name.to_string()) {
                 // Dial in the background; the datagram goes once connected.
                 let transport = self.inputs.transport.clone();
                 let tx = self.dialled_tx.clone();
                 self.work.spawn(async move {
                     let outcome = match transport.dial(to.addr).await {
-                        Ok(peer) if peer.name() == to.name => Dialled::Ready(to, data),
+                        Ok(peer) if peer.name() == &*to.name => Dialled::Ready(to, data),
                         Ok(peer) => {
                             tracing::warn!(expected = %to.name, found = %peer.name(), addr = %to.addr, "another node answers at a member's address");
-                            Dialled::Failed(to.name)
+                            Dialled::Failed(to.name.to_string())
                         }
-                        Err(_) => Dialled::Failed(to.name),
+                        Err(_) => Dialled::Failed(to.name.to_string()),
                     };
                     let _ = tx.send(outcome).await;
                 });
@@ -427,8 +435,8 @@ async fn read_datagrams(peer: Peer, tx: mpsc::Sender<Datagram>) {
 /// Members as this node sees them: itself, then foca's view, sorted by name.
 fn member_list(swim: &Swim, me: &MemberId, handler: &Handler) -> List {
     let shared = handler.lock();
-    let mut list = vec![(me.name.clone(), MemberState::Alive, me.addr)];
-    let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut list = vec![(me.name.to_string(), MemberState::Alive, me.addr)];
+    let mut seen: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
     for m in swim.iter_membership_state() {
         let id = m.id();
         if id.name == me.name {
@@ -441,12 +449,12 @@ fn member_list(swim: &Swim, me: &MemberId, handler: &Handler) -> List {
             foca::State::Down => MemberState::Dead,
         };
         // A restarted member appears twice (old bump down, new alive): keep the newest.
-        match seen.get(&id.name) {
+        match seen.get(&*id.name) {
             Some(&i) if list[i].1 == MemberState::Alive => {}
-            Some(&i) => list[i] = (id.name.clone(), state, id.addr),
+            Some(&i) => list[i] = (id.name.to_string(), state, id.addr),
             None => {
-                seen.insert(id.name.clone(), list.len());
-                list.push((id.name.clone(), state, id.addr));
+                seen.insert(&id.name, list.len());
+                list.push((id.name.to_string(), state, id.addr));
             }
         }
     }

@@ -107,7 +107,7 @@ impl Sim {
     }
 
     fn fresh_node(&self, i: usize, bump: u64, cluster: usize) -> SimNode {
-        let id = MemberId { name: format!("n{i}"), addr: addr(i), bump };
+        let id = MemberId { name: format!("n{i}").into(), addr: addr(i), bump };
         let handler = Handler::default();
         let rng = SmallRng::seed_from_u64(self.seed ^ (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ bump);
         let swim = Foca::with_custom_broadcast(
@@ -312,7 +312,9 @@ impl Sim {
         n.members.0.clone()
     }
 
+    /// A peer's member list arrived at `node`: what is news is applied, as the driver does.
     fn apply_members(&mut self, node: usize, list: sync::MemberList) {
+        let list = sync::news(&self.nodes[node].swim, list);
         if list.is_empty() {
             return;
         }
@@ -329,21 +331,18 @@ impl Sim {
 
     /// The fewest live members any live member knows as active.
     pub fn min_known(&self) -> usize {
-        let live: HashSet<&str> = self.nodes.iter().filter(|n| n.alive).map(|n| n.id.name.as_str()).collect();
+        let live: HashSet<&str> = self.nodes.iter().filter(|n| n.alive).map(|n| &*n.id.name).collect();
         self.nodes
             .iter()
             .filter(|n| n.alive)
-            .map(|n| n.swim.iter_members().filter(|m| live.contains(m.id().name.as_str())).count())
+            .map(|n| n.swim.iter_members().filter(|m| live.contains(&*m.id().name)).count())
             .min()
             .unwrap_or(0)
     }
 
     fn no_dead_member_active(&self) -> bool {
-        let dead: HashSet<&str> = self.nodes.iter().filter(|n| !n.alive).map(|n| n.id.name.as_str()).collect();
-        self.nodes
-            .iter()
-            .filter(|n| n.alive)
-            .all(|n| n.swim.iter_members().all(|m| !dead.contains(m.id().name.as_str())))
+        let dead: HashSet<&str> = self.nodes.iter().filter(|n| !n.alive).map(|n| &*n.id.name).collect();
+        self.nodes.iter().filter(|n| n.alive).all(|n| n.swim.iter_members().all(|m| !dead.contains(&*m.id().name)))
     }
 
     /// What the driver does for a node that knows nobody (its announce was lost):
@@ -358,7 +357,10 @@ impl Sim {
 
     /// Whether `observer` holds `name` as down.
     pub fn sees_down(&self, observer: usize, name: &str) -> bool {
-        self.nodes[observer].swim.iter_membership_state().any(|m| m.id().name == name && m.state() == foca::State::Down)
+        self.nodes[observer]
+            .swim
+            .iter_membership_state()
+            .any(|m| &*m.id().name == name && m.state() == foca::State::Down)
     }
 
     /// Runs in steps of `step` until `done` holds: the virtual time it took, or None

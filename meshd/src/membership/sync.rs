@@ -115,6 +115,17 @@ pub fn decode_members(bytes: &[u8]) -> MemberList {
     list.into_iter().filter(|m| mesh_proto::is_dns_label(&m.id().name)).collect()
 }
 
+/// The members of a peer's list that would change what `swim` knows: those it holds
+/// with another incarnation or state, or not at all. Applying a member exactly as SWIM
+/// already holds it changes nothing, but costs foca a scan of its whole member list, so
+/// a full list applied as is costs O(N^2) at N members (measured: most of a 1,000-member
+/// simulation's time); this filter makes a list that brings no news O(N).
+pub fn news(swim: &Swim, list: MemberList) -> MemberList {
+    let known: std::collections::HashMap<&MemberId, &foca::Member<MemberId>> =
+        swim.iter_membership_state().map(|m| (m.id(), m)).collect();
+    list.into_iter().filter(|m| known.get(m.id()).is_none_or(|k| *k != m)).collect()
+}
+
 /// What one side of an exchange received: entries to merge, and how many did not decode.
 #[derive(Debug, Default)]
 pub struct Received {
