@@ -57,7 +57,7 @@ fn main() {
             clock += 1;
         }
         let publisher = Publisher::new(Snapshot::new("n0", members.clone()));
-        publisher.update(|s| s.store = Arc::new(view.clone()));
+        publisher.publish_view(&view);
         let zone = meshd::dns::answer::Zone::new("mesh", 5).expect("zone");
         let vips: meshd::dns::VipMap = Arc::new(
             (0..n)
@@ -75,9 +75,9 @@ fn main() {
             clock += 1;
             view.merge(Arc::new(Entry::next(current.as_deref(), &key, Some(value), Hlc::from_millis(clock), "w")));
 
-            let copy = Arc::new(view.clone());
+            let copy = view.clone();
             let t = Instant::now();
-            publisher.update(|s| s.store = copy.clone());
+            publisher.publish_view(&copy);
             publishing += t.elapsed();
             let snap = publisher.current();
 
@@ -93,8 +93,7 @@ fn main() {
             // The peer: everything from scratch.
             let t = Instant::now();
             let mut fresh = Snapshot::new("n0", members.clone());
-            fresh.store = copy;
-            fresh.derive();
+            fresh.derive(&copy);
             let fresh = Arc::new(fresh);
             let _ = meshd::routing::Tables::build(&fresh);
             let _ = meshd::dns::Answers::build(&zone, &metrics, fresh, vips.clone(), None);

@@ -6,7 +6,6 @@
 //! `cargo run --release -p mesh-bench --bin bench-store [-- WRITES]`
 
 use std::io::Write;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use meshd::state::{Publisher, Snapshot};
@@ -81,8 +80,8 @@ fn main() {
     let rounds = 200;
     let started = Instant::now();
     for _ in 0..rounds {
-        let copy = Arc::new(meshd::store::View::clone(&view));
-        publisher.update(|s| s.store = copy);
+        let copy = meshd::store::View::clone(&view);
+        publisher.publish_view(&copy);
     }
     let publish = started.elapsed() / rounds;
     println!("snapshot publish with {} entries: {:.3} ms", view.len(), publish.as_secs_f64() * 1e3);

@@ -217,6 +217,9 @@ async fn status(
     query: Result<Query<Blocking>, QueryRejection>,
 ) -> Result<Response, Error> {
     let snap = snapshot_for(&state, query, any_change).await?;
+    // The store's own view: at least as new as the snapshot (a write is published before
+    // it is acknowledged).
+    let view = state.store.view();
     let cert = state.identity.current();
     let body = api::Status {
         node: snap.node.clone(),
@@ -235,9 +238,9 @@ async fn status(
         },
         membership_warning: crate::membership::alone_warning(&snap, &state.seeds),
         store: Some(api::StoreStatus {
-            entries: snap.store.len() as u64,
-            bytes: snap.store.bytes(),
-            digest: format!("{:016x}", snap.store.digest().xor),
+            entries: view.len() as u64,
+            bytes: view.bytes(),
+            digest: format!("{:016x}", view.digest().xor),
         }),
         members: Some(count_members(&member_list(&state, &snap))),
         services: Some(crate::catalog::count(&snap)),

@@ -19,6 +19,15 @@ use crate::store::View;
 /// A snapshot of `nodes` members, each hosting an instance of every service in `specs`
 /// at the member's own address.
 fn snapshot(nodes: usize, specs: &[&str]) -> Arc<Snapshot> {
+    let (view, members) = store_of(nodes, specs);
+    let mut snap = Snapshot::new("n0", members);
+    snap.index = 1;
+    snap.derive(&view);
+    Arc::new(snap)
+}
+
+/// The store view and members behind [`snapshot`].
+fn store_of(nodes: usize, specs: &[&str]) -> (View, Vec<Member>) {
     let mut view = View::default();
     let mut members = Vec::new();
     for n in 0..nodes {
@@ -39,11 +48,7 @@ fn snapshot(nodes: usize, specs: &[&str]) -> Arc<Snapshot> {
             view.merge(Arc::new(Entry::next(None, &key, Some(value), Hlc::from_millis(1), &node)));
         }
     }
-    let mut snap = Snapshot::new("n0", members);
-    snap.index = 1;
-    snap.store = Arc::new(view);
-    snap.derive();
-    Arc::new(snap)
+    (view, members)
 }
 
 fn responder(snap: Arc<Snapshot>, vips: &[(&str, [u8; 4])]) -> Responder {
@@ -191,8 +196,9 @@ fn an_incremental_build_equals_a_full_one_and_keeps_the_unchanged_names() {
         "name = \"db\"\nport = 5432\npassthrough = true\n",
         "name = \"web\"\nport = 80\n",
     ];
-    let first = snapshot(3, &specs);
-    let publisher = crate::state::Publisher::new(Snapshot::clone(&first));
+    let (mut view, members) = store_of(3, &specs);
+    let publisher = crate::state::Publisher::new(Snapshot::new("n0", members));
+    publisher.publish_view(&view);
     let zone = Zone::new("mesh", 5).expect("zone");
     let metrics = Metrics::default();
     let vips: VipMap = Arc::new(
@@ -205,7 +211,6 @@ fn an_incremental_build_equals_a_full_one_and_keeps_the_unchanged_names() {
 
     // One instance of web turns unhealthy on n1.
     let key = InstanceRecord::key("n1", "web");
-    let mut view = View::clone(&publisher.current().store);
     let mut record = InstanceRecord::decode(view.get(&key).expect("held")).expect("record");
     record.healthy = false;
     let current = view.entry(&key).cloned();
@@ -216,7 +221,7 @@ fn an_incremental_build_equals_a_full_one_and_keeps_the_unchanged_names() {
         Hlc::from_millis(2),
         "n1",
     )));
-    publisher.update(|s| s.store = Arc::new(view));
+    publisher.publish_view(&view);
     let snap = publisher.current();
 
     let incremental = Answers::build(&zone, &metrics, snap.clone(), vips.clone(), Some(&before));

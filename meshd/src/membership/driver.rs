@@ -85,7 +85,9 @@ pub async fn run(
             }
             changed = d.snapshots.changed() => {
                 if changed.is_err() { break; }
-                let view = d.snapshots.borrow_and_update().store.clone();
+                d.snapshots.borrow_and_update();
+                // The store's own view: what this node holds (news is what it lacks).
+                let view = d.inputs.store.view();
                 d.handler.lock().set_view(view);
             }
             _ = sync_tick.tick() => d.sync_with_random_member(),

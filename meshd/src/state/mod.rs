@@ -31,9 +31,8 @@ pub struct Snapshot {
     /// Every member known, this node included. A removed node is `Left` here whatever
     /// gossip says, so its instances leave routing and DNS at once.
     pub members: Vec<Member>,
-    /// The replicated store's entries, as of this snapshot.
-    pub store: Arc<View>,
-    /// What the store view says, typed: instance records, routes, removed nodes.
+    /// What the replicated store says, typed: instance records, routes, revocations,
+    /// removed nodes. Readers never see store keys or bytes; the store keeps its own view.
     pub parts: Arc<model::StoreParts>,
     /// Every service with its instances, their health resolved against `members`.
     pub services: Arc<BTreeMap<String, Arc<model::Service>>>,
@@ -65,11 +64,11 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// Starts with `first` (its index is set to 1).
+    /// Starts with `first` (its index is set to 1; its services resolved from its parts).
     pub fn new(mut first: Snapshot) -> Publisher {
         first.index = 1;
         first.members_index = 1;
-        first.derive();
+        first.resolve();
         Publisher { tx: Arc::new(watch::Sender::new(Arc::new(first))) }
     }
 
@@ -81,7 +80,12 @@ impl Publisher {
     /// so a write is in the snapshot before it is acknowledged.
     pub fn store_sink(&self) -> impl Fn(Arc<View>) + Send + Sync + 'static {
         let publisher = self.clone();
-        move |view| publisher.update(|s| s.store = view)
+        move |view| publisher.publish_view(&view)
+    }
+
+    /// Publishes a new store view: its typed parts, decoded from what changed.
+    pub fn publish_view(&self, view: &View) {
+        self.publish(Some(view), |_| {});
     }
 
     /// The snapshot most recently published.
@@ -91,13 +95,17 @@ impl Publisher {
 
     /// Publishes a changed copy of the current snapshot, with the next index.
     pub fn update(&self, change: impl FnOnce(&mut Snapshot)) {
+        self.publish(None, change);
+    }
+
+    fn publish(&self, view: Option<&View>, change: impl FnOnce(&mut Snapshot)) {
         self.tx.send_modify(|current| {
             let mut next = Snapshot::clone(current);
             change(&mut next);
             next.index = current.index + 1;
-            let store_changed = !Arc::ptr_eq(&next.store, &current.store);
-            if store_changed {
-                next.parts = Arc::new(model::StoreParts::decode_after(&next.store, &current.parts));
+            let store_changed = view.is_some();
+            if let Some(view) = view {
+                next.parts = Arc::new(model::StoreParts::decode_after(view, &current.parts));
             }
             next.apply_removals();
             let members_changed = !same_members(&next.members, &current.members);
@@ -126,7 +134,6 @@ impl Snapshot {
             members_index: 0,
             node: node.to_owned(),
             members,
-            store: Arc::default(),
             parts: Arc::default(),
             services: Arc::default(),
         }
@@ -137,10 +144,15 @@ impl Snapshot {
         self.members.iter().any(|m| m.name == node && m.is_serving())
     }
 
-    /// Derives the typed parts from the store view and the members (what a publish does
-    /// for the parts that changed).
-    pub fn derive(&mut self) {
-        self.parts = Arc::new(model::StoreParts::decode(&self.store));
+    /// Derives the typed parts from a store view and the members, from scratch (a publish
+    /// derives only what changed).
+    pub fn derive(&mut self, view: &View) {
+        self.parts = Arc::new(model::StoreParts::decode(view));
+        self.resolve();
+    }
+
+    /// Resolves the services from the parts and the members, from scratch.
+    fn resolve(&mut self) {
         self.apply_removals();
         self.services = Arc::new(model::resolve(&self.parts.records, &self.members, &BTreeMap::new(), false));
     }

@@ -50,12 +50,21 @@ async fn each_write_reaches_snapshot_readers() {
     let mut rx = publisher.subscribe();
     let before = rx.borrow_and_update().clone();
     let writer = store.clone();
-    tokio::task::spawn_blocking(move || writer.put("route/r", b"v".to_vec())).await.expect("join").expect("put");
+    let spec: mesh_proto::service::ServiceSpec = toml::from_str("name = \"web\"\nport = 80\n").expect("spec");
+    let record = crate::state::model::InstanceRecord {
+        node: "a".to_owned(),
+        spec,
+        healthy: true,
+        source: crate::state::model::Source::Api,
+    };
+    let key = crate::state::model::InstanceRecord::key("a", "web");
+    let value = record.encode().expect("encode");
+    tokio::task::spawn_blocking(move || writer.put(&key, value)).await.expect("join").expect("put");
     rx.changed().await.expect("a new snapshot");
     let after = rx.borrow().clone();
-    assert_eq!(after.store.get("route/r"), Some(&b"v"[..]));
+    assert!(after.parts.records.iter().any(|r| r.spec.name == "web"), "the write is in the next snapshot");
     assert!(after.index > before.index);
-    assert_eq!(before.store.get("route/r"), None, "an old snapshot never changes under its reader");
+    assert!(before.parts.records.is_empty(), "an old snapshot never changes under its reader");
 }
 
 #[test]
