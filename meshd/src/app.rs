@@ -2,6 +2,9 @@
 //! addresses (port 0 is legal; tests read the addresses back), then [`Bound::run`]
 //! serves until told to stop, drains within `drain_timeout`, and cleans up. No logic of
 //! its own lives here.
+//!
+//! Must not: hold logic of its own: a decision found here belongs in the module it is
+//! about.
 
 use std::future::Future;
 use std::net::{SocketAddr, UdpSocket};

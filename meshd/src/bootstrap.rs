@@ -1,5 +1,7 @@
 //! `meshd init` and `meshd join`: what turns an empty `data_dir` into a node of a mesh.
 //! (The data plane starts in [`app`](crate::app); this module only prepares files.)
+//!
+//! Must not: start serving, or overwrite an existing identity.
 
 use std::path::Path;
 use std::time::Duration;

@@ -1,9 +1,11 @@
 //! meshd.toml: every key, its default, and validation that names the file, line and key.
 //!
-//! Every key that DESIGN.md shows is accepted from the first release on, even where the
+//! Every key of the configuration reference (docs/configuration.md) is accepted from the first release on, even where the
 //! feature behind it lands later, so one config file serves every version. Unknown keys
 //! are errors. This module is the only place that decides a default; the rest of meshd
 //! reads the resolved [`Config`], which is `Serialize` so the admin API can show it.
+//!
+//! Must not: be bypassed: no module reads the environment or decides a default itself.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -724,7 +726,7 @@ protocol = "http"
 labels = { version = "v1" }
 check = { http = "http://127.0.0.1:9080/health", interval = "5s" }
 "#;
-        let c = parse(text).expect("the example in DESIGN.md is valid");
+        let c = parse(text).expect("the full example is valid");
         assert_eq!(c.node_name, "vm-1");
         assert_eq!(c.advertise, Some("198.18.0.1:7946".parse().expect("addr")));
         assert_eq!(c.service.len(), 1);

@@ -9,6 +9,9 @@
 //!   80% to v1, 20% to v2, request by request.
 //!
 //! It prints the `meshctl`, `dig` and `curl` commands to try and runs until Ctrl-C.
+//!
+//! Must not: be needed by `meshd run` (nothing here is used outside the demo), or bind
+//! anything but loopback.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};

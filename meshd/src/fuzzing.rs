@@ -1,6 +1,8 @@
 //! The bodies of the fuzz targets (`fuzz/`), here so that the ordinary test suite can
 //! replay the saved corpus and crash inputs through exactly the same code
 //! (`meshd/tests/fuzz_corpus.rs`). Each takes untrusted bytes and must never panic.
+//!
+//! Must not: hold logic of its own: each target calls the production decoder.
 
 use mesh_proto::wire::{
     self, Holds, JoinRequest, JoinResponse, MeshRequest, RenewResponse, SyncEntries, SyncPush, SyncSummary,

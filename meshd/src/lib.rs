@@ -3,6 +3,8 @@
 //! enforces the routes that operators apply with meshctl.
 //!
 //! One module per concern (see ARCHITECTURE.md); [`app`] wires them together and owns nothing.
+//!
+//! Must not: hold code of its own: each concern lives in its module.
 
 pub mod admin;
 pub mod app;

@@ -1,5 +1,7 @@
 //! The `meshd` binary: parses the command line, loads the config, and hands over to the
 //! library. Exit status: 0 ok, 1 runtime failure, 2 usage or invalid input.
+//!
+//! Must not: hold logic of its own beyond the command line and exit codes.
 
 use std::path::PathBuf;
 use std::process::ExitCode;

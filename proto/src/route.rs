@@ -1,6 +1,6 @@
 //! Route files (`meshctl route apply -f`): how a service's traffic is split, matched,
 //! retried, mirrored and faulted. Validated in full before anything is stored; every
-//! error names the file, line and key. The format is DESIGN.md's.
+//! error names the file, line and key. The format is documented in docs/routes.md.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! DNS with real meshd processes and real DNS packets: every record DESIGN.md lists,
+//! DNS with real meshd processes and real DNS packets: every record docs/dns.md lists,
 //! NXDOMAIN and REFUSED, EDNS, and passthrough answers following health.
 
 use std::time::Duration;

@@ -5,6 +5,9 @@
 //! store. Errors are `{error, detail}` with a 4xx/5xx status. Reads support Consul-style
 //! blocking queries: `?index=N&wait=30s` returns once the state index passes N, when the
 //! wait ends, or at once when meshd starts draining.
+//!
+//! Must not: serve anything but `/metrics` on TCP, take store keys from clients, or hold
+//! a lock across a wait.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

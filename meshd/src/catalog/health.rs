@@ -1,5 +1,8 @@
 //! Health checks: the pure rise/fall state machine, and the probes (HTTP GET, TCP
 //! connect) that feed it. Only the node that owns an instance runs its checks.
+//!
+//! Must not: check an instance another node declared, or write anything but this node's
+//! own instance records.
 
 use std::time::Duration;
 

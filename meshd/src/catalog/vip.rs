@@ -2,6 +2,9 @@
 //! address from `proxy.vip_range` on this host, stable across restarts (kept in the
 //! store's local, never replicated, part). The first choice is a hash of the name, so
 //! hosts usually agree, which makes debugging easier; a collision probes onwards.
+//!
+//! Must not: replicate an allocation (each host owns its own range), or hand out an
+//! address outside `proxy.vip_range`.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;

@@ -7,6 +7,8 @@
 //! (healthy instances, targets `NODE.node.mesh` with their A records as additionals);
 //! `NODE.node.mesh` A (the member's address). Other types of a name that exists: an
 //! empty answer. Unknown names in the domain: NXDOMAIN. Names outside it: REFUSED.
+//!
+//! Must not: do I/O, forward or recurse: names outside the domain are REFUSED.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};

@@ -11,9 +11,12 @@
 //! (other types, unknown names, EDNS versions, malformed packets) takes hickory-proto's
 //! full decoder and the same [`answer`] decision.
 //!
-//! Design change: DESIGN.md names hickory-server here. Its per-query decode, builder and
-//! encode cost 2.4x unbound's CPU per query; meshd keeps hickory-proto for everything
-//! but the copy and runs its own socket loops.
+//! Why not hickory-server: its per-query decode, builder and encode cost 2.4x unbound's
+//! CPU per query; meshd keeps hickory-proto for everything but the copy and runs its own
+//! socket loops.
+//!
+//! Must not: forward or recurse, block the socket loops on a snapshot build, or let one
+//! packet stop the server.
 
 pub mod answer;
 pub mod packet;

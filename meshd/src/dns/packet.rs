@@ -6,6 +6,9 @@
 //! query's ID, its RD bit and the question's bytes as sent (resolvers randomise case and
 //! check it comes back), which have the same length, so every offset and compression
 //! pointer in the response stays right.
+//!
+//! Must not: answer anything it cannot answer exactly as the full path would (it
+//! declines, and the full path answers).
 
 /// The DNS header's length.
 pub const HEADER: usize = 12;

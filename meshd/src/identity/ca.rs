@@ -1,6 +1,9 @@
 //! The mesh CA: created by `meshd init`, held by signers, issuing node certificates from
 //! CSRs. The signer decides every field of a node certificate itself; from the CSR it
 //! takes the public key and nothing else.
+//!
+//! Must not: take anything from a CSR but its public key, or let the CA key leave a
+//! signer except in a `--signer` join.
 
 use std::time::{Duration, SystemTime};
 

@@ -1,5 +1,8 @@
 //! Reading node certificates: the SPIFFE ID, serial, key hash and validity, parsed from
 //! DER with x509-parser. Pure functions; the verifiers and the signer both use them.
+//!
+//! Must not: decide trust (the verifiers do): parsing a certificate says what it claims,
+//! not whether to believe it.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

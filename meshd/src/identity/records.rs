@@ -1,6 +1,8 @@
 //! The identity facts kept in the replicated store, and what follows from them alone:
 //! which certificate each node holds, which are revoked, which nodes are removed. Pure
 //! over a store view, so the read model can use it without the signer's machinery.
+//!
+//! Must not: write, or need a signer: it reads a store view and nothing else.
 
 use std::collections::BTreeSet;
 

@@ -3,6 +3,9 @@
 //! so every grant and revocation is durable before it is answered.
 //!
 //! The methods block on store writes: call them from `spawn_blocking`.
+//!
+//! Must not: answer a grant or revocation before it is durable in the store, or issue a
+//! certificate for a name the request does not prove.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

@@ -3,6 +3,9 @@
 //! usage), then the SPIFFE ID (one URI SAN, our trust domain, a node name), then the
 //! revocation list. A peer that fails any check never gets a connection; each refusal is
 //! logged and counted by reason.
+//!
+//! Must not: accept a peer on any ground but the chain, the SPIFFE ID and the revocation
+//! list, or do I/O inside the handshake.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};

@@ -1,7 +1,9 @@
 //! The sans-IO heart of membership: foca (SWIM) plus the custom broadcast that carries
 //! store entries. Time, datagrams and timers go in; datagrams to send, timers to set and
-//! membership changes come out. The async driver (`mod.rs`) and the deterministic
-//! simulation (tests) both run exactly this.
+//! membership changes come out. The driver (`driver.rs`) and the deterministic
+//! simulation (`sim.rs`) both run exactly this.
+//!
+//! Must not: do I/O or read a clock; block inside foca's callbacks.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

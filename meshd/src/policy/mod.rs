@@ -2,6 +2,8 @@
 //! after it has checked who the caller is (its certificate) and what it may speak for
 //! (the services it hosts). Allow-all until `meshctl policy` lands; the hook is where
 //! those policies will be read.
+//!
+//! Must not: do I/O, or decide on a name the handshake did not prove.
 
 /// Who asks for what, every part already verified.
 #[derive(Debug, Clone, Copy)]

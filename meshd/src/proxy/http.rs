@@ -4,6 +4,9 @@
 //! of two choices over requests in flight (ejected outliers left out), the rule's
 //! timeout over all tries, retries within the budget, a mirror copy. Each try goes
 //! through its own tunnel stream (or straight to an instance on this host) as HTTP/1.1.
+//!
+//! Must not: decide a try's instance or whether to retry (`routing::plan` does), or
+//! forward a request hyper found ambiguous.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,6 +1,9 @@
 //! Inbound: a tunnel stream from a member. The header was read (within the frame size
 //! limit and the read timeout) by the stream dispatcher; here it is checked against the
 //! caller's certificate and the catalog, authorized, and the instance connected.
+//!
+//! Must not: connect to an instance this node does not host, or trust the header's source
+//! beyond what the certificate proves.
 
 use std::sync::Arc;
 use std::time::Instant;

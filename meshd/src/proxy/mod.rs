@@ -5,6 +5,9 @@
 //! snapshot and swaps them in atomically, then opens and closes listeners to match, and
 //! publishes which virtual IPs have every listener bound (DNS answers only those).
 //! Connections hold the drain: a SIGTERM lets them finish within `drain_timeout`.
+//!
+//! Must not: read the store, or decide routing (it carries out `routing`'s tables and
+//! plans).
 
 pub mod http;
 pub mod inbound;

@@ -3,6 +3,8 @@
 //! its node, or directly when it runs on this host), splice. An instance that refuses
 //! or cannot be reached is skipped for another, up to [`ATTEMPTS`] in all; then the
 //! client's connection is closed.
+//!
+//! Must not: choose an instance itself (routing does), or read the store.
 
 use std::sync::Arc;
 use std::time::Instant;

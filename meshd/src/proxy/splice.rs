@@ -7,6 +7,8 @@
 //! One 64 KiB buffer per way for the connection's life; QUIC to TCP writes the chunks
 //! quinn hands over, without copying them again. Flow control is QUIC's (per stream) and
 //! the kernel's: nothing here buffers more than one read.
+//!
+//! Must not: buffer more than one read per way.
 
 use std::io;
 use std::time::Duration;

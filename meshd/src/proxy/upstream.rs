@@ -3,6 +3,8 @@
 //! for HTTP, the pooled HTTP/1.1 connections to instances that requests are sent on.
 //! Both the TCP splice (`outbound`) and the HTTP engine (`http`) go through here; this
 //! file decides nothing about routing.
+//!
+//! Must not: decide where a request goes.
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;

@@ -1,5 +1,7 @@
 //! Per-request decisions for HTTP services, pure: which rule matches a request, and the
 //! normalized path it matches on. The tries that follow are planned in `plan.rs`.
+//!
+//! Must not: do I/O or allocate per request beyond the matched rule's needs.
 
 use std::collections::HashMap;
 

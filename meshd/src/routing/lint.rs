@@ -1,5 +1,8 @@
 //! Why a route may not work as written, in one node's view of the mesh: pure over the
 //! route and a snapshot (`meshctl route apply` prints it, `meshctl route lint` lists it).
+//!
+//! Must not: refuse a route (lint only warns: a route may be written before its service
+//! exists).
 
 use mesh_proto::route::RouteSpec;
 

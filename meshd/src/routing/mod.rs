@@ -3,6 +3,9 @@
 //! ports each virtual IP listens on), and the choice of an instance. Rebuilt whole on
 //! every snapshot and swapped in atomically by the proxy, so a connection never sees a
 //! half-applied change. No I/O.
+//!
+//! Must not: do I/O, read the store, or keep state between snapshots (the proxy keeps
+//! loads, ejections and budgets).
 
 pub mod http;
 pub mod lint;

@@ -6,6 +6,8 @@
 //! which writes arrived. The map is also split into [`BUCKETS`] buckets by a hash of the
 //! key, so two nodes find what differs by comparing 256 small digests, then listing only
 //! the buckets that differ.
+//!
+//! Must not: depend on the order of writes.
 
 use serde::{Deserialize, Serialize};
 

@@ -5,6 +5,9 @@
 //! also holds revisions 1 to 6 (up to [`HISTORY`]) exactly as the winner wrote them.
 //! Two concurrent writes of the same revision number resolve like any other conflict:
 //! the later version wins, and with it its history.
+//!
+//! Must not: decode an entry's value (the read model's codecs do), or trust an entry from
+//! the wire beyond its size limits.
 
 use serde::{Deserialize, Serialize};
 

@@ -6,6 +6,8 @@
 //! one `u64`: the upper 48 bits are milliseconds, the lower 16 a counter for events in
 //! the same millisecond (a counter overflow carries into the milliseconds, which keeps
 //! the order).
+//!
+//! Must not: read a clock (the time is passed in), or accept a remote clock far ahead.
 
 use serde::{Deserialize, Serialize};
 

@@ -12,6 +12,9 @@
 //!
 //! The methods block on disk I/O (an fsync per write): call them from
 //! `tokio::task::spawn_blocking` in async code.
+//!
+//! Must not: know who reads (it tells one callback of each view), or acknowledge a write
+//! before it is flushed.
 
 pub mod digest;
 pub mod entry;

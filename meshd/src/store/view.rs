@@ -1,6 +1,8 @@
 //! The replicated map in memory: every entry (tombstones included), with its digests
 //! and size kept up to date on every merge. The store keeps one and publishes immutable
 //! copies of it; the pure merge here is what the property tests check.
+//!
+//! Must not: do I/O: sled is `store/mod.rs`'s alone.
 
 use std::ops::RangeBounds;
 use std::sync::Arc;

@@ -1,5 +1,7 @@
 //! Reading and writing [`mesh_proto::wire`] frames on QUIC streams, with a size limit and
 //! a deadline so a slow or hostile peer cannot hold a task or memory.
+//!
+//! Must not: read a frame without its size limit and deadline.
 
 use std::time::Duration;
 

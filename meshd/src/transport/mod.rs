@@ -7,6 +7,9 @@
 //! services or routes: every member connection, dialled or accepted, goes to the
 //! `new_conns` channel given to [`Transport::new`]; joins to the one given to
 //! [`Transport::serve`].
+//!
+//! Must not: know about services or routes, or read a stream of a peer whose certificate
+//! failed.
 
 pub mod frame;
 
