@@ -359,6 +359,15 @@ socket = "{socket}"
         String::from_utf8(response.body.to_vec()).expect("utf-8 metrics")
     }
 
+    /// The value of one sample of this node's metrics (`name{labels}` exactly as
+    /// exposed), 0 when absent.
+    pub fn metric(&self, sample: &str) -> u64 {
+        self.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.trim().parse::<f64>().ok()))
+            .map_or(0, |v| v as u64)
+    }
+
     pub fn pid(&self) -> Pid {
         let child = self.child.as_ref().expect("running");
         Pid::from_raw(i32::try_from(child.id()).expect("pid fits"))

@@ -24,7 +24,9 @@ use crate::store::{wall_ms, Store, StoreError};
 pub const MIN_TOKEN_TTL: Duration = Duration::from_secs(1);
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(7 * 86_400);
 
-/// `token/ID`: what a signer keeps of a token: its hash, never the secret.
+/// `token/ID`: what a signer keeps of a token: its hash, never the secret. Kept in the
+/// signer's local tree: a token record never leaves the signer that issued it, so no
+/// member can plant one (`store::LOCAL_ONLY` refuses any that arrives by gossip).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenRecord {
     /// SHA-256 of the secret, hex.
@@ -152,7 +154,11 @@ impl Signer {
             node,
             used_by: None,
         };
-        self.store.put(&token_key(&id), serde_json::to_vec(&record).unwrap_or_default())?;
+        let value = serde_json::to_vec(&record).map_err(|e| StoreError::Write {
+            path: self.store.path().to_owned(),
+            detail: format!("encoding the token record: {e}"),
+        })?;
+        self.store.local_put(&token_key(&id), &value)?;
         let fingerprint = cert::fingerprint_bytes(&self.identity.ca.der);
         let token = Token { signer: self.advertise, ca_fingerprint: fingerprint, secret }.encode();
         Ok(Issued { token, id, record })
@@ -181,9 +187,9 @@ impl Signer {
         let hash = secret_hash(&secret);
         let key = token_key(&hash[..16]);
         let view = self.store.view();
-        let record: TokenRecord = view
-            .get(&key)
-            .and_then(|v| serde_json::from_slice(v).ok())
+        let held = self.store.local_get(&key).map_err(|e| refuse(RefusalReason::Internal, e.to_string()))?;
+        let record: TokenRecord = held
+            .and_then(|v| serde_json::from_slice(&v).ok())
             // Compares hashes, not secrets: timing reveals nothing an attacker can steer.
             .filter(|r: &TokenRecord| r.hash == hash)
             .ok_or_else(|| refuse(RefusalReason::UnknownToken, "no such token here"))?;
@@ -224,11 +230,11 @@ impl Signer {
             return Err(refuse(RefusalReason::Revoked, "this key was removed from the mesh"));
         }
         let used = TokenRecord { used_by: Some(node.clone()), ..record.clone() };
-        let write = |k: &str, v: Vec<u8>| {
-            self.store.put(k, v).map_err(|e| refuse(RefusalReason::Internal, format!("the signer cannot store: {e}")))
-        };
-        write(&key, serde_json::to_vec(&used).unwrap_or_default())?;
-        write(&node_cert_key(&node), serde_json::to_vec(&self.record_for(&info)).unwrap_or_default())?;
+        let cannot_store = |e: String| refuse(RefusalReason::Internal, format!("the signer cannot store: {e}"));
+        let used = serde_json::to_vec(&used).map_err(|e| cannot_store(e.to_string()))?;
+        self.store.local_put(&key, &used).map_err(|e| cannot_store(e.to_string()))?;
+        let cert_record = serde_json::to_vec(&self.record_for(&info)).map_err(|e| cannot_store(e.to_string()))?;
+        self.store.put(&node_cert_key(&node), cert_record).map_err(|e| cannot_store(e.to_string()))?;
         tracing::info!(%node, serial = %info.serial, signer = record.grant_signer, "node joined");
         Ok(JoinResponse::Granted {
             cert: cert.to_vec(),

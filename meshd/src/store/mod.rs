@@ -134,6 +134,19 @@ pub struct MergeReport {
     pub refused_clock: usize,
     /// Entries refused as malformed (size limits, bad key, history too long).
     pub refused_invalid: usize,
+    /// Entries under a key that never replicates ([`LOCAL_ONLY`]): whoever sent one is
+    /// forging it.
+    pub refused_local_only: usize,
+}
+
+/// Key prefixes that live only on the node that writes them and never replicate: a
+/// signer's join tokens. A remote entry under one is refused on merge, and the writers
+/// of these keys keep them in the local tree ([`Store::local_put`]).
+pub const LOCAL_ONLY: &[&str] = &["token/"];
+
+/// Whether `key` never replicates.
+pub fn is_local_only(key: &str) -> bool {
+    LOCAL_ONLY.iter().any(|p| key.starts_with(p))
 }
 
 /// A handle to the store; clones share it.
@@ -280,6 +293,13 @@ impl Store {
         Ok(out)
     }
 
+    /// One local, never replicated, key's value.
+    pub fn local_get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let corrupt = |e: sled::Error| StoreError::Corrupt { path: self.inner.path.clone(), detail: e.to_string() };
+        let tree = self.inner.db.open_tree(LOCAL_TREE).map_err(corrupt)?;
+        Ok(tree.get(key.as_bytes()).map_err(corrupt)?.map(|v| v.to_vec()))
+    }
+
     /// Writes a local, never replicated, key durably.
     pub fn local_put(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
         let write_err = |e: sled::Error| StoreError::Write { path: self.inner.path.clone(), detail: e.to_string() };
@@ -344,6 +364,11 @@ impl Store {
                 report.refused_invalid += 1;
                 continue;
             }
+            if is_local_only(&entry.key) {
+                report.refused_local_only += 1;
+                tracing::warn!(key = %entry.key, origin = %entry.origin, "refused a replicated entry under a local-only key (a forgery)");
+                continue;
+            }
             if w.clock.observe(entry.version, wall_ms).is_err() {
                 report.refused_clock += 1;
                 continue;
@@ -383,6 +408,7 @@ impl Store {
         m.get_or_create(&MergeLabel { outcome: "stale" }).inc_by(report.stale as u64);
         m.get_or_create(&MergeLabel { outcome: "refused_clock" }).inc_by(report.refused_clock as u64);
         m.get_or_create(&MergeLabel { outcome: "refused_invalid" }).inc_by(report.refused_invalid as u64);
+        m.get_or_create(&MergeLabel { outcome: "refused_local_only" }).inc_by(report.refused_local_only as u64);
         Ok(report)
     }
 

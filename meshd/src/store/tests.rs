@@ -110,6 +110,20 @@ fn malformed_remote_entries_are_refused_and_change_nothing() {
 }
 
 #[test]
+fn local_only_keys_never_merge_from_a_peer() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (a, _) = open(tmp.path(), "a");
+    let token =
+        Entry::next(None, "token/0123456789abcdef", Some(b"{}".to_vec()), hlc::Hlc::from_millis(wall_ms()), "a");
+    let r = a.merge(vec![token], wall_ms()).expect("merge");
+    assert_eq!(r.refused_local_only, 1, "even in this node's own name");
+    assert!(a.view().is_empty());
+    a.local_put("token/0123456789abcdef", b"{}").expect("local put");
+    assert_eq!(a.local_get("token/0123456789abcdef").expect("read").as_deref(), Some(&b"{}"[..]));
+    assert!(a.view().is_empty(), "a local key is not in the replicated view");
+}
+
+#[test]
 fn oversized_local_writes_are_refused() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (a, _) = open(tmp.path(), "a");
