@@ -208,7 +208,8 @@ pub async fn build(config: &Config) -> Result<Bound, AppError> {
     let signer = Arc::new(Signer::new(identity.clone(), store.clone(), advertise, config.identity.cert_ttl));
     signer.announce()?;
     let catalog = crate::catalog::Catalog::new(store.clone(), &config.node_name)
-        .with_metrics(crate::catalog::Metrics::register(&mut registry));
+        .with_metrics(crate::catalog::Metrics::register(&mut registry))
+        .with_publisher(publisher.clone())?;
     catalog.declare_config(&config.service)?;
     let vips = Arc::new(crate::catalog::vip::Vips::load(store.clone(), config.proxy.vip_range)?);
     let seeds: Vec<SocketAddr> = config.join.iter().copied().filter(|s| *s != advertise && *s != udp).collect();

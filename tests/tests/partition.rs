@@ -55,10 +55,14 @@ fn a_split_mesh_written_on_both_sides_converges_after_the_heal() {
     nodes[2].eventually(CONVERGE, "node-3 sees node-1 gone", || {
         (!alive(&nodes[2]).contains(&"node-1".to_owned())).then_some(())
     });
-    // Writes on both sides while split.
-    let left = nodes[0].token(&[]);
-    let right = nodes[2].token(&[]);
-    assert_ne!(left, right);
+    // Writes on both sides while split (a service registered on each side; join tokens
+    // no longer replicate: they stay on the signer that made them).
+    for (i, name) in [(0, "left"), (2, "right")] {
+        let file = nodes[i].dir.path().join(format!("{name}.toml"));
+        std::fs::write(&file, format!("name = \"{name}\"\nport = 8080\n")).expect("service file");
+        let out = nodes[i].meshctl(&["service", "register", "-f", &file.display().to_string()]);
+        assert!(out.status.success(), "register {name}: {}", String::from_utf8_lossy(&out.stderr));
+    }
     nodes[1].eventually(CONVERGE, "node-2 has node-1's write", || (store(&nodes[1]) == store(&nodes[0])).then_some(()));
     assert_ne!(store(&nodes[0]), store(&nodes[2]), "the sides differ while split");
 

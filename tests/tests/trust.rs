@@ -114,3 +114,95 @@ fn a_forged_token_record_is_refused_and_hands_out_nothing() {
     assert!(!fresh.dir.path().join("data").join("identity").join("ca.key").exists(), "no CA key handed out");
     drop(hostile);
 }
+
+/// The services `node` lists, as `(service, node, port)`.
+fn listed(node: &Node) -> Vec<(String, String, u64)> {
+    let services = node.meshctl_json(&["services"]);
+    let mut out = Vec::new();
+    for s in services.as_array().into_iter().flatten() {
+        for i in s["instances"].as_array().into_iter().flatten() {
+            let name = s["name"].as_str().unwrap_or_default().to_owned();
+            let at = i["node"].as_str().unwrap_or_default().to_owned();
+            out.push((name, at, i["port"].as_u64().unwrap_or(0)));
+        }
+    }
+    out
+}
+
+/// A member writes in another node's name: an instance of `vault` on node-2, at a local
+/// port node-2 never registered, with a health check; and a tombstone over the service
+/// node-2 did register. Node-2 never connects to or checks the forged instance, deletes
+/// it, writes its own registration again, and counts both; every node ends up with what
+/// node-2 declared.
+#[test]
+fn entries_in_another_nodes_name_are_put_right_and_never_acted_on() {
+    use mesh_proto::wire::{TunnelHeader, TunnelRefusal, TunnelReply};
+
+    let block = Block::take();
+    let n1 = Node::start(&block, 1, "");
+    let n2 = Node::join(&block, 2, &n1.token(&[]), &seed(&n1), "");
+    let web = n2.dir.path().join("web.toml");
+    std::fs::write(&web, format!("name = \"web\"\naddress = \"{}\"\nport = 8080\n", block.node_ip(2)))
+        .expect("service file");
+    let out = n2.meshctl(&["service", "register", "-f", &web.display().to_string()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let web_on_n2 = ("web".to_owned(), "node-2".to_owned(), 8080);
+    n1.eventually(LIVENESS, "node-1 lists node-2's web", || listed(&n1).contains(&web_on_n2).then_some(()));
+    let hostile = Hostile::join(&block, 3, &n1);
+
+    // Something listens on node-2's host that node-2 never registered.
+    let secret = std::net::TcpListener::bind((block.node_ip(2), 0)).expect("a local listener");
+    secret.set_nonblocking(true).expect("nonblocking");
+    let port = secret.local_addr().expect("addr").port();
+    let vault = serde_json::json!({
+        "node": "node-2",
+        "spec": {
+            "name": "vault",
+            "address": block.node_ip(2).to_string(),
+            "port": port,
+            "check": { "tcp": format!("{}:{port}", block.node_ip(2)), "interval": "1s" },
+        },
+        "healthy": true,
+        "source": "api",
+    });
+    let forged_vault = forged("node/node-2/service/vault", serde_json::to_vec(&vault).expect("json"), "node-2");
+    let mut forged_delete = forged("node/node-2/service/web", Vec::new(), "node-2");
+    forged_delete.deleted = true;
+    hostile.push(&n2, &[forged_vault, forged_delete]);
+
+    let corrected = |kind: &str| n2.metric(&format!("mesh_catalog_corrections_total{{kind=\"{kind}\"}}"));
+    n2.eventually(LIVENESS, "node-2 deletes the foreign entry and restores its own", || {
+        (corrected("foreign") >= 1 && corrected("missing") >= 1).then_some(())
+    });
+    for node in [&n1, &n2] {
+        node.eventually(LIVENESS, "every node lists exactly what node-2 declared", || {
+            let list = listed(node);
+            (list.contains(&web_on_n2) && !list.iter().any(|(s, _, _)| s == "vault")).then_some(())
+        });
+    }
+
+    // A tunnel to the forged instance is refused: node-2 connects only to what it declared.
+    let n2_addr: SocketAddr = n2.addr().parse().expect("address");
+    let reply = hostile.rt.block_on(async {
+        let peer = hostile.transport.dial(n2_addr).await.expect("connection");
+        let (mut send, mut recv) = peer.conn.open_bi().await.expect("stream");
+        let header = TunnelHeader {
+            version: TunnelHeader::VERSION,
+            service: "vault".into(),
+            port,
+            source_node: "node-3".into(),
+            source_service: None,
+            trace_id: "0af7651916cd43dd8448eb211c80319c".into(),
+        };
+        meshd::transport::frame::write(&mut send, &MeshRequest::Tunnel(header)).await.expect("header");
+        meshd::transport::frame::read::<TunnelReply>(&mut recv).await.expect("reply")
+    });
+    assert!(
+        matches!(reply, TunnelReply::Refused { reason: TunnelRefusal::NoInstance, .. }),
+        "the forged instance is not reachable: {reply:?}"
+    );
+    // Nothing ever connected to the unregistered port: no check, no tunnel.
+    assert!(secret.accept().is_err(), "node-2 never connected to a port it did not register");
+    assert_eq!(n2.metric("mesh_health_checks_total{service=\"vault\",result=\"pass\"}"), 0);
+    assert_eq!(n2.metric("mesh_health_checks_total{service=\"vault\",result=\"fail\"}"), 0);
+}

@@ -29,10 +29,13 @@ fn mesh_round(n: usize) -> [Duration; 3] {
     c.converge(Duration::from_secs(60)).expect("meshd converges");
     let converge = started.elapsed();
 
-    // 2. A store write on node 1 (a join token) reaches everyone.
+    // 2. A store write on node 1 (a service registration) reaches everyone.
     let digest = |i: usize| c.meshctl(i, &["status"]).map(|s| s["store"]["digest"].clone());
+    let file = c.dir.path().join("bench-write.toml");
+    std::fs::write(&file, "name = \"bench-write\"\nport = 8080\n").expect("service file");
     let started = Instant::now();
-    c.meshctl(1, &["token", "create"]).expect("write");
+    let out = c.meshctl_raw(1, &["service", "register", "-f", &file.display().to_string()]).expect("meshctl");
+    assert!(out.status.success(), "write: {}", String::from_utf8_lossy(&out.stderr));
     let want = digest(1).expect("digest");
     poll(Duration::from_secs(60), || (2..=n).all(|i| digest(i).as_ref() == Some(&want))).expect("write spreads");
     let write = started.elapsed();

@@ -8,12 +8,17 @@
 //! of a snapshot (`services`): an instance is healthy when its own node says so and that
 //! node is alive, so a dead node's instances are unhealthy everywhere.
 //!
-//! Must not: act for a service another node declared (check it, write its health).
+//! What this node declared is kept in the store's local tree (`declared/NAME`), not read
+//! back from the replicated entries: an entry in this node's name that it did not
+//! declare is someone else's forgery, left out of this node's read model and deleted.
+//!
+//! Must not: act for a service another node declared (check it, write its health), or
+//! for an entry in this node's name that this node did not declare.
 
 pub mod health;
 pub mod vip;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use mesh_proto::api;
@@ -22,7 +27,7 @@ use tokio::task::JoinSet;
 
 use crate::drain::DrainWatcher;
 pub use crate::state::model::{InstanceRecord, Source};
-use crate::state::{Snapshot, SnapshotRx};
+use crate::state::{Publisher, Snapshot, SnapshotRx};
 use crate::store::{Store, StoreError};
 
 /// `GET /v1/services`: services by name, each with its instances across the mesh.
@@ -48,17 +53,24 @@ pub fn services(snap: &Snapshot) -> Vec<api::Service> {
         .collect()
 }
 
-/// Health check metrics, under `mesh_health_`.
+/// Health check metrics, under `mesh_health_`, and the catalog's corrections of entries
+/// in this node's name, under `mesh_catalog_`.
 #[derive(Clone, Default)]
 pub struct Metrics {
     checks: prometheus_client::metrics::family::Family<CheckLabels, prometheus_client::metrics::counter::Counter>,
     transitions: prometheus_client::metrics::family::Family<CheckLabels, prometheus_client::metrics::counter::Counter>,
+    corrections: prometheus_client::metrics::family::Family<KindLabel, prometheus_client::metrics::counter::Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
 struct CheckLabels {
     service: String,
     result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
 }
 
 impl Metrics {
@@ -71,9 +83,29 @@ impl Metrics {
             "Health changes of local instances, by service and new state (healthy, unhealthy)",
             m.transitions.clone(),
         );
+        registry.sub_registry_with_prefix("catalog").register(
+            "corrections",
+            "Instance entries in this node's name that it did not write as they stand, put right: \
+             foreign (deleted), altered (rewritten), missing (written again)",
+            m.corrections.clone(),
+        );
         m
     }
 }
+
+/// `declared/NAME` in the store's local, never replicated, tree: a service this node
+/// declared and where from. The authority on what this node serves: the replicated
+/// `node/NODE/service/NAME` entries are what the others are told, and an entry there in
+/// this node's name that it did not declare is someone else's.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Declared {
+    spec: ServiceSpec,
+    source: Source,
+}
+
+const DECLARED: &str = "declared/";
+/// Set once the declarations of a store from before local declarations were adopted.
+const ADOPTED: &str = "declared-adopted";
 
 /// Registering and deregistering this node's services. Blocking (store writes).
 #[derive(Clone)]
@@ -81,6 +113,7 @@ pub struct Catalog {
     store: Store,
     node: String,
     metrics: Metrics,
+    publisher: Option<Publisher>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,7 +128,7 @@ pub enum CatalogError {
 
 impl Catalog {
     pub fn new(store: Store, node: &str) -> Catalog {
-        Catalog { store, node: node.to_owned(), metrics: Metrics::default() }
+        Catalog { store, node: node.to_owned(), metrics: Metrics::default(), publisher: None }
     }
 
     pub fn with_metrics(mut self, metrics: Metrics) -> Catalog {
@@ -103,9 +136,65 @@ impl Catalog {
         self
     }
 
-    fn own(&self) -> Vec<InstanceRecord> {
+    /// Publishes this node's declarations in every snapshot from now on.
+    pub fn with_publisher(mut self, publisher: Publisher) -> Result<Catalog, StoreError> {
+        self.publisher = Some(publisher);
+        self.adopt()?;
+        self.publish()?;
+        Ok(self)
+    }
+
+    /// This node's declarations, by name.
+    fn declared(&self) -> Result<BTreeMap<String, Declared>, StoreError> {
+        let mut out = BTreeMap::new();
+        for (key, value) in self.store.local_entries(DECLARED)? {
+            match serde_json::from_slice::<Declared>(&value) {
+                Ok(d) => {
+                    out.insert(d.spec.name.clone(), d);
+                }
+                Err(e) => tracing::warn!(%key, error = %e, "ignoring an unreadable local declaration"),
+            }
+        }
+        Ok(out)
+    }
+
+    fn set_declared(&self, d: &Declared) -> Result<(), StoreError> {
+        let value = serde_json::to_vec(d).map_err(|e| StoreError::Encode(e.to_string()))?;
+        self.store.local_put(&format!("{DECLARED}{}", d.spec.name), &value)
+    }
+
+    /// A store written before declarations were kept locally: its own entries (written by
+    /// this node) are its declarations. Once.
+    fn adopt(&self) -> Result<(), StoreError> {
+        if self.store.local_get(ADOPTED)?.is_some() {
+            return Ok(());
+        }
         let prefix = InstanceRecord::key(&self.node, "");
-        self.store.view().prefix(&prefix).filter_map(|e| InstanceRecord::decode(&e.value)).collect()
+        for e in self.store.view().prefix(&prefix).filter(|e| !e.deleted && e.origin == self.node) {
+            if let Some(r) = InstanceRecord::decode(&e.value) {
+                self.set_declared(&Declared { spec: r.spec, source: r.source })?;
+            }
+        }
+        self.store.local_put(ADOPTED, b"1")
+    }
+
+    /// Hands the declarations to the read model.
+    fn publish(&self) -> Result<(), StoreError> {
+        if let Some(p) = &self.publisher {
+            let map: BTreeMap<String, ServiceSpec> =
+                self.declared()?.into_iter().map(|(name, d)| (name, d.spec)).collect();
+            let map = Arc::new(map);
+            p.update(|s| s.declared = Some(map));
+        }
+        Ok(())
+    }
+
+    /// This node's record of `name` in the replicated store, if any.
+    fn record(&self, name: &str) -> Option<InstanceRecord> {
+        let view = self.store.view();
+        view.entry(&InstanceRecord::key(&self.node, name))
+            .filter(|e| !e.deleted)
+            .and_then(|e| InstanceRecord::decode(&e.value))
     }
 
     fn write(&self, spec: ServiceSpec, source: Source, healthy: bool) -> Result<(), StoreError> {
@@ -115,54 +204,105 @@ impl Catalog {
         Ok(())
     }
 
+    /// Declares `spec` (locally first, then to the mesh).
+    fn declare(&self, spec: ServiceSpec, source: Source) -> Result<(), StoreError> {
+        let healthy = spec.check.is_none();
+        self.set_declared(&Declared { spec: spec.clone(), source })?;
+        self.publish()?;
+        self.write(spec, source, healthy)
+    }
+
+    fn undeclare(&self, name: &str) -> Result<(), StoreError> {
+        self.store.local_delete(&format!("{DECLARED}{name}"))?;
+        self.publish()?;
+        self.store.delete(&InstanceRecord::key(&self.node, name))?;
+        Ok(())
+    }
+
     /// At start: declares the config's services (replacing what they were) and removes
     /// config services that are no longer in the config. Registered ones stay.
     pub fn declare_config(&self, services: &[ServiceSpec]) -> Result<(), StoreError> {
-        for old in self.own() {
+        let declared = self.declared()?;
+        for old in declared.values() {
             if old.source == Source::Config && !services.iter().any(|s| s.name == old.spec.name) {
-                self.store.delete(&InstanceRecord::key(&self.node, &old.spec.name))?;
+                self.undeclare(&old.spec.name)?;
             }
         }
         for spec in services {
-            let current = self.own().into_iter().find(|i| i.spec.name == spec.name);
             // Unchanged: keep its health rather than restart from unhealthy.
-            if current.as_ref().is_some_and(|c| c.spec == *spec && c.source == Source::Config) {
-                continue;
+            let unchanged = declared.get(&spec.name).is_some_and(|d| d.spec == *spec && d.source == Source::Config)
+                && self.record(&spec.name).is_some_and(|r| r.spec == *spec);
+            if !unchanged {
+                self.declare(spec.clone(), Source::Config)?;
             }
-            self.write(spec.clone(), Source::Config, spec.check.is_none())?;
         }
-        Ok(())
+        self.publish()
     }
 
     /// `meshctl service register`: a name that exists is replaced.
     pub fn register(&self, spec: ServiceSpec) -> Result<(), CatalogError> {
-        if let Some(c) = self.own().into_iter().find(|i| i.spec.name == spec.name) {
-            if c.source == Source::Config {
-                return Err(CatalogError::FromConfig(spec.name));
-            }
+        if self.declared()?.get(&spec.name).is_some_and(|d| d.source == Source::Config) {
+            return Err(CatalogError::FromConfig(spec.name));
         }
-        let healthy = spec.check.is_none();
-        Ok(self.write(spec, Source::Api, healthy)?)
+        Ok(self.declare(spec, Source::Api)?)
     }
 
     /// `meshctl service deregister NAME`.
     pub fn deregister(&self, name: &str) -> Result<(), CatalogError> {
-        match self.own().into_iter().find(|i| i.spec.name == name) {
+        match self.declared()?.get(name) {
             None => Err(CatalogError::Unknown(name.to_owned())),
-            Some(i) if i.source == Source::Config => Err(CatalogError::FromConfig(name.to_owned())),
-            Some(_) => {
-                self.store.delete(&InstanceRecord::key(&self.node, name))?;
-                Ok(())
-            }
+            Some(d) if d.source == Source::Config => Err(CatalogError::FromConfig(name.to_owned())),
+            Some(_) => Ok(self.undeclare(name)?),
         }
     }
 
     /// Records a health change of a local instance (if it still is the same instance).
     fn set_health(&self, spec: &ServiceSpec, healthy: bool) -> Result<(), StoreError> {
-        match self.own().into_iter().find(|i| i.spec == *spec) {
-            Some(i) if i.healthy != healthy => self.write(i.spec, i.source, healthy),
-            _ => Ok(()),
+        let Some(d) = self.declared()?.remove(&spec.name).filter(|d| d.spec == *spec) else { return Ok(()) };
+        match self.record(&spec.name) {
+            Some(r) if r.spec == *spec && r.healthy == healthy => Ok(()),
+            _ => self.write(d.spec, d.source, healthy),
         }
+    }
+
+    /// Puts right the replicated entries in this node's name: one it did not declare is
+    /// deleted, one that differs from its declaration is written again (with its health
+    /// as recorded), a declaration with no entry is written. Until entries are signed,
+    /// this is how a node answers a member that writes in its name.
+    pub fn reconcile(&self) -> Result<(), StoreError> {
+        let declared = self.declared()?;
+        let prefix = InstanceRecord::key(&self.node, "");
+        let view = self.store.view();
+        let mut seen = std::collections::BTreeSet::new();
+        for e in view.prefix(&prefix).filter(|e| !e.deleted) {
+            let record = InstanceRecord::decode(&e.value);
+            let name = record.as_ref().map_or_else(|| e.key[prefix.len()..].to_owned(), |r| r.spec.name.clone());
+            seen.insert(name.clone());
+            match (declared.get(&name), record) {
+                (Some(d), Some(r)) if r.spec == d.spec && r.source == d.source && r.node == self.node => {}
+                (Some(d), r) => {
+                    tracing::warn!(service = %name, origin = %e.origin, "an entry in this node's name differs from what it declared: writing it again");
+                    self.count("altered");
+                    let healthy = r.map_or(d.spec.check.is_none(), |r| r.healthy && r.spec == d.spec);
+                    self.write(d.spec.clone(), d.source, healthy)?;
+                }
+                (None, _) => {
+                    tracing::warn!(service = %name, origin = %e.origin, key = %e.key, "an entry in this node's name that it never declared: deleting it");
+                    self.count("foreign");
+                    self.store.delete(&e.key)?;
+                }
+            }
+        }
+        for d in declared.values().filter(|d| !seen.contains(&d.spec.name)) {
+            tracing::warn!(service = %d.spec.name, "this node's declaration is missing from the store: writing it again");
+            self.count("missing");
+            self.write(d.spec.clone(), d.source, d.spec.check.is_none())?;
+        }
+        Ok(())
+    }
+
+    fn count(&self, kind: &'static str) {
+        self.metrics.corrections.get_or_create(&KindLabel { kind }).inc();
     }
 }
 
@@ -184,6 +324,11 @@ pub async fn run(catalog: Catalog, vips: Arc<vip::Vips>, mut snapshots: Snapshot
                 }
             })
             .await;
+        }
+        // Entries in this node's name that it did not write as they stand: put right.
+        let fix = catalog.clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || fix.reconcile()).await {
+            tracing::warn!(error = %e, "cannot put this node's entries right");
         }
         let wanted: HashMap<String, ServiceSpec> = snap
             .services

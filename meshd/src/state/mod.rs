@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use mesh_proto::api::MemberState;
+use mesh_proto::service::ServiceSpec;
 use tokio::sync::watch;
 
 use crate::store::View;
@@ -36,6 +37,12 @@ pub struct Snapshot {
     pub parts: Arc<model::StoreParts>,
     /// Every service with its instances, their health resolved against `members`.
     pub services: Arc<BTreeMap<String, Arc<model::Service>>>,
+    /// What this node declared itself (`[[service]]` and `meshctl service register`), as
+    /// its catalog keeps it locally, by service name. An instance record in this node's
+    /// name that is not declared here, exactly, was written by someone else: it is left
+    /// out of `services`, so this node never routes to, connects to or checks it. None
+    /// where no catalog runs (tests of the read model alone).
+    pub declared: Option<Arc<BTreeMap<String, ServiceSpec>>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,9 +119,15 @@ impl Publisher {
             if members_changed {
                 next.members_index = next.index;
             }
-            if store_changed || members_changed {
-                let same = !members_changed;
-                next.services = Arc::new(model::resolve(&next.parts.records, &next.members, &current.services, same));
+            let declared_changed = match (&next.declared, &current.declared) {
+                (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
+                (None, None) => false,
+                _ => true,
+            };
+            if store_changed || members_changed || declared_changed {
+                let same = !members_changed && !declared_changed;
+                let records = next.visible_records();
+                next.services = Arc::new(model::resolve(&records, &next.members, &current.services, same));
             }
             *current = Arc::new(next);
         });
@@ -136,6 +149,7 @@ impl Snapshot {
             members,
             parts: Arc::default(),
             services: Arc::default(),
+            declared: None,
         }
     }
 
@@ -154,7 +168,21 @@ impl Snapshot {
     /// Resolves the services from the parts and the members, from scratch.
     fn resolve(&mut self) {
         self.apply_removals();
-        self.services = Arc::new(model::resolve(&self.parts.records, &self.members, &BTreeMap::new(), false));
+        let records = self.visible_records();
+        self.services = Arc::new(model::resolve(&records, &self.members, &BTreeMap::new(), false));
+    }
+
+    /// The instance records that count: all of them, less those in this node's name that
+    /// it did not declare (see `declared`).
+    fn visible_records(&self) -> std::borrow::Cow<'_, [Arc<model::InstanceRecord>]> {
+        let forged = |r: &model::InstanceRecord| {
+            r.node == self.node && self.declared.as_ref().is_some_and(|d| d.get(&r.spec.name) != Some(&r.spec))
+        };
+        if self.parts.records.iter().any(|r| forged(r)) {
+            std::borrow::Cow::Owned(self.parts.records.iter().filter(|r| !forged(r)).cloned().collect())
+        } else {
+            std::borrow::Cow::Borrowed(&self.parts.records)
+        }
     }
 
     /// Live routes by name.

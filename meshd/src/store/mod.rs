@@ -300,6 +300,15 @@ impl Store {
         Ok(tree.get(key.as_bytes()).map_err(corrupt)?.map(|v| v.to_vec()))
     }
 
+    /// Deletes a local, never replicated, key durably.
+    pub fn local_delete(&self, key: &str) -> Result<(), StoreError> {
+        let write_err = |e: sled::Error| StoreError::Write { path: self.inner.path.clone(), detail: e.to_string() };
+        let tree = self.inner.db.open_tree(LOCAL_TREE).map_err(write_err)?;
+        tree.remove(key.as_bytes()).map_err(write_err)?;
+        self.inner.db.flush().map_err(write_err)?;
+        Ok(())
+    }
+
     /// Writes a local, never replicated, key durably.
     pub fn local_put(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
         let write_err = |e: sled::Error| StoreError::Write { path: self.inner.path.clone(), detail: e.to_string() };
