@@ -58,7 +58,8 @@ pub fn gossip_datagram(data: &[u8]) {
         me,
         params.foca_config(3),
         rand::SeedableRng::seed_from_u64(1),
-        foca::PostcardCodec,
+        // Bumps up to 2033, as a driver's clock would bound them.
+        core::MeshCodec::new(std::sync::Arc::new(std::sync::atomic::AtomicU64::new(2_000_000_000_000))),
         Handler::default(),
     );
     let mut out = Output::default();

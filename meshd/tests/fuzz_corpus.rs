@@ -144,14 +144,14 @@ fn write_seeds() {
         id("peer"),
         params.foca_config(3),
         rand::SeedableRng::seed_from_u64(1),
-        foca::PostcardCodec,
+        meshd::membership::core::MeshCodec::unbounded(),
         Handler::default(),
     );
     let mut me: Swim = Foca::with_custom_broadcast(
         id("me"),
         params.foca_config(3),
         rand::SeedableRng::seed_from_u64(2),
-        foca::PostcardCodec,
+        meshd::membership::core::MeshCodec::unbounded(),
         Handler::default(),
     );
     let mut out = Output::default();

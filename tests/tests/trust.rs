@@ -206,3 +206,56 @@ fn entries_in_another_nodes_name_are_put_right_and_never_acted_on() {
     assert_eq!(n2.metric("mesh_health_checks_total{service=\"vault\",result=\"pass\"}"), 0);
     assert_eq!(n2.metric("mesh_health_checks_total{service=\"vault\",result=\"fail\"}"), 0);
 }
+
+/// A forged member list: node-2 down, at another address, with a bump no restart can
+/// beat. It arrives in a sync exchange; node-1 drops it and counts it, and node-2 stays
+/// alive everywhere.
+#[test]
+fn a_forged_member_list_cannot_evict_a_node() {
+    use mesh_proto::wire::{BucketDigest, SyncPush, SyncSummary};
+    use meshd::membership::core::MemberId;
+
+    let block = Block::take();
+    let n1 = Node::start(&block, 1, "");
+    let n2 = Node::join(&block, 2, &n1.token(&[]), &seed(&n1), "");
+    let alive = |n: &Node, name: &str| {
+        n.meshctl_json(&["members"])
+            .as_array()
+            .is_some_and(|m| m.iter().any(|m| m["name"] == name && m["state"] == "alive"))
+    };
+    n1.eventually(LIVENESS, "node-1 sees node-2 alive", || alive(&n1, "node-2").then_some(()));
+    let hostile = Hostile::join(&block, 3, &n1);
+
+    let elsewhere: SocketAddr = (block.node_ip(9), 7946).into();
+    let evict = foca::Member::new(
+        MemberId { name: "node-2".into(), addr: elsewhere, bump: u64::MAX },
+        u16::MAX,
+        foca::State::Down,
+    );
+    let list = postcard::to_stdvec(&vec![evict]).expect("encode");
+    let n1_addr: SocketAddr = n1.addr().parse().expect("address");
+    hostile.rt.block_on(async {
+        let peer = hostile.transport.dial(n1_addr).await.expect("connection");
+        let (mut send, mut recv) = peer.conn.open_bi().await.expect("stream");
+        let buckets = vec![BucketDigest { count: 0, xor: 0 }; 256];
+        let request = MeshRequest::Sync { buckets, members: list };
+        meshd::transport::frame::write(&mut send, &request).await.expect("request");
+        let _: SyncSummary = meshd::transport::frame::read(&mut recv).await.expect("summary");
+        let done = SyncPush { entries: Vec::new(), want: Vec::new() };
+        meshd::transport::frame::write_last(&mut send, &done).await.expect("push");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    });
+    n1.eventually(LIVENESS, "node-1 drops the implausible member and counts it", || {
+        (n1.metric("mesh_gossip_dropped_datagrams_total{reason=\"implausible_member\"}") >= 1).then_some(())
+    });
+    // Several probe periods later, node-2 is still alive on both.
+    std::thread::sleep(Duration::from_secs(3));
+    for n in [&n1, &n2] {
+        assert!(alive(n, "node-2"), "{} still sees node-2 alive: {}", n.name, n.meshctl_json(&["members"]));
+    }
+    let addr_on_n1 = n1
+        .meshctl_json(&["members"])
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["name"] == "node-2").map(|m| m["addr"].clone()));
+    assert_eq!(addr_on_n1.and_then(|a| a.as_str().map(str::to_owned)), Some(n2.addr()), "its address unchanged");
+}

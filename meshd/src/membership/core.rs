@@ -268,7 +268,78 @@ impl BroadcastHandler<MemberId> for Handler {
     }
 }
 
-pub type Swim = Foca<MemberId, PostcardCodec, SmallRng, Handler>;
+pub type Swim = Foca<MemberId, MeshCodec, SmallRng, Handler>;
+
+/// How far ahead of this node's clock a member's bump (its start time, in ms since the
+/// epoch) may be: the store's tolerance for clock skew.
+pub const BUMP_AHEAD_MS: u64 = 60_000;
+
+/// foca's postcard codec, refusing identities no honest member has: an invalid name, or a
+/// bump beyond `max_bump` (the driver keeps it at its clock plus [`BUMP_AHEAD_MS`]).
+/// Without the bound, one forged `bump = u64::MAX` for a name would win every identity
+/// conflict for it for good (it cannot be refuted: a bump only grows), evicting the real
+/// member; within it, the real member refutes a forged identity by restarting its own
+/// with a higher bump.
+#[derive(Debug, Clone)]
+pub struct MeshCodec {
+    max_bump: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl MeshCodec {
+    /// A codec whose bound the caller keeps current.
+    pub fn new(max_bump: Arc<std::sync::atomic::AtomicU64>) -> MeshCodec {
+        MeshCodec { max_bump }
+    }
+
+    /// No bound (the simulation's virtual members, tests).
+    pub fn unbounded() -> MeshCodec {
+        MeshCodec::new(Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX)))
+    }
+
+    /// Whether `id` is an identity an honest member could have.
+    pub fn plausible(&self, id: &MemberId) -> bool {
+        mesh_proto::is_dns_label(&id.name) && id.bump <= self.max_bump.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Why the codec refused bytes.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error(transparent)]
+    Decode(#[from] postcard::Error),
+    #[error("an identity no member can have: {0}")]
+    Implausible(String),
+}
+
+impl Codec<MemberId> for MeshCodec {
+    type Error = CodecError;
+
+    fn encode_header(&mut self, header: &foca::Header<MemberId>, buf: impl bytes::BufMut) -> Result<(), CodecError> {
+        Ok(PostcardCodec.encode_header(header, buf)?)
+    }
+
+    fn decode_header(&mut self, buf: impl Buf) -> Result<foca::Header<MemberId>, CodecError> {
+        let header: foca::Header<MemberId> = PostcardCodec.decode_header(buf)?;
+        for id in [&header.src, &header.dst] {
+            if !self.plausible(id) {
+                return Err(CodecError::Implausible(format!("{} bump {}", id.name, id.bump)));
+            }
+        }
+        Ok(header)
+    }
+
+    fn encode_member(&mut self, member: &foca::Member<MemberId>, buf: impl bytes::BufMut) -> Result<(), CodecError> {
+        Ok(PostcardCodec.encode_member(member, buf)?)
+    }
+
+    fn decode_member(&mut self, buf: impl Buf) -> Result<foca::Member<MemberId>, CodecError> {
+        let member: foca::Member<MemberId> = PostcardCodec.decode_member(buf)?;
+        if !self.plausible(member.id()) {
+            return Err(CodecError::Implausible(format!("{} bump {}", member.id().name, member.id().bump)));
+        }
+        Ok(member)
+    }
+}
 
 /// Why a datagram was dropped before foca saw it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -300,4 +371,40 @@ pub fn check_sender(data: &[u8], peer: &str, max: usize) -> Result<(), Dropped> 
 /// Encodes an item for `Foca::add_broadcast`.
 pub fn encode_item(item: &Item) -> Vec<u8> {
     postcard::to_stdvec(item).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn swim(name: &str, bump: u64, codec: MeshCodec) -> Swim {
+        let id = MemberId { name: name.into(), addr: ([198, 18, 0, 1], 7946).into(), bump };
+        let params = crate::config::GossipConfig::default().params();
+        Foca::with_custom_broadcast(id, params.foca_config(3), SmallRng::seed_from_u64(1), codec, Handler::default())
+    }
+
+    /// The first datagram `from` sends when it announces itself to `to`.
+    fn announce(from: &mut Swim, to: &Swim) -> Vec<u8> {
+        let mut out = Output::default();
+        from.announce(to.identity().clone(), &mut out).expect("announce");
+        out.sends.pop().expect("a datagram").1
+    }
+
+    #[test]
+    fn an_identity_with_a_bump_beyond_the_clock_is_refused() {
+        let now = 1_800_000_000_000u64;
+        let bound = Arc::new(std::sync::atomic::AtomicU64::new(now + BUMP_AHEAD_MS));
+        let mut me = swim("me", now, MeshCodec::new(bound));
+        let mut forever = swim("peer", u64::MAX, MeshCodec::unbounded());
+        let data = announce(&mut forever, &me);
+        assert!(check_sender(&data, "peer", 1150).is_ok(), "its header names the sender");
+        assert!(me.handle_data(&data, &mut Output::default()).is_err(), "an unbeatable bump is refused");
+        assert_eq!(me.num_members(), 0);
+
+        let mut honest = swim("peer", now + 1_000, MeshCodec::unbounded());
+        let data = announce(&mut honest, &me);
+        assert!(me.handle_data(&data, &mut Output::default()).is_ok());
+        assert_eq!(me.num_members(), 1, "an honest member's announce is taken");
+    }
 }

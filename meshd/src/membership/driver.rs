@@ -9,18 +9,19 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use foca::{Foca, PostcardCodec, Timer};
+use foca::{Foca, Timer};
 use mesh_proto::api::MemberState;
 use rand::RngExt;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::core::{self, encode_item, Change, Handler, Item, MemberId, Output, Swim};
+use super::core::{self, encode_item, Change, Handler, Item, MemberId, MeshCodec, Output, Swim, BUMP_AHEAD_MS};
 use super::reap::{self, Gone};
 use super::sync::{self, MemberList};
 use super::{alone_warning, Heard, Inputs};
@@ -127,16 +128,19 @@ struct Driver {
     cluster_size: usize,
     started: Instant,
     warned_alone: Option<Instant>,
+    /// The codec's bound on identities' bumps: this node's clock plus the tolerance.
+    max_bump: Arc<AtomicU64>,
 }
 
 impl Driver {
     fn new(inputs: Inputs, dialled_tx: mpsc::Sender<Dialled>) -> Driver {
         let handler = Handler::default();
+        let max_bump = Arc::new(AtomicU64::new(wall_ms() + BUMP_AHEAD_MS));
         let swim: Swim = Foca::with_custom_broadcast(
             inputs.me.clone(),
             inputs.params.foca_config(1),
             rand::make_rng::<rand::rngs::SmallRng>(),
-            PostcardCodec,
+            MeshCodec::new(max_bump.clone()),
             handler.clone(),
         );
         Driver {
@@ -156,6 +160,7 @@ impl Driver {
             cluster_size: 1,
             started: Instant::now(),
             warned_alone: None,
+            max_bump,
         }
     }
 
@@ -197,7 +202,13 @@ impl Driver {
     }
 
     /// A peer's member list from a sync exchange: what is news to SWIM is applied.
-    fn on_member_list(&mut self, list: MemberList, out: &mut Output) {
+    fn on_member_list(&mut self, mut list: MemberList, out: &mut Output) {
+        let codec = MeshCodec::new(self.max_bump.clone());
+        let before = list.len();
+        list.retain(|m| codec.plausible(m.id()));
+        if list.len() < before {
+            self.inputs.metrics.drop("implausible_member");
+        }
         let news = sync::news(&self.swim, list);
         if !news.is_empty() {
             let _ = self.swim.apply_many(news.into_iter(), true, &mut *out);
@@ -286,6 +297,7 @@ impl Driver {
     }
 
     fn on_view_tick(&mut self, out: &mut Output) {
+        self.max_bump.store(wall_ms() + BUMP_AHEAD_MS, Ordering::Relaxed);
         self.inputs.exchange.set_ours(&self.swim);
         let now = Instant::now();
         match alone_warning(&self.snapshots.borrow(), &self.inputs.seeds) {

@@ -17,12 +17,12 @@ use std::collections::{BTreeMap, BinaryHeap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
-use foca::{Foca, PostcardCodec, Timer};
+use foca::{Foca, Timer};
 use mesh_proto::wire::{self, MeshRequest};
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 
-use super::core::{encode_item, Change, Handler, Item, MemberId, Output, Params, Swim};
+use super::core::{encode_item, Change, Handler, Item, MemberId, MeshCodec, Output, Params, Swim};
 use super::sync::{self, Callee, Caller};
 use crate::store::entry::Entry;
 use crate::store::hlc::{Clock, Hlc};
@@ -114,7 +114,7 @@ impl Sim {
             id.clone(),
             self.params.foca_config(cluster),
             rng,
-            PostcardCodec,
+            MeshCodec::unbounded(),
             handler.clone(),
         );
         SimNode {
