@@ -57,7 +57,9 @@ impl ClientError {
     pub fn is_usage(&self) -> bool {
         match self {
             ClientError::Input(_) => true,
-            ClientError::Api { status, .. } => status.is_client_error() && *status != StatusCode::NOT_FOUND,
+            ClientError::Api { status, .. } => {
+                status.is_client_error() && *status != StatusCode::NOT_FOUND && *status != StatusCode::FORBIDDEN
+            }
             _ => false,
         }
     }

@@ -386,7 +386,9 @@ async fn drain_with(trigger: DrainTrigger, deadline: Duration) -> DrainOutcome {
 
 async fn serve_unix(listener: UnixListener, router: Router, drain: DrainWatcher) {
     let signal = drain.clone();
-    let result = axum::serve(listener, router).with_graceful_shutdown(async move { signal.signaled().await }).await;
+    // Each connection carries its peer's credentials, for the admin API's access check.
+    let service = router.into_make_service_with_connect_info::<crate::admin::access::Caller>();
+    let result = axum::serve(listener, service).with_graceful_shutdown(async move { signal.signaled().await }).await;
     if let Err(e) = result {
         tracing::error!(error = %e, "admin socket server failed");
     }

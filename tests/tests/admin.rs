@@ -137,3 +137,54 @@ fn metrics_are_served_on_admin_http_and_the_api_is_not() {
     let status = get("/v1/status");
     assert!(status.starts_with("HTTP/1.1 404"), "the TCP port must not serve the API: {status}");
 }
+
+/// The admin socket's privilege levels, judged by the kernel's view of the caller
+/// (SO_PEERCRED): another user may read but not change the mesh; in group `meshd-admin`
+/// it may. Needs root (to run meshctl as another user and to create the group): CI is
+/// root; elsewhere the test fails saying so.
+#[test]
+fn another_user_may_read_but_only_root_meshd_or_meshd_admin_may_change() {
+    use std::process::Command;
+    assert!(nix::unistd::geteuid().is_root(), "this test needs root (to run meshctl as another user)");
+    let block = Block::take();
+    let node = Node::start(&block, 1, "");
+    // A copy of meshctl and a path to the socket that uid 65534 can reach.
+    let _ = Command::new("chmod").arg("0711").arg(node.dir.path()).status();
+    let _ = Command::new("chmod").arg("0666").arg(&node.socket).status();
+    let tools = tempfile::tempdir().expect("tempdir");
+    let _ = Command::new("chmod").arg("0755").arg(tools.path()).status();
+    let meshctl = tools.path().join("meshctl");
+    std::fs::copy(&binaries().meshctl, &meshctl).expect("copy meshctl");
+    let _ = Command::new("groupadd").args(["--system", "meshd-admin"]).status();
+    let admin_gid = nix::unistd::Group::from_name("meshd-admin")
+        .expect("group lookup")
+        .expect("group meshd-admin exists (groupadd)")
+        .gid
+        .as_raw();
+    let as_nobody = |groups: &str, args: &[&str]| {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534"])
+            .arg(if groups.is_empty() { "--clear-groups".to_owned() } else { format!("--groups={groups}") })
+            .arg(&meshctl)
+            .arg("--socket")
+            .arg(&node.socket)
+            .args(args)
+            .output()
+            .expect("setpriv meshctl")
+    };
+
+    let read = as_nobody("", &["status"]);
+    assert!(read.status.success(), "reading: {}", String::from_utf8_lossy(&read.stderr));
+    let change = as_nobody("", &["token", "create"]);
+    let stderr = String::from_utf8_lossy(&change.stderr);
+    assert_eq!(change.status.code(), Some(1), "changing is refused with 1: {stderr}");
+    assert!(stderr.contains("meshd-admin") && stderr.contains("uid 65534"), "the error says what is needed: {stderr}");
+    assert!(node.logs().contains("refused a change from an admin client without the right"));
+    let dry = as_nobody("", &["route", "lint"]);
+    assert!(dry.status.success(), "lint only reads: {}", String::from_utf8_lossy(&dry.stderr));
+
+    let admin = as_nobody(&admin_gid.to_string(), &["token", "create"]);
+    assert!(admin.status.success(), "in group meshd-admin: {}", String::from_utf8_lossy(&admin.stderr));
+    let own = node.meshctl(&["token", "create"]);
+    assert!(own.status.success(), "as root: {}", String::from_utf8_lossy(&own.stderr));
+}
