@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use hyper::Method;
 use mesh_proto::api::{Connection, Member, NodeRemoved, Status, TokenCreated, TokenRequest};
+use mesh_proto::role::Role;
 use meshctl::{table, Client, ClientError};
 
 mod route;
@@ -79,7 +80,12 @@ enum TokenCommand {
         /// How long it is valid, 1s to 7d.
         #[arg(long, default_value = "1h", value_parser = parse_token_ttl)]
         ttl: Duration,
-        /// The joining node becomes a signer too (it receives the CA key).
+        /// The joining node's role: member (serves and reads), operator (also writes
+        /// routes and policies) or signer (also issues certificates and tokens, removes
+        /// nodes; it receives the CA key).
+        #[arg(long, default_value = "member", value_parser = parse_role, conflicts_with = "signer")]
+        role: Role,
+        /// The same as --role signer.
         #[arg(long)]
         signer: bool,
         /// Only a node with this name may use it.
@@ -109,6 +115,10 @@ enum NodeCommand {
         /// The node's name.
         name: String,
     },
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    s.parse()
 }
 
 fn parse_token_ttl(s: &str) -> Result<Duration, String> {
@@ -191,9 +201,14 @@ async fn execute(client: &Client, command: &Command, output: Output) -> Result<S
                 Ok(format!("deregistered {}\n", v["deregistered"].as_str().unwrap_or("")))
             })
         }
-        Command::Token { command: TokenCommand::Create { ttl, signer, node } } => {
-            let request =
-                TokenRequest { ttl: Some(mesh_proto::duration::format(*ttl)), signer: *signer, node: node.clone() };
+        Command::Token { command: TokenCommand::Create { ttl, role, signer, node } } => {
+            let role = if *signer { Role::Signer } else { *role };
+            let request = TokenRequest {
+                ttl: Some(mesh_proto::duration::format(*ttl)),
+                signer: false,
+                role: Some(role),
+                node: node.clone(),
+            };
             let body = serde_json::to_vec(&request).map_err(decode)?;
             // The table form is the token alone, one line, for scripts: TOKEN=$(meshctl token create).
             (client.request(Method::POST, "/v1/tokens", Some(body)).await?, |b| {

@@ -52,6 +52,7 @@ pub fn status(s: &Status) -> String {
         ("cert expires", or_dash(s.cert_expires.as_ref())),
         ("ca fingerprint", or_dash(s.ca_fingerprint.as_ref())),
         ("signer", or_dash(signer)),
+        ("role", or_dash(s.role.map(|r| r.as_str().to_owned()))),
         ("store", or_dash(store)),
         ("members", or_dash(members)),
         ("services", or_dash(s.services)),
@@ -68,9 +69,12 @@ pub fn status(s: &Status) -> String {
 pub fn members(members: &[Member], now: SystemTime) -> String {
     let rows: Vec<Vec<String>> = members
         .iter()
-        .map(|m| vec![m.name.clone(), m.addr.clone(), m.state.as_str().to_owned(), ago(&m.last_heard, now)])
+        .map(|m| {
+            let role = m.role.map_or("-", |r| r.as_str()).to_owned();
+            vec![m.name.clone(), m.addr.clone(), m.state.as_str().to_owned(), role, ago(&m.last_heard, now)]
+        })
         .collect();
-    columns(&["NAME", "ADDRESS", "STATE", "LAST HEARD"], &rows)
+    columns(&["NAME", "ADDRESS", "STATE", "ROLE", "LAST HEARD"], &rows)
 }
 
 pub fn services(services: &[mesh_proto::api::Service]) -> String {
@@ -139,19 +143,21 @@ mod tests {
                     addr: "198.18.0.1:7946".into(),
                     state: MemberState::Alive,
                     last_heard: "2026-01-01T00:01:05Z".into(),
+                    role: Some(mesh_proto::role::Role::Signer),
                 },
                 Member {
                     name: "database-7".into(),
                     addr: "198.18.0.20:7946".into(),
                     state: MemberState::Suspect,
                     last_heard: "2026-01-01T00:00:00Z".into(),
+                    role: None,
                 },
             ],
             now,
         );
         let lines: Vec<&str> = table.lines().collect();
-        assert_eq!(lines[0], "NAME        ADDRESS           STATE    LAST HEARD");
-        assert_eq!(lines[1], "vm-1        198.18.0.1:7946   alive    just now");
-        assert_eq!(lines[2], "database-7  198.18.0.20:7946  suspect  1m 5s ago");
+        assert_eq!(lines[0], "NAME        ADDRESS           STATE    ROLE    LAST HEARD");
+        assert_eq!(lines[1], "vm-1        198.18.0.1:7946   alive    signer  just now");
+        assert_eq!(lines[2], "database-7  198.18.0.20:7946  suspect  -       1m 5s ago");
     }
 }

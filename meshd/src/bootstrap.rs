@@ -62,6 +62,7 @@ fn record_own_cert(store: &Store, data_dir: &Path, node: &str, issued_by: &str) 
         key_hash: info.key_hash,
         not_after_ms: info.not_after.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
         issued_by: issued_by.to_owned(),
+        role: info.role,
     };
     store.put(&node_cert_key(node), serde_json::to_vec(&record).unwrap_or_default())?;
     Ok(())

@@ -87,7 +87,11 @@ pub async fn run(mut signals: signal::Shutdown) -> anyhow::Result<()> {
     let joined = async {
         let mut bound = Vec::new();
         for config in &configs[1..] {
-            let token = signer.create_token(Duration::from_secs(60), false, Some(config.node_name.clone()))?;
+            let token = signer.create_token(
+                Duration::from_secs(60),
+                mesh_proto::role::Role::Member,
+                Some(config.node_name.clone()),
+            )?;
             bootstrap::join(config, &token.token).await?;
             bound.push(app::build(config).await?);
         }

@@ -19,6 +19,9 @@ pub struct Status {
     pub ca_fingerprint: Option<String>,
     /// Whether this node can sign certificates and issue join tokens; null until known.
     pub signer: Option<bool>,
+    /// This node's role, as its certificate says; null until known.
+    #[serde(default)]
+    pub role: Option<crate::role::Role>,
     /// Set while certificate renewal is failing: what fails and how long is left.
     #[serde(default)]
     pub cert_warning: Option<String>,
@@ -62,6 +65,9 @@ pub struct Member {
     pub state: MemberState,
     /// When this node last heard from the member (RFC 3339, UTC).
     pub last_heard: String,
+    /// Its role, as the certificate record its signer wrote says; null when unknown.
+    #[serde(default)]
+    pub role: Option<crate::role::Role>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,9 +152,13 @@ pub struct TokenRequest {
     /// How long the token is valid, 1s to 7d. Default: 1h.
     #[serde(default)]
     pub ttl: Option<String>,
-    /// The joining node also becomes a signer (it receives the CA key).
+    /// The joining node also becomes a signer (it receives the CA key): the same as
+    /// `role: signer`.
     #[serde(default)]
     pub signer: bool,
+    /// The joining node's role. Default: member (signer with `signer: true`).
+    #[serde(default)]
+    pub role: Option<crate::role::Role>,
     /// Only a node of this name may redeem it.
     #[serde(default)]
     pub node: Option<String>,
@@ -161,6 +171,13 @@ pub struct TokenCreated {
     pub id: String,
     pub expires: String,
     pub signer: bool,
+    /// The role the joining node gets.
+    #[serde(default = "member")]
+    pub role: crate::role::Role,
+}
+
+fn member() -> crate::role::Role {
+    crate::role::Role::Member
 }
 
 /// The answer to `DELETE /v1/nodes/NAME`.

@@ -248,3 +248,48 @@ fn a_join_token_in_the_config_joins_on_first_start() {
     let node = node.run();
     assert_eq!(node.meshctl_json(&["status"])["identity"], "spiffe://mesh.local/node/node-2");
 }
+
+/// Roles come from the certificate the CA signed: the first node is a signer, a plain
+/// token makes a member, `--role operator` an operator. Each sees the others' roles; a
+/// member may not write routes, an operator may, and only a signer removes nodes or makes
+/// tokens. Each refusal exits 1 naming the role needed.
+#[test]
+fn roles_are_signed_into_certificates_and_limit_what_a_node_may_change() {
+    let block = Block::take();
+    let n1 = Node::start(&block, 1, "");
+    let member = Node::join(&block, 2, &n1.token(&[]), &seed(&n1), "");
+    let operator = Node::join(&block, 3, &n1.token(&["--role", "operator"]), &seed(&n1), "");
+    for (node, role) in [(&n1, "signer"), (&member, "member"), (&operator, "operator")] {
+        assert_eq!(node.meshctl_json(&["status"])["role"], role, "{}", node.name);
+    }
+    n1.eventually(LIVENESS, "node-1 lists each member's role", || {
+        let members = n1.meshctl_json(&["members"]);
+        let roles: Vec<(String, String)> = members
+            .as_array()?
+            .iter()
+            .map(|m| (m["name"].as_str().unwrap_or("").to_owned(), m["role"].as_str().unwrap_or("").to_owned()))
+            .collect();
+        let want = [("node-1", "signer"), ("node-2", "member"), ("node-3", "operator")];
+        (roles.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect::<Vec<_>>() == want).then_some(())
+    });
+
+    let route = member.dir.path().join("web.route.toml");
+    std::fs::write(&route, "service = \"web\"\n[[http]]\ntimeout = \"2s\"\n").expect("route file");
+    let route = route.display().to_string();
+    let refused = member.meshctl(&["route", "apply", "-f", &route]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "a member may not write routes: {stderr}");
+    assert!(stderr.contains("needs role operator") && stderr.contains("is a member"), "{stderr}");
+    let dry = member.meshctl(&["route", "apply", "-f", &route, "--dry-run"]);
+    assert!(dry.status.success(), "a dry run only reads: {}", String::from_utf8_lossy(&dry.stderr));
+    let applied = operator.meshctl(&["route", "apply", "-f", &route]);
+    assert!(applied.status.success(), "an operator may: {}", String::from_utf8_lossy(&applied.stderr));
+
+    for args in [&["node", "remove", "node-2"][..], &["token", "create"][..]] {
+        let out = operator.meshctl(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?} on an operator: {stderr}");
+        assert!(stderr.contains("needs role signer"), "{args:?}: {stderr}");
+    }
+    assert!(n1.meshctl(&["node", "remove", "node-2"]).status.success(), "the signer may remove a node");
+}

@@ -26,9 +26,14 @@ fn node(dir: &std::path::Path, name: &str, signer: Option<&Identity>) -> Arc<Ide
             let key = ca::new_node_key().expect("key");
             let csr = ca::csr_for(&key, name).expect("csr");
             let cert =
-                s.ca.issue(&csr, &SpiffeId::new("mesh.local", name), Duration::from_secs(3600))
-                    .expect("issue")
-                    .expect("signer");
+                s.ca.issue(
+                    &csr,
+                    &SpiffeId::new("mesh.local", name),
+                    mesh_proto::role::Role::Member,
+                    Duration::from_secs(3600),
+                )
+                .expect("issue")
+                .expect("signer");
             std::fs::create_dir_all(&data).expect("dir");
             identity::install(
                 &data,

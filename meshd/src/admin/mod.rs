@@ -20,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use mesh_proto::api::{self, ApiError, INDEX_HEADER};
+use mesh_proto::role::Role;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -233,6 +234,7 @@ async fn status(
         cert_expires: Some(rfc3339(cert.info.not_after)),
         ca_fingerprint: Some(state.identity.ca_fingerprint.clone()),
         signer: Some(state.identity.ca.is_signer()),
+        role: Some(state.identity.role()),
         cert_warning: if state.transport.is_removed() {
             Some(
                 "this node was removed from the mesh: members refuse its certificate; join again with a new token"
@@ -380,6 +382,15 @@ async fn create_token(
     body: Result<Json<api::TokenRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, Error> {
     let Json(req) = body.map_err(|e| Error::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    need(&state, Role::Signer, "creating a join token")?;
+    let role = match (req.role, req.signer) {
+        (Some(r), false) => r,
+        (Some(Role::Signer) | None, true) => Role::Signer,
+        (None, false) => Role::Member,
+        (Some(r), true) => {
+            return Err(Error::new(StatusCode::BAD_REQUEST, format!("--signer means role signer, not {r}")));
+        }
+    };
     let ttl = match &req.ttl {
         Some(t) => {
             mesh_proto::duration::parse(t).map_err(|e| Error::new(StatusCode::BAD_REQUEST, format!("ttl: {e}")))?
@@ -387,7 +398,7 @@ async fn create_token(
         None => Duration::from_secs(3600),
     };
     let signer = state.signer.clone();
-    let issued = tokio::task::spawn_blocking(move || signer.create_token(ttl, req.signer, req.node))
+    let issued = tokio::task::spawn_blocking(move || signer.create_token(ttl, role, req.node))
         .await
         .map_err(|e| Error::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
         .map_err(signer_error)?;
@@ -395,7 +406,8 @@ async fn create_token(
         token: issued.token,
         id: issued.id,
         expires: rfc3339(std::time::UNIX_EPOCH + Duration::from_millis(issued.record.expires_ms)),
-        signer: issued.record.grant_signer,
+        signer: issued.record.role() == Role::Signer,
+        role: issued.record.role(),
     };
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
@@ -405,12 +417,29 @@ async fn remove_node(
     State(state): State<Arc<AdminState>>,
     axum::extract::Path(name): axum::extract::Path<String>,
 ) -> Result<Json<api::NodeRemoved>, Error> {
+    need(&state, Role::Signer, "removing a node")?;
     let signer = state.signer.clone();
     let revocation = tokio::task::spawn_blocking(move || signer.remove(&name))
         .await
         .map_err(|e| Error::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
         .map_err(signer_error)?;
     Ok(Json(api::NodeRemoved { node: revocation.node, serial: revocation.serial, key: revocation.key_hash }))
+}
+
+/// Refuses what this node's role does not allow (its certificate says its role), naming
+/// the role needed.
+pub(crate) fn need(state: &AdminState, needed: Role, what: &str) -> Result<(), Error> {
+    let have = state.identity.role();
+    if have.allows(needed) {
+        return Ok(());
+    }
+    Err(Error::new(
+        StatusCode::FORBIDDEN,
+        format!(
+            "{what} needs role {needed} and this node is a {have}: run it on a node with that role, \
+             or join one with `meshctl token create --role {needed}` on a signer"
+        ),
+    ))
 }
 
 fn signer_error(e: SignerError) -> Error {
@@ -439,6 +468,11 @@ fn member_list(state: &AdminState, snap: &Snapshot) -> Vec<api::Member> {
                 addr: m.addr.to_string(),
                 state: m.state,
                 last_heard: heard.map_or_else(|| "never".to_owned(), rfc3339),
+                role: if m.name == snap.node {
+                    Some(state.identity.role())
+                } else {
+                    snap.parts.roles.get(&m.name).copied()
+                },
             }
         })
         .collect();
@@ -450,6 +484,7 @@ fn member_list(state: &AdminState, snap: &Snapshot) -> Vec<api::Member> {
                 addr: String::new(),
                 state: api::MemberState::Left,
                 last_heard: rfc3339(std::time::UNIX_EPOCH + Duration::from_millis(removed.at_ms)),
+                role: snap.parts.roles.get(&removed.node).copied(),
             });
         }
     }

@@ -14,6 +14,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use mesh_proto::api;
+use mesh_proto::role::Role;
 use mesh_proto::route::RouteSpec;
 use serde::Deserialize;
 
@@ -104,6 +105,9 @@ pub async fn apply(
 ) -> Result<Json<api::Route>, Error> {
     let Query(query) = query.map_err(|e| Error::new(StatusCode::BAD_REQUEST, e.body_text()))?;
     let Json(spec) = spec.map_err(|e| Error::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    if !query.dry_run {
+        super::need(&state, Role::Operator, "applying a route")?;
+    }
     if spec.name != name {
         return Err(Error::new(
             StatusCode::BAD_REQUEST,
@@ -133,6 +137,7 @@ pub async fn delete(
     State(state): State<Arc<AdminState>>,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, Error> {
+    super::need(&state, Role::Operator, "deleting a route")?;
     let store = state.store.clone();
     let n = name.clone();
     blocking(move || routes::delete(&store, &n)).await?;
@@ -168,6 +173,9 @@ pub async fn rollback(
 ) -> Result<Json<api::Route>, Error> {
     let Query(query) = query.map_err(|e| Error::new(StatusCode::BAD_REQUEST, e.body_text()))?;
     let Json(req) = req.map_err(|e| Error::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    if !query.dry_run {
+        super::need(&state, Role::Operator, "rolling a route back")?;
+    }
     let (store, mode) = (state.store.clone(), mode(query.dry_run));
     let done = blocking(move || routes::rollback(&store, &name, req.to, mode)).await?;
     Ok(Json(applied(&state, done)))

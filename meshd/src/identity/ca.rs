@@ -13,6 +13,8 @@ use rcgen::{
 };
 use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer};
 
+use mesh_proto::role::Role;
+
 use super::cert::SpiffeId;
 
 /// How long the CA is valid: long, because replacing a root means touching every host.
@@ -76,23 +78,32 @@ impl Ca {
         self.issuer.as_ref().map(|i| i.key().serialize_der())
     }
 
-    /// Issues a node certificate for `id`, valid for `ttl`, for the key in `csr`.
-    /// None when this node is not a signer.
-    pub fn issue(&self, csr: &[u8], id: &SpiffeId, ttl: Duration) -> Result<Option<CertificateDer<'static>>, CaError> {
+    /// Issues a node certificate for `id` with `role`, valid for `ttl`, for the key in
+    /// `csr`. None when this node is not a signer.
+    pub fn issue(
+        &self,
+        csr: &[u8],
+        id: &SpiffeId,
+        role: Role,
+        ttl: Duration,
+    ) -> Result<Option<CertificateDer<'static>>, CaError> {
         let Some(issuer) = &self.issuer else { return Ok(None) };
         let csr = CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr.to_vec()))
             .map_err(|e| CaError::BadCsr(e.to_string()))?;
-        let params = node_params(id, ttl)?;
+        let params = node_params(id, role, ttl)?;
         let cert = params.signed_by(&csr.public_key, issuer)?;
         Ok(Some(cert.der().clone()))
     }
 }
 
-/// The fields of every node certificate.
-fn node_params(id: &SpiffeId, ttl: Duration) -> Result<CertificateParams, CaError> {
+/// The fields of every node certificate. The role is the subject's organizational unit
+/// (as Kubernetes puts a client's groups in its organization): signed by the CA with the
+/// rest, so a node cannot claim another.
+fn node_params(id: &SpiffeId, role: Role, ttl: Duration) -> Result<CertificateParams, CaError> {
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, id.node.clone());
+    dn.push(DnType::OrganizationalUnitName, role.as_str());
     params.distinguished_name = dn;
     params.subject_alt_names = vec![SanType::URI(id.to_string().try_into()?)];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
@@ -144,9 +155,10 @@ mod tests {
         // A CSR that asks for another name: the signer ignores it.
         let csr = csr_for(&key, "someone-else").expect("csr");
         let id = SpiffeId::new("mesh.local", "vm-2");
-        let der = ca.issue(&csr, &id, Duration::from_secs(3600)).expect("issue").expect("signer");
+        let der = ca.issue(&csr, &id, Role::Operator, Duration::from_secs(3600)).expect("issue").expect("signer");
         let info = cert::inspect(&der).expect("a node cert");
         assert_eq!(info.id, id);
+        assert_eq!(info.role, Some(Role::Operator), "the role the CA signed in");
         let now = SystemTime::now();
         assert!(info.not_before <= now - Duration::from_secs(55));
         let life = info.not_after.duration_since(now).expect("future");
@@ -167,7 +179,7 @@ mod tests {
         let key = new_node_key().expect("key");
         let csr = csr_for(&key, "n").expect("csr");
         let der = again
-            .issue(&csr, &SpiffeId::new("mesh.local", "n"), Duration::from_secs(60))
+            .issue(&csr, &SpiffeId::new("mesh.local", "n"), Role::Member, Duration::from_secs(60))
             .expect("issue")
             .expect("signer");
         let anchor = webpki::anchor_from_trusted_cert(&ca.der).expect("anchor");
@@ -183,7 +195,7 @@ mod tests {
         )
         .expect("chains to the original CA certificate");
         assert!(Ca::verify_only(ca.der.clone())
-            .issue(&csr, &SpiffeId::new("mesh.local", "n"), Duration::from_secs(60))
+            .issue(&csr, &SpiffeId::new("mesh.local", "n"), Role::Member, Duration::from_secs(60))
             .expect("ok")
             .is_none());
     }

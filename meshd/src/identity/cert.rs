@@ -6,6 +6,8 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use mesh_proto::role::Role;
+
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
@@ -48,6 +50,9 @@ pub struct CertInfo {
     pub key_hash: String,
     pub not_before: SystemTime,
     pub not_after: SystemTime,
+    /// The role the CA signed into it (the subject's organizational unit); None in a
+    /// certificate issued before roles.
+    pub role: Option<Role>,
 }
 
 /// Why a certificate is not a node certificate.
@@ -79,12 +84,14 @@ pub fn inspect(der: &[u8]) -> Result<CertInfo, CertError> {
     let id = SpiffeId::parse(uri).ok_or_else(|| CertError::NotNodeId(uri.to_owned()))?;
     let key_hash = hex(ring::digest::digest(&ring::digest::SHA256, cert.public_key().raw).as_ref());
     let time = |t: i64| UNIX_EPOCH + Duration::from_secs(u64::try_from(t).unwrap_or(0));
+    let role = cert.subject().iter_organizational_unit().find_map(|ou| ou.as_str().ok()?.parse::<Role>().ok());
     Ok(CertInfo {
         id,
         serial: hex(cert.raw_serial()),
         key_hash,
         not_before: time(cert.validity().not_before.timestamp()),
         not_after: time(cert.validity().not_after.timestamp()),
+        role,
     })
 }
 

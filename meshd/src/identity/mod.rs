@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
+use mesh_proto::role::Role;
 use rcgen::KeyPair;
 use rustls::crypto::CryptoProvider;
 use rustls::sign::CertifiedKey;
@@ -164,6 +165,17 @@ pub fn install(data_dir: &Path, m: &Material<'_>) -> Result<(), IdentityError> {
     Ok(())
 }
 
+/// The role a certificate grants. One issued before roles carries none: its node keeps
+/// what every node could do then (operator), or signer when it holds the CA key; its
+/// first renewal writes the role in.
+pub fn effective_role(info: &CertInfo, holds_ca_key: bool) -> Role {
+    match info.role {
+        Some(r) => r,
+        None if holds_ca_key => Role::Signer,
+        None => Role::Operator,
+    }
+}
+
 /// `meshd init`: a new CA and this node's first certificate, signed by it.
 pub fn init(data_dir: &Path, node: &str, trust_domain: &str, ttl: Duration) -> Result<String, IdentityError> {
     if dir_of(data_dir).join("node.pem").exists() {
@@ -173,7 +185,7 @@ pub fn init(data_dir: &Path, node: &str, trust_domain: &str, ttl: Duration) -> R
     let key = ca::new_node_key()?;
     let csr = ca::csr_for(&key, node)?;
     let cert = ca
-        .issue(&csr, &SpiffeId::new(trust_domain, node), ttl)?
+        .issue(&csr, &SpiffeId::new(trust_domain, node), Role::Signer, ttl)?
         .ok_or_else(|| IdentityError::Tls("a new CA cannot sign".to_owned()))?;
     let ca_key = ca.key_der();
     install(data_dir, &Material { key: &key, cert: &cert, ca: &ca.der, ca_key: ca_key.as_deref(), signers: &[] })?;
@@ -225,6 +237,11 @@ impl Identity {
     /// The certificate in use now.
     pub fn current(&self) -> Arc<Current> {
         self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// This node's role: what its certificate says (see [`effective_role`]).
+    pub fn role(&self) -> Role {
+        effective_role(&self.current().info, self.ca.is_signer())
     }
 
     /// A CSR for this node's key (for renewal).

@@ -18,6 +18,9 @@ pub struct NodeCertRecord {
     pub key_hash: String,
     pub not_after_ms: u64,
     pub issued_by: String,
+    /// The role the certificate carries (None: issued before roles).
+    #[serde(default)]
+    pub role: Option<mesh_proto::role::Role>,
 }
 
 /// `revoked/SERIAL`: a removed node's certificate and key.
@@ -43,6 +46,19 @@ pub fn removed_among(view: &View, set: &RevokedSet, list: &[Revocation]) -> BTre
             view.get(&node_cert_key(node))
                 .and_then(|v| serde_json::from_slice::<NodeCertRecord>(v).ok())
                 .is_none_or(|held| set.keys.contains(&held.key_hash))
+        })
+        .collect()
+}
+
+/// Each node's role, as the certificate record its signer wrote says (records from before
+/// roles carry none).
+pub fn roles(view: &View) -> std::collections::BTreeMap<String, mesh_proto::role::Role> {
+    view.prefix("node/")
+        .filter(|e| !e.deleted && e.key.ends_with("/cert"))
+        .filter_map(|e| {
+            let node = e.key.strip_prefix("node/")?.strip_suffix("/cert")?;
+            let record: NodeCertRecord = serde_json::from_slice(&e.value).ok()?;
+            Some((node.to_owned(), record.role?))
         })
         .collect()
 }

@@ -47,6 +47,7 @@ mod tests {
             key_hash: String::new(),
             not_before: issued - BACKDATE,
             not_after: issued + Duration::from_secs(86_400),
+            role: None,
         };
         assert_eq!(due(&info, 0.0), issued + Duration::from_secs(43_200));
         let early = due(&info, 0.999_999);

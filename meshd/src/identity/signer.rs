@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use mesh_proto::role::Role;
 use mesh_proto::token::Token;
 use mesh_proto::wire::{JoinRequest, JoinResponse, Refusal, RefusalReason, RenewResponse};
 use serde::{Deserialize, Serialize};
@@ -35,12 +36,22 @@ pub struct TokenRecord {
     pub signer: String,
     pub created_ms: u64,
     pub expires_ms: u64,
-    /// The joining node also becomes a signer.
+    /// The joining node also becomes a signer (records from before roles).
     pub grant_signer: bool,
+    /// The joining node's role.
+    #[serde(default)]
+    pub role: Option<Role>,
     /// The name the joining node must have, if the token was made for one.
     pub node: Option<String>,
     /// The node that redeemed it.
     pub used_by: Option<String>,
+}
+
+impl TokenRecord {
+    /// The role a node joining with this token gets.
+    pub fn role(&self) -> Role {
+        self.role.unwrap_or(if self.grant_signer { Role::Signer } else { Role::Member })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -128,7 +139,7 @@ impl Signer {
     }
 
     /// Makes a token valid for `ttl`, redeemable here once.
-    pub fn create_token(&self, ttl: Duration, grant_signer: bool, node: Option<String>) -> Result<Issued, SignerError> {
+    pub fn create_token(&self, ttl: Duration, role: Role, node: Option<String>) -> Result<Issued, SignerError> {
         if !self.is_signer() {
             return Err(SignerError::NotSigner);
         }
@@ -150,7 +161,8 @@ impl Signer {
             signer: self.identity.node.clone(),
             created_ms: now,
             expires_ms: now + u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
-            grant_signer,
+            grant_signer: role == Role::Signer,
+            role: Some(role),
             node,
             used_by: None,
         };
@@ -222,7 +234,7 @@ impl Signer {
         let cert = self
             .identity
             .ca
-            .issue(&csr, &id, self.cert_ttl)
+            .issue(&csr, &id, record.role(), self.cert_ttl)
             .map_err(|e| refuse(RefusalReason::BadRequest, e.to_string()))?
             .ok_or_else(|| refuse(RefusalReason::NotSigner, "this node cannot sign"))?;
         let info = cert::inspect(&cert).map_err(|e| refuse(RefusalReason::Internal, e.to_string()))?;
@@ -235,11 +247,11 @@ impl Signer {
         self.store.local_put(&key, &used).map_err(|e| cannot_store(e.to_string()))?;
         let cert_record = serde_json::to_vec(&self.record_for(&info)).map_err(|e| cannot_store(e.to_string()))?;
         self.store.put(&node_cert_key(&node), cert_record).map_err(|e| cannot_store(e.to_string()))?;
-        tracing::info!(%node, serial = %info.serial, signer = record.grant_signer, "node joined");
+        tracing::info!(%node, serial = %info.serial, role = %record.role(), "node joined");
         Ok(JoinResponse::Granted {
             cert: cert.to_vec(),
             ca: self.identity.ca.der.to_vec(),
-            ca_key: if record.grant_signer { self.identity.ca.key_der() } else { None },
+            ca_key: if record.role() == Role::Signer { self.identity.ca.key_der() } else { None },
         })
     }
 
@@ -249,12 +261,17 @@ impl Signer {
             key_hash: info.key_hash.clone(),
             not_after_ms: ms(info.not_after),
             issued_by: self.identity.node.clone(),
+            role: info.role,
         }
     }
 
     /// Renews `peer`'s certificate (the peer proved it holds it in the handshake) for the
-    /// same name and the same key.
+    /// same name, key and role.
     pub fn renew(&self, peer: &CertInfo, csr: &[u8]) -> RenewResponse {
+        self.renew_as(peer, csr, crate::identity::effective_role(peer, false))
+    }
+
+    fn renew_as(&self, peer: &CertInfo, csr: &[u8], role: Role) -> RenewResponse {
         let result = (|| {
             if !self.is_signer() {
                 return Err(refuse(RefusalReason::NotSigner, "this node cannot sign"));
@@ -265,7 +282,7 @@ impl Signer {
             let cert = self
                 .identity
                 .ca
-                .issue(csr, &peer.id, self.cert_ttl)
+                .issue(csr, &peer.id, role, self.cert_ttl)
                 .map_err(|e| refuse(RefusalReason::BadRequest, e.to_string()))?
                 .ok_or_else(|| refuse(RefusalReason::NotSigner, "this node cannot sign"))?;
             let info = cert::inspect(&cert).map_err(|e| refuse(RefusalReason::Internal, e.to_string()))?;
@@ -286,7 +303,7 @@ impl Signer {
     /// Renews this node's own certificate, when it is a signer.
     pub fn renew_self(&self) -> Result<CertInfo, String> {
         let csr = self.identity.csr().map_err(|e| e.to_string())?;
-        match self.renew(&self.identity.current().info, &csr) {
+        match self.renew_as(&self.identity.current().info, &csr, self.identity.role()) {
             RenewResponse::Renewed { cert } => self.identity.replace_cert(cert.into()).map_err(|e| e.to_string()),
             RenewResponse::Refused(r) => Err(r.to_string()),
         }

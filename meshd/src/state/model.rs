@@ -163,6 +163,8 @@ pub struct StoreParts {
     pub revocations: Vec<crate::identity::records::Revocation>,
     /// Nodes whose current key is revoked.
     pub removed: BTreeSet<String>,
+    /// Each node's role, from its certificate record.
+    pub roles: BTreeMap<String, mesh_proto::role::Role>,
 }
 
 impl StoreParts {
@@ -191,7 +193,8 @@ impl StoreParts {
             .filter_map(|e| Route::from_revision(&e.as_revision()))
             .map(|r| (r.spec.name.clone(), Arc::new(r)))
             .collect();
-        StoreParts { records, decoded, routes, revoked, revocations, removed }
+        let roles = crate::identity::records::roles(view);
+        StoreParts { records, decoded, routes, revoked, revocations, removed, roles }
     }
 }
 
@@ -285,8 +288,13 @@ mod tests {
         }
         let route = RouteSpec::from_file("r.toml", "service = \"web\"\n").expect("route");
         put(&mut view, &RouteRecord::key("web"), RouteRecord { route, rollback_of: Some(3) }.encode().expect("encode"));
-        let cert =
-            NodeCertRecord { serial: "s1".into(), key_hash: "k1".into(), not_after_ms: 0, issued_by: "a".into() };
+        let cert = NodeCertRecord {
+            serial: "s1".into(),
+            key_hash: "k1".into(),
+            not_after_ms: 0,
+            issued_by: "a".into(),
+            role: None,
+        };
         put(&mut view, &node_cert_key("gone"), serde_json::to_vec(&cert).expect("json"));
         let revoked =
             Revocation { node: "gone".into(), serial: "s1".into(), key_hash: "k1".into(), at_ms: 1, by: "a".into() };
