@@ -59,7 +59,7 @@ pub fn status(s: &Status) -> String {
         ("routes", or_dash(s.routes)),
     ];
     let mut rows = rows.to_vec();
-    for w in [&s.cert_warning, &s.membership_warning].into_iter().flatten() {
+    for w in [&s.cert_warning, &s.membership_warning, &s.clock_warning].into_iter().flatten() {
         rows.push(("WARNING", w.clone()));
     }
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
@@ -71,10 +71,11 @@ pub fn members(members: &[Member], now: SystemTime) -> String {
         .iter()
         .map(|m| {
             let role = m.role.map_or("-", |r| r.as_str()).to_owned();
-            vec![m.name.clone(), m.addr.clone(), m.state.as_str().to_owned(), role, ago(&m.last_heard, now)]
+            let clock = m.clock_offset_ms.map_or_else(|| "-".to_owned(), |ms| format!("{:+.1}s", ms as f64 / 1000.0));
+            vec![m.name.clone(), m.addr.clone(), m.state.as_str().to_owned(), role, clock, ago(&m.last_heard, now)]
         })
         .collect();
-    columns(&["NAME", "ADDRESS", "STATE", "ROLE", "LAST HEARD"], &rows)
+    columns(&["NAME", "ADDRESS", "STATE", "ROLE", "CLOCK", "LAST HEARD"], &rows)
 }
 
 pub fn services(services: &[mesh_proto::api::Service]) -> String {
@@ -144,6 +145,7 @@ mod tests {
                     state: MemberState::Alive,
                     last_heard: "2026-01-01T00:01:05Z".into(),
                     role: Some(mesh_proto::role::Role::Signer),
+                    clock_offset_ms: None,
                 },
                 Member {
                     name: "database-7".into(),
@@ -151,13 +153,14 @@ mod tests {
                     state: MemberState::Suspect,
                     last_heard: "2026-01-01T00:00:00Z".into(),
                     role: None,
+                    clock_offset_ms: Some(-612_345),
                 },
             ],
             now,
         );
         let lines: Vec<&str> = table.lines().collect();
-        assert_eq!(lines[0], "NAME        ADDRESS           STATE    ROLE    LAST HEARD");
-        assert_eq!(lines[1], "vm-1        198.18.0.1:7946   alive    signer  just now");
-        assert_eq!(lines[2], "database-7  198.18.0.20:7946  suspect  -       1m 5s ago");
+        assert_eq!(lines[0], "NAME        ADDRESS           STATE    ROLE    CLOCK    LAST HEARD");
+        assert_eq!(lines[1], "vm-1        198.18.0.1:7946   alive    signer  -        just now");
+        assert_eq!(lines[2], "database-7  198.18.0.20:7946  suspect  -       -612.3s  1m 5s ago");
     }
 }

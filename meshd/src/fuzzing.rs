@@ -25,6 +25,7 @@ pub fn wire_frame(data: &[u8]) {
     let _ = wire::decode::<SyncPush>(data);
     let _ = wire::decode::<SyncEntries>(data);
     let _ = wire::decode::<Holds>(data);
+    let _ = wire::decode::<mesh_proto::wire::ClockReply>(data);
 }
 
 /// The join token's text form.

@@ -22,6 +22,9 @@ pub struct Status {
     /// This node's role, as its certificate says; null until known.
     #[serde(default)]
     pub role: Option<crate::role::Role>,
+    /// Set while a serving member's clock is more than 5 s from this node's.
+    #[serde(default)]
+    pub clock_warning: Option<String>,
     /// Set while certificate renewal is failing: what fails and how long is left.
     #[serde(default)]
     pub cert_warning: Option<String>,
@@ -68,6 +71,10 @@ pub struct Member {
     /// Its role, as the certificate record its signer wrote says; null when unknown.
     #[serde(default)]
     pub role: Option<crate::role::Role>,
+    /// How far its clock is from this node's, in ms (positive: ahead), as last measured;
+    /// null for this node and before the first measurement.
+    #[serde(default)]
+    pub clock_offset_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -103,6 +103,17 @@ pub enum MeshRequest {
     /// A tunnelled TCP connection to one of the callee's instances. Answered with a
     /// [`TunnelReply`]; after `Accepted` the stream carries the connection's bytes.
     Tunnel(TunnelHeader),
+    /// What time is it on the callee? Answered with [`ClockReply`]; the caller estimates
+    /// the offset between their clocks from it and the round trip. (Added last: the
+    /// variants before it keep their encoding.)
+    Clock,
+}
+
+/// The answer to [`MeshRequest::Clock`]: the callee's wall clock when it answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClockReply {
+    /// Milliseconds since the Unix epoch.
+    pub wall_ms: u64,
 }
 
 /// The first frame of a tunnel stream. `version` lets a later meshd add fields.

@@ -259,3 +259,54 @@ fn a_forged_member_list_cannot_evict_a_node() {
         .and_then(|m| m.iter().find(|m| m["name"] == "node-2").map(|m| m["addr"].clone()));
     assert_eq!(addr_on_n1.and_then(|a| a.as_str().map(str::to_owned)), Some(n2.addr()), "its address unchanged");
 }
+
+/// libfaketime, which shifts the wall clock of a process it is preloaded into (the
+/// `faketime` package; CI installs it).
+const FAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+/// Clock skew is measured over the mesh and reported on both sides. A node 30 s ahead is
+/// a member with a warning: both list the offset in `members`, warn in `status` and the
+/// log, and set the metric. A node 10 minutes ahead cannot be a member (its identity and
+/// writes are beyond the others' clocks), and both sides say why in `status` and the log
+/// instead of failing silently.
+#[test]
+fn a_member_whose_clock_is_off_is_reported_on_both_sides() {
+    assert!(std::path::Path::new(FAKETIME).exists(), "{FAKETIME} is missing: apt-get install faketime");
+    let block = Block::take();
+    let n1 = Node::start(&block, 1, "");
+    let skewed = |i: u8, by: &str| {
+        let node = Node::prepare_with(&block, i, &seed(&n1), "")
+            .env("LD_PRELOAD", FAKETIME)
+            .env("FAKETIME", by)
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        let out = node.meshd(&["join", &n1.token(&[])]);
+        assert!(out.status.success(), "join {by}: {}", String::from_utf8_lossy(&out.stderr));
+        node.run()
+    };
+    let offset = |n: &Node, of: &str| -> Option<i64> {
+        n.meshctl_json(&["members"]).as_array()?.iter().find(|m| m["name"] == of)?["clock_offset_ms"].as_i64()
+    };
+    let warning = |n: &Node| n.meshctl_json(&["status"])["clock_warning"].as_str().map(str::to_owned);
+
+    // 30 s ahead: a member, with its offset shown and warned about.
+    let n2 = skewed(2, "+30s");
+    let seen = n1.eventually(LIVENESS, "node-1 measures node-2's clock", || offset(&n1, "node-2"));
+    assert!((seen - 30_000).abs() < 3_000, "node-2 is about 30 s ahead: {seen} ms");
+    let seen = n2.eventually(LIVENESS, "node-2 measures node-1's clock", || offset(&n2, "node-1"));
+    assert!((seen + 30_000).abs() < 3_000, "node-1 is about 30 s behind: {seen} ms");
+    let w = n1.eventually(LIVENESS, "node-1's status warns", || warning(&n1));
+    assert!(w.contains("node-2's clock is 30s ahead of this node's"), "{w}");
+    let table = String::from_utf8_lossy(&n1.meshctl(&["members"]).stdout).into_owned();
+    assert!(table.contains("CLOCK") && table.contains("+30."), "{table}");
+    assert!(n1.logs().contains("node-2's clock is 30s ahead"), "a WARN in node-1's log");
+    assert!(n1.metric("mesh_gossip_clock_offset_max_seconds") >= 27, "the metric");
+
+    // 10 minutes ahead: refused, and both sides say why.
+    let n3 = skewed(3, "+10m");
+    let w =
+        n1.eventually(LIVENESS, "node-1 says why node-3 is refused", || warning(&n1).filter(|w| w.contains("node-3")));
+    assert!(w.contains("node-3's clock is 10m ahead of this node's") && w.contains("refused"), "{w}");
+    let w = n3.eventually(LIVENESS, "node-3 says its clock is off", || warning(&n3));
+    assert!(w.contains("node-1's clock is 10m behind this node's") && w.contains("refused"), "{w}");
+    assert!(n1.metric("mesh_gossip_dropped_datagrams_total{reason=\"implausible_member\"}") >= 1);
+}

@@ -235,6 +235,7 @@ async fn status(
         ca_fingerprint: Some(state.identity.ca_fingerprint.clone()),
         signer: Some(state.identity.ca.is_signer()),
         role: Some(state.identity.role()),
+        clock_warning: state.heard.clock_warning(),
         cert_warning: if state.transport.is_removed() {
             Some(
                 "this node was removed from the mesh: members refuse its certificate; join again with a new token"
@@ -473,6 +474,7 @@ fn member_list(state: &AdminState, snap: &Snapshot) -> Vec<api::Member> {
                 } else {
                     snap.parts.roles.get(&m.name).copied()
                 },
+                clock_offset_ms: if m.name == snap.node { None } else { state.heard.offset(&m.name) },
             }
         })
         .collect();
@@ -485,6 +487,7 @@ fn member_list(state: &AdminState, snap: &Snapshot) -> Vec<api::Member> {
                 state: api::MemberState::Left,
                 last_heard: rfc3339(std::time::UNIX_EPOCH + Duration::from_millis(removed.at_ms)),
                 role: snap.parts.roles.get(&removed.node).copied(),
+                clock_offset_ms: None,
             });
         }
     }

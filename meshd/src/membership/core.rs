@@ -353,8 +353,9 @@ pub enum Dropped {
 }
 
 /// Checks that a datagram's SWIM header names the peer that sent it (its verified
-/// certificate name), before foca acts on it.
-pub fn check_sender(data: &[u8], peer: &str, max: usize) -> Result<(), Dropped> {
+/// certificate name), before foca acts on it. Returns the sender's identity as it claims
+/// it.
+pub fn check_sender(data: &[u8], peer: &str, max: usize) -> Result<MemberId, Dropped> {
     if data.len() > max.max(64 * 1024) {
         return Err(Dropped::TooLarge(data.len()));
     }
@@ -365,7 +366,7 @@ pub fn check_sender(data: &[u8], peer: &str, max: usize) -> Result<(), Dropped> 
     if *header.src.name != *peer {
         return Err(Dropped::Impostor { claimed: header.src.name.to_string(), actual: peer.to_owned() });
     }
-    Ok(())
+    Ok(header.src)
 }
 
 /// Encodes an item for `Foca::add_broadcast`.

@@ -130,6 +130,8 @@ struct Driver {
     warned_alone: Option<Instant>,
     /// The codec's bound on identities' bumps: this node's clock plus the tolerance.
     max_bump: Arc<AtomicU64>,
+    /// When each peer's clock was last asked for.
+    clock_asked: std::collections::HashMap<String, Instant>,
 }
 
 impl Driver {
@@ -161,6 +163,7 @@ impl Driver {
             started: Instant::now(),
             warned_alone: None,
             max_bump,
+            clock_asked: std::collections::HashMap::new(),
         }
     }
 
@@ -189,7 +192,16 @@ impl Driver {
         let metrics = &self.inputs.metrics;
         metrics.datagram("in");
         match core::check_sender(data, name, self.inputs.params.max_datagram) {
-            Ok(()) => {
+            Ok(src) if !MeshCodec::new(self.max_bump.clone()).plausible(&src) => {
+                // Its start time is beyond this node's clock: most likely its clock is
+                // ahead (or it forges). Measure, so both ends can say so.
+                metrics.drop("implausible_member");
+                if let Some(peer) = self.inputs.transport.peer_named(name) {
+                    let id = MemberId { name: name.into(), addr: peer.conn.remote_address(), bump: 0 };
+                    self.measure_clock(&id);
+                }
+            }
+            Ok(_) => {
                 self.inputs.heard.set(name);
                 if self.swim.handle_data(data, out).is_err() {
                     metrics.drop("rejected");
@@ -219,6 +231,7 @@ impl Driver {
         match outcome {
             Dialled::Seed(id) => {
                 let _ = self.swim.announce(id.clone(), &mut *out);
+                self.measure_clock(&id);
                 self.seed_ids.push(id);
             }
             Dialled::Ready(id, data) => {
@@ -266,9 +279,44 @@ impl Driver {
     fn sync_with_random_member(&mut self) {
         let members = self.active_members();
         if !members.is_empty() {
-            let pick = members[self.rng.random_range(0..members.len())].addr;
-            self.sync_with(pick);
+            let pick = members[self.rng.random_range(0..members.len())].clone();
+            self.sync_with(pick.addr);
+            self.measure_clock(&pick);
         }
+    }
+
+    /// Measures how far `member`'s clock is from this node's, as a task; warns when off.
+    fn measure_clock(&mut self, member: &MemberId) {
+        // Once per sync interval per member is plenty (and a flood of rejected datagrams
+        // must not become a flood of measurements).
+        let now = Instant::now();
+        let asked =
+            self.clock_asked.get(&*member.name).is_some_and(|t| now.duration_since(*t) < self.inputs.sync_interval);
+        if asked || self.inputs.heard.measured_within(&member.name, self.inputs.sync_interval) {
+            return;
+        }
+        self.clock_asked.insert(member.name.to_string(), now);
+        let transport = self.inputs.transport.clone();
+        let heard = self.inputs.heard.clone();
+        let metrics = self.inputs.metrics.clone();
+        let (name, addr) = (member.name.to_string(), member.addr);
+        self.work.spawn(async move {
+            let Ok((offset, rtt)) = client::clock_offset(&transport, addr).await else { return };
+            // A slow round trip measures nothing useful.
+            if rtt > Duration::from_secs(1) {
+                return;
+            }
+            let before = heard.offset(&name);
+            let max = heard.set_offset(&name, offset);
+            metrics.clock_offset.set(max as f64 / 1000.0);
+            let off = offset.abs() > super::CLOCK_WARN_MS;
+            let was_off = before.is_some_and(|b| b.abs() > super::CLOCK_WARN_MS);
+            if off && !was_off {
+                tracing::warn!(member = %name, offset_ms = offset, "{}", super::clock_message(&name, offset));
+            } else if !off && was_off {
+                tracing::info!(member = %name, offset_ms = offset, "{name}'s clock agrees with this node's again");
+            }
+        });
     }
 
     /// One anti-entropy exchange with the member at `addr`, as a task.
@@ -352,6 +400,7 @@ impl Driver {
                     // A member that comes up (new, restarted or back from a partition)
                     // gets a full sync at once: broadcasts never reach a late joiner.
                     self.sync_with(m.addr);
+                    self.measure_clock(&m);
                 }
                 Change::Defunct => {
                     tracing::warn!("the mesh declared this node down; rejoining with a new identity");

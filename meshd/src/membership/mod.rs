@@ -26,6 +26,7 @@ use std::time::{Duration, SystemTime};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::sync::mpsc;
 
@@ -41,6 +42,7 @@ pub struct Metrics {
     dropped: Family<ReasonLabel, Counter>,
     datagrams: Family<DirLabel, Counter>,
     syncs: Family<ResultLabel, Counter>,
+    clock_offset: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -63,6 +65,11 @@ impl Metrics {
         r.register("dropped_datagrams", "Gossip datagrams dropped, by reason", m.dropped.clone());
         r.register("datagrams", "Gossip datagrams, by direction", m.datagrams.clone());
         r.register("syncs", "Anti-entropy exchanges started here, by result", m.syncs.clone());
+        r.register(
+            "clock_offset_max_seconds",
+            "The largest offset of a member's clock from this node's, as last measured (absolute)",
+            m.clock_offset.clone(),
+        );
         m
     }
 
@@ -84,20 +91,74 @@ impl Metrics {
     }
 }
 
-/// What the admin API reads: when each member was last heard from.
+/// Beyond this offset between two members' clocks, both are told (log, status, metric):
+/// NTP keeps clocks within milliseconds, and at 60 s the store refuses the ahead node's
+/// writes.
+pub const CLOCK_WARN_MS: i64 = 5_000;
+
+/// What the admin API reads: when each member was last heard from, and how far its clock
+/// is from this node's.
 #[derive(Default)]
 pub struct Heard {
     last: Mutex<HashMap<String, SystemTime>>,
+    /// Each peer's clock offset in ms, and when it was measured.
+    offsets: Mutex<HashMap<String, (i64, std::time::Instant)>>,
 }
+
+/// How long a clock measurement counts for the warning.
+const CLOCK_FRESH: Duration = Duration::from_secs(600);
 
 impl Heard {
     pub fn get(&self, name: &str) -> Option<SystemTime> {
         self.last.lock().unwrap_or_else(|p| p.into_inner()).get(name).copied()
     }
 
+    /// The offset of `name`'s clock from this node's, in ms (positive: ahead), as last
+    /// measured.
+    pub fn offset(&self, name: &str) -> Option<i64> {
+        self.offsets.lock().unwrap_or_else(|p| p.into_inner()).get(name).map(|(o, _)| *o)
+    }
+
+    /// Whether `name`'s clock was measured within `within`.
+    fn measured_within(&self, name: &str, within: Duration) -> bool {
+        self.offsets.lock().unwrap_or_else(|p| p.into_inner()).get(name).is_some_and(|(_, at)| at.elapsed() < within)
+    }
+
+    /// Records a measured offset; the largest recent one now held, in ms.
+    fn set_offset(&self, name: &str, ms: i64) -> i64 {
+        let mut offsets = self.offsets.lock().unwrap_or_else(|p| p.into_inner());
+        offsets.insert(name.to_owned(), (ms, std::time::Instant::now()));
+        offsets.values().filter(|(_, at)| at.elapsed() < CLOCK_FRESH).map(|(o, _)| o.abs()).max().unwrap_or(0)
+    }
+
+    /// What to tell the operator about clocks, if a peer's (measured in the last ten
+    /// minutes; a member, or a node that could not join for it) is off by more than
+    /// [`CLOCK_WARN_MS`].
+    pub fn clock_warning(&self) -> Option<String> {
+        let offsets = self.offsets.lock().unwrap_or_else(|p| p.into_inner());
+        let (name, (ms, _)) = offsets
+            .iter()
+            .filter(|(_, (o, at))| o.abs() > CLOCK_WARN_MS && at.elapsed() < CLOCK_FRESH)
+            .max_by_key(|(_, (o, _))| o.abs())?;
+        Some(clock_message(name, *ms))
+    }
+
     fn set(&self, name: &str) {
         self.last.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_owned(), SystemTime::now());
     }
+}
+
+/// The warning about one member's clock offset.
+fn clock_message(name: &str, ms: i64) -> String {
+    let (who, by) = if ms > 0 { ("ahead of", ms) } else { ("behind", -ms) };
+    // To the nearest second: the estimate is only as good as half a round trip.
+    let by = humantime::format_duration(std::time::Duration::from_secs((by.unsigned_abs() + 500) / 1000));
+    let effect = if ms.abs() > 60_000 {
+        "beyond 60 s the node ahead is refused by the others (its membership and its writes): fix the clocks (NTP)"
+    } else {
+        "the store refuses writes from a clock more than 60 s ahead: fix the clocks (NTP) before it is"
+    };
+    format!("{name}'s clock is {by} {who} this node's; {effect}")
 }
 
 /// What sync exchanges (which run outside the driver) share with it: this node's member

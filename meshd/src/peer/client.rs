@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mesh_proto::wire::{
-    Holds, JoinRequest, JoinResponse, MeshRequest, RenewResponse, SyncEntries, SyncSummary, TunnelHeader, TunnelReply,
+    ClockReply, Holds, JoinRequest, JoinResponse, MeshRequest, RenewResponse, SyncEntries, SyncSummary, TunnelHeader,
+    TunnelReply,
 };
 use tokio::task::JoinSet;
 
@@ -128,6 +129,19 @@ pub async fn holds(
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out
+}
+
+/// The offset of the member at `addr`'s clock from this node's, in ms (positive: it is
+/// ahead), estimated as NTP does from one round trip: its time against the middle of
+/// the round trip. Also the round trip, which bounds the estimate's error.
+pub async fn clock_offset(transport: &Transport, addr: SocketAddr) -> Result<(i64, Duration), PeerError> {
+    let sent = crate::store::wall_ms();
+    let started = std::time::Instant::now();
+    let reply: ClockReply = ask(transport, addr, &MeshRequest::Clock).await?;
+    let rtt = started.elapsed();
+    let middle = sent as i128 + rtt.as_millis() as i128 / 2;
+    let offset = (i128::from(reply.wall_ms) - middle).clamp(i64::MIN.into(), i64::MAX.into()) as i64;
+    Ok((offset, rtt))
 }
 
 /// Opens a tunnel on `peer`'s connection: the header, then the peer's verdict. On

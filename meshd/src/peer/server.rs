@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mesh_proto::wire::{BucketDigest, Holds, JoinRequest, MeshRequest, SyncPush};
+use mesh_proto::wire::{BucketDigest, ClockReply, Holds, JoinRequest, MeshRequest, SyncPush};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -115,6 +115,9 @@ pub async fn serve_peer(peer: Peer, services: Services) {
                 MeshRequest::Push { entries } => {
                     let (entries, _) = sync::decode(entries);
                     let _ = tokio::task::spawn_blocking(move || store.merge(entries, wall_ms())).await;
+                }
+                MeshRequest::Clock => {
+                    let _ = frame::write_last(&mut send, &ClockReply { wall_ms: wall_ms() }).await;
                 }
                 MeshRequest::Tunnel(header) => {
                     // Its own task, holding the drain: the tunnel outlives this
