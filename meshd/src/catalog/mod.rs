@@ -114,6 +114,13 @@ pub struct Catalog {
     node: String,
     metrics: Metrics,
     publisher: Option<Publisher>,
+    /// Held while declarations and this node's entries change together (declaring,
+    /// undeclaring, health, reconciling): a reconcile must not see a declaration's entry
+    /// without the declaration.
+    writing: Arc<std::sync::Mutex<()>>,
+    /// Each checked instance's health as its check last found it: what a rewritten entry
+    /// carries (the check reports only changes).
+    health: Arc<std::sync::Mutex<HashMap<String, bool>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -128,7 +135,14 @@ pub enum CatalogError {
 
 impl Catalog {
     pub fn new(store: Store, node: &str) -> Catalog {
-        Catalog { store, node: node.to_owned(), metrics: Metrics::default(), publisher: None }
+        Catalog {
+            store,
+            node: node.to_owned(),
+            metrics: Metrics::default(),
+            publisher: None,
+            writing: Arc::default(),
+            health: Arc::default(),
+        }
     }
 
     pub fn with_metrics(mut self, metrics: Metrics) -> Catalog {
@@ -204,8 +218,22 @@ impl Catalog {
         Ok(())
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.writing.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The health an entry of `spec` carries when written: its check's last finding, or
+    /// healthy when it has no check, unhealthy until the check passes.
+    fn health_of(&self, spec: &ServiceSpec) -> bool {
+        let known = self.health.lock().unwrap_or_else(|p| p.into_inner()).get(&spec.name).copied();
+        known.unwrap_or(spec.check.is_none())
+    }
+
     /// Declares `spec` (locally first, then to the mesh).
     fn declare(&self, spec: ServiceSpec, source: Source) -> Result<(), StoreError> {
+        let _writing = self.lock();
+        // A new or changed declaration starts over: its check has not run yet.
+        self.health.lock().unwrap_or_else(|p| p.into_inner()).remove(&spec.name);
         let healthy = spec.check.is_none();
         self.set_declared(&Declared { spec: spec.clone(), source })?;
         self.publish()?;
@@ -213,6 +241,8 @@ impl Catalog {
     }
 
     fn undeclare(&self, name: &str) -> Result<(), StoreError> {
+        let _writing = self.lock();
+        self.health.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
         self.store.local_delete(&format!("{DECLARED}{name}"))?;
         self.publish()?;
         self.store.delete(&InstanceRecord::key(&self.node, name))?;
@@ -258,7 +288,9 @@ impl Catalog {
 
     /// Records a health change of a local instance (if it still is the same instance).
     fn set_health(&self, spec: &ServiceSpec, healthy: bool) -> Result<(), StoreError> {
+        let _writing = self.lock();
         let Some(d) = self.declared()?.remove(&spec.name).filter(|d| d.spec == *spec) else { return Ok(()) };
+        self.health.lock().unwrap_or_else(|p| p.into_inner()).insert(spec.name.clone(), healthy);
         match self.record(&spec.name) {
             Some(r) if r.spec == *spec && r.healthy == healthy => Ok(()),
             _ => self.write(d.spec, d.source, healthy),
@@ -270,6 +302,7 @@ impl Catalog {
     /// as recorded), a declaration with no entry is written. Until entries are signed,
     /// this is how a node answers a member that writes in its name.
     pub fn reconcile(&self) -> Result<(), StoreError> {
+        let _writing = self.lock();
         let declared = self.declared()?;
         let prefix = InstanceRecord::key(&self.node, "");
         let view = self.store.view();
@@ -280,11 +313,10 @@ impl Catalog {
             seen.insert(name.clone());
             match (declared.get(&name), record) {
                 (Some(d), Some(r)) if r.spec == d.spec && r.source == d.source && r.node == self.node => {}
-                (Some(d), r) => {
+                (Some(d), _) => {
                     tracing::warn!(service = %name, origin = %e.origin, "an entry in this node's name differs from what it declared: writing it again");
                     self.count("altered");
-                    let healthy = r.map_or(d.spec.check.is_none(), |r| r.healthy && r.spec == d.spec);
-                    self.write(d.spec.clone(), d.source, healthy)?;
+                    self.write(d.spec.clone(), d.source, self.health_of(&d.spec))?;
                 }
                 (None, _) => {
                     tracing::warn!(service = %name, origin = %e.origin, key = %e.key, "an entry in this node's name that it never declared: deleting it");
@@ -296,7 +328,7 @@ impl Catalog {
         for d in declared.values().filter(|d| !seen.contains(&d.spec.name)) {
             tracing::warn!(service = %d.spec.name, "this node's declaration is missing from the store: writing it again");
             self.count("missing");
-            self.write(d.spec.clone(), d.source, d.spec.check.is_none())?;
+            self.write(d.spec.clone(), d.source, self.health_of(&d.spec))?;
         }
         Ok(())
     }
@@ -405,3 +437,50 @@ pub fn count(snap: &Snapshot) -> u64 {
 
 /// Shared by the admin API.
 pub type Handle = Arc<Catalog>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Snapshot;
+    use crate::store::Metrics as StoreMetrics;
+
+    fn catalog(dir: &std::path::Path) -> (Catalog, Publisher) {
+        let publisher = Publisher::new(Snapshot::empty("a"));
+        let store = Store::open(&dir.join("store"), "a", StoreMetrics::new(), publisher.store_sink()).expect("store");
+        let catalog = Catalog::new(store, "a").with_publisher(publisher.clone()).expect("catalog");
+        (catalog, publisher)
+    }
+
+    fn spec(text: &str) -> ServiceSpec {
+        toml::from_str(text).expect("spec")
+    }
+
+    #[test]
+    fn entries_in_this_nodes_name_are_put_back_as_declared_with_their_checks_health() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (catalog, publisher) = catalog(tmp.path());
+        let web = spec("name = \"web\"\nport = 80\ncheck = { tcp = \"127.0.0.1:80\" }\n");
+        catalog.register(web.clone()).expect("register");
+        catalog.set_health(&web, true).expect("health");
+        let key = InstanceRecord::key("a", "web");
+
+        // Someone deletes it, and someone plants another in this node's name.
+        catalog.store.delete(&key).expect("delete");
+        let forged = InstanceRecord {
+            node: "a".into(),
+            spec: spec("name = \"db\"\nport = 5432\n"),
+            healthy: true,
+            source: Source::Api,
+        };
+        catalog.store.put(&InstanceRecord::key("a", "db"), forged.encode().expect("encode")).expect("put");
+        assert!(!publisher.current().services.contains_key("db"), "the read model leaves out what it did not declare");
+
+        catalog.reconcile().expect("reconcile");
+        let back = catalog.record("web").expect("web is written again");
+        assert!(back.healthy && back.spec == web, "with its check's last health, not reset to unhealthy");
+        assert!(catalog.record("db").is_none(), "the foreign entry is deleted");
+        assert_eq!(publisher.current().services.keys().collect::<Vec<_>>(), ["web"]);
+        catalog.reconcile().expect("again");
+        assert_eq!(catalog.metrics.corrections.get_or_create(&KindLabel { kind: "missing" }).get(), 1, "once");
+    }
+}
