@@ -106,6 +106,19 @@ enum ServiceCommand {
     },
     /// Remove a registered service of this node.
     Deregister { name: String },
+    /// Claim a service name for some nodes: from then on only nodes matching the globs
+    /// may register it, mesh-wide (others' instances leave routing). Without a name:
+    /// list the claims. Needs role operator.
+    Allow {
+        /// The service name.
+        name: Option<String>,
+        /// Node name globs, comma-separated (`web-*,db-1`).
+        #[arg(long, value_delimiter = ',')]
+        nodes: Vec<String>,
+        /// Release the claim: the name is open to every member again.
+        #[arg(long, conflicts_with = "nodes")]
+        release: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -193,6 +206,32 @@ async fn execute(client: &Client, command: &Command, output: Output) -> Result<S
             (client.request(Method::POST, "/v1/services", Some(body)).await?, |b| {
                 let v: serde_json::Value = serde_json::from_slice(b)?;
                 Ok(format!("registered {}\n", v["registered"].as_str().unwrap_or("")))
+            })
+        }
+        Command::Service { command: ServiceCommand::Allow { name: None, .. } } => {
+            (client.request(Method::GET, "/v1/claims", None).await?, |b| {
+                let claims: Vec<mesh_proto::api::ServiceClaim> = serde_json::from_slice(b)?;
+                let rows: Vec<String> = claims.iter().map(|c| format!("{}  {}\n", c.name, c.nodes.join(","))).collect();
+                Ok(if rows.is_empty() { "no service name is claimed\n".to_owned() } else { rows.concat() })
+            })
+        }
+        Command::Service { command: ServiceCommand::Allow { name: Some(name), release: true, .. } } => {
+            (client.request(Method::DELETE, &format!("/v1/claims/{name}"), None).await?, |b| {
+                let v: serde_json::Value = serde_json::from_slice(b)?;
+                Ok(format!("released {}: any member may register it\n", v["released"].as_str().unwrap_or("")))
+            })
+        }
+        Command::Service { command: ServiceCommand::Allow { name: Some(name), nodes, .. } } => {
+            if nodes.is_empty() {
+                return Err(meshctl::ClientError::Input(format!(
+                    "which nodes may register {name}? --nodes GLOB[,GLOB] (or --release)"
+                )));
+            }
+            let claim = mesh_proto::api::ServiceClaim { name: name.clone(), nodes: nodes.clone() };
+            let body = serde_json::to_vec(&claim).map_err(decode)?;
+            (client.request(Method::PUT, &format!("/v1/claims/{name}"), Some(body)).await?, |b| {
+                let c: mesh_proto::api::ServiceClaim = serde_json::from_slice(b)?;
+                Ok(format!("{} may be registered only by {}\n", c.name, c.nodes.join(",")))
             })
         }
         Command::Service { command: ServiceCommand::Deregister { name } } => {

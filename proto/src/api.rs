@@ -273,3 +273,40 @@ pub struct RollbackRequest {
     #[serde(default)]
     pub to: Option<u64>,
 }
+
+/// `PUT /v1/claims/NAME` (body) and each item of `GET /v1/claims`: which nodes may
+/// register a service name. Unclaimed names are open to every member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceClaim {
+    pub name: String,
+    /// Node name globs (`*` any run of characters, `?` one); at least one.
+    pub nodes: Vec<String>,
+}
+
+/// Whether `name` matches `glob` (`*` any run of characters, `?` any one).
+pub fn glob_matches(glob: &str, name: &str) -> bool {
+    fn go(g: &[u8], n: &[u8]) -> bool {
+        match (g.first(), n.first()) {
+            (None, None) => true,
+            (Some(b'*'), _) => go(&g[1..], n) || (!n.is_empty() && go(g, &n[1..])),
+            (Some(b'?'), Some(_)) => go(&g[1..], &n[1..]),
+            (Some(a), Some(b)) if a == b => go(&g[1..], &n[1..]),
+            _ => false,
+        }
+    }
+    // Bounded: node names and globs are at most 63 bytes.
+    glob.len() <= 255 && name.len() <= 255 && go(glob.as_bytes(), name.as_bytes())
+}
+
+#[cfg(test)]
+mod glob_tests {
+    use super::glob_matches;
+
+    #[test]
+    fn globs_match_node_names() {
+        assert!(glob_matches("node-2", "node-2") && !glob_matches("node-2", "node-20"));
+        assert!(glob_matches("web-*", "web-1") && glob_matches("web-*", "web-") && !glob_matches("web-*", "db-1"));
+        assert!(glob_matches("*", "anything") && glob_matches("db-?", "db-7") && !glob_matches("db-?", "db-10"));
+        assert!(glob_matches("*-eu-*", "web-eu-1") && !glob_matches("*-eu-*", "web-us-1"));
+    }
+}

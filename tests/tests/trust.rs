@@ -310,3 +310,46 @@ fn a_member_whose_clock_is_off_is_reported_on_both_sides() {
     assert!(w.contains("node-1's clock is 10m behind this node's") && w.contains("refused"), "{w}");
     assert!(n1.metric("mesh_gossip_dropped_datagrams_total{reason=\"implausible_member\"}") >= 1);
 }
+
+/// A service name is open to any member until an operator claims it: then only the
+/// allowed nodes' instances count anywhere (a hijacker's leave routing at once) and a
+/// registration from another node is refused.
+#[test]
+fn a_claimed_service_name_cannot_be_hijacked() {
+    let block = Block::take();
+    let n1 = Node::start(&block, 1, "");
+    let n2 = Node::join(&block, 2, &n1.token(&[]), &seed(&n1), "");
+    let n3 = Node::join(&block, 3, &n1.token(&[]), &seed(&n1), "");
+    let register = |n: &Node| {
+        let file = n.dir.path().join("reviews.toml");
+        std::fs::write(&file, format!("name = \"reviews\"\naddress = \"{}\"\nport = 9080\n", block.node_ip(1)))
+            .expect("service file");
+        n.meshctl(&["service", "register", "-f", &file.display().to_string()])
+    };
+    let hosts = |n: &Node| -> Vec<String> {
+        listed(n).into_iter().filter(|(s, _, _)| s == "reviews").map(|(_, at, _)| at).collect()
+    };
+    // Open: scaling out by registering the same name on more hosts works.
+    for n in [&n2, &n3] {
+        assert!(register(n).status.success(), "{} registers reviews", n.name);
+    }
+    n1.eventually(LIVENESS, "both instances count", || (hosts(&n1) == ["node-2", "node-3"]).then_some(()));
+
+    let refused = n2.meshctl(&["service", "allow", "reviews", "--nodes", "node-2"]);
+    assert_eq!(refused.status.code(), Some(1), "a member may not claim names");
+    let out = n1.meshctl(&["service", "allow", "reviews", "--nodes", "node-2,web-*"]);
+    assert!(out.status.success(), "the signer claims it: {}", String::from_utf8_lossy(&out.stderr));
+    for n in [&n1, &n2, &n3] {
+        n.eventually(LIVENESS, "only node-2's instance counts, everywhere", || (hosts(n) == ["node-2"]).then_some(()));
+    }
+    let again = register(&n3);
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert_eq!(again.status.code(), Some(1), "node-3 may not register reviews now: {stderr}");
+    assert!(stderr.contains("claimed for nodes node-2,web-*"), "{stderr}");
+    let list = String::from_utf8_lossy(&n3.meshctl(&["service", "allow"]).stdout).into_owned();
+    assert!(list.contains("reviews  node-2,web-*"), "{list}");
+
+    // Released: open again.
+    assert!(n1.meshctl(&["service", "allow", "reviews", "--release"]).status.success());
+    n1.eventually(LIVENESS, "both count again", || (hosts(&n1) == ["node-2", "node-3"]).then_some(()));
+}

@@ -95,6 +95,8 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/routes/{name}/catchup", get(routes::catchup))
         .route("/v1/lint", get(routes::lint))
         .route("/v1/tokens", axum::routing::post(create_token))
+        .route("/v1/claims", get(list_claims))
+        .route("/v1/claims/{name}", axum::routing::put(put_claim).delete(delete_claim))
         .route("/v1/nodes/{name}", axum::routing::delete(remove_node))
         .route("/metrics", get(metrics))
         .fallback(not_found)
@@ -296,6 +298,18 @@ async fn register_service(
     let text = toml::to_string(&spec).map_err(|e| Error::new(StatusCode::BAD_REQUEST, e.to_string()))?;
     mesh_proto::service::ServiceSpec::from_file("request", &text)
         .map_err(|e| Error::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let snap = state.snapshot.borrow().clone();
+    if let Some(claim) = snap.parts.claims.get(&spec.name).filter(|c| !c.allows(&snap.node)) {
+        return Err(Error::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "service {} is claimed for nodes {} (meshctl service allow): this node, {}, may not register it",
+                spec.name,
+                claim.nodes.join(","),
+                snap.node
+            ),
+        ));
+    }
     let catalog = state.catalog.clone();
     let name = spec.name.clone();
     tokio::task::spawn_blocking(move || catalog.register(spec))
@@ -375,6 +389,68 @@ async fn connections(State(state): State<Arc<AdminState>>) -> Json<Vec<api::Conn
         })
         .collect();
     Json(list)
+}
+
+/// `GET /v1/claims`: every claimed service name and the nodes it allows.
+async fn list_claims(State(state): State<Arc<AdminState>>) -> Json<Vec<api::ServiceClaim>> {
+    let snap = state.snapshot.borrow().clone();
+    Json(
+        snap.parts
+            .claims
+            .iter()
+            .map(|(name, c)| api::ServiceClaim { name: name.clone(), nodes: c.nodes.clone() })
+            .collect(),
+    )
+}
+
+/// `PUT /v1/claims/NAME`: only nodes matching the globs may register service NAME from
+/// now on, mesh-wide. Needs role operator.
+async fn put_claim(
+    State(state): State<Arc<AdminState>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    body: Result<Json<api::ServiceClaim>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<api::ServiceClaim>, Error> {
+    let Json(claim) = body.map_err(|e| Error::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    need(&state, Role::Operator, "claiming a service name")?;
+    let bad = |detail: String| Error::new(StatusCode::BAD_REQUEST, detail);
+    if claim.name != name || !mesh_proto::is_dns_label(&name) {
+        return Err(bad(format!("{name:?} is not a service name, or not the body's")));
+    }
+    let glob_ok = |g: &String| {
+        !g.is_empty()
+            && g.len() <= 63
+            && g.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-*?".contains(&b))
+    };
+    if claim.nodes.is_empty() || !claim.nodes.iter().all(glob_ok) {
+        return Err(bad("--nodes takes one or more node name globs (letters, digits, -, * and ?)".to_owned()));
+    }
+    let record = crate::state::model::ClaimRecord { nodes: claim.nodes.clone() };
+    let value = record.encode().map_err(|e| Error::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let store = state.store.clone();
+    let key = crate::state::model::ClaimRecord::key(&name);
+    tokio::task::spawn_blocking(move || store.put(&key, value))
+        .await
+        .map_err(|e| Error::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| Error::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    Ok(Json(claim))
+}
+
+/// `DELETE /v1/claims/NAME`: the name is open to every member again. Needs role operator.
+async fn delete_claim(
+    State(state): State<Arc<AdminState>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Result<Json<serde_json::Value>, Error> {
+    need(&state, Role::Operator, "releasing a service name")?;
+    let store = state.store.clone();
+    let key = crate::state::model::ClaimRecord::key(&name);
+    let deleted = tokio::task::spawn_blocking(move || store.delete(&key))
+        .await
+        .map_err(|e| Error::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| Error::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    if deleted.is_none() {
+        return Err(Error::new(StatusCode::NOT_FOUND, format!("service {name} is not claimed")));
+    }
+    Ok(Json(serde_json::json!({ "released": name })))
 }
 
 /// `POST /v1/tokens`.

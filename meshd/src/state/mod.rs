@@ -173,10 +173,14 @@ impl Snapshot {
     }
 
     /// The instance records that count: all of them, less those in this node's name that
-    /// it did not declare (see `declared`).
+    /// it did not declare (see `declared`) and those of a claimed service name from a
+    /// node the claim does not allow.
     fn visible_records(&self) -> std::borrow::Cow<'_, [Arc<model::InstanceRecord>]> {
         let forged = |r: &model::InstanceRecord| {
-            r.node == self.node && self.declared.as_ref().is_some_and(|d| d.get(&r.spec.name) != Some(&r.spec))
+            let not_declared =
+                r.node == self.node && self.declared.as_ref().is_some_and(|d| d.get(&r.spec.name) != Some(&r.spec));
+            let not_allowed = self.parts.claims.get(&r.spec.name).is_some_and(|c| !c.allows(&r.node));
+            not_declared || not_allowed
         };
         if self.parts.records.iter().any(|r| forged(r)) {
             std::borrow::Cow::Owned(self.parts.records.iter().filter(|r| !forged(r)).cloned().collect())

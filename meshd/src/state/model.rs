@@ -23,6 +23,34 @@ use crate::store::view::View;
 const INSTANCES: &str = "node/";
 /// The store prefix of routes.
 const ROUTES: &str = "route/";
+/// The store prefix of service name claims.
+const CLAIMS: &str = "claim/";
+
+/// `claim/NAME`: the nodes that may register service NAME (`meshctl service allow`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimRecord {
+    /// Node name globs.
+    pub nodes: Vec<String>,
+}
+
+impl ClaimRecord {
+    pub fn key(service: &str) -> String {
+        format!("{CLAIMS}{service}")
+    }
+
+    pub fn encode(&self) -> Result<Vec<u8>, serde_json::Error> {
+        serde_json::to_vec(self)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<ClaimRecord> {
+        serde_json::from_slice(bytes).ok().filter(|c: &ClaimRecord| !c.nodes.is_empty())
+    }
+
+    /// Whether `node` may register the claimed service.
+    pub fn allows(&self, node: &str) -> bool {
+        self.nodes.iter().any(|g| mesh_proto::api::glob_matches(g, node))
+    }
+}
 
 /// Where a local service came from: config services are re-declared at every start (and
 /// removed when gone from the config); registered ones persist until deregistered.
@@ -165,6 +193,8 @@ pub struct StoreParts {
     pub removed: BTreeSet<String>,
     /// Each node's role, from its certificate record.
     pub roles: BTreeMap<String, mesh_proto::role::Role>,
+    /// Claimed service names: who may register each.
+    pub claims: BTreeMap<String, ClaimRecord>,
 }
 
 impl StoreParts {
@@ -194,7 +224,12 @@ impl StoreParts {
             .map(|r| (r.spec.name.clone(), Arc::new(r)))
             .collect();
         let roles = crate::identity::records::roles(view);
-        StoreParts { records, decoded, routes, revoked, revocations, removed, roles }
+        let claims = view
+            .prefix(CLAIMS)
+            .filter(|e| !e.deleted)
+            .filter_map(|e| Some((e.key[CLAIMS.len()..].to_owned(), ClaimRecord::decode(&e.value)?)))
+            .collect();
+        StoreParts { records, decoded, routes, revoked, revocations, removed, roles, claims }
     }
 }
 
