@@ -416,15 +416,10 @@ async fn put_claim(
     if claim.name != name || !mesh_proto::is_dns_label(&name) {
         return Err(bad(format!("{name:?} is not a service name, or not the body's")));
     }
-    let glob_ok = |g: &String| {
-        !g.is_empty()
-            && g.len() <= 63
-            && g.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-*?".contains(&b))
-    };
-    if claim.nodes.is_empty() || !claim.nodes.iter().all(glob_ok) {
-        return Err(bad("--nodes takes one or more node name globs (letters, digits, -, * and ?)".to_owned()));
-    }
     let record = crate::state::model::ClaimRecord { nodes: claim.nodes.clone() };
+    if !record.is_valid() {
+        return Err(bad("--nodes takes 1 to 64 node name globs (lower-case letters, digits, -, * and ?)".to_owned()));
+    }
     let value = record.encode().map_err(|e| Error::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let store = state.store.clone();
     let key = crate::state::model::ClaimRecord::key(&name);

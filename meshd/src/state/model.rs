@@ -42,8 +42,19 @@ impl ClaimRecord {
         serde_json::to_vec(self)
     }
 
+    /// A claim as stored; an invalid one (see [`ClaimRecord::is_valid`]) is ignored.
     pub fn decode(bytes: &[u8]) -> Option<ClaimRecord> {
-        serde_json::from_slice(bytes).ok().filter(|c: &ClaimRecord| !c.nodes.is_empty())
+        serde_json::from_slice(bytes).ok().filter(ClaimRecord::is_valid)
+    }
+
+    /// One to 64 globs, each 1 to 63 bytes of lower-case letters, digits, `-`, `*`, `?`.
+    pub fn is_valid(&self) -> bool {
+        let glob = |g: &String| {
+            !g.is_empty()
+                && g.len() <= 63
+                && g.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-*?".contains(&b))
+        };
+        !self.nodes.is_empty() && self.nodes.len() <= 64 && self.nodes.iter().all(glob)
     }
 
     /// Whether `node` may register the claimed service.
