@@ -108,10 +108,19 @@ mod tests {
         assert!(!may_change(&someone, 999, Some(1500)), "not in the admin group");
         assert!(may_change(&Caller { gid: 1500, ..someone }, 999, Some(1500)), "the admin group as primary group");
         assert!(!may_change(&Caller::UNKNOWN, u32::MAX, Some(u32::MAX)), "unreadable credentials never change");
-        // This test process's own supplementary groups, as the kernel reports them.
-        let me = Caller { uid: 1001, gid: 1001, pid: Some(std::process::id() as i32) };
-        if let Some(g) = groups_of(std::process::id() as i32).first() {
-            assert!(may_change(&me, 999, Some(*g)), "a supplementary group counts");
-        }
+    }
+
+    #[test]
+    fn supplementary_groups_are_read_as_the_kernel_has_them() {
+        // (That a supplementary group grants the change is tested with setpriv --groups in
+        // tests/tests/admin.rs; here, that /proc is read right, whatever groups we have.)
+        let mut parsed = groups_of(std::process::id() as i32);
+        let mut kernel: Vec<u32> =
+            nix::unistd::getgroups().expect("getgroups").into_iter().map(|g| g.as_raw()).collect();
+        parsed.sort_unstable();
+        kernel.sort_unstable();
+        kernel.dedup();
+        assert_eq!(parsed, kernel);
+        assert!(groups_of(-1).is_empty(), "no such process: no groups");
     }
 }

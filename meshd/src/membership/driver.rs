@@ -292,7 +292,7 @@ impl Driver {
         let now = Instant::now();
         let asked =
             self.clock_asked.get(&*member.name).is_some_and(|t| now.duration_since(*t) < self.inputs.sync_interval);
-        if asked || self.inputs.heard.measured_within(&member.name, self.inputs.sync_interval) {
+        if asked {
             return;
         }
         self.clock_asked.insert(member.name.to_string(), now);

@@ -119,11 +119,6 @@ impl Heard {
         self.offsets.lock().unwrap_or_else(|p| p.into_inner()).get(name).map(|(o, _)| *o)
     }
 
-    /// Whether `name`'s clock was measured within `within`.
-    fn measured_within(&self, name: &str, within: Duration) -> bool {
-        self.offsets.lock().unwrap_or_else(|p| p.into_inner()).get(name).is_some_and(|(_, at)| at.elapsed() < within)
-    }
-
     /// Records a measured offset; the largest recent one now held, in ms.
     fn set_offset(&self, name: &str, ms: i64) -> i64 {
         let mut offsets = self.offsets.lock().unwrap_or_else(|p| p.into_inner());
