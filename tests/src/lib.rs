@@ -184,6 +184,11 @@ socket = "{socket}"
             .to_owned()
     }
 
+    /// The top-level config line that makes another node join through this one.
+    pub fn seed(&self) -> String {
+        format!("join = [\"{}\"]", self.addr())
+    }
+
     /// `meshctl token create ARGS`, which must succeed: the token.
     pub fn token(&self, args: &[&str]) -> String {
         let mut all = vec!["token", "create"];

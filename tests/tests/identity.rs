@@ -8,19 +8,15 @@ use mesh_tests::{Block, Node};
 /// Liveness bound for things that take well under a second.
 const LIVENESS: Duration = Duration::from_secs(15);
 
-fn seed(n: &Node) -> String {
-    format!("join = [\"{}\"]", n.addr())
-}
-
 #[test]
 fn three_nodes_share_a_ca_and_each_holds_its_own_certificate() {
     let block = Block::take();
     let n1 = Node::start(&block, 1, "");
     let token = n1.token(&[]);
     let started = Instant::now();
-    let n2 = Node::join(&block, 2, &token, &seed(&n1), "");
+    let n2 = Node::join(&block, 2, &token, &n1.seed(), "");
     eprintln!("join + start of node-2: {:?}", started.elapsed());
-    let n3 = Node::join(&block, 3, &n1.token(&["--ttl", "5m"]), &seed(&n1), "");
+    let n3 = Node::join(&block, 3, &n1.token(&["--ttl", "5m"]), &n1.seed(), "");
 
     let fingerprint = n1.meshctl_json(&["status"])["ca_fingerprint"].clone();
     assert!(fingerprint.as_str().is_some_and(|f| f.starts_with("sha256:")));
@@ -134,7 +130,7 @@ fn metric(node: &Node, name: &str) -> u64 {
 fn a_removed_node_is_cut_off_and_its_name_can_join_again_with_a_new_key() {
     let block = Block::take();
     let n1 = Node::start(&block, 1, "");
-    let mut n2 = Node::join(&block, 2, &n1.token(&[]), &seed(&n1), "");
+    let mut n2 = Node::join(&block, 2, &n1.token(&[]), &n1.seed(), "");
     n1.eventually(LIVENESS, "node-2 connected", || {
         n1.meshctl_json(&["members"])
             .as_array()?
@@ -172,7 +168,7 @@ fn a_removed_node_is_cut_off_and_its_name_can_join_again_with_a_new_key() {
     // The name may come back with a new token and a new key.
     n2.signal(nix::sys::signal::Signal::SIGTERM);
     n2.wait_exit(LIVENESS);
-    let again = Node::join(&block, 2, &n1.token(&[]), &seed(&n1), "");
+    let again = Node::join(&block, 2, &n1.token(&[]), &n1.seed(), "");
     n1.eventually(LIVENESS, "node-2 back", || (state(&n1) == Some(serde_json::json!("alive"))).then_some(()));
     drop(again);
 }
@@ -182,7 +178,7 @@ fn renewal_keeps_a_long_lived_connection_alive_across_three_renewals() {
     let block = Block::take();
     let ttl = "[identity]\ncert_ttl = \"20s\"\n";
     let n1 = Node::start(&block, 1, ttl);
-    let n2 = Node::join(&block, 2, &n1.token(&[]), &seed(&n1), ttl);
+    let n2 = Node::join(&block, 2, &n1.token(&[]), &n1.seed(), ttl);
     let conn = |n: &Node| {
         let c = n.meshctl_json(&["connections"]);
         let c = c.as_array()?.iter().find(|c| c["node"] == "node-1")?.clone();
@@ -214,7 +210,7 @@ fn renewal_goes_to_another_signer_when_the_first_is_gone() {
     let block = Block::take();
     let ttl = "[identity]\ncert_ttl = \"20s\"\n";
     let mut n1 = Node::start(&block, 1, ttl);
-    let n2 = Node::join(&block, 2, &n1.token(&["--signer"]), &seed(&n1), ttl);
+    let n2 = Node::join(&block, 2, &n1.token(&["--signer"]), &n1.seed(), ttl);
     assert_eq!(n2.meshctl_json(&["status"])["signer"], true);
     // node-3 knows both signers as seeds; it joined through node-1.
     let seeds = format!("join = [\"{}\", \"{}\"]", n1.addr(), n2.addr());
@@ -237,7 +233,7 @@ fn a_join_token_in_the_config_joins_on_first_start() {
     let block = Block::take();
     let n1 = Node::start(&block, 1, "");
     let token = n1.token(&[]);
-    let node = Node::prepare_with(&block, 2, &format!("join_token = \"{token}\"\n{}", seed(&n1)), "");
+    let node = Node::prepare_with(&block, 2, &format!("join_token = \"{token}\"\n{}", n1.seed()), "");
     let node = node.run();
     let status = node.meshctl_json(&["status"]);
     assert_eq!(status["identity"], "spiffe://mesh.local/node/node-2");
@@ -257,8 +253,8 @@ fn a_join_token_in_the_config_joins_on_first_start() {
 fn roles_are_signed_into_certificates_and_limit_what_a_node_may_change() {
     let block = Block::take();
     let n1 = Node::start(&block, 1, "");
-    let member = Node::join(&block, 2, &n1.token(&[]), &seed(&n1), "");
-    let operator = Node::join(&block, 3, &n1.token(&["--role", "operator"]), &seed(&n1), "");
+    let member = Node::join(&block, 2, &n1.token(&[]), &n1.seed(), "");
+    let operator = Node::join(&block, 3, &n1.token(&["--role", "operator"]), &n1.seed(), "");
     for (node, role) in [(&n1, "signer"), (&member, "member"), (&operator, "operator")] {
         assert_eq!(node.meshctl_json(&["status"])["role"], role, "{}", node.name);
     }

@@ -66,10 +66,6 @@ fn forged(key: &str, value: Vec<u8>, origin: &str) -> Entry {
     Entry::next(None, key, Some(value), Hlc::from_millis(now_ms()), origin)
 }
 
-fn seed(n: &Node) -> String {
-    format!("join = [\"{}\"]", n.addr())
-}
-
 /// The attack that took the CA key: a forged `token/ID` record, in the signer's name and
 /// granting the signer role, spread by a member; a fresh host then joins with the
 /// matching secret. Token records never replicate now: the record is refused on merge,
@@ -78,7 +74,7 @@ fn seed(n: &Node) -> String {
 fn a_forged_token_record_is_refused_and_hands_out_nothing() {
     let block = Block::take();
     let n1 = Node::start(&block, 1, "");
-    let n2 = Node::join(&block, 2, &n1.token(&[]), &seed(&n1), "");
+    let n2 = Node::join(&block, 2, &n1.token(&[]), &n1.seed(), "");
     let hostile = Hostile::join(&block, 3, &n1);
 
     let real = Token::decode(&n1.token(&[])).expect("a token");
@@ -140,7 +136,7 @@ fn entries_in_another_nodes_name_are_put_right_and_never_acted_on() {
 
     let block = Block::take();
     let n1 = Node::start(&block, 1, "");
-    let n2 = Node::join(&block, 2, &n1.token(&[]), &seed(&n1), "");
+    let n2 = Node::join(&block, 2, &n1.token(&[]), &n1.seed(), "");
     let web = n2.dir.path().join("web.toml");
     std::fs::write(&web, format!("name = \"web\"\naddress = \"{}\"\nport = 8080\n", block.node_ip(2)))
         .expect("service file");
@@ -217,7 +213,7 @@ fn a_forged_member_list_cannot_evict_a_node() {
 
     let block = Block::take();
     let n1 = Node::start(&block, 1, "");
-    let n2 = Node::join(&block, 2, &n1.token(&[]), &seed(&n1), "");
+    let n2 = Node::join(&block, 2, &n1.token(&[]), &n1.seed(), "");
     let alive = |n: &Node, name: &str| {
         n.meshctl_json(&["members"])
             .as_array()
@@ -275,7 +271,7 @@ fn a_member_whose_clock_is_off_is_reported_on_both_sides() {
     let block = Block::take();
     let n1 = Node::start(&block, 1, "");
     let skewed = |i: u8, by: &str| {
-        let node = Node::prepare_with(&block, i, &seed(&n1), "")
+        let node = Node::prepare_with(&block, i, &n1.seed(), "")
             .env("LD_PRELOAD", FAKETIME)
             .env("FAKETIME", by)
             .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
@@ -318,8 +314,8 @@ fn a_member_whose_clock_is_off_is_reported_on_both_sides() {
 fn a_claimed_service_name_cannot_be_hijacked() {
     let block = Block::take();
     let n1 = Node::start(&block, 1, "");
-    let n2 = Node::join(&block, 2, &n1.token(&[]), &seed(&n1), "");
-    let n3 = Node::join(&block, 3, &n1.token(&[]), &seed(&n1), "");
+    let n2 = Node::join(&block, 2, &n1.token(&[]), &n1.seed(), "");
+    let n3 = Node::join(&block, 3, &n1.token(&[]), &n1.seed(), "");
     let register = |n: &Node| {
         let file = n.dir.path().join("reviews.toml");
         std::fs::write(&file, format!("name = \"reviews\"\naddress = \"{}\"\nport = 9080\n", block.node_ip(1)))
