@@ -183,10 +183,15 @@ pub async fn build(config: &Config) -> Result<Bound, AppError> {
     ));
     let mut registry = metrics::registry();
     let store_metrics = store::Metrics::register(&mut registry);
-    let store =
-        Store::open(&datadir::store_path(&config.data_dir), &config.node_name, store_metrics, publisher.store_sink())?;
     let tls_metrics = verify::Metrics::register(&mut registry);
     let identity = Arc::new(Identity::load(&config.data_dir, &config.node_name, tls_metrics)?);
+    let store = Store::open(
+        &datadir::store_path(&config.data_dir),
+        &config.node_name,
+        Arc::new(identity.entry_authority()?),
+        store_metrics,
+        publisher.store_sink(),
+    )?;
     // Revocations are in force before the first handshake.
     identity.revocations.replace(publisher.current().parts.revoked.clone());
     let transport_metrics = crate::transport::Metrics::register(&mut registry);
@@ -206,6 +211,15 @@ pub async fn build(config: &Config) -> Result<Bound, AppError> {
         bump: store::wall_ms(),
     };
     let signer = Arc::new(Signer::new(identity.clone(), store.clone(), advertise, config.identity.cert_ttl));
+    if signer.is_signer() && identity.current().info.role.is_none() {
+        // A certificate from before roles: other nodes would take this signer for an
+        // operator and refuse its revocations. A renewal writes the role in.
+        match signer.renew_self() {
+            Ok(info) => tracing::info!(role = ?info.role, "renewed a certificate from before roles"),
+            Err(e) => tracing::warn!(error = %e, "cannot renew a certificate from before roles"),
+        }
+    }
+    crate::identity::seal::record_own_key(&store, &identity)?;
     signer.announce()?;
     let catalog = crate::catalog::Catalog::new(store.clone(), &config.node_name)
         .with_metrics(crate::catalog::Metrics::register(&mut registry))

@@ -4,6 +4,7 @@
 //! Must not: start serving, or overwrite an existing identity.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use mesh_proto::token::{Token, TokenError};
@@ -12,7 +13,7 @@ use mesh_proto::wire::{JoinRequest, JoinResponse, Refusal};
 use crate::config::Config;
 use crate::datadir::{self, DataDirError};
 use crate::identity::signer::{node_cert_key, NodeCertRecord};
-use crate::identity::{self, ca, cert, IdentityError};
+use crate::identity::{self, ca, cert, seal, IdentityError};
 use crate::store::{self, Store, StoreError};
 
 /// How long `meshd join` waits for the signer.
@@ -50,18 +51,29 @@ impl BootstrapError {
     }
 }
 
-fn open_store(config: &Config) -> Result<Store, StoreError> {
-    Store::open(&datadir::store_path(&config.data_dir), &config.node_name, store::Metrics::new(), |_| {})
+/// Opens the store sealing as this node, and records this node's key in it.
+fn open_store(config: &Config) -> Result<Store, BootstrapError> {
+    let id = Arc::new(identity::Identity::load(&config.data_dir, &config.node_name, Default::default())?);
+    let store = Store::open(
+        &datadir::store_path(&config.data_dir),
+        &config.node_name,
+        Arc::new(id.entry_authority()?),
+        store::Metrics::new(),
+        |_| {},
+    )?;
+    seal::record_own_key(&store, &id)?;
+    Ok(store)
 }
 
-fn record_own_cert(store: &Store, data_dir: &Path, node: &str, issued_by: &str) -> Result<(), BootstrapError> {
+/// A signer's record of its own certificate (a joining node's is written by its signer).
+fn record_own_cert(store: &Store, data_dir: &Path, node: &str) -> Result<(), BootstrapError> {
     let id = identity::Identity::load(data_dir, node, Default::default())?;
     let info = id.current().info.clone();
     let record = NodeCertRecord {
         serial: info.serial,
         key_hash: info.key_hash,
         not_after_ms: info.not_after.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
-        issued_by: issued_by.to_owned(),
+        issued_by: node.to_owned(),
         role: info.role,
     };
     store.put(&node_cert_key(node), serde_json::to_vec(&record).unwrap_or_default())?;
@@ -75,7 +87,7 @@ pub fn init(config: &Config) -> Result<String, BootstrapError> {
     let fingerprint =
         identity::init(&config.data_dir, &config.node_name, &config.trust_domain, config.identity.cert_ttl)?;
     let store = open_store(config)?;
-    record_own_cert(&store, &config.data_dir, &config.node_name, &config.node_name)?;
+    record_own_cert(&store, &config.data_dir, &config.node_name)?;
     Ok(fingerprint)
 }
 

@@ -37,14 +37,59 @@ pub fn token(data: &[u8]) {
     }
 }
 
-/// Store entries as they arrive from peers, and their merge.
+/// Store entries as they arrive from peers: the decoder, the trust rules (key records
+/// and their certificates, signatures, history chains, write rules) against a view that
+/// holds one real node's key record, and the merge.
 pub fn store_entry(data: &[u8]) {
     if let Ok(e) = crate::store::entry::Entry::decode(data) {
-        let mut view = crate::store::View::default();
+        let (authority, view) = trust_fixture();
+        let _ = crate::store::seal::Authority::judge(authority, view, &[&e]);
+        let mut view = view.clone();
         view.merge(std::sync::Arc::new(e.clone()));
         let _ = e.encoded_len();
         let _ = crate::membership::sync::decode(vec![data.to_vec()]);
     }
+}
+
+/// One mesh CA, a member node "a" of it, and a view holding a's key record: made once.
+fn trust_fixture() -> &'static (crate::identity::seal::EntryAuthority, crate::store::View) {
+    use crate::identity::{ca, seal, Ca, SpiffeId};
+    use crate::store::entry::Entry;
+    use crate::store::hlc::Hlc;
+    use mesh_proto::role::Role;
+
+    struct A;
+    impl seal::Me for A {
+        fn name(&self) -> &str {
+            "a"
+        }
+        fn role(&self) -> Role {
+            Role::Member
+        }
+    }
+    static FIXTURE: std::sync::OnceLock<(seal::EntryAuthority, crate::store::View)> = std::sync::OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let ca = Ca::create("mesh.local").expect("a CA");
+        let key = ca::new_node_key().expect("a key");
+        let csr = ca::csr_for(&key, "a").expect("a CSR");
+        let ttl = std::time::Duration::from_secs(3600);
+        let cert =
+            ca.issue(&csr, &SpiffeId::new("mesh.local", "a"), Role::Member, ttl).expect("issue").expect("signer");
+        let key_hash = crate::identity::cert::inspect(&cert).expect("a node certificate").key_hash;
+        let sealer = seal::NodeSealer::new(&key.serialize_der(), &key_hash).expect("a sealer");
+        let record = Entry::sealed(
+            None,
+            &seal::key_record_key("a", &key_hash),
+            Some(cert.to_vec()),
+            Hlc::from_millis(1),
+            "a",
+            &sealer,
+        )
+        .expect("sealed");
+        let mut view = crate::store::View::default();
+        view.merge(std::sync::Arc::new(record));
+        (seal::EntryAuthority::new(Box::new(A), "mesh.local", vec![ca.der.clone()], sealer), view)
+    })
 }
 
 /// A gossip datagram from an authenticated peer named "peer": the sender check, then

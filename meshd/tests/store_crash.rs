@@ -20,7 +20,8 @@ const CHILD_START: &str = "MESH_STORE_CRASH_START";
 const COUNTER: &str = "crash/counter";
 
 fn open(path: &Path) -> Store {
-    Store::open(path, "crash", Metrics::new(), |_| {}).expect("open store")
+    Store::open(path, "crash", std::sync::Arc::new(meshd::store::seal::Unsealed), Metrics::new(), |_| {})
+        .expect("open store")
 }
 
 fn key(i: u64) -> String {

@@ -36,7 +36,7 @@ impl Drop for Tmpfs {
 }
 
 fn open(path: &Path) -> Result<Store, StoreError> {
-    Store::open(path, "a", Metrics::new(), |_| {})
+    Store::open(path, "a", std::sync::Arc::new(meshd::store::seal::Unsealed), Metrics::new(), |_| {})
 }
 
 #[test]

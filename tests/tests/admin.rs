@@ -16,9 +16,10 @@ fn meshctl_status_as_a_table_and_as_the_api_body() {
     assert!(table.lines().any(|l| l.starts_with("node") && l.ends_with(" node-1")), "{table}");
     assert!(table.lines().any(|l| l.starts_with("version") && l.ends_with(mesh_proto::VERSION)), "{table}");
     assert!(table.contains("1 alive, 0 suspect, 0 dead, 0 left"), "{table}");
-    // The store holds two entries from the start: the record of this node's certificate
-    // and, the first node being a signer, its address for renewals.
-    assert!(table.lines().any(|l| l.starts_with("store") && l.contains(" 2 entries, ")), "{table}");
+    // The store holds three entries from the start: the records of this node's
+    // certificate and of its key and, the first node being a signer, its address for
+    // renewals.
+    assert!(table.lines().any(|l| l.starts_with("store") && l.contains(" 3 entries, ")), "{table}");
     assert!(
         table.lines().any(|l| l.starts_with("identity") && l.ends_with(" spiffe://mesh.local/node/node-1")),
         "{table}"
@@ -28,7 +29,7 @@ fn meshctl_status_as_a_table_and_as_the_api_body() {
     let json = node.meshctl_json(&["status"]);
     assert_eq!(json["node"], "node-1");
     assert_eq!(json["version"], mesh_proto::VERSION);
-    assert_eq!(json["store"]["entries"], 2);
+    assert_eq!(json["store"]["entries"], 3);
     assert!(json["store"]["bytes"].as_u64().is_some_and(|b| b > 0));
     // -o json is the API body unchanged.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");

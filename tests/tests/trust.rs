@@ -21,6 +21,7 @@ const LIVENESS: Duration = Duration::from_secs(15);
 struct Hostile {
     /// Its data directory (certificate and key), kept while the test runs.
     _node: Node,
+    identity: Arc<meshd::identity::Identity>,
     rt: tokio::runtime::Runtime,
     transport: Arc<meshd::transport::Transport>,
 }
@@ -33,12 +34,26 @@ impl Hostile {
         assert!(out.status.success(), "the hostile member joins: {}", String::from_utf8_lossy(&out.stderr));
         let identity = meshd::identity::Identity::load(&node.dir.path().join("data"), &node.name, Default::default())
             .expect("the hostile member's identity");
+        let identity = Arc::new(identity);
         let rt = tokio::runtime::Runtime::new().expect("runtime");
         let socket = std::net::UdpSocket::bind((block.node_ip(i), 0)).expect("udp");
         let transport = rt.block_on(async {
-            meshd::transport::Transport::new(socket, Arc::new(identity), Default::default(), None).expect("endpoint")
+            meshd::transport::Transport::new(socket, identity.clone(), Default::default(), None).expect("endpoint")
         });
-        Hostile { _node: node, rt, transport: Arc::new(transport) }
+        Hostile { _node: node, identity, rt, transport: Arc::new(transport) }
+    }
+
+    /// A write of `key` signed with the hostile member's own key, in `origin`'s name.
+    fn signed(&self, key: &str, value: Option<Vec<u8>>, origin: &str) -> Entry {
+        let sealer = self.identity.sealer().expect("sealer");
+        Entry::sealed(None, key, value, Hlc::from_millis(now_ms()), origin, &sealer).expect("signed")
+    }
+
+    /// Its own key record, signed by itself: what lets others verify what it signs.
+    fn key_record(&self) -> Entry {
+        let id = &self.identity;
+        let key = meshd::identity::seal::key_record_key(&id.node, &id.key_hash());
+        self.signed(&key, Some(id.current().der.to_vec()), &id.node)
     }
 
     /// Pushes entries to the member at `to`, as gossip pushes a large entry.
@@ -111,6 +126,15 @@ fn a_forged_token_record_is_refused_and_hands_out_nothing() {
     drop(hostile);
 }
 
+/// `node`'s counts of refused replicated entries: not_allowed, bad_key_record,
+/// unknown_key, unsealed, bad_signature.
+fn refusals(node: &Node) -> Vec<u64> {
+    ["not_allowed", "bad_key_record", "unknown_key", "unsealed", "bad_signature"]
+        .iter()
+        .map(|r| node.metric(&format!("mesh_store_merged_entries_total{{outcome=\"refused_{r}\"}}")))
+        .collect()
+}
+
 /// The services `node` lists, as `(service, node, port)`.
 fn listed(node: &Node) -> Vec<(String, String, u64)> {
     let services = node.meshctl_json(&["services"]);
@@ -127,11 +151,12 @@ fn listed(node: &Node) -> Vec<(String, String, u64)> {
 
 /// A member writes in another node's name: an instance of `vault` on node-2, at a local
 /// port node-2 never registered, with a health check; and a tombstone over the service
-/// node-2 did register. Node-2 never connects to or checks the forged instance, deletes
-/// it, writes its own registration again, and counts both; every node ends up with what
+/// node-2 did register. Unsigned, signed with its own key in its own name, and signed with
+/// its own key in node-2's name: every node refuses each and counts it by reason; node-2
+/// never connects to or checks the forged instance, and every node keeps listing what
 /// node-2 declared.
 #[test]
-fn entries_in_another_nodes_name_are_put_right_and_never_acted_on() {
+fn entries_in_another_nodes_name_are_refused_and_never_acted_on() {
     use mesh_proto::wire::{TunnelHeader, TunnelRefusal, TunnelReply};
 
     let block = Block::take();
@@ -161,20 +186,28 @@ fn entries_in_another_nodes_name_are_put_right_and_never_acted_on() {
         "healthy": true,
         "source": "api",
     });
-    let forged_vault = forged("node/node-2/service/vault", serde_json::to_vec(&vault).expect("json"), "node-2");
-    let mut forged_delete = forged("node/node-2/service/web", Vec::new(), "node-2");
-    forged_delete.deleted = true;
-    hostile.push(&n2, &[forged_vault, forged_delete]);
-
-    let corrected = |kind: &str| n2.metric(&format!("mesh_catalog_corrections_total{{kind=\"{kind}\"}}"));
-    n2.eventually(LIVENESS, "node-2 deletes the foreign entry and restores its own", || {
-        (corrected("foreign") >= 1 && corrected("missing") >= 1).then_some(())
-    });
-    for node in [&n1, &n2] {
-        node.eventually(LIVENESS, "every node lists exactly what node-2 declared", || {
-            let list = listed(node);
-            (list.contains(&web_on_n2) && !list.iter().any(|(s, _, _)| s == "vault")).then_some(())
+    let unsigned_vault = forged("node/node-2/service/vault", serde_json::to_vec(&vault).expect("json"), "node-2");
+    let mut unsigned_delete = forged("node/node-2/service/web", Vec::new(), "node-2");
+    unsigned_delete.deleted = true;
+    // Signed with its own key: in its own name, and in node-2's.
+    let signed_vault =
+        hostile.signed("node/node-2/service/vault", Some(serde_json::to_vec(&vault).expect("json")), "node-3");
+    let claimed_delete = hostile.signed("node/node-2/service/web", None, "node-2");
+    for victim in [&n1, &n2] {
+        let before = refusals(victim);
+        // One write per key and push: two of the same key in one batch merge as one.
+        hostile.push(victim, &[hostile.key_record(), unsigned_vault.clone(), unsigned_delete.clone()]);
+        hostile.push(victim, &[signed_vault.clone(), claimed_delete.clone()]);
+        victim.eventually(LIVENESS, "every forgery is refused and counted by reason", || {
+            let counts: Vec<u64> = refusals(victim).iter().zip(&before).map(|(now, then)| now - then).collect();
+            // not_allowed, bad_key_record, unknown_key, unsealed, bad_signature
+            (counts == [1, 0, 1, 2, 0]).then_some(())
         });
+        assert!(victim.logs().contains("refused replicated entries"), "{}: logged", victim.name);
+    }
+    for node in [&n1, &n2] {
+        let list = listed(node);
+        assert!(list.contains(&web_on_n2) && !list.iter().any(|(s, _, _)| s == "vault"), "{}: {list:?}", node.name);
     }
 
     // A tunnel to the forged instance is refused: node-2 connects only to what it declared.
@@ -201,6 +234,7 @@ fn entries_in_another_nodes_name_are_put_right_and_never_acted_on() {
     assert!(secret.accept().is_err(), "node-2 never connected to a port it did not register");
     assert_eq!(n2.metric("mesh_health_checks_total{service=\"vault\",result=\"pass\"}"), 0);
     assert_eq!(n2.metric("mesh_health_checks_total{service=\"vault\",result=\"fail\"}"), 0);
+    assert_eq!(n2.metric("mesh_catalog_corrections_total{kind=\"foreign\"}"), 0, "nothing foreign got in to correct");
 }
 
 /// A forged member list: node-2 down, at another address, with a bump no restart can
@@ -348,4 +382,93 @@ fn a_claimed_service_name_cannot_be_hijacked() {
     // Released: open again.
     assert!(n1.meshctl(&["service", "allow", "reviews", "--release"]).status.success());
     n1.eventually(LIVENESS, "both count again", || (hosts(&n1) == ["node-2", "node-3"]).then_some(()));
+}
+
+/// A member tries every key class it may not write, signed with its own valid key:
+/// mesh-wide configuration (routes, policies, service claims), revocations (a new one of
+/// the signer, and a tombstone over a real one: un-revocation), signer announcements,
+/// another node's certificate record and key record; and the same writes unsigned or in
+/// the signer's name. Every node refuses each, counts it by reason, and keeps its view:
+/// no route, no claim, the removed node stays removed. Its own entries still go through.
+#[test]
+fn writes_beyond_a_members_role_are_refused_for_every_key_class() {
+    let block = Block::take();
+    let n1 = Node::start(&block, 1, "");
+    let n2 = Node::join(&block, 2, &n1.token(&[]), &n1.seed(), "");
+    let hostile = Hostile::join(&block, 3, &n1);
+    // A node that joined and was removed: its revocation is what un-revocation targets.
+    let removed = Node::prepare(&block, 4, "");
+    assert!(removed.meshd(&["join", &n1.token(&[])]).status.success());
+    let removal = n1.meshctl_json(&["node", "remove", "node-4"]);
+    let revocation_key = format!("revoked/{}", removal["serial"].as_str().expect("the revoked serial"));
+    let still_removed = |node: &Node| {
+        let members = node.meshctl_json(&["members"]);
+        members.as_array().into_iter().flatten().any(|m| m["name"] == "node-4" && m["state"] == "left")
+    };
+    n2.eventually(LIVENESS, "node-2 knows node-4 is removed", || still_removed(&n2).then_some(()));
+
+    let me = "node-3";
+    let json = |v: serde_json::Value| Some(serde_json::to_vec(&v).expect("json"));
+    let route = json(serde_json::json!({"name": "web", "service": "web"}));
+    let fake_revocation = json(serde_json::json!({
+        "node": "node-1", "serial": "01", "key_hash": "00", "at_ms": now_ms(), "by": me,
+    }));
+    let n1_cert = json(serde_json::json!({
+        "serial": "01", "key_hash": "00", "not_after_ms": now_ms(), "issued_by": me, "role": "signer",
+    }));
+    let own_key = hostile.key_record();
+    let mut stolen_key = own_key.clone();
+    stolen_key.key = meshd::identity::seal::key_record_key("node-2", &hostile.identity.key_hash());
+    let batch = vec![
+        own_key,
+        hostile.signed("route/web", route.clone(), me),
+        hostile.signed("policy/web", route.clone(), me),
+        hostile.signed("claim/web", json(serde_json::json!({"nodes": ["node-3"]})), me),
+        hostile.signed(&revocation_key, None, me),
+        hostile.signed("revoked/01", fake_revocation, me),
+        hostile.signed("signer/node-3", Some(b"127.0.0.1:1".to_vec()), me),
+        hostile.signed("node/node-1/cert", n1_cert, me),
+        stolen_key,
+        hostile.signed("route/web", route.clone(), "node-1"),
+        forged("route/web", route.clone().unwrap_or_default(), "node-1"),
+        {
+            let mut unrevoke = forged(&revocation_key, Vec::new(), "node-1");
+            unrevoke.deleted = true;
+            unrevoke
+        },
+        // What a member may write: its own entries.
+        hostile.signed("node/node-3/service/own", json(serde_json::json!({"node": "node-3"})), me),
+    ];
+    for victim in [&n1, &n2] {
+        let before = refusals(victim);
+        // One write per key and push: two of the same key in one batch merge as one.
+        let mut seen = std::collections::HashSet::new();
+        let (first, second): (Vec<Entry>, Vec<Entry>) = batch.iter().cloned().partition(|e| seen.insert(e.key.clone()));
+        hostile.push(victim, &first);
+        let mut seen = std::collections::HashSet::new();
+        let (second, third): (Vec<Entry>, Vec<Entry>) = second.into_iter().partition(|e| seen.insert(e.key.clone()));
+        hostile.push(victim, &second);
+        hostile.push(victim, &third);
+        victim.eventually(LIVENESS, "every write beyond the role is refused, by reason", || {
+            let counts: Vec<u64> = refusals(victim).iter().zip(&before).map(|(now, then)| now - then).collect();
+            // not_allowed, bad_key_record, unknown_key, unsealed, bad_signature
+            (counts == [7, 1, 1, 2, 0]).then_some(())
+        });
+    }
+    for node in [&n1, &n2] {
+        let routes = node.meshctl_json(&["route", "list"]);
+        assert_eq!(routes.as_array().map(Vec::len), Some(0), "{}: no route: {routes}", node.name);
+        let claims = node.meshctl_json(&["service", "allow"]);
+        assert_eq!(claims.as_array().map(Vec::len), Some(0), "{}: no claim: {claims}", node.name);
+        assert!(still_removed(node), "{}: node-4 stays removed", node.name);
+        let members = node.meshctl_json(&["members"]);
+        let n1_role =
+            members.as_array().into_iter().flatten().find(|m| m["name"] == "node-1").map(|m| m["role"].clone());
+        assert_eq!(n1_role, Some(serde_json::json!("signer")), "{}: node-1's record is the signer's", node.name);
+    }
+    // Its own entry went through (merged, not refused).
+    n2.eventually(LIVENESS, "the member's own entry merges", || {
+        (n2.metric("mesh_store_merged_entries_total{outcome=\"applied\"}") >= 1).then_some(())
+    });
+    drop(removed);
 }

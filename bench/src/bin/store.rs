@@ -8,7 +8,11 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
+use meshd::identity::Identity;
 use meshd::state::{Publisher, Snapshot};
+use meshd::store::seal::Unsealed;
 use meshd::store::{Metrics, Store};
 
 const VALUE: usize = 200;
@@ -42,22 +46,70 @@ fn main() {
     let sled_rate = rate(writes, started.elapsed());
     drop(db);
 
-    // The store.
+    // The store, sealing each write with a node key (what meshd runs), and unsealed (the
+    // store's own cost without signatures).
     let publisher = Publisher::new(Snapshot::empty("bench"));
-    let store = Store::open(&dir.path().join("store"), "bench", Metrics::new(), publisher.store_sink()).expect("store");
+    let sealed_dir = dir.path().join("sealed");
+    let (identity, peer) = two_nodes(&sealed_dir);
+    let authority = Arc::new(identity.entry_authority().expect("authority"));
+    let store = Store::open(&sealed_dir.join("store"), "bench", authority, Metrics::new(), publisher.store_sink())
+        .expect("store");
     let started = Instant::now();
     for i in 0..writes {
         store.put(&format!("route/r{i}"), buf.clone()).expect("put");
     }
     let store_rate = rate(writes, started.elapsed());
+    let unsealed =
+        Store::open(&dir.path().join("unsealed"), "bench", Arc::new(Unsealed), Metrics::new(), |_| {}).expect("store");
+    let started = Instant::now();
+    for i in 0..writes {
+        unsealed.put(&format!("route/r{i}"), buf.clone()).expect("put");
+    }
+    let unsealed_rate = rate(writes, started.elapsed());
 
     println!("{:<28} {:>10}  {:>8}", "", "writes/s", "vs plain");
-    for (name, r) in
-        [("plain file + fdatasync", plain), ("sled insert + flush", sled_rate), ("mesh store put", store_rate)]
-    {
+    for (name, r) in [
+        ("plain file + fdatasync", plain),
+        ("sled insert + flush", sled_rate),
+        ("mesh store put, unsealed", unsealed_rate),
+        ("mesh store put (signed)", store_rate),
+    ] {
         println!("{name:<28} {r:>10.0}  {:>7.2}x", r / plain);
     }
-    println!("mesh store / sled: {:.2}x", store_rate / sled_rate);
+    println!(
+        "mesh store / sled: {:.2}x; signed / unsealed: {:.2}x",
+        store_rate / sled_rate,
+        store_rate / unsealed_rate
+    );
+
+    // Merging a peer's signed entries (each signature verified) against the same entries
+    // unsealed: the cost of verification on the receiving side.
+    let n = writes.min(2_000);
+    let peer_store = Store::open(
+        &sealed_dir.join("peer"),
+        "peer",
+        Arc::new(peer.entry_authority().expect("authority")),
+        Metrics::new(),
+        |_| {},
+    )
+    .expect("store");
+    meshd::identity::seal::record_own_key(&peer_store, &peer).expect("key record");
+    for i in 0..n {
+        peer_store.put(&format!("route/p{i}"), buf.clone()).expect("put");
+    }
+    let signed: Vec<_> = peer_store.view().iter().map(|e| (**e).clone()).collect();
+    let started = Instant::now();
+    let report = store.merge(signed.clone(), meshd::store::wall_ms()).expect("merge");
+    let verified = rate(signed.len(), started.elapsed());
+    assert_eq!(report.applied, signed.len(), "every signed entry merges: {report:?}");
+    let started = Instant::now();
+    unsealed.merge(signed.clone(), meshd::store::wall_ms()).expect("merge");
+    let unverified = rate(signed.len(), started.elapsed());
+    println!(
+        "merge of {} signed entries in one batch: {verified:.0} entries/s verified, {unverified:.0} unverified ({:.2}x)",
+        signed.len(),
+        verified / unverified
+    );
 
     // Snapshot publish at 10,000 entries: grow the store with merged batches, then time
     // what each write does after its flush (copy the map, publish it).
@@ -97,4 +149,23 @@ fn main() {
         rate(n, started.elapsed()),
         rate(n, started.elapsed()) / store_rate
     );
+}
+
+/// Two nodes of one new mesh under `dir`: "bench" (a signer) and "peer".
+fn two_nodes(dir: &std::path::Path) -> (Arc<Identity>, Arc<Identity>) {
+    use meshd::identity::{ca, install, Ca, Material, SpiffeId};
+    let ttl = Duration::from_secs(3600);
+    let ca = Ca::create("bench.mesh").expect("ca");
+    let mut out = Vec::new();
+    for name in ["bench", "peer"] {
+        let key = ca::new_node_key().expect("key");
+        let csr = ca::csr_for(&key, name).expect("csr");
+        let role = mesh_proto::role::Role::Operator;
+        let cert = ca.issue(&csr, &SpiffeId::new("bench.mesh", name), role, ttl).expect("issue").expect("a signer");
+        let data = dir.join(name);
+        install(&data, &Material { key: &key, cert: &cert, ca: &ca.der, ca_key: None, signers: &[] }).expect("install");
+        out.push(Arc::new(Identity::load(&data, name, Default::default()).expect("load")));
+    }
+    let peer = out.pop().expect("peer");
+    (out.pop().expect("bench"), peer)
 }

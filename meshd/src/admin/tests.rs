@@ -41,14 +41,15 @@ fn fixture() -> Fixture {
     ));
     let mut registry = crate::metrics::registry();
     let metrics = Metrics::register(&mut registry);
+    let identity = Arc::new(Identity::load(&config.data_dir, "vm-1", Default::default()).expect("identity"));
     let store = crate::store::Store::open(
         &crate::datadir::store_path(&config.data_dir),
         "vm-1",
+        Arc::new(identity.entry_authority().expect("authority")),
         crate::store::Metrics::new(),
         publisher.store_sink(),
     )
     .expect("store");
-    let identity = Arc::new(Identity::load(&config.data_dir, "vm-1", Default::default()).expect("identity"));
     let socket = std::net::UdpSocket::bind("127.0.5.1:0").expect("udp");
     let transport = Arc::new(Transport::new(socket, identity.clone(), Default::default(), None).expect("transport"));
     let signer = Arc::new(Signer::new(identity.clone(), store.clone(), addr, Duration::from_secs(3600)));
@@ -96,7 +97,7 @@ async fn status_names_the_node_its_identity_and_store_and_nulls_what_is_not_ther
     assert_eq!(status.version, mesh_proto::VERSION);
     assert_eq!(status.members.expect("members").alive, 1);
     let raw: serde_json::Value = serde_json::from_slice(&body).expect("json");
-    assert_eq!(raw["store"]["entries"], 1, "its own certificate record: {raw}");
+    assert_eq!(raw["store"]["entries"], 2, "its own certificate and key records: {raw}");
     assert_eq!(status.identity.as_deref(), Some("spiffe://mesh.local/node/vm-1"));
     assert!(status.ca_fingerprint.as_deref().is_some_and(|f| f.starts_with("sha256:") && f.len() == 71));
     assert_eq!(status.signer, Some(true));

@@ -446,7 +446,14 @@ mod tests {
 
     fn catalog(dir: &std::path::Path) -> (Catalog, Publisher) {
         let publisher = Publisher::new(Snapshot::empty("a"));
-        let store = Store::open(&dir.join("store"), "a", StoreMetrics::new(), publisher.store_sink()).expect("store");
+        let store = Store::open(
+            &dir.join("store"),
+            "a",
+            std::sync::Arc::new(crate::store::seal::Unsealed),
+            StoreMetrics::new(),
+            publisher.store_sink(),
+        )
+        .expect("store");
         let catalog = Catalog::new(store, "a").with_publisher(publisher.clone()).expect("catalog");
         (catalog, publisher)
     }

@@ -111,7 +111,14 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tempdir");
         let range: Ipv4Net = "127.77.0.0/28".parse().expect("range");
         let open = || {
-            let store = Store::open(&tmp.path().join("s"), "a", Default::default(), |_| {}).expect("store");
+            let store = Store::open(
+                &tmp.path().join("s"),
+                "a",
+                std::sync::Arc::new(crate::store::seal::Unsealed),
+                Default::default(),
+                |_| {},
+            )
+            .expect("store");
             Vips::load(store, range).expect("vips")
         };
         let vips = open();

@@ -13,6 +13,7 @@ pub mod ca;
 pub mod cert;
 pub mod records;
 pub mod renew;
+pub mod seal;
 pub mod signer;
 pub mod verify;
 
@@ -176,6 +177,21 @@ pub fn effective_role(info: &CertInfo, holds_ca_key: bool) -> Role {
     }
 }
 
+/// This node as the store's authority sees it. Its role is the effective one: a signer
+/// whose certificate predates roles renews itself at start, and its key record then
+/// shows others the same.
+struct SealingAs(Arc<Identity>);
+
+impl seal::Me for SealingAs {
+    fn name(&self) -> &str {
+        &self.0.node
+    }
+
+    fn role(&self) -> Role {
+        self.0.role()
+    }
+}
+
 /// `meshd init`: a new CA and this node's first certificate, signed by it.
 pub fn init(data_dir: &Path, node: &str, trust_domain: &str, ttl: Duration) -> Result<String, IdentityError> {
     if dir_of(data_dir).join("node.pem").exists() {
@@ -242,6 +258,23 @@ impl Identity {
     /// This node's role: what its certificate says (see [`effective_role`]).
     pub fn role(&self) -> Role {
         effective_role(&self.current().info, self.ca.is_signer())
+    }
+
+    /// The store's authority: seals this node's writes with its key, judges other nodes'
+    /// by theirs (see [`seal`]).
+    pub fn entry_authority(self: &Arc<Self>) -> Result<seal::EntryAuthority, IdentityError> {
+        let sealer = self.sealer()?;
+        Ok(seal::EntryAuthority::new(
+            Box::new(SealingAs(self.clone())),
+            &self.trust_domain,
+            vec![self.ca.der.clone()],
+            sealer,
+        ))
+    }
+
+    /// What signs store entries with this node's key.
+    pub fn sealer(&self) -> Result<seal::NodeSealer, IdentityError> {
+        seal::NodeSealer::new(&self.key.serialize_der(), &self.key_hash()).map_err(IdentityError::Tls)
     }
 
     /// A CSR for this node's key (for renewal).

@@ -335,7 +335,10 @@ impl Driver {
     }
 
     fn reap(&mut self) {
-        let doomed = self.gone.to_reap(&self.published, Instant::now(), self.inputs.reap_after, &self.inputs.me.name);
+        let roles = self.snapshots.borrow().parts.roles.clone();
+        let is_signer = |name: &str| roles.get(name) == Some(&mesh_proto::role::Role::Signer);
+        let doomed =
+            self.gone.to_reap(&self.published, Instant::now(), self.inputs.reap_after, &self.inputs.me.name, is_signer);
         if !doomed.is_empty() {
             let store = self.inputs.store.clone();
             self.work.spawn(async move {

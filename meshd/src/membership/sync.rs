@@ -74,11 +74,14 @@ pub fn entries_for(view: &View, keys: &[String]) -> Vec<Arc<Entry>> {
     keys.iter().filter_map(|k| view.entry(k).cloned()).collect()
 }
 
-/// Encodes entries for the wire, in batches of about 1 MiB.
+/// Encodes entries for the wire, in batches of about 1 MiB, nodes' key records first:
+/// the receiver verifies the other entries with them.
 pub fn batches(entries: &[Arc<Entry>]) -> Vec<Vec<Vec<u8>>> {
+    let is_key_record = |e: &&Arc<Entry>| e.key.starts_with("node/") && e.key.contains("/key/");
+    let ordered = entries.iter().filter(is_key_record).chain(entries.iter().filter(|e| !is_key_record(e)));
     let mut out = vec![Vec::new()];
     let mut size = 0;
-    for e in entries {
+    for e in ordered {
         let Ok(bytes) = e.encode() else { continue };
         if size + bytes.len() > 1024 * 1024 && !out.last().is_none_or(|b: &Vec<Vec<u8>>| b.is_empty()) {
             out.push(Vec::new());

@@ -6,6 +6,12 @@
 //! Two concurrent writes of the same revision number resolve like any other conflict:
 //! the later version wins, and with it its history.
 //!
+//! Every revision is sealed by the node that wrote it ([`Seal`]): a signature by its node
+//! key over the revision's fields and the digest of the revision before it, so a history
+//! is a hash chain that nobody but each revision's writer could have made. What the seal
+//! is checked against (certificates, roles) is the store's [`super::seal::Authority`];
+//! this file only says which bytes are signed.
+//!
 //! Must not: decode an entry's value (the read model's codecs do), or trust an entry from
 //! the wire beyond its size limits.
 
@@ -38,6 +44,8 @@ pub struct Entry {
     pub revision: u64,
     /// Earlier revisions, oldest first, at most `HISTORY - 1`.
     pub history: Vec<Revision>,
+    /// The writer's signature over this revision.
+    pub seal: Seal,
 }
 
 /// A past revision of a key.
@@ -48,11 +56,85 @@ pub struct Revision {
     pub origin: String,
     pub deleted: bool,
     pub value: Vec<u8>,
+    pub seal: Seal,
 }
+
+/// A revision's signature, and what it chains to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Seal {
+    /// The first bytes of the SHA-256 of the writer's public key: which of the origin's
+    /// keys signed (a node that was removed and joined again has had two).
+    pub key: [u8; KEY_REF],
+    /// The digest of the revision before this one ([`Revision::digest`]); zeros for the
+    /// first revision of a key.
+    pub prev: [u8; 32],
+    /// ECDSA P-256 with SHA-256, r and s fixed-width (64 bytes); empty when unsealed.
+    pub sig: Vec<u8>,
+}
+
+/// The bytes of a key hash that name it in a seal.
+pub const KEY_REF: usize = 8;
+/// The length of a signature.
+pub const SIG_LEN: usize = 64;
+
+/// What signs local writes: the node's key, behind the store's authority.
+pub trait Sealer {
+    /// The seal's key reference for this node's current key.
+    fn key_ref(&self) -> [u8; KEY_REF];
+    /// Signs `message`; `None` when the key cannot sign (a bug or a broken key file).
+    fn sign(&self, message: &[u8]) -> Option<Vec<u8>>;
+}
+
+impl Revision {
+    /// The bytes the seal signs: a domain tag, the key, this revision's fields, a digest
+    /// of the value, and the seal's key reference and previous digest. Lengths are
+    /// explicit, so no two different revisions share a message.
+    pub fn message(&self, key: &str) -> Vec<u8> {
+        let mut m = Vec::with_capacity(160 + key.len() + self.origin.len());
+        m.extend_from_slice(SEAL_DOMAIN);
+        m.extend_from_slice(&(key.len() as u64).to_be_bytes());
+        m.extend_from_slice(key.as_bytes());
+        m.extend_from_slice(&self.revision.to_be_bytes());
+        m.extend_from_slice(&self.version.0.to_be_bytes());
+        m.extend_from_slice(&(self.origin.len() as u64).to_be_bytes());
+        m.extend_from_slice(self.origin.as_bytes());
+        m.push(u8::from(self.deleted));
+        m.extend_from_slice(ring::digest::digest(&ring::digest::SHA256, &self.value).as_ref());
+        m.extend_from_slice(&self.seal.key);
+        m.extend_from_slice(&self.seal.prev);
+        m
+    }
+
+    /// The SHA-256 of [`Revision::message`]: what the next revision's seal chains to.
+    pub fn digest(&self, key: &str) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, &self.message(key)).as_ref());
+        out
+    }
+}
+
+/// Tags what a seal signs, so a signature made for anything else never verifies here.
+const SEAL_DOMAIN: &[u8] = b"mesh store entry v1\0";
 
 impl Entry {
     /// The entry that replaces `current` (None: the key is new) with `value` (None: a
-    /// delete), written by `origin` at `version`.
+    /// delete), written by `origin` at `version`, sealed by `sealer`.
+    pub fn sealed(
+        current: Option<&Entry>,
+        key: &str,
+        value: Option<Vec<u8>>,
+        version: Hlc,
+        origin: &str,
+        sealer: &dyn Sealer,
+    ) -> Option<Entry> {
+        let mut entry = Entry::next(current, key, value, version, origin);
+        entry.seal.key = sealer.key_ref();
+        entry.seal.sig = sealer.sign(&entry.as_revision().message(key))?;
+        Some(entry)
+    }
+
+    /// [`Entry::sealed`] without the signature (its previous digest is set): what a
+    /// sealer signs, and the unsigned entries of tests that exercise merging alone.
     pub fn next(current: Option<&Entry>, key: &str, value: Option<Vec<u8>>, version: Hlc, origin: &str) -> Entry {
         let (revision, history) = match current {
             None => (1, Vec::new()),
@@ -71,6 +153,7 @@ impl Entry {
             version,
             origin: origin.to_owned(),
             revision,
+            seal: Seal { prev: current.map_or([0; 32], |c| c.as_revision().digest(key)), ..Seal::default() },
             history,
         }
     }
@@ -83,6 +166,7 @@ impl Entry {
             origin: self.origin.clone(),
             deleted: self.deleted,
             value: self.value.clone(),
+            seal: self.seal.clone(),
         }
     }
 

@@ -19,6 +19,8 @@
 pub mod digest;
 pub mod entry;
 pub mod hlc;
+mod legacy;
+pub mod seal;
 pub mod view;
 
 use std::collections::BTreeMap;
@@ -36,6 +38,7 @@ use prometheus_client::registry::Registry;
 
 use self::entry::{Entry, MAX_KEY, MAX_VALUE};
 use self::hlc::{Clock, Hlc};
+use self::seal::{Authority, Refusal};
 pub use self::view::{Merge, View};
 
 /// Why the store refused an operation.
@@ -61,6 +64,14 @@ pub enum StoreError {
     /// A key that is empty or not valid.
     #[error("invalid key {key:?}: keys are 1 to {MAX_KEY} bytes of namespaced text (route/NAME)")]
     InvalidKey { key: String },
+    /// This node may not write the key (its role or name does not allow it): every other
+    /// node would refuse the entry.
+    #[error("this node may not write {key}: {refusal}")]
+    NotAllowed { key: String, refusal: Refusal },
+    /// The node key could not sign (an unreadable or broken key: a bug or a damaged
+    /// file). Nothing was written.
+    #[error("cannot sign the write of {key} with this node's key")]
+    Sign { key: String },
 }
 
 impl StoreError {
@@ -113,7 +124,7 @@ impl Metrics {
         r.register("writes", "Local writes, by result (ok, refused)", m.writes.clone());
         r.register(
             "merged_entries",
-            "Remote entries merged, by outcome (applied, stale, refused_clock)",
+            "Remote entries merged, by outcome (applied, stale, refused_clock, refused_invalid, refused_local_only, refused_REASON for an entry the mesh's trust rules refuse)",
             m.merged.clone(),
         );
         r.register("entries", "Entries held, tombstones included", m.entries.clone());
@@ -137,6 +148,9 @@ pub struct MergeReport {
     /// Entries under a key that never replicates ([`LOCAL_ONLY`]): whoever sent one is
     /// forging it.
     pub refused_local_only: usize,
+    /// Entries the authority refused (unsigned, forged, not the writer's to write,
+    /// revoked), counted by reason in `mesh_store_merged_entries`.
+    pub refused_untrusted: usize,
 }
 
 /// Key prefixes that live only on the node that writes them and never replicate: a
@@ -165,6 +179,8 @@ struct Inner {
     /// Told of every new view, in order, before the write that made it returns (the read
     /// model publishes it): the store knows nothing of who reads.
     on_publish: Box<dyn Fn(Arc<View>) + Send + Sync>,
+    /// Seals local writes, judges remote ones.
+    authority: Arc<dyn Authority>,
     metrics: Metrics,
     /// Where local writes go to be gossiped (set once membership runs).
     broadcast: std::sync::OnceLock<tokio::sync::mpsc::Sender<Arc<Entry>>>,
@@ -183,10 +199,12 @@ pub fn wall_ms() -> u64 {
 
 impl Store {
     /// Opens (creating if needed) the store at `path` for node `origin`, loads every
-    /// entry and hands the first view to `on_publish`, then every later one.
+    /// entry and hands the first view to `on_publish`, then every later one. `authority`
+    /// seals this node's writes and judges everyone else's.
     pub fn open(
         path: &Path,
         origin: &str,
+        authority: Arc<dyn Authority>,
         metrics: Metrics,
         on_publish: impl Fn(Arc<View>) + Send + Sync + 'static,
     ) -> Result<Store, StoreError> {
@@ -225,7 +243,16 @@ impl Store {
             Err(panic) => return Err(corrupt(format!("sled failed reading it ({})", panic_message(&panic)))),
         };
 
-        check_format(&db, existed).map_err(corrupt)?;
+        match check_format(&db, existed).map_err(corrupt)? {
+            Format::Current => {}
+            Format::Unsealed => {
+                let (kept, dropped) = legacy::migrate(&db, origin, authority.sealer()).map_err(corrupt)?;
+                tracing::warn!(
+                    path = %path.display(), kept, dropped,
+                    "store upgraded to signed entries: this node's own entries were signed again; the others are fetched again from their writers"
+                );
+            }
+        }
 
         let mut view = View::default();
         let mut newest = Hlc::ZERO;
@@ -259,6 +286,7 @@ impl Store {
                 writer: Mutex::new(Writer { clock: Clock::new(newest), view }),
                 current: arc_swap::ArcSwap::new(snapshot),
                 on_publish: Box::new(on_publish),
+                authority,
                 metrics,
                 broadcast: std::sync::OnceLock::new(),
             }),
@@ -347,8 +375,18 @@ impl Store {
         if value.is_none() && current.as_ref().is_none_or(|c| c.deleted) {
             return Ok(None);
         }
+        let authority = &self.inner.authority;
+        authority
+            .may_write(&w.view, key, value.is_none())
+            .map_err(|refusal| StoreError::NotAllowed { key: key.to_owned(), refusal })?;
         let version = w.clock.now(wall_ms);
-        let entry = Arc::new(Entry::next(current.as_deref(), key, value, version, &self.inner.origin));
+        let origin = &self.inner.origin;
+        let entry = match authority.sealer() {
+            Some(sealer) => Entry::sealed(current.as_deref(), key, value, version, origin, sealer)
+                .ok_or_else(|| StoreError::Sign { key: key.to_owned() })?,
+            None => Entry::next(current.as_deref(), key, value, version, origin),
+        };
+        let entry = Arc::new(entry);
         let result = self.persist(&w, std::slice::from_ref(&entry));
         let label = if result.is_ok() { "ok" } else { "refused" };
         self.inner.metrics.writes.get_or_create(&ResultLabel { result: label }).inc();
@@ -393,7 +431,7 @@ impl Store {
                 }
             }
         }
-        let fresh: Vec<Arc<Entry>> = winners
+        let fresh: Vec<Entry> = winners
             .into_values()
             .filter(|e| {
                 let applies = w.view.would_apply(e);
@@ -402,8 +440,36 @@ impl Store {
                 }
                 applies
             })
-            .map(Arc::new)
             .collect();
+        let m = &self.inner.metrics.merged;
+        let verdicts = self.inner.authority.judge(&w.view, &fresh.iter().collect::<Vec<_>>());
+        // Per outcome: how many, and the first, for the log.
+        let mut refused: BTreeMap<&'static str, (usize, String)> = BTreeMap::new();
+        let fresh: Vec<Arc<Entry>> = fresh
+            .into_iter()
+            .zip(verdicts)
+            .filter_map(|(e, verdict)| match verdict {
+                Ok(()) => Some(Arc::new(e)),
+                Err(refusal) => {
+                    report.refused_untrusted += 1;
+                    let first = refused
+                        .entry(refusal.outcome())
+                        .or_insert_with(|| (0, format!("{} (origin {}): {refusal}", e.key, e.origin)));
+                    first.0 += 1;
+                    None
+                }
+            })
+            .collect();
+        for (outcome, (count, example)) in refused {
+            m.get_or_create(&MergeLabel { outcome }).inc_by(count as u64);
+            if outcome == "refused_unknown_key" {
+                // Usually an entry that came before its writer's key record (gossip runs
+                // ahead of anti-entropy when a node joins): it comes again with the key.
+                tracing::debug!(outcome, count, first = %example, "refused replicated entries");
+            } else {
+                tracing::warn!(outcome, count, first = %example, "refused replicated entries");
+            }
+        }
         if !fresh.is_empty() {
             self.persist(&w, &fresh)?;
             for e in fresh {
@@ -412,7 +478,6 @@ impl Store {
             }
             self.publish(&w);
         }
-        let m = &self.inner.metrics.merged;
         m.get_or_create(&MergeLabel { outcome: "applied" }).inc_by(report.applied as u64);
         m.get_or_create(&MergeLabel { outcome: "stale" }).inc_by(report.stale as u64);
         m.get_or_create(&MergeLabel { outcome: "refused_clock" }).inc_by(report.refused_clock as u64);
@@ -504,23 +569,32 @@ const LOCAL_TREE: &str = "local";
 /// The tree and key of the format marker, written when the store is created.
 const META_TREE: &str = "meta";
 const FORMAT_KEY: &str = "format";
-const FORMAT: &[u8] = b"mesh-store-1";
+const FORMAT: &[u8] = b"mesh-store-2";
+/// Entries before seals ([`legacy`]): migrated on open.
+const FORMAT_UNSEALED: &[u8] = b"mesh-store-1";
+
+/// What an existing store holds.
+enum Format {
+    Current,
+    Unsealed,
+}
 
 /// sled reads a damaged log as a torn tail and opens what precedes the damage, down to
 /// an empty store, without an error. The format marker, written first, catches the worst
 /// of it: an existing store that opens without its marker lost everything and is
 /// reported as corrupt rather than served empty. (Damage after the marker still reads as
 /// a shorter log; anti-entropy then refetches the mesh's entries from peers.)
-fn check_format(db: &sled::Db, existed: bool) -> Result<(), String> {
+fn check_format(db: &sled::Db, existed: bool) -> Result<Format, String> {
     let meta = db.open_tree(META_TREE).map_err(|e| e.to_string())?;
     match meta.get(FORMAT_KEY).map_err(|e| e.to_string())? {
-        Some(v) if v.as_ref() == FORMAT => Ok(()),
+        Some(v) if v.as_ref() == FORMAT => Ok(Format::Current),
+        Some(v) if v.as_ref() == FORMAT_UNSEALED => Ok(Format::Unsealed),
         Some(v) => Err(format!("unknown store format {:?}", String::from_utf8_lossy(&v))),
         None if existed => Err("its format marker is missing: the files are damaged or not a mesh store".to_owned()),
         None => {
             meta.insert(FORMAT_KEY, FORMAT).map_err(|e| e.to_string())?;
             db.flush().map_err(|e| e.to_string())?;
-            Ok(())
+            Ok(Format::Current)
         }
     }
 }

@@ -10,7 +10,14 @@ use crate::state::{Publisher, Snapshot};
 
 fn open(dir: &Path, origin: &str) -> (Store, Publisher) {
     let publisher = Publisher::new(Snapshot::empty(origin));
-    let store = Store::open(&dir.join("store"), origin, Metrics::new(), publisher.store_sink()).expect("open store");
+    let store = Store::open(
+        &dir.join("store"),
+        origin,
+        std::sync::Arc::new(super::seal::Unsealed),
+        Metrics::new(),
+        publisher.store_sink(),
+    )
+    .expect("open store");
     (store, publisher)
 }
 
@@ -148,7 +155,7 @@ fn a_corrupt_store_fails_to_open_with_its_path_named() {
     let len = std::fs::metadata(&db).expect("db file").len();
     std::fs::write(&db, vec![0xA5u8; usize::try_from(len).expect("fits")]).expect("corrupt");
     let publisher = Publisher::new(Snapshot::empty("a"));
-    match Store::open(&path, "a", Metrics::new(), publisher.store_sink()) {
+    match Store::open(&path, "a", std::sync::Arc::new(super::seal::Unsealed), Metrics::new(), publisher.store_sink()) {
         Err(err @ StoreError::Corrupt { .. }) => {
             assert!(err.to_string().contains(&path.display().to_string()), "{err}");
         }
