@@ -186,6 +186,15 @@ pub struct Shared {
     left: std::collections::HashMap<String, u64>,
     /// Items that did not decode (a bad peer, or a newer version's broadcast).
     pub malformed: u64,
+    /// Judges received entries before they are passed on (None: pass everything on, in
+    /// the simulation): a forged entry still reaches the store, which refuses and counts
+    /// it, but no honest node relays it.
+    pub authority: Option<Arc<dyn crate::store::seal::Authority>>,
+    /// The bound on a `left` announcement's bump (None: unbounded): the codec's bound on
+    /// identities, so that a forged announcement cannot mark a member gone for good.
+    pub max_bump: Option<Arc<std::sync::atomic::AtomicU64>>,
+    /// Items refused for that: forged entries and implausible announcements.
+    pub refused: u64,
 }
 
 impl Shared {
@@ -252,10 +261,22 @@ impl BroadcastHandler<MemberId> for Handler {
                 if newest.is_some_and(|(v, o)| (e.version, &e.origin) <= (v, &o)) {
                     return Ok(None);
                 }
+                let refused = shared.authority.as_ref().is_some_and(|a| a.judge(&shared.view, &[e])[0].is_err());
+                if refused {
+                    // To the store, which counts and logs the refusal; not passed on.
+                    shared.refused += 1;
+                    shared.received.push(item);
+                    return Ok(None);
+                }
                 shared.pending.insert(e.key.clone(), (e.version, e.origin.clone()));
                 ItemKey::Entry { key: e.key.clone(), version: e.version, origin: e.origin.clone() }
             }
             Item::Left { name, bump } => {
+                let bound = shared.max_bump.as_ref().map_or(u64::MAX, |m| m.load(std::sync::atomic::Ordering::Relaxed));
+                if *bump > bound {
+                    shared.refused += 1;
+                    return Ok(None);
+                }
                 if shared.has_left(name, *bump) {
                     return Ok(None);
                 }
@@ -407,5 +428,78 @@ mod tests {
         let data = announce(&mut honest, &me);
         assert!(me.handle_data(&data, &mut Output::default()).is_ok());
         assert_eq!(me.num_members(), 1, "an honest member's announce is taken");
+    }
+
+    /// Refuses every entry under `route/forged`: what is tested here is what the handler
+    /// does with a verdict (the verdicts themselves are `identity::seal`'s tests).
+    struct RefuseForged;
+
+    impl crate::store::seal::Authority for RefuseForged {
+        fn sealer(&self) -> Option<&dyn crate::store::entry::Sealer> {
+            None
+        }
+        fn may_write(&self, _: &View, _: &str, _: bool) -> Result<(), crate::store::seal::Refusal> {
+            Ok(())
+        }
+        fn judge(&self, _: &View, batch: &[&Entry]) -> Vec<Result<(), crate::store::seal::Refusal>> {
+            let verdict = |e: &&Entry| {
+                if e.key == "route/forged" {
+                    Err(crate::store::seal::Refusal::Unsealed)
+                } else {
+                    Ok(())
+                }
+            };
+            batch.iter().map(verdict).collect()
+        }
+    }
+
+    #[test]
+    fn a_refused_entry_goes_to_the_store_but_is_not_passed_on_and_a_left_beyond_the_clock_is_dropped() {
+        let now = 1_800_000_000_000u64;
+        let handler = Handler::default();
+        let id = MemberId { name: "me".into(), addr: ([198, 18, 0, 1], 7946).into(), bump: now };
+        let params = crate::config::GossipConfig::default().params();
+        let mut me: Swim = Foca::with_custom_broadcast(
+            id,
+            params.foca_config(3),
+            SmallRng::seed_from_u64(1),
+            MeshCodec::unbounded(),
+            handler.clone(),
+        );
+        handler.lock().authority = Some(Arc::new(RefuseForged));
+        handler.lock().max_bump = Some(Arc::new(std::sync::atomic::AtomicU64::new(now + BUMP_AHEAD_MS)));
+        let mut peer = swim("peer", now, MeshCodec::unbounded());
+        let entry = |key: &str| Item::Entry(Entry::next(None, key, Some(vec![1]), Hlc::from_millis(now), "peer"));
+        for item in [entry("route/forged"), entry("route/honest"), Item::Left { name: "other".into(), bump: u64::MAX }]
+        {
+            peer.add_broadcast(&encode_item(&item)).expect("broadcast");
+        }
+        // The two meet (announce, feed back), then the peer sends its broadcasts.
+        let data = announce(&mut peer, &me);
+        let mut out = Output::default();
+        me.handle_data(&data, &mut out).expect("handled");
+        for (_, feed) in std::mem::take(&mut out.sends) {
+            peer.handle_data(&feed, &mut Output::default()).expect("feed");
+        }
+        assert!(handler.lock().received.is_empty(), "nothing broadcast yet");
+        let mut out = Output::default();
+        peer.broadcast(&mut out).expect("broadcast");
+        for (_, data) in out.sends {
+            me.handle_data(&data, &mut Output::default()).expect("handled");
+        }
+        let shared = handler.lock();
+        let keys: Vec<&str> = shared
+            .received
+            .iter()
+            .filter_map(|i| match i {
+                Item::Entry(e) => Some(e.key.as_str()),
+                Item::Left { .. } => None,
+            })
+            .collect();
+        assert_eq!(keys.len(), 2, "both entries reach the store, which judges and counts: {keys:?}");
+        assert_eq!(shared.refused, 2, "the forged entry and the implausible left");
+        assert!(!shared.has_left("other", 1), "the implausible left is dropped");
+        drop(shared);
+        assert_eq!(me.custom_broadcast_backlog(), 1, "only the honest entry is passed on");
     }
 }

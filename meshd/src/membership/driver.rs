@@ -138,6 +138,11 @@ impl Driver {
     fn new(inputs: Inputs, dialled_tx: mpsc::Sender<Dialled>) -> Driver {
         let handler = Handler::default();
         let max_bump = Arc::new(AtomicU64::new(wall_ms() + BUMP_AHEAD_MS));
+        {
+            let mut shared = handler.lock();
+            shared.authority = Some(inputs.store.authority());
+            shared.max_bump = Some(max_bump.clone());
+        }
         let swim: Swim = Foca::with_custom_broadcast(
             inputs.me.clone(),
             inputs.params.foca_config(1),
@@ -378,7 +383,13 @@ impl Driver {
     /// After every event: news to the store, membership changes acted on, foca's output
     /// carried out, the member list published when it changed.
     fn after(&mut self, mut out: Output) {
-        let received = std::mem::take(&mut self.handler.lock().received);
+        let (received, refused) = {
+            let mut shared = self.handler.lock();
+            (std::mem::take(&mut shared.received), std::mem::take(&mut shared.refused))
+        };
+        for _ in 0..refused {
+            self.inputs.metrics.drop("refused_item");
+        }
         if !received.is_empty() {
             // Pass news on at once, not only when the next gossip round has room.
             let _ = self.swim.broadcast(&mut out);

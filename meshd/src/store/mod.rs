@@ -299,6 +299,12 @@ impl Store {
         let _ = self.inner.broadcast.set(tx);
     }
 
+    /// What seals this store's writes and judges remote entries (gossip asks it before
+    /// passing an entry on).
+    pub fn authority(&self) -> Arc<dyn Authority> {
+        self.inner.authority.clone()
+    }
+
     /// This node's name, the origin of its writes.
     pub fn origin(&self) -> &str {
         &self.inner.origin
