@@ -87,7 +87,7 @@ pub async fn run(
                         r.service.clone(),
                         r.revision.to_string(),
                         r.applied_at.clone(),
-                        r.origin.clone(),
+                        origin(&r.origin, r.origin_removed),
                     ]
                 })
                 .collect();
@@ -104,7 +104,7 @@ pub async fn run(
                 route.name,
                 route.revision,
                 route.applied_at,
-                route.origin,
+                origin(&route.origin, route.origin_removed),
                 route.spec.to_toml()
             ))
         }
@@ -126,7 +126,7 @@ pub async fn run(
                         (false, Some(n)) => format!("rollback to {n}"),
                         (false, None) => "applied".to_owned(),
                     };
-                    vec![r.revision.to_string(), r.applied_at.clone(), r.origin.clone(), what]
+                    vec![r.revision.to_string(), r.applied_at.clone(), origin(&r.origin, r.origin_removed), what]
                 })
                 .collect();
             Ok(table::columns(&["REVISION", "TIME", "ORIGIN", "CHANGE"], &rows))
@@ -324,5 +324,15 @@ async fn wait_until_everywhere(
             )));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A route revision's origin as tables show it: flagged when that node was removed since
+/// (what it wrote before stays in force; review it).
+fn origin(node: &str, removed: bool) -> String {
+    if removed {
+        format!("{node} (removed)")
+    } else {
+        node.to_owned()
     }
 }

@@ -230,6 +230,10 @@ pub struct Route {
     pub applied_at: String,
     /// The node where it was applied.
     pub origin: String,
+    /// That node has been removed from the mesh since: the revision still applies (it
+    /// was written before the removal), but review it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub origin_removed: bool,
     pub spec: crate::route::RouteSpec,
     /// This revision restores revision N's content (`meshctl route rollback`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -258,6 +262,9 @@ pub struct RouteRevision {
     pub revision: u64,
     pub applied_at: String,
     pub origin: String,
+    /// `origin` has been removed from the mesh since.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub origin_removed: bool,
     /// The route was deleted at this revision.
     #[serde(default)]
     pub deleted: bool,

@@ -288,4 +288,19 @@ fn roles_are_signed_into_certificates_and_limit_what_a_node_may_change() {
         assert!(stderr.contains("needs role signer"), "{args:?}: {stderr}");
     }
     assert!(n1.meshctl(&["node", "remove", "node-2"]).status.success(), "the signer may remove a node");
+
+    // The operator leaves the mesh: the route it wrote stays in force, flagged for review.
+    n1.eventually(LIVENESS, "node-1 holds the operator's route", || {
+        (n1.meshctl_json(&["route", "list"]).as_array()?.len() == 1).then_some(())
+    });
+    assert!(n1.meshctl(&["node", "remove", "node-3"]).status.success());
+    let routes = n1.meshctl_json(&["route", "list"]);
+    assert_eq!(routes[0]["origin"], "node-3");
+    assert_eq!(routes[0]["origin_removed"], true, "{routes}");
+    let table = String::from_utf8(n1.meshctl(&["route", "list"]).stdout).expect("utf-8");
+    assert!(table.contains("node-3 (removed)"), "{table}");
+    let history = n1.meshctl_json(&["route", "history", "web"]);
+    assert_eq!(history[0]["origin_removed"], true, "{history}");
+    let table = String::from_utf8(n1.meshctl(&["route", "history", "web"]).stdout).expect("utf-8");
+    assert!(table.contains("node-3 (removed)"), "{table}");
 }

@@ -28,6 +28,7 @@ fn body(s: Stored) -> api::Route {
         service: s.spec.service.clone(),
         revision: s.revision,
         applied_at: rfc3339(s.applied_at),
+        origin_removed: false,
         origin: s.origin,
         spec: s.spec,
         rollback_of: s.rollback_of,
@@ -64,7 +65,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, RouteError> +
 /// `GET /v1/routes`
 pub async fn list(State(state): State<Arc<AdminState>>) -> Json<Vec<api::Route>> {
     let snap = state.snapshot.borrow().clone();
-    let mut all: Vec<api::Route> = routes::all(&snap).into_iter().map(body).collect();
+    let mut all: Vec<api::Route> = routes::all(&snap).into_iter().map(|s| flagged(&snap, body(s))).collect();
     all.sort_by(|a, b| a.name.cmp(&b.name));
     Json(all)
 }
@@ -81,7 +82,13 @@ pub async fn get(
     query: Result<Query<RevisionQuery>, QueryRejection>,
 ) -> Result<Json<api::Route>, Error> {
     let Query(q) = query.map_err(|e| Error::new(StatusCode::BAD_REQUEST, e.body_text()))?;
-    routes::get(&state.store, &name, q.revision).map(body).map(Json).map_err(error)
+    let snap = state.snapshot.borrow().clone();
+    routes::get(&state.store, &name, q.revision).map(|s| Json(flagged(&snap, body(s)))).map_err(error)
+}
+
+/// `route` with its origin flagged if that node was removed since.
+fn flagged(snap: &crate::state::Snapshot, route: api::Route) -> api::Route {
+    api::Route { origin_removed: snap.is_removed(&route.origin), ..route }
 }
 
 #[derive(Debug, Deserialize)]
@@ -150,12 +157,14 @@ pub async fn history(
     Path(name): Path<String>,
 ) -> Result<Json<Vec<api::RouteRevision>>, Error> {
     let revs = routes::history(&state.store, &name).map_err(error)?;
+    let snap = state.snapshot.borrow().clone();
     Ok(Json(
         revs.into_iter()
             .map(|r| api::RouteRevision {
                 revision: r.revision,
                 applied_at: rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_millis(r.version.millis())),
                 rollback_of: routes::rollback_of(&r),
+                origin_removed: snap.is_removed(&r.origin),
                 origin: r.origin,
                 deleted: r.deleted,
             })
