@@ -239,7 +239,8 @@ fn entries_in_another_nodes_name_are_refused_and_never_acted_on() {
 
 /// A forged member list: node-2 down, at another address, with a bump no restart can
 /// beat. It arrives in a sync exchange; node-1 drops it and counts it, and node-2 stays
-/// alive everywhere.
+/// alive everywhere. Then a plausible one: node-2 alive elsewhere with a newer identity;
+/// node-1 keeps node-2's own address, and node-2 refutes the claim.
 #[test]
 fn a_forged_member_list_cannot_evict_a_node() {
     use mesh_proto::wire::{BucketDigest, SyncPush, SyncSummary};
@@ -262,21 +263,39 @@ fn a_forged_member_list_cannot_evict_a_node() {
         u16::MAX,
         foca::State::Down,
     );
-    let list = postcard::to_stdvec(&vec![evict]).expect("encode");
     let n1_addr: SocketAddr = n1.addr().parse().expect("address");
-    hostile.rt.block_on(async {
-        let peer = hostile.transport.dial(n1_addr).await.expect("connection");
-        let (mut send, mut recv) = peer.conn.open_bi().await.expect("stream");
-        let buckets = vec![BucketDigest { count: 0, xor: 0 }; 256];
-        let request = MeshRequest::Sync { buckets, members: list };
-        meshd::transport::frame::write(&mut send, &request).await.expect("request");
-        let _: SyncSummary = meshd::transport::frame::read(&mut recv).await.expect("summary");
-        let done = SyncPush { entries: Vec::new(), want: Vec::new() };
-        meshd::transport::frame::write_last(&mut send, &done).await.expect("push");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    });
+    let send_list = |members: Vec<foca::Member<MemberId>>| {
+        let list = postcard::to_stdvec(&members).expect("encode");
+        hostile.rt.block_on(async {
+            let peer = hostile.transport.dial(n1_addr).await.expect("connection");
+            let (mut send, mut recv) = peer.conn.open_bi().await.expect("stream");
+            let buckets = vec![BucketDigest { count: 0, xor: 0 }; 256];
+            let request = MeshRequest::Sync { buckets, members: list };
+            meshd::transport::frame::write(&mut send, &request).await.expect("request");
+            let _: SyncSummary = meshd::transport::frame::read(&mut recv).await.expect("summary");
+            let done = SyncPush { entries: Vec::new(), want: Vec::new() };
+            meshd::transport::frame::write_last(&mut send, &done).await.expect("push");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        });
+    };
+    send_list(vec![evict]);
     n1.eventually(LIVENESS, "node-1 drops the implausible member and counts it", || {
         (n1.metric("mesh_gossip_dropped_datagrams_total{reason=\"implausible_member\"}") >= 1).then_some(())
+    });
+    // Within the bound: node-2 alive at another address, with a newer identity. Node-1
+    // keeps node-2's own address (a member's address comes from the member alone) and
+    // node-2, told of it, refutes it with a newer identity of its own.
+    let newer = foca::Member::new(
+        MemberId { name: "node-2".into(), addr: elsewhere, bump: now_ms() + 30_000 },
+        0,
+        foca::State::Alive,
+    );
+    send_list(vec![newer]);
+    n1.eventually(LIVENESS, "node-1 ignores the third party's address for node-2 and counts it", || {
+        (n1.metric("mesh_gossip_dropped_datagrams_total{reason=\"address_claim\"}") >= 1).then_some(())
+    });
+    n2.eventually(LIVENESS, "node-2 refutes the claim with a newer identity", || {
+        n2.logs().contains("refuting it with a new identity").then_some(())
     });
     // Several probe periods later, node-2 is still alive on both.
     std::thread::sleep(Duration::from_secs(3));

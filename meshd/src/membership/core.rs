@@ -33,8 +33,11 @@ pub struct MemberId {
 impl foca::Identity for MemberId {
     type Addr = Arc<str>;
 
+    /// None: foca does not pick the refuting identity itself (one more than the old bump,
+    /// which an identity made up by another member within the bound would still beat);
+    /// it notifies `Defunct`, and the driver refutes with [`refuting`].
     fn renew(&self) -> Option<Self> {
-        Some(MemberId { bump: self.bump.wrapping_add(1), ..self.clone() })
+        None
     }
 
     fn addr(&self) -> Arc<str> {
@@ -44,6 +47,15 @@ impl foca::Identity for MemberId {
     fn win_addr_conflict(&self, adversary: &Self) -> bool {
         self.bump > adversary.bump
     }
+}
+
+/// The identity with which a node declared down comes back: a bump above its own,
+/// above the wall clock `now_ms` (so it beats any identity another member may have made
+/// up for its name within the codec's bound), and above the highest bump anyone claimed
+/// for its name (`claimed`).
+pub fn refuting(current: &MemberId, claimed: u64, now_ms: u64) -> MemberId {
+    let bump = current.bump.saturating_add(1).max(now_ms).max(claimed.saturating_add(1));
+    MemberId { bump, ..current.clone() }
 }
 
 /// What gossip parameters the core runs with (see `config::GossipConfig` for defaults).
@@ -304,12 +316,30 @@ pub const BUMP_AHEAD_MS: u64 = 60_000;
 #[derive(Debug, Clone)]
 pub struct MeshCodec {
     max_bump: Arc<std::sync::atomic::AtomicU64>,
+    /// This node's name, and the highest bump anyone claimed for it: what a refutation
+    /// must beat.
+    own: Option<(Arc<str>, Arc<std::sync::atomic::AtomicU64>)>,
 }
 
 impl MeshCodec {
     /// A codec whose bound the caller keeps current.
     pub fn new(max_bump: Arc<std::sync::atomic::AtomicU64>) -> MeshCodec {
-        MeshCodec { max_bump }
+        MeshCodec { max_bump, own: None }
+    }
+
+    /// Also notes the highest bump claimed for `name` (this node) in `seen`.
+    pub fn watching(mut self, name: Arc<str>, seen: Arc<std::sync::atomic::AtomicU64>) -> MeshCodec {
+        self.own = Some((name, seen));
+        self
+    }
+
+    /// Notes `id`'s bump if it names this node.
+    pub fn note(&self, id: &MemberId) {
+        if let Some((name, seen)) = &self.own {
+            if id.name == *name {
+                seen.fetch_max(id.bump, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
     }
 
     /// No bound (the simulation's virtual members, tests).
@@ -345,6 +375,7 @@ impl Codec<MemberId> for MeshCodec {
             if !self.plausible(id) {
                 return Err(CodecError::Implausible(format!("{} bump {}", id.name, id.bump)));
             }
+            self.note(id);
         }
         Ok(header)
     }
@@ -358,6 +389,7 @@ impl Codec<MemberId> for MeshCodec {
         if !self.plausible(member.id()) {
             return Err(CodecError::Implausible(format!("{} bump {}", member.id().name, member.id().bump)));
         }
+        self.note(member.id());
         Ok(member)
     }
 }

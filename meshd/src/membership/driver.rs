@@ -132,12 +132,22 @@ struct Driver {
     max_bump: Arc<AtomicU64>,
     /// When each peer's clock was last asked for.
     clock_asked: std::collections::HashMap<String, Instant>,
+    /// Each member's address as it declared it itself, in its own datagrams on its own
+    /// authenticated connection: what is published and dialled, whatever third parties
+    /// say of it.
+    own_addrs: std::collections::HashMap<String, SocketAddr>,
+    /// Third-party address claims already reported, so each is logged once.
+    overridden: HashSet<(String, SocketAddr)>,
+    /// The highest bump any member claimed for this node's name (the codec notes it): a
+    /// refutation beats it.
+    claimed_own: Arc<AtomicU64>,
 }
 
 impl Driver {
     fn new(inputs: Inputs, dialled_tx: mpsc::Sender<Dialled>) -> Driver {
         let handler = Handler::default();
         let max_bump = Arc::new(AtomicU64::new(wall_ms() + BUMP_AHEAD_MS));
+        let claimed_own = Arc::new(AtomicU64::new(0));
         {
             let mut shared = handler.lock();
             shared.authority = Some(inputs.store.authority());
@@ -147,7 +157,7 @@ impl Driver {
             inputs.me.clone(),
             inputs.params.foca_config(1),
             rand::make_rng::<rand::rngs::SmallRng>(),
-            MeshCodec::new(max_bump.clone()),
+            MeshCodec::new(max_bump.clone()).watching(inputs.me.name.clone(), claimed_own.clone()),
             handler.clone(),
         );
         Driver {
@@ -169,6 +179,9 @@ impl Driver {
             warned_alone: None,
             max_bump,
             clock_asked: std::collections::HashMap::new(),
+            own_addrs: std::collections::HashMap::new(),
+            overridden: HashSet::new(),
+            claimed_own,
         }
     }
 
@@ -206,7 +219,8 @@ impl Driver {
                     self.measure_clock(&id);
                 }
             }
-            Ok(_) => {
+            Ok(src) => {
+                self.own_addrs.insert(name.to_owned(), src.addr);
                 self.inputs.heard.set(name);
                 if self.swim.handle_data(data, out).is_err() {
                     metrics.drop("rejected");
@@ -220,9 +234,11 @@ impl Driver {
 
     /// A peer's member list from a sync exchange: what is news to SWIM is applied.
     fn on_member_list(&mut self, mut list: MemberList, out: &mut Output) {
-        let codec = MeshCodec::new(self.max_bump.clone());
+        let codec =
+            MeshCodec::new(self.max_bump.clone()).watching(self.inputs.me.name.clone(), self.claimed_own.clone());
         let before = list.len();
         list.retain(|m| codec.plausible(m.id()));
+        list.iter().for_each(|m| codec.note(m.id()));
         if list.len() < before {
             self.inputs.metrics.drop("implausible_member");
         }
@@ -417,8 +433,18 @@ impl Driver {
                     self.measure_clock(&m);
                 }
                 Change::Defunct => {
-                    tracing::warn!("the mesh declared this node down; rejoining with a new identity");
-                    let _ = self.swim.reuse_down_identity();
+                    // A bump from the clock, not one more: it beats any identity of this
+                    // name that another member made up within the codec's bound.
+                    let current = self.swim.identity().clone();
+                    let renewed = core::refuting(&current, self.claimed_own.load(Ordering::Relaxed), wall_ms());
+                    tracing::warn!(
+                        old_bump = current.bump, new_bump = renewed.bump,
+                        "the mesh declared this node down (or another member claimed its name with a newer identity); refuting it with a new identity"
+                    );
+                    self.inputs.me = renewed.clone();
+                    if self.swim.change_identity(renewed, &mut out).is_err() {
+                        let _ = self.swim.reuse_down_identity();
+                    }
                 }
                 _ => {}
             }
@@ -431,7 +457,8 @@ impl Driver {
         let parts = self.snapshots.borrow().parts.clone();
         self.flush(&mut out, |name| parts.removed.contains(name));
 
-        let list = member_list(&self.swim, &self.inputs.me, &self.handler);
+        let mut list = member_list(&self.swim, &self.inputs.me, &self.handler);
+        self.own_addresses(&mut list);
         if list != self.published {
             self.gone.observe(&list, Instant::now());
             publish(&self.inputs.publisher, &list, &self.inputs.heard);
@@ -447,6 +474,22 @@ impl Driver {
         let _ = self.swim.leave_cluster(&mut out);
         let _ = self.swim.broadcast(&mut out);
         self.flush(&mut out, |_| false);
+    }
+
+    /// Puts each member's own address in `list` where a third party's claim differs
+    /// from it: an address is taken only from the member itself. Each differing claim is
+    /// logged once and counted.
+    fn own_addresses(&mut self, list: &mut [(String, MemberState, SocketAddr)]) {
+        for (name, _, addr) in list.iter_mut() {
+            let Some(own) = self.own_addrs.get(name.as_str()) else { continue };
+            if own != addr {
+                if self.overridden.insert((name.clone(), *addr)) {
+                    self.inputs.metrics.drop("address_claim");
+                    tracing::warn!(member = %name, claimed = %addr, own = %own, "a member's address claimed by another member is ignored: it says it is elsewhere");
+                }
+                *addr = *own;
+            }
+        }
     }
 
     /// Sets foca's timers and sends its datagrams, dialling members not yet connected.
@@ -466,8 +509,9 @@ impl Driver {
                 // Dial in the background; the datagram goes once connected.
                 let transport = self.inputs.transport.clone();
                 let tx = self.dialled_tx.clone();
+                let addr = self.own_addrs.get(&*to.name).copied().unwrap_or(to.addr);
                 self.work.spawn(async move {
-                    let outcome = match transport.dial(to.addr).await {
+                    let outcome = match transport.dial(addr).await {
                         Ok(peer) if peer.name() == &*to.name => Dialled::Ready(to, data),
                         Ok(peer) => {
                             tracing::warn!(expected = %to.name, found = %peer.name(), addr = %to.addr, "another node answers at a member's address");

@@ -166,10 +166,21 @@ impl Sim {
             let latency = self.rng.random_range(1..5);
             self.schedule(latency, Event::Datagram { from: node, to, data });
         }
+        let mut refuted = false;
         for change in out.changes.drain(..) {
-            if let Change::Down(_) = change {
-                self.nodes[node].downs_seen += 1;
+            match change {
+                Change::Down(_) => self.nodes[node].downs_seen += 1,
+                Change::Defunct => refuted = true,
+                _ => {}
             }
+        }
+        if refuted {
+            // Declared down: back with a newer identity, as the driver does.
+            let current = self.nodes[node].swim.identity().clone();
+            let renewed = super::core::refuting(&current, 0, 0);
+            let mut more = Output::default();
+            let _ = self.nodes[node].swim.change_identity(renewed, &mut more);
+            self.apply(node, more);
         }
         // Entries that arrived by broadcast go into the node's store.
         let received = std::mem::take(&mut self.nodes[node].handler.lock().received);
