@@ -66,6 +66,11 @@ enum Command {
         #[command(subcommand)]
         command: NodeCommand,
     },
+    /// The mesh's certificate authority.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
     /// Print shell completions.
     Completions {
         #[arg(value_enum)]
@@ -130,6 +135,16 @@ enum NodeCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Rotate the CA root (on a signer): a new root is added to every node's trust, then,
+    /// once every alive member holds it (waiting up to --timeout), certificates are
+    /// issued under it and every node renews; the old root stops being trusted once the
+    /// last certificate it issued has expired. Live connections are not cut. Run it
+    /// again to continue a rotation that timed out.
+    Rotate,
+}
+
 fn parse_role(s: &str) -> Result<Role, String> {
     s.parse()
 }
@@ -163,6 +178,11 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Route { command } => {
             rt.block_on(route::run(&client, command, cli.output == Output::Json, cli.timeout))
+        }
+        Command::Ca { command: CaCommand::Rotate } => {
+            // meshd waits for the members a little less than meshctl waits for meshd.
+            let wait = cli.timeout.saturating_sub(Duration::from_secs(2)).max(Duration::from_secs(1));
+            rt.block_on(rotate_ca(&client, wait, cli.output))
         }
         command => rt.block_on(execute(&client, command, cli.output)),
     };
@@ -260,7 +280,7 @@ async fn execute(client: &Client, command: &Command, output: Output) -> Result<S
                 Ok(format!("removed {} (certificate {} and its key revoked)\n", r.node, r.serial))
             })
         }
-        Command::Completions { .. } | Command::Route { .. } => return Ok(String::new()),
+        Command::Completions { .. } | Command::Route { .. } | Command::Ca { .. } => return Ok(String::new()),
     };
     if output == Output::Json {
         let mut body = String::from_utf8_lossy(&response.body).into_owned();
@@ -268,4 +288,22 @@ async fn execute(client: &Client, command: &Command, output: Output) -> Result<S
         return Ok(body);
     }
     table(&response.body).map_err(decode)
+}
+
+/// `meshctl ca rotate`.
+async fn rotate_ca(client: &Client, wait: Duration, output: Output) -> Result<String, ClientError> {
+    let path = format!("/v1/ca/rotate?timeout={}", mesh_proto::duration::format(wait));
+    let response = client.request(Method::POST, &path, None).await?;
+    if output == Output::Json {
+        return Ok(format!("{}\n", String::from_utf8_lossy(&response.body)));
+    }
+    let r: mesh_proto::api::CaRotated =
+        serde_json::from_slice(&response.body).map_err(|e| ClientError::Decode(e.to_string()))?;
+    Ok(format!(
+        "CA rotated: new root {} (held by {} members); nodes renew under it now.\nold root {} is trusted until {}\n",
+        r.root,
+        r.members.len(),
+        r.previous,
+        r.retires_at
+    ))
 }

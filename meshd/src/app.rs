@@ -194,6 +194,7 @@ pub async fn build(config: &Config) -> Result<Bound, AppError> {
     )?;
     // Revocations are in force before the first handshake.
     identity.revocations.replace(publisher.current().parts.revoked.clone());
+    identity.set_roots(&publisher.current().parts.roots, store::wall_ms());
     let transport_metrics = crate::transport::Metrics::register(&mut registry);
     let (conns_tx, conns_rx) = tokio::sync::mpsc::channel(1024);
     let transport = Arc::new(Transport::new(udp_socket, identity.clone(), transport_metrics, Some(conns_tx))?);
@@ -364,6 +365,13 @@ impl Bound {
             self.catalog.clone(),
             self.vips.clone(),
             self.publisher.subscribe(),
+            watcher.clone(),
+        ));
+        tasks.spawn(crate::peer::renew::follow_roots(
+            self.publisher.subscribe(),
+            self.identity.clone(),
+            self.transport.clone(),
+            self.signer.clone(),
             watcher.clone(),
         ));
         tasks.spawn(crate::transport::apply_revocations(

@@ -46,9 +46,9 @@ async fn server() -> Server {
     let (joins, _) = mpsc::channel(16);
     let (trigger, watcher) = drain::new();
     tokio::spawn(transport.clone().serve(joins, watcher));
-    let key_der = identity.ca.key_der().expect("the first node is a signer");
+    let key_der = identity.ca().key_der().expect("the first node is a signer");
     let ca_key = KeyPair::try_from(key_der.as_slice()).expect("ca key");
-    let ca = rcgen::Issuer::from_ca_cert_der(&identity.ca.der, ca_key).expect("ca");
+    let ca = rcgen::Issuer::from_ca_cert_der(&identity.ca().der, ca_key).expect("ca");
     Server { transport, identity, metrics, accepted, ca, _trigger: trigger, _dir: dir }
 }
 

@@ -187,6 +187,20 @@ fn member() -> crate::role::Role {
     crate::role::Role::Member
 }
 
+/// The answer to `POST /v1/ca/rotate`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaRotated {
+    /// The new root's fingerprint (`sha256:` and hex): new join tokens pin it.
+    pub root: String,
+    /// The old root's fingerprint.
+    pub previous: String,
+    /// When the old root stops being trusted for connections (RFC 3339): once the last
+    /// certificate it issued has expired.
+    pub retires_at: String,
+    /// The members that held the new root before it became active (this node included).
+    pub members: Vec<String>,
+}
+
 /// The answer to `DELETE /v1/nodes/NAME`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeRemoved {

@@ -107,6 +107,19 @@ pub enum MeshRequest {
     /// the offset between their clocks from it and the round trip. (Added last: the
     /// variants before it keep their encoding.)
     Clock,
+    /// A signer asks another for the key of the CA root with this SHA-256 fingerprint
+    /// (after a rotation there). Answered with [`CaKeyReply`]: the key only to a caller
+    /// whose certificate carries the signer role.
+    CaKey { fingerprint: [u8; 32] },
+}
+
+/// The answer to [`MeshRequest::CaKey`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CaKeyReply {
+    /// The root's private key, PKCS#8 DER.
+    Key(Vec<u8>),
+    /// Not a signer's request, or the callee does not hold that root's key.
+    Refused(String),
 }
 
 /// The answer to [`MeshRequest::Clock`]: the callee's wall clock when it answered.

@@ -25,8 +25,9 @@ fn node(dir: &std::path::Path, name: &str, signer: Option<&Identity>) -> Arc<Ide
         Some(s) => {
             let key = ca::new_node_key().expect("key");
             let csr = ca::csr_for(&key, name).expect("csr");
-            let cert =
-                s.ca.issue(
+            let cert = s
+                .ca()
+                .issue(
                     &csr,
                     &SpiffeId::new("mesh.local", name),
                     mesh_proto::role::Role::Member,
@@ -37,7 +38,7 @@ fn node(dir: &std::path::Path, name: &str, signer: Option<&Identity>) -> Arc<Ide
             std::fs::create_dir_all(&data).expect("dir");
             identity::install(
                 &data,
-                &identity::Material { key: &key, cert: &cert, ca: &s.ca.der, ca_key: None, signers: &[] },
+                &identity::Material { key: &key, cert: &cert, ca: &s.ca().der, ca_key: None, signers: &[] },
             )
             .expect("install");
         }

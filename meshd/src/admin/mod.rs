@@ -98,6 +98,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/claims", get(list_claims))
         .route("/v1/claims/{name}", axum::routing::put(put_claim).delete(delete_claim))
         .route("/v1/nodes/{name}", axum::routing::delete(remove_node))
+        .route("/v1/ca/rotate", axum::routing::post(rotate_ca))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -234,8 +235,8 @@ async fn status(
         version: mesh_proto::VERSION.to_owned(),
         identity: Some(cert.info.id.to_string()),
         cert_expires: Some(rfc3339(cert.info.not_after)),
-        ca_fingerprint: Some(state.identity.ca_fingerprint.clone()),
-        signer: Some(state.identity.ca.is_signer()),
+        ca_fingerprint: Some(state.identity.ca_fingerprint()),
+        signer: Some(state.identity.ca().is_signer()),
         role: Some(state.identity.role()),
         clock_warning: state.heard.clock_warning(),
         cert_warning: if state.transport.is_removed() {
@@ -484,6 +485,74 @@ async fn create_token(
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
+/// `POST /v1/ca/rotate[?timeout=DURATION]`: a new CA root, added to every node's trust
+/// bundle first; once every alive member holds it (within the timeout, default 2 min),
+/// this signer issues under it and the old root retires once its last certificate has
+/// expired. When the wait times out the new root stays added (trusted, not issuing) and
+/// the same request continues the rotation.
+async fn rotate_ca(
+    State(state): State<Arc<AdminState>>,
+    query: Result<axum::extract::Query<RotateQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<api::CaRotated>, Error> {
+    let axum::extract::Query(q) = query.map_err(|e| Error::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let timeout = match q.timeout.as_deref() {
+        None => Duration::from_secs(120),
+        Some(t) => {
+            humantime::parse_duration(t).map_err(|e| Error::new(StatusCode::BAD_REQUEST, format!("timeout: {e}")))?
+        }
+    };
+    need(&state, Role::Signer, "rotating the CA")?;
+    let previous = state.identity.ca_fingerprint();
+    let signer = state.signer.clone();
+    let key = tokio::task::spawn_blocking(move || signer.stage_rotation())
+        .await
+        .map_err(|e| Error::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(signer_error)?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let members = loop {
+        let c = catchup(&state, key.clone(), 1).await;
+        if c.lagging.is_empty() && c.unreachable.is_empty() {
+            break c.holding;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let waiting: Vec<String> = c.lagging.into_iter().chain(c.unreachable).collect();
+            return Err(Error::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "the new root is added but {} do not hold it yet ({}); nothing is issued under it: run the rotation again to continue",
+                    waiting.len(),
+                    waiting.join(", ")
+                ),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let signer = state.signer.clone();
+    tokio::task::spawn_blocking(move || signer.activate_rotation())
+        .await
+        .map_err(|e| Error::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(signer_error)?;
+    let retires = state
+        .store
+        .view()
+        .get(&crate::identity::records::ca_key(previous.trim_start_matches("sha256:")))
+        .and_then(|v| serde_json::from_slice::<crate::identity::records::CaRecord>(v).ok())
+        .and_then(|r| r.retire_at_ms)
+        .unwrap_or(0);
+    Ok(Json(api::CaRotated {
+        root: state.identity.ca_fingerprint(),
+        previous,
+        retires_at: rfc3339(std::time::UNIX_EPOCH + Duration::from_millis(retires)),
+        members,
+    }))
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RotateQuery {
+    timeout: Option<String>,
+}
+
 /// `DELETE /v1/nodes/NAME`.
 async fn remove_node(
     State(state): State<Arc<AdminState>>,
@@ -520,7 +589,7 @@ fn signer_error(e: SignerError) -> Error {
         SignerError::BadTtl | SignerError::BadName(_) => StatusCode::BAD_REQUEST,
         SignerError::UnknownNode(_) => StatusCode::NOT_FOUND,
         SignerError::Store(s) if s.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
-        SignerError::Store(_) | SignerError::Rng => StatusCode::INTERNAL_SERVER_ERROR,
+        SignerError::Store(_) | SignerError::Rng | SignerError::Rotate(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     Error::new(status, e.to_string())
 }

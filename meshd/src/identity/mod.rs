@@ -28,7 +28,7 @@ use rcgen::KeyPair;
 use rustls::crypto::CryptoProvider;
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
 
 pub use self::ca::Ca;
 pub use self::cert::{CertInfo, SpiffeId};
@@ -75,9 +75,12 @@ pub struct Current {
 pub struct Identity {
     pub node: String,
     pub trust_domain: String,
-    pub ca: Ca,
-    /// `sha256:` and hex.
-    pub ca_fingerprint: String,
+    /// The CA root this node issues under (a signer) or knows as the mesh's current one:
+    /// swapped when the CA is rotated.
+    ca: RwLock<Arc<Ca>>,
+    /// The roots trusted for connections: the current one, and the others the store
+    /// records until they retire ([`Identity::set_roots`]).
+    pub anchors: Arc<verify::Anchors>,
     pub revocations: Arc<Revocations>,
     pub provider: Arc<CryptoProvider>,
     pub tls_metrics: verify::Metrics,
@@ -86,6 +89,8 @@ pub struct Identity {
     dir: PathBuf,
     /// Set while renewal is failing: shown by `meshctl status`.
     warning: RwLock<Option<String>>,
+    /// Wakes the renewal loop early: the CA was rotated.
+    pub renew_soon: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Identity {
@@ -238,8 +243,8 @@ impl Identity {
         Ok(Identity {
             node: node.to_owned(),
             trust_domain: current.info.id.trust_domain.clone(),
-            ca_fingerprint: cert::fingerprint(&ca_der),
-            ca,
+            anchors: Arc::new(verify::Anchors::new(vec![ca_der.clone()])),
+            ca: RwLock::new(Arc::new(ca)),
             revocations: Arc::default(),
             provider,
             tls_metrics,
@@ -247,7 +252,78 @@ impl Identity {
             current: RwLock::new(Arc::new(current)),
             dir,
             warning: RwLock::new(None),
+            renew_soon: tokio::sync::Notify::new(),
         })
+    }
+
+    /// The mesh CA root this node knows as current (with its key, on a signer).
+    pub fn ca(&self) -> Arc<Ca> {
+        self.ca.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The current root's fingerprint: `sha256:` and hex.
+    pub fn ca_fingerprint(&self) -> String {
+        cert::fingerprint(&self.ca().der)
+    }
+
+    /// Makes `ca` this node's current root: writes `ca.pem` (and, with a key, `ca.key`)
+    /// durably, then swaps it in. The roots trusted for connections follow the store
+    /// ([`Identity::set_roots`]).
+    pub fn replace_ca(&self, ca: Ca) -> Result<(), IdentityError> {
+        if let Some(key) = ca.key_der() {
+            write_file(&self.dir.join("ca.key"), pem("PRIVATE KEY", &key).as_bytes(), 0o600)?;
+        }
+        write_file(&self.dir.join("ca.pem"), pem("CERTIFICATE", &ca.der).as_bytes(), 0o644)?;
+        *self.ca.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(ca);
+        Ok(())
+    }
+
+    /// The next root of a rotation staged on this signer (`ca-next.pem`, `ca-next.key`).
+    pub fn staged_ca(&self) -> Result<Option<Ca>, IdentityError> {
+        let (cert_path, key_path) = (self.dir.join("ca-next.pem"), self.dir.join("ca-next.key"));
+        if !cert_path.exists() {
+            return Ok(None);
+        }
+        let der = CertificateDer::from_pem_file(&cert_path).map_err(|e| file_err(&cert_path, e))?;
+        let key = PrivatePkcs8KeyDer::from_pem_file(&key_path).map_err(|e| file_err(&key_path, e))?;
+        Ok(Some(Ca::with_key(der, key.secret_pkcs8_der())?))
+    }
+
+    /// Stages the next root of a rotation on disk (key first, 0600).
+    pub fn stage_ca(&self, next: &Ca) -> Result<(), IdentityError> {
+        let key = next.key_der().ok_or_else(|| IdentityError::Tls("a staged root needs its key".to_owned()))?;
+        write_file(&self.dir.join("ca-next.key"), pem("PRIVATE KEY", &key).as_bytes(), 0o600)?;
+        write_file(&self.dir.join("ca-next.pem"), pem("CERTIFICATE", &next.der).as_bytes(), 0o644)
+    }
+
+    /// Forgets the staged root (it became current).
+    pub fn unstage_ca(&self) -> Result<(), IdentityError> {
+        for name in ["ca-next.pem", "ca-next.key"] {
+            let path = self.dir.join(name);
+            if path.exists() {
+                std::fs::remove_file(&path).map_err(|e| file_err(&path, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Trusts, for connections, the current root and every recorded root that has not
+    /// retired by `now_ms`.
+    pub fn set_roots(&self, records: &[records::CaRecord], now_ms: u64) {
+        let retired = |r: &records::CaRecord| {
+            r.state == records::CaState::Retiring && r.retire_at_ms.is_some_and(|t| t <= now_ms)
+        };
+        let current = self.ca().der.clone();
+        let mut anchors: Vec<CertificateDer<'static>> = Vec::new();
+        if !records.iter().any(|r| r.cert == current.as_ref() && retired(r)) {
+            anchors.push(current);
+        }
+        for r in records.iter().filter(|r| !retired(r)) {
+            if !anchors.iter().any(|a| a.as_ref() == r.cert.as_slice()) {
+                anchors.push(CertificateDer::from(r.cert.clone()));
+            }
+        }
+        self.anchors.replace(anchors);
     }
 
     /// The certificate in use now.
@@ -257,7 +333,7 @@ impl Identity {
 
     /// This node's role: what its certificate says (see [`effective_role`]).
     pub fn role(&self) -> Role {
-        effective_role(&self.current().info, self.ca.is_signer())
+        effective_role(&self.current().info, self.ca().is_signer())
     }
 
     /// The store's authority: seals this node's writes with its key, judges other nodes'
@@ -267,7 +343,7 @@ impl Identity {
         Ok(seal::EntryAuthority::new(
             Box::new(SealingAs(self.clone())),
             &self.trust_domain,
-            vec![self.ca.der.clone()],
+            vec![self.ca().der.clone()],
             sealer,
         ))
     }
@@ -297,7 +373,19 @@ impl Identity {
         if info.id.node != self.node || info.key_hash != self.key_hash() {
             return Err(IdentityError::Mismatch { path, found: info.id.to_string(), expected: self.node.clone() });
         }
-        let current = certified(&self.provider, der.clone(), info.clone(), &self.key, &self.ca.der)?;
+        // The chain carries the root that issued it (during a rotation, not always the
+        // one this node knows as current yet).
+        let issued = UnixTime::since_unix_epoch(
+            info.not_before.duration_since(std::time::UNIX_EPOCH).unwrap_or_default() + Duration::from_secs(1),
+        );
+        let root = self
+            .anchors
+            .get()
+            .iter()
+            .find(|r| verify::verify_chain(r, &der, &[], issued, webpki::KeyUsage::client_auth()).is_ok())
+            .cloned()
+            .unwrap_or_else(|| self.ca().der.clone());
+        let current = certified(&self.provider, der.clone(), info.clone(), &self.key, &root)?;
         write_file(&path, pem("CERTIFICATE", &der).as_bytes(), 0o644)?;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(current);
         Ok(info)
@@ -320,7 +408,7 @@ impl Identity {
 
     fn check(&self) -> PeerCheck {
         PeerCheck::new(
-            self.ca.der.clone(),
+            self.anchors.clone(),
             &self.trust_domain,
             self.revocations.clone(),
             self.tls_metrics.clone(),

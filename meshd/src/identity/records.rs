@@ -76,3 +76,49 @@ pub fn revoked_set(view: &View) -> (RevokedSet, Vec<Revocation>) {
     }
     (set, list)
 }
+
+/// `ca/FINGERPRINT` (hex SHA-256 of the certificate): a root of the mesh CA, written by
+/// the signer that rotated to it. Never deleted: a retired root still proves the key
+/// records it issued.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaRecord {
+    /// The root's certificate, DER.
+    pub cert: Vec<u8>,
+    pub state: CaState,
+    /// When this state began (ms since the epoch).
+    pub since_ms: u64,
+    /// A retiring root stops being trusted for connections at this time (ms): when the
+    /// last certificate it issued has expired.
+    #[serde(default)]
+    pub retire_at_ms: Option<u64>,
+    /// The signer that wrote it.
+    pub by: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CaState {
+    /// Trusted everywhere, not yet issuing: nodes learn it before anyone presents a
+    /// certificate it issued.
+    Added,
+    /// Issuing: nodes renew under it.
+    Active,
+    /// Trusted for connections until `retire_at_ms`, then only for key records.
+    Retiring,
+}
+
+pub fn ca_key(fingerprint_hex: &str) -> String {
+    format!("ca/{fingerprint_hex}")
+}
+
+/// The roots recorded in a view, each checked against its key (a record whose
+/// certificate is not the one its key names is left out).
+pub fn roots(view: &View) -> Vec<CaRecord> {
+    view.prefix("ca/")
+        .filter_map(|e| {
+            let record: CaRecord = serde_json::from_slice(&e.value).ok()?;
+            let fp = super::cert::hex(&super::cert::fingerprint_bytes(&record.cert));
+            (e.key.strip_prefix("ca/") == Some(fp.as_str())).then_some(record)
+        })
+        .collect()
+}

@@ -19,6 +19,7 @@
 //! | `node/NAME/...` (the rest) | NAME; a signer may delete (reaping a departed node) |
 //! | `revoked/SERIAL` | a signer, once (no later revision, no tombstone) |
 //! | `signer/NAME` | NAME, a signer |
+//! | `ca/FINGERPRINT` | a signer (rotating the CA); never deleted |
 //! | `route/`, `policy/`, `claim/`, anything else | an operator or a signer |
 //!
 //! A writer's role is the one its certificate in the key record carries (a certificate
@@ -38,7 +39,7 @@ use rustls_pki_types::{CertificateDer, UnixTime};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::cert::{self, hex};
-use super::records::Revocation;
+use super::records::{self, Revocation};
 use super::Identity;
 use crate::store::entry::{Entry, Revision, Sealer, KEY_REF};
 use crate::store::seal::{unchecked_revisions, Authority, Refusal};
@@ -133,11 +134,8 @@ pub struct EntryAuthority {
     roots: Vec<CertificateDer<'static>>,
     sealer: NodeSealer,
     /// Key records already proven, by the SHA-256 of the certificate they hold.
-    proven: Mutex<HashMap<[u8; 32], Proven>>,
+    proven: Mutex<HashMap<[u8; 32], Arc<NodeKey>>>,
 }
-
-/// A certificate's verdict: the key it proves, or why not.
-type Proven = Result<Arc<NodeKey>, String>;
 
 /// Proven key records kept; past it the cache starts over (a mesh has far fewer keys).
 const PROVEN_MAX: usize = 16_384;
@@ -153,29 +151,36 @@ impl EntryAuthority {
     }
 
     /// Proves the certificate in a key record for `node`'s key `key_hash`.
-    fn prove(&self, node: &str, key_hash: &str, der: &[u8]) -> Result<Arc<NodeKey>, String> {
+    fn prove(
+        &self,
+        node: &str,
+        key_hash: &str,
+        der: &[u8],
+        roots: &[CertificateDer<'static>],
+    ) -> Result<Arc<NodeKey>, String> {
         let print = cert::fingerprint_bytes(der);
-        let mut proven = self.proven.lock().unwrap_or_else(|p| p.into_inner());
-        let result = match proven.get(&print) {
-            Some(known) => known.clone(),
+        let known = self.proven.lock().unwrap_or_else(|p| p.into_inner()).get(&print).cloned();
+        let key = match known {
+            Some(key) => key,
             None => {
-                let result = self.prove_uncached(der).map(Arc::new);
+                // Only what is proven is kept: a certificate refused now may chain to a
+                // root this node learns later.
+                let key = Arc::new(self.prove_uncached(der, roots)?);
+                let mut proven = self.proven.lock().unwrap_or_else(|p| p.into_inner());
                 if proven.len() >= PROVEN_MAX {
                     proven.clear();
                 }
-                proven.insert(print, result.clone());
-                result
+                proven.insert(print, key.clone());
+                key
             }
         };
-        drop(proven);
-        let key = result?;
         if key.node != node || key.key_hash != key_hash {
             return Err(format!("its certificate is for {}'s key {}", key.node, &key.key_hash[..16]));
         }
         Ok(key)
     }
 
-    fn prove_uncached(&self, der: &[u8]) -> Result<NodeKey, String> {
+    fn prove_uncached(&self, der: &[u8], roots: &[CertificateDer<'static>]) -> Result<NodeKey, String> {
         let info = cert::inspect(der).map_err(|e| e.to_string())?;
         if info.id.trust_domain != self.trust_domain {
             return Err(format!("its certificate is of trust domain {:?}", info.id.trust_domain));
@@ -185,7 +190,7 @@ impl EntryAuthority {
         let issued = info.not_before.duration_since(UNIX_EPOCH).unwrap_or_default() + Duration::from_secs(1);
         let at = UnixTime::since_unix_epoch(issued);
         let ee = CertificateDer::from(der.to_vec());
-        let chains = self.roots.iter().any(|root| {
+        let chains = roots.iter().any(|root| {
             let Ok(anchor) = webpki::anchor_from_trusted_cert(root) else { return false };
             let Ok(ee) = webpki::EndEntityCert::try_from(&ee) else { return false };
             ee.verify_for_usage(
@@ -208,13 +213,13 @@ impl EntryAuthority {
     }
 
     /// Proves a key record entry: its key, its certificate, its own signature.
-    fn prove_record(&self, entry: &Entry) -> Result<Arc<NodeKey>, Refusal> {
+    fn prove_record(&self, entry: &Entry, roots: &[CertificateDer<'static>]) -> Result<Arc<NodeKey>, Refusal> {
         let bad = |why: String| Refusal::BadKeyRecord(format!("{}: {why}", entry.key));
         let (node, hash) = parse_key_record(&entry.key).ok_or_else(|| bad("not a key record's key".to_owned()))?;
         if entry.deleted {
             return Err(Refusal::NotAllowed(format!("{} is never deleted", entry.key)));
         }
-        let key = self.prove(node, hash, &entry.value).map_err(bad)?;
+        let key = self.prove(node, hash, &entry.value, roots).map_err(bad)?;
         if entry.origin != node {
             return Err(Refusal::NotAllowed(format!("{} is written by {node} alone, not {}", entry.key, entry.origin)));
         }
@@ -240,6 +245,9 @@ impl EntryAuthority {
 /// The keys a batch is judged with: its own proven key records, then the view's.
 struct Keys<'a> {
     view: &'a View,
+    /// The roots a key record's certificate may chain to: this node's, and every root
+    /// the store records (retired ones included: signatures outlive them).
+    roots: Vec<CertificateDer<'static>>,
     batch: HashMap<(String, [u8; KEY_REF]), Arc<NodeKey>>,
     /// Revoked key hashes, with when.
     revoked: HashMap<String, u64>,
@@ -257,7 +265,7 @@ impl Keys<'_> {
         let prefix = format!("node/{origin}/key/{}", hex(key_ref));
         let record = self.view.prefix(&prefix).next().ok_or_else(unknown)?;
         let (node, hash) = parse_key_record(&record.key).ok_or_else(unknown)?;
-        auth.prove(node, hash, &record.value).map_err(|_| unknown())
+        auth.prove(node, hash, &record.value, &self.roots).map_err(|_| unknown())
     }
 }
 
@@ -294,6 +302,13 @@ pub fn may_write(origin: &str, role: Role, key: &str, deleted: bool, revision: u
         }
         return Ok(());
     }
+    if key.starts_with("ca/") {
+        needs(Role::Signer, "a CA root")?;
+        if deleted {
+            return deny(format!("{key} is a CA root: roots are never withdrawn (they verify what they issued)"));
+        }
+        return Ok(());
+    }
     if let Some(name) = key.strip_prefix("signer/") {
         needs(Role::Signer, "a signer announcement")?;
         return if name == origin { Ok(()) } else { deny(format!("{key} is announced by {name} alone")) };
@@ -317,13 +332,15 @@ impl Authority for EntryAuthority {
             .filter_map(|e| serde_json::from_slice::<Revocation>(&e.value).ok())
             .map(|r| (r.key_hash, r.at_ms))
             .collect();
-        let mut keys = Keys { view, batch: HashMap::new(), revoked };
+        let mut roots = self.roots.clone();
+        roots.extend(records::roots(view).into_iter().map(|r| CertificateDer::from(r.cert)));
+        let mut keys = Keys { view, roots, batch: HashMap::new(), revoked };
         // Key records first: the batch's other entries may be signed with them.
         let records: Vec<Option<Result<(), Refusal>>> = batch
             .iter()
             .map(|e| {
                 parse_key_record(&e.key)?;
-                Some(self.prove_record(e).map(|k| {
+                Some(self.prove_record(e, &keys.roots).map(|k| {
                     if let Some(r) = key_ref_of(&k.key_hash) {
                         keys.batch.insert((k.node.clone(), r), k);
                     }
@@ -510,6 +527,9 @@ mod tests {
         assert!(!ok("s", Signer, "revoked/01", true, 2), "un-revoking");
         assert!(!ok("s", Signer, "revoked/01", false, 2), "rewriting a revocation");
         assert!(!ok("o", Operator, "revoked/01", false, 1));
+        assert!(ok("s", Signer, "ca/00", false, 2));
+        assert!(!ok("o", Operator, "ca/00", false, 1), "adding a root");
+        assert!(!ok("s", Signer, "ca/00", true, 3), "withdrawing a root");
         assert!(ok("s", Signer, "signer/s", false, 1));
         assert!(!ok("t", Signer, "signer/s", false, 1), "announcing another signer");
         assert!(!ok("m", Operator, "signer/m", false, 1));

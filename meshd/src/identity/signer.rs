@@ -68,6 +68,8 @@ pub enum SignerError {
     RemoveSelf(String),
     #[error("the system random number generator failed")]
     Rng,
+    #[error("cannot rotate the CA: {0}")]
+    Rotate(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -88,6 +90,10 @@ pub struct Signer {
     /// wins.
     redeem: Mutex<()>,
 }
+
+/// How long after the last certificate it issued could expire a rotated-out root is
+/// still trusted: time for every signer to learn of the rotation.
+pub const RETIRE_MARGIN_MS: u64 = 30_000;
 
 pub fn token_key(id: &str) -> String {
     format!("token/{id}")
@@ -111,7 +117,7 @@ impl Signer {
     }
 
     pub fn is_signer(&self) -> bool {
-        self.identity.ca.is_signer()
+        self.identity.ca().is_signer()
     }
 
     /// On a signer: records `signer/NODE` = its address in the store, so that every
@@ -127,6 +133,33 @@ impl Signer {
             self.store.put(&key, addr.into_bytes())?;
         }
         Ok(())
+    }
+
+    /// Signer `name`'s address, as its announcement records it.
+    pub fn signer_addr(&self, name: &str) -> Option<SocketAddr> {
+        std::str::from_utf8(self.store.view().get(&format!("signer/{name}"))?).ok()?.parse().ok()
+    }
+
+    /// Refuses to issue when the mesh's CA was rotated at another signer and this one
+    /// has not got the new root's key yet: a certificate under the retiring root could
+    /// outlive its retirement.
+    fn check_issuing_root(&self) -> Result<(), Refusal> {
+        let view = self.store.view();
+        let current = self.identity.ca();
+        let active = super::records::roots(&view)
+            .into_iter()
+            .filter(|r| r.state == super::records::CaState::Active)
+            .max_by_key(|r| r.since_ms);
+        match active {
+            Some(r) if r.cert != current.der.as_ref() => Err(refuse(
+                RefusalReason::NotSigner,
+                format!(
+                    "the CA was rotated at {}; this signer is fetching the new root's key: ask another signer",
+                    r.by
+                ),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// The signers' addresses recorded in the store, other than this node.
@@ -171,7 +204,7 @@ impl Signer {
             detail: format!("encoding the token record: {e}"),
         })?;
         self.store.local_put(&token_key(&id), &value)?;
-        let fingerprint = cert::fingerprint_bytes(&self.identity.ca.der);
+        let fingerprint = cert::fingerprint_bytes(&self.identity.ca().der);
         let token = Token { signer: self.advertise, ca_fingerprint: fingerprint, secret }.encode();
         Ok(Issued { token, id, record })
     }
@@ -230,10 +263,11 @@ impl Signer {
                 ));
             }
         }
+        self.check_issuing_root()?;
         let id = SpiffeId::new(&self.identity.trust_domain, &node);
         let cert = self
             .identity
-            .ca
+            .ca()
             .issue(&csr, &id, record.role(), self.cert_ttl)
             .map_err(|e| refuse(RefusalReason::BadRequest, e.to_string()))?
             .ok_or_else(|| refuse(RefusalReason::NotSigner, "this node cannot sign"))?;
@@ -250,8 +284,8 @@ impl Signer {
         tracing::info!(%node, serial = %info.serial, role = %record.role(), "node joined");
         Ok(JoinResponse::Granted {
             cert: cert.to_vec(),
-            ca: self.identity.ca.der.to_vec(),
-            ca_key: if record.role() == Role::Signer { self.identity.ca.key_der() } else { None },
+            ca: self.identity.ca().der.to_vec(),
+            ca_key: if record.role() == Role::Signer { self.identity.ca().key_der() } else { None },
         })
     }
 
@@ -279,9 +313,10 @@ impl Signer {
             if self.identity.revocations.is_revoked(peer) {
                 return Err(refuse(RefusalReason::Revoked, "this node was removed from the mesh"));
             }
+            self.check_issuing_root()?;
             let cert = self
                 .identity
-                .ca
+                .ca()
                 .issue(csr, &peer.id, role, self.cert_ttl)
                 .map_err(|e| refuse(RefusalReason::BadRequest, e.to_string()))?
                 .ok_or_else(|| refuse(RefusalReason::NotSigner, "this node cannot sign"))?;
@@ -307,6 +342,98 @@ impl Signer {
             RenewResponse::Renewed { cert } => self.identity.replace_cert(cert.into()).map_err(|e| e.to_string()),
             RenewResponse::Refused(r) => Err(r.to_string()),
         }
+    }
+
+    /// The key of the CA root `fingerprint`, for `peer` (another signer, by the role its
+    /// certificate carries) that has not got it since a rotation here.
+    pub fn ca_key_for(&self, peer: &CertInfo, fingerprint: [u8; 32]) -> Result<Vec<u8>, String> {
+        if peer.role != Some(Role::Signer) {
+            return Err(format!("{} is not a signer", peer.id.node));
+        }
+        let ca = self.identity.ca();
+        if cert::fingerprint_bytes(&ca.der) != fingerprint {
+            return Err("this signer does not issue under that root".to_owned());
+        }
+        ca.key_der().ok_or_else(|| "this node holds no CA key".to_owned())
+    }
+
+    /// `meshctl ca rotate`, first step: a new root, recorded in the store as added
+    /// (every node trusts it once gossip brings it; nothing is issued under it yet) and
+    /// staged on this signer's disk. A rotation already staged is continued, not begun
+    /// again. Returns the new root's store key.
+    pub fn stage_rotation(&self) -> Result<String, SignerError> {
+        let ca = self.identity.ca();
+        if !ca.is_signer() {
+            return Err(SignerError::NotSigner);
+        }
+        let next = match self.identity.staged_ca().map_err(|e| SignerError::Rotate(e.to_string()))? {
+            Some(next) => next,
+            None => {
+                let next =
+                    super::Ca::create(&self.identity.trust_domain).map_err(|e| SignerError::Rotate(e.to_string()))?;
+                self.identity.stage_ca(&next).map_err(|e| SignerError::Rotate(e.to_string()))?;
+                next
+            }
+        };
+        let key = super::records::ca_key(&cert::hex(&cert::fingerprint_bytes(&next.der)));
+        if self.store.view().get(&key).is_none() {
+            let record = super::records::CaRecord {
+                cert: next.der.to_vec(),
+                state: super::records::CaState::Added,
+                since_ms: wall_ms(),
+                retire_at_ms: None,
+                by: self.identity.node.clone(),
+            };
+            self.store.put(&key, serde_json::to_vec(&record).unwrap_or_default())?;
+            tracing::warn!(root = %cert::fingerprint(&next.der), "CA rotation: a new root is added; every node trusts it as gossip brings it");
+        }
+        Ok(key)
+    }
+
+    /// `meshctl ca rotate`, second step (once every member holds the new root): this
+    /// signer issues under the new root from now on, renews its own certificate under it,
+    /// and records the new root active and the old one retiring once the last
+    /// certificate it issued has expired. Every node renews under the new root soon
+    /// after it learns of it.
+    pub fn activate_rotation(&self) -> Result<(), SignerError> {
+        use super::records::{ca_key, CaRecord, CaState};
+        let old = self.identity.ca();
+        let next = self
+            .identity
+            .staged_ca()
+            .map_err(|e| SignerError::Rotate(e.to_string()))?
+            .ok_or_else(|| SignerError::Rotate("no rotation is staged".to_owned()))?;
+        let now = wall_ms();
+        // Every certificate issued under the old root expires by then: those this signer
+        // issued within one lifetime, those of the other signers, which stop issuing
+        // under it once gossip brings them the new root active, within the margin.
+        let retire_at = now + ms(UNIX_EPOCH + self.cert_ttl) + RETIRE_MARGIN_MS;
+        let hex = |der: &[u8]| cert::hex(&cert::fingerprint_bytes(der));
+        let me = self.identity.node.clone();
+        let active = CaRecord {
+            cert: next.der.to_vec(),
+            state: CaState::Active,
+            since_ms: now,
+            retire_at_ms: None,
+            by: me.clone(),
+        };
+        let retiring = CaRecord {
+            cert: old.der.to_vec(),
+            state: CaState::Retiring,
+            since_ms: now,
+            retire_at_ms: Some(retire_at),
+            by: me,
+        };
+        let fingerprint = cert::fingerprint(&next.der);
+        self.identity.replace_ca(next).map_err(|e| SignerError::Rotate(e.to_string()))?;
+        self.identity.unstage_ca().map_err(|e| SignerError::Rotate(e.to_string()))?;
+        self.store.put(&ca_key(&hex(&old.der)), serde_json::to_vec(&retiring).unwrap_or_default())?;
+        self.store.put(&ca_key(&hex(&active.cert)), serde_json::to_vec(&active).unwrap_or_default())?;
+        tracing::warn!(root = %fingerprint, "CA rotation: the new root is active; nodes renew under it");
+        if let Err(e) = self.renew_self() {
+            tracing::warn!(error = %e, "cannot renew this signer's certificate under the new root yet");
+        }
+        Ok(())
     }
 
     /// `meshctl node remove NAME`: revokes the node's certificate and key.

@@ -129,9 +129,29 @@ const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
 /// Causes remembered for that; past it the memory starts again.
 const REFUSAL_LOG_KEYS: usize = 256;
 
+/// The CA roots a handshake accepts: during a rotation, the old and the new.
+#[derive(Debug)]
+pub struct Anchors {
+    roots: RwLock<Arc<Vec<CertificateDer<'static>>>>,
+}
+
+impl Anchors {
+    pub fn new(roots: Vec<CertificateDer<'static>>) -> Anchors {
+        Anchors { roots: RwLock::new(Arc::new(roots)) }
+    }
+
+    pub fn replace(&self, roots: Vec<CertificateDer<'static>>) {
+        *self.roots.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(roots);
+    }
+
+    pub fn get(&self) -> Arc<Vec<CertificateDer<'static>>> {
+        self.roots.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
 /// The checks both sides of `mesh/1` make.
 pub struct PeerCheck {
-    anchor_der: CertificateDer<'static>,
+    anchors: Arc<Anchors>,
     trust_domain: String,
     revocations: Arc<Revocations>,
     metrics: Metrics,
@@ -147,14 +167,14 @@ impl std::fmt::Debug for PeerCheck {
 
 impl PeerCheck {
     pub fn new(
-        ca_der: CertificateDer<'static>,
+        anchors: Arc<Anchors>,
         trust_domain: &str,
         revocations: Arc<Revocations>,
         metrics: Metrics,
         provider: Arc<CryptoProvider>,
     ) -> PeerCheck {
         PeerCheck {
-            anchor_der: ca_der,
+            anchors,
             trust_domain: trust_domain.to_owned(),
             revocations,
             metrics,
@@ -171,7 +191,15 @@ impl PeerCheck {
         now: UnixTime,
         usage: webpki::KeyUsage,
     ) -> Result<CertInfo, Refused> {
-        verify_chain(&self.anchor_der, end_entity, intermediates, now, usage)?;
+        let roots = self.anchors.get();
+        let mut result = Err(Refused::Chain(webpki::Error::UnknownIssuer));
+        for root in roots.iter() {
+            result = verify_chain(root, end_entity, intermediates, now, usage);
+            if result.is_ok() {
+                break;
+            }
+        }
+        result?;
         let info = cert::inspect(end_entity)?;
         if info.id.trust_domain != self.trust_domain {
             return Err(Refused::TrustDomain(info.id.trust_domain));
@@ -228,7 +256,7 @@ impl PeerCheck {
     }
 }
 
-fn verify_chain(
+pub(crate) fn verify_chain(
     anchor_der: &CertificateDer<'_>,
     end_entity: &CertificateDer<'_>,
     intermediates: &[CertificateDer<'_>],

@@ -144,6 +144,16 @@ pub async fn clock_offset(transport: &Transport, addr: SocketAddr) -> Result<(i6
     Ok((offset, rtt))
 }
 
+/// Asks the signer at `addr` for the key of the CA root with `fingerprint` (this node
+/// must be a signer).
+pub async fn ca_key(transport: &Transport, addr: SocketAddr, fingerprint: [u8; 32]) -> Result<Vec<u8>, String> {
+    match ask::<mesh_proto::wire::CaKeyReply>(transport, addr, &MeshRequest::CaKey { fingerprint }).await {
+        Ok(mesh_proto::wire::CaKeyReply::Key(key)) => Ok(key),
+        Ok(mesh_proto::wire::CaKeyReply::Refused(why)) => Err(why),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Opens a tunnel on `peer`'s connection: the header, then the peer's verdict. On
 /// success the streams carry the connection's bytes.
 pub async fn open_tunnel(

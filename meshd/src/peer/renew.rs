@@ -31,6 +31,16 @@ pub async fn run(
         tracing::debug!(in_secs = wait.as_secs(), "next certificate renewal");
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
+            _ = identity.renew_soon.notified() => {
+                // The CA was rotated: renew under the new root within a few seconds
+                // (spread, so a fleet does not ask at once).
+                let spread = ROTATION_SPREAD.mul_f64(renew::jitter());
+                tracing::info!(in_ms = spread.as_millis() as u64, "renewing under the mesh's new CA root");
+                tokio::select! {
+                    _ = tokio::time::sleep(spread) => {}
+                    _ = drain.signaled() => return,
+                }
+            }
             _ = drain.signaled() => return,
         }
         let mut backoff = Duration::from_secs(1);
@@ -64,6 +74,72 @@ pub async fn run(
             }
         }
     }
+}
+
+/// How far apart nodes renew after a CA rotation.
+const ROTATION_SPREAD: Duration = Duration::from_secs(10);
+
+/// Follows the mesh's CA roots as snapshots bring them (and every few seconds, for
+/// retirement times): trusts the recorded roots until they retire, adopts a new active
+/// root (a signer fetches its key from the signer that rotated) and then renews under it.
+pub async fn follow_roots(
+    mut snapshots: crate::state::SnapshotRx,
+    identity: Arc<Identity>,
+    transport: Arc<Transport>,
+    signer: Arc<Signer>,
+    drain: DrainWatcher,
+) {
+    let mut warned: Option<std::time::Instant> = None;
+    loop {
+        let parts = snapshots.borrow_and_update().parts.clone();
+        let now = crate::store::wall_ms();
+        identity.set_roots(&parts.roots, now);
+        let active =
+            parts.roots.iter().filter(|r| r.state == identity::records::CaState::Active).max_by_key(|r| r.since_ms);
+        if let Some(active) = active.filter(|r| r.cert != identity.ca().der.as_ref()) {
+            match adopt(&identity, &transport, &signer, active).await {
+                Ok(()) => {
+                    identity.set_roots(&parts.roots, now);
+                    tracing::warn!(root = %identity.ca_fingerprint(), by = %active.by, "the mesh's CA was rotated: this node trusts the new root and renews under it");
+                    identity.renew_soon.notify_one();
+                }
+                Err(e) => {
+                    if warned.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+                        tracing::warn!(error = %e, "cannot adopt the mesh's new CA root yet");
+                        warned = Some(std::time::Instant::now());
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            changed = snapshots.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = drain.signaled() => return,
+        }
+    }
+}
+
+/// Makes `active` this node's current root; a signer also needs its key.
+async fn adopt(
+    identity: &Arc<Identity>,
+    transport: &Arc<Transport>,
+    signer: &Arc<Signer>,
+    active: &identity::records::CaRecord,
+) -> Result<(), String> {
+    let der = rustls_pki_types::CertificateDer::from(active.cert.clone());
+    let ca = if signer.is_signer() {
+        let addr =
+            signer.signer_addr(&active.by).ok_or_else(|| format!("no address known for signer {}", active.by))?;
+        let key = client::ca_key(transport, addr, identity::cert::fingerprint_bytes(&der)).await?;
+        identity::Ca::with_key(der, &key).map_err(|e| e.to_string())?
+    } else {
+        identity::Ca::verify_only(der)
+    };
+    let identity = identity.clone();
+    tokio::task::spawn_blocking(move || identity.replace_ca(ca))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
 }
 
 async fn renew_once(

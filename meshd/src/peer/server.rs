@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mesh_proto::wire::{BucketDigest, ClockReply, Holds, JoinRequest, MeshRequest, SyncPush};
+use mesh_proto::wire::{BucketDigest, CaKeyReply, ClockReply, Holds, JoinRequest, MeshRequest, SyncPush};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -118,6 +118,16 @@ pub async fn serve_peer(peer: Peer, services: Services) {
                 }
                 MeshRequest::Clock => {
                     let _ = frame::write_last(&mut send, &ClockReply { wall_ms: wall_ms() }).await;
+                }
+                MeshRequest::CaKey { fingerprint } => {
+                    let reply = match signer.ca_key_for(&info, fingerprint) {
+                        Ok(key) => CaKeyReply::Key(key),
+                        Err(why) => {
+                            tracing::warn!(peer = %info.id, %why, "refused a request for a CA key");
+                            CaKeyReply::Refused(why)
+                        }
+                    };
+                    let _ = frame::write_last(&mut send, &reply).await;
                 }
                 MeshRequest::Tunnel(header) => {
                     // Its own task, holding the drain: the tunnel outlives this

@@ -206,6 +206,8 @@ pub struct StoreParts {
     pub roles: BTreeMap<String, mesh_proto::role::Role>,
     /// Claimed service names: who may register each.
     pub claims: BTreeMap<String, ClaimRecord>,
+    /// The mesh CA's roots recorded since a rotation (none before the first).
+    pub roots: Vec<crate::identity::records::CaRecord>,
 }
 
 impl StoreParts {
@@ -240,7 +242,8 @@ impl StoreParts {
             .filter(|e| !e.deleted)
             .filter_map(|e| Some((e.key[CLAIMS.len()..].to_owned(), ClaimRecord::decode(&e.value)?)))
             .collect();
-        StoreParts { records, decoded, routes, revoked, revocations, removed, roles, claims }
+        let roots = crate::identity::records::roots(view);
+        StoreParts { records, decoded, routes, revoked, revocations, removed, roles, claims, roots }
     }
 }
 
