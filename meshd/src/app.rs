@@ -15,8 +15,9 @@ use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use mesh_proto::api::MemberState;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use tokio::net::{TcpListener, UnixListener};
-use tokio::task::JoinSet;
 
 use crate::admin::{self, AdminState};
 use crate::config::{AdvertiseError, Config};
@@ -269,11 +270,18 @@ impl Bound {
         &self.signer
     }
 
-    /// Serves until `stop` resolves, then drains for at most `drain_timeout` and returns.
-    /// Tells systemd READY once serving and STOPPING when the drain starts.
-    pub async fn run(mut self, stop: impl Future<Output = ()>) -> DrainOutcome {
+    /// Serves until `stop` resolves, or until a part of meshd fails (ends before the
+    /// drain), then drains for at most `drain_timeout` and returns. Tells systemd READY
+    /// once serving and STOPPING when the drain starts.
+    pub async fn run(mut self, stop: impl Future<Output = ()>) -> Ran {
         let (trigger, watcher) = drain::new();
         let admin_metrics = admin::Metrics::register(&mut self.registry);
+        let part_failures = Family::<PartLabel, Counter>::default();
+        self.registry.register(
+            "part_failures",
+            "Parts of meshd that ended before the drain (meshd then exits non-zero), by part",
+            part_failures.clone(),
+        );
         let state = Arc::new(AdminState {
             snapshot: self.publisher.subscribe(),
             registry: Arc::new(self.registry),
@@ -299,16 +307,16 @@ impl Bound {
             dns = %self.dns,
             "sockets bound; serving"
         );
-        let mut tasks = JoinSet::new();
-        tasks.spawn(serve_unix(self.admin_listener, admin::router(state.clone()), watcher.clone()));
+        let mut tasks = crate::supervisor::Parts::default();
+        tasks.spawn("admin", serve_unix(self.admin_listener, admin::router(state.clone()), watcher.clone()));
         if let Some(listener) = self.http_listener {
-            tasks.spawn(serve_tcp(listener, admin::http_router(state.clone()), watcher.clone()));
+            tasks.spawn("admin.http", serve_tcp(listener, admin::http_router(state.clone()), watcher.clone()));
         }
         if let Some(interval) = signal::watchdog_interval() {
-            tasks.spawn(signal::run_watchdog(interval, watcher.clone()));
+            tasks.spawn("watchdog", signal::run_watchdog(interval, watcher.clone()));
         }
         let (joins_tx, joins_rx) = tokio::sync::mpsc::channel(64);
-        tasks.spawn(self.transport.clone().serve(joins_tx, watcher.clone()));
+        tasks.spawn("transport", self.transport.clone().serve(joins_tx, watcher.clone()));
         let g = self.gossip;
         let (members_tx, members_rx) = tokio::sync::mpsc::channel(1024);
         let (exchange, member_lists) = membership::Exchange::new();
@@ -319,7 +327,7 @@ impl Bound {
             proxy: self.proxy.clone(),
             drain: watcher.clone(),
         };
-        tasks.spawn(crate::peer::server::dispatch(joins_rx, g.conns, members_tx, services, watcher.clone()));
+        tasks.spawn("peer", crate::peer::server::dispatch(joins_rx, g.conns, members_tx, services, watcher.clone()));
         let inputs = membership::Inputs {
             me: membership::core::MemberId { name: self.node_name.as_str().into(), addr: self.advertise, bump: g.bump },
             params: g.params,
@@ -333,25 +341,31 @@ impl Bound {
             heard: g.heard,
             exchange,
         };
-        tasks.spawn(membership::driver::run(inputs, members_rx, g.writes, member_lists, watcher.clone()));
-        tasks.spawn(crate::peer::renew::run(
-            self.identity.clone(),
-            self.transport.clone(),
-            self.signer.clone(),
-            self.seeds.clone(),
-            watcher.clone(),
-        ));
+        tasks.spawn("gossip", membership::driver::run(inputs, members_rx, g.writes, member_lists, watcher.clone()));
+        tasks.spawn(
+            "renewal",
+            crate::peer::renew::run(
+                self.identity.clone(),
+                self.transport.clone(),
+                self.signer.clone(),
+                self.seeds.clone(),
+                watcher.clone(),
+            ),
+        );
         let (dns_udp, dns_tcp, zone, dns_metrics) = self.dns_sockets;
         // DNS answers a virtual IP once the proxy listens on it.
         let (bound_tx, bound_rx) = tokio::sync::watch::channel(crate::dns::VipMap::default());
-        tasks.spawn(crate::proxy::run(
-            self.proxy.clone(),
-            self.publisher.subscribe(),
-            self.vips.subscribe(),
-            bound_tx,
-            std::mem::take(&mut self.upstreams),
-            watcher.clone(),
-        ));
+        tasks.spawn(
+            "proxy",
+            crate::proxy::run(
+                self.proxy.clone(),
+                self.publisher.subscribe(),
+                self.vips.subscribe(),
+                bound_tx,
+                std::mem::take(&mut self.upstreams),
+                watcher.clone(),
+            ),
+        );
         let snapshots = self.publisher.subscribe();
         let responder = Arc::new(crate::dns::Responder::new(
             zone,
@@ -359,40 +373,60 @@ impl Bound {
             snapshots.borrow().clone(),
             bound_rx.borrow().clone(),
         ));
-        tasks.spawn(crate::dns::keep_current(responder.clone(), snapshots, bound_rx, watcher.clone()));
-        tasks.spawn(crate::dns::serve(responder, dns_udp, dns_tcp, watcher.clone()));
-        tasks.spawn(crate::catalog::run(
-            self.catalog.clone(),
-            self.vips.clone(),
-            self.publisher.subscribe(),
-            watcher.clone(),
-        ));
-        tasks.spawn(crate::peer::renew::follow_roots(
-            self.publisher.subscribe(),
-            self.identity.clone(),
-            self.transport.clone(),
-            self.signer.clone(),
-            watcher.clone(),
-        ));
-        tasks.spawn(crate::transport::apply_revocations(
-            self.publisher.subscribe(),
-            self.transport.clone(),
-            watcher.clone(),
-        ));
+        tasks.spawn("dns answers", crate::dns::keep_current(responder.clone(), snapshots, bound_rx, watcher.clone()));
+        tasks.spawn("dns", crate::dns::serve(responder, dns_udp, dns_tcp, watcher.clone()));
+        tasks.spawn(
+            "catalog",
+            crate::catalog::run(self.catalog.clone(), self.vips.clone(), self.publisher.subscribe(), watcher.clone()),
+        );
+        tasks.spawn(
+            "ca roots",
+            crate::peer::renew::follow_roots(
+                self.publisher.subscribe(),
+                self.identity.clone(),
+                self.transport.clone(),
+                self.signer.clone(),
+                watcher.clone(),
+            ),
+        );
+        tasks.spawn(
+            "revocations",
+            crate::transport::apply_revocations(self.publisher.subscribe(), self.transport.clone(), watcher.clone()),
+        );
         drop(watcher);
 
         signal::notify_ready();
 
-        stop.await;
+        let failed = tokio::select! {
+            () = stop => None,
+            (part, why) = tasks.first_ended() => {
+                part_failures.get_or_create(&PartLabel { part }).inc();
+                tracing::error!(part, %why, "a part of meshd failed; draining and exiting non-zero so that the service manager restarts meshd");
+                Some(part)
+            }
+        };
         signal::notify_stopping();
         tracing::info!(deadline = ?self.drain_timeout, "draining");
-        let outcome = drain_with(trigger, self.drain_timeout).await;
+        let drained = drain_with(trigger, self.drain_timeout).await;
         tasks.shutdown().await;
         self.transport.close().await;
         remove_admin_socket(&self.admin_socket, self.admin_inode);
         drop(self.publisher);
-        outcome
+        Ran { drained, failed }
     }
+}
+
+/// How a [`Bound::run`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ran {
+    pub drained: DrainOutcome,
+    /// The part whose failure ended it, if one did (the exit status is then 1).
+    pub failed: Option<&'static str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct PartLabel {
+    part: &'static str,
 }
 
 async fn drain_with(trigger: DrainTrigger, deadline: Duration) -> DrainOutcome {

@@ -140,12 +140,16 @@ pub async fn run(mut signals: signal::Shutdown) -> anyhow::Result<()> {
     println!();
     println!("Ctrl-C stops it and removes the temporary directory.");
 
-    tokio::join!(run_first, second.run(stopped(stop_rx.clone())), third.run(stopped(stop_rx)), async {
-        signals.recv().await;
-        signals.exit_on_second();
-        let _ = stop_tx.send(true);
-    },);
+    let (a, b, c, ()) =
+        tokio::join!(run_first, second.run(stopped(stop_rx.clone())), third.run(stopped(stop_rx)), async {
+            signals.recv().await;
+            signals.exit_on_second();
+            let _ = stop_tx.send(true);
+        },);
     drop(tmp);
+    if let Some(part) = [a, b, c].iter().find_map(|ran| ran.failed) {
+        bail!("a node's {part} failed (see the log above)");
+    }
     Ok(())
 }
 

@@ -15,6 +15,7 @@ pub mod datadir;
 pub mod dev;
 pub mod dns;
 pub mod drain;
+pub mod failpoint;
 pub mod fuzzing;
 pub mod identity;
 pub mod membership;

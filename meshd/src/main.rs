@@ -142,7 +142,7 @@ fn run(path: &std::path::Path) -> ExitCode {
             Ok(b) => b,
             Err(e) => return fail(if e.is_usage() { 2 } else { 1 }, e),
         };
-        bound
+        let ran = bound
             .run(async move {
                 let first = signals.recv().await;
                 tracing::info!(signal = ?first, "shutting down");
@@ -150,7 +150,10 @@ fn run(path: &std::path::Path) -> ExitCode {
                 signals.exit_on_second();
             })
             .await;
-        ExitCode::SUCCESS
+        match ran.failed {
+            None => ExitCode::SUCCESS,
+            Some(part) => fail(1, format!("{part} failed (see the log above); exiting so that meshd is restarted")),
+        }
     })
 }
 

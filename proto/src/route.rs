@@ -307,8 +307,8 @@ impl RouteSpec {
                         return Err(src.error(&key, format!("'{name}' is not a header name")));
                     }
                     if let HeaderMatch::Regex { regex } = value {
-                        if let Err(e) = regex::Regex::new(regex) {
-                            return Err(src.error(&key, format!("not a regular expression: {e}")));
+                        if let Err(e) = header_regex(regex) {
+                            return Err(src.error(&key, e.to_string()));
                         }
                     }
                 }
@@ -444,6 +444,44 @@ fn percent(src: &Source<'_>, key: &str, p: u32) -> Result<(), InputError> {
     Ok(())
 }
 
+/// The largest compiled form (NFA) of a header regex (the regex crate's default is
+/// 10 MiB): a route applies on every host, so one pattern must not cost each of them
+/// much. Matching is linear in the header's length times this size.
+pub const REGEX_SIZE_LIMIT: usize = 64 * 1024;
+/// The lazy DFA's cache per matching thread; past it the search falls back to one that
+/// uses no more memory.
+pub const REGEX_DFA_LIMIT: usize = 256 * 1024;
+
+/// A compiled header pattern: matched without capture groups (a pattern of many groups
+/// would otherwise cost memory per group and thread, which the size limit does not see).
+pub type HeaderRegex = regex_automata::meta::Regex;
+
+/// A header value pattern as routes match it: anchored to the whole value, within the
+/// size limits, no captures. Validation and the data plane both compile it here.
+pub fn header_regex(pattern: &str) -> Result<HeaderRegex, RegexError> {
+    use regex_automata::meta::{Config, Regex};
+    use regex_automata::nfa::thompson::WhichCaptures;
+    let config = Config::new()
+        .which_captures(WhichCaptures::None)
+        .nfa_size_limit(Some(REGEX_SIZE_LIMIT))
+        .onepass_size_limit(Some(REGEX_SIZE_LIMIT))
+        .dfa_size_limit(Some(REGEX_DFA_LIMIT))
+        .hybrid_cache_capacity(REGEX_DFA_LIMIT);
+    Regex::builder().configure(config).build(&format!("^(?:{pattern})$")).map_err(|e| match e.size_limit() {
+        Some(limit) => RegexError::TooLarge(limit),
+        None => RegexError::Syntax(e.to_string()),
+    })
+}
+
+/// Why a header pattern is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegexError {
+    #[error("the regular expression compiles to more than {} KiB (the limit, so that matching stays cheap on every host): simplify it", .0 / 1024)]
+    TooLarge(usize),
+    #[error("not a regular expression: {0}")]
+    Syntax(String),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -514,6 +552,20 @@ fault = { abort = { status = 503, percent = 0 }, delay = { fixed = "0s", percent
         let no_subset = RouteSpec::from_file("r.toml", "service = \"s\"\n[[tcp]]\nto = [{ subset = \"a\" }]\n")
             .expect_err("undefined");
         assert!(no_subset.to_string().contains("add it under [subsets]"), "{no_subset}");
+    }
+
+    #[test]
+    fn a_header_regex_that_compiles_too_large_is_refused_with_its_key_and_a_fair_one_is_not() {
+        let base = "name = \"s\"\nservice = \"s\"\n";
+        // The report's pattern: 54 KB, under the route size limit, 6 GB of RSS in matching.
+        let huge = "(x|y)?".repeat(9_000);
+        let text = format!("{base}[[http]]\nmatch = {{ headers = {{ x = {{ regex = \"{huge}\" }} }} }}\n");
+        let err = RouteSpec::from_file("r.toml", &text).expect_err("too large");
+        assert_eq!(err.line, Some(4), "{err}");
+        assert!(err.to_string().contains("http[0].match.headers.x") && err.to_string().contains("KiB"), "{err}");
+        let fair = "^(a|b|c)-[0-9]{1,8}$";
+        let text = format!("{base}[[http]]\nmatch = {{ headers = {{ x = {{ regex = \"{fair}\" }} }} }}\n");
+        RouteSpec::from_file("r.toml", &text).expect("an ordinary pattern");
     }
 
     #[test]

@@ -348,3 +348,52 @@ fn a_node_whose_seeds_are_unreachable_says_it_is_alone() {
     let first = Node::start(&block, 2, "");
     assert!(first.meshctl_json(&["status"])["membership_warning"].is_null());
 }
+
+/// One DNS query for `web.mesh` to `node`, answered or not within `wait`.
+fn query_once(node: &Node, wait: Duration) -> bool {
+    let query =
+        [0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 3, b'w', b'e', b'b', 4, b'm', b'e', b's', b'h', 0, 0, 1, 0, 1];
+    let sock = std::net::UdpSocket::bind((node.dns_addr().ip(), 0)).expect("udp");
+    sock.set_read_timeout(Some(wait)).expect("timeout");
+    sock.send_to(&query, node.dns_addr()).expect("send");
+    let mut buf = [0u8; 512];
+    sock.recv(&mut buf).is_ok()
+}
+
+/// A part that fails once (the DNS server panics on a query: a failpoint, in debug
+/// builds only) is logged, counted and restarted, and serves the next query; meshd
+/// carries on.
+#[test]
+fn a_part_that_fails_once_is_restarted_and_counted() {
+    let block = Block::take();
+    let node = Node::prepare(&block, 1, "");
+    assert!(node.meshd(&["init"]).status.success());
+    let mut node = node.env("MESHD_FAILPOINT", "dns:1").run();
+    assert!(!query_once(&node, Duration::from_millis(500)), "the first query meets the failpoint");
+    node.eventually(LIVENESS, "DNS answers again", || query_once(&node, Duration::from_millis(500)).then_some(()));
+    assert_eq!(node.metric("mesh_dns_restarts_total"), 1);
+    let logs = node.logs();
+    assert!(logs.contains("task panicked; restarting it") && logs.contains("failpoint dns hit"), "{logs}");
+    assert!(node.try_wait().is_none(), "meshd carries on");
+}
+
+/// A part that keeps failing is given up on, and meshd then drains and exits 1 naming
+/// it, so that systemd restarts the whole daemon instead of it running without DNS.
+#[test]
+fn a_part_that_keeps_failing_makes_meshd_exit_1_naming_it() {
+    let block = Block::take();
+    let node = Node::prepare(&block, 1, "");
+    assert!(node.meshd(&["init"]).status.success());
+    let mut node = node.env("MESHD_FAILPOINT", "dns").run();
+    let deadline = Instant::now() + LIVENESS;
+    while node.try_wait().is_none() && Instant::now() < deadline {
+        query_once(&node, Duration::from_millis(200));
+    }
+    let status = node.wait_exit(LIVENESS);
+    assert_eq!(status.code(), Some(1), "{}", node.logs());
+    let logs = node.logs();
+    assert!(logs.contains("task keeps failing; giving up on it"), "{logs}");
+    assert!(logs.contains("a part of meshd failed"), "{logs}");
+    assert!(logs.contains("part=\"dns\"") || logs.contains("part=dns"), "the log names the part: {logs}");
+    assert!(logs.contains("dns failed"), "the exit names the part: {logs}");
+}

@@ -126,6 +126,7 @@ impl Responder {
 
     /// Writes the response to `query` into `out`; false when the packet gets none.
     pub fn respond(&self, query: &[u8], transport: Transport, out: &mut Vec<u8>) -> bool {
+        crate::failpoint::hit("dns");
         let answers = self.current.load();
         if let Some(q) = Question::read(query) {
             let mut key = [0u8; packet::KEY_MAX];

@@ -48,14 +48,14 @@ fn matches(m: &HttpMatch, req: &RequestView<'_>) -> bool {
 
 /// A header regex, anchored to the whole value, compiled once per pattern (patterns
 /// come from routes, which validation compiled already).
-fn compiled(pattern: &str) -> Option<std::sync::Arc<regex::Regex>> {
+fn compiled(pattern: &str) -> Option<std::sync::Arc<mesh_proto::route::HeaderRegex>> {
     use std::sync::{Arc, Mutex, OnceLock};
-    static CACHE: OnceLock<Mutex<HashMap<String, Arc<regex::Regex>>>> = OnceLock::new();
+    static CACHE: OnceLock<Mutex<HashMap<String, Arc<mesh_proto::route::HeaderRegex>>>> = OnceLock::new();
     let mut cache = CACHE.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
     if let Some(re) = cache.get(pattern) {
         return Some(re.clone());
     }
-    let re = Arc::new(regex::Regex::new(&format!("^(?:{pattern})$")).ok()?);
+    let re = Arc::new(mesh_proto::route::header_regex(pattern).ok()?);
     if cache.len() > 10_000 {
         cache.clear();
     }
