@@ -22,6 +22,10 @@ use crate::store::entry::Entry;
 use crate::store::Store;
 use crate::transport::{close, frame, Peer, Transport};
 
+/// The most one anti-entropy exchange carries each way; what differs beyond it comes in
+/// the next exchange (the buckets merged in this one agree by then).
+pub const SYNC_MAX_BYTES: usize = 32 * 1024 * 1024;
+
 /// One request, one answer, on a new stream to the member at `addr`.
 async fn ask<T: serde::de::DeserializeOwned>(
     transport: &Transport,
@@ -31,7 +35,8 @@ async fn ask<T: serde::de::DeserializeOwned>(
     let peer = transport.connection_to(addr).await?;
     let (mut send, mut recv) = peer.conn.open_bi().await?;
     frame::write_last(&mut send, request).await.map_err(PeerError::Send)?;
-    frame::read(&mut recv).await.map_err(PeerError::Receive)
+    // Every answer asked for this way is small (holds, clock, a certificate, a key).
+    frame::read_sized(&mut recv, frame::SMALL_MAX).await.map(|(t, _)| t).map_err(PeerError::Receive)
 }
 
 /// Asks the signer at `addr` to renew this node's certificate.
@@ -59,7 +64,7 @@ pub async fn join(
         .map_err(|e| setup(e.to_string()))?;
     let (mut send, mut recv) = conn.open_bi().await?;
     frame::write_last(&mut send, &request).await.map_err(PeerError::Send)?;
-    let answer = frame::read(&mut recv).await.map_err(PeerError::Receive);
+    let answer = frame::read_sized(&mut recv, frame::SMALL_MAX).await.map(|(t, _)| t).map_err(PeerError::Receive);
     conn.close(quinn::VarInt::from_u32(close::DONE), b"joined");
     endpoint.wait_idle().await;
     answer
@@ -86,9 +91,16 @@ pub async fn sync(
             if i == last { frame::write_last(&mut send, push).await } else { frame::write(&mut send, push).await };
         written.map_err(PeerError::Send)?;
     }
-    // The callee finishes its stream after the entries asked for.
-    while let Ok(chunk) = frame::read::<SyncEntries>(&mut recv).await {
+    // The callee finishes its stream after the entries asked for; one exchange carries
+    // at most SYNC_MAX_BYTES (the next one brings the rest).
+    let mut total = 0;
+    while let Ok((chunk, size)) = frame::read_sized::<SyncEntries>(&mut recv, frame::LARGE_MAX).await {
         session.on_entries(chunk);
+        total += size;
+        if total >= SYNC_MAX_BYTES {
+            tracing::debug!(%addr, total, "anti-entropy exchange at its size limit; the rest comes next time");
+            break;
+        }
     }
     let (received, stats) = session.finish();
     merge(store, received.entries).await?;

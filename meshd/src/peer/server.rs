@@ -155,9 +155,17 @@ async fn serve_sync(
     let (mut session, summary, theirs) = Callee::on_request(&store.view(), buckets, members, exchange.ours());
     exchange.received(theirs);
     frame::write(send, &summary).await.map_err(PeerError::Send)?;
-    // The caller finishes its stream after its last push.
-    while let Ok(push) = frame::read::<SyncPush>(recv).await {
+    // The caller finishes its stream after its last push; one exchange brings at most
+    // SYNC_MAX_BYTES (the rest comes next time, once this part is merged).
+    let mut total = 0;
+    while let Ok((push, size)) = frame::read_sized::<SyncPush>(recv, frame::LARGE_MAX).await {
         session.on_push(push);
+        total += size;
+        if total >= super::client::SYNC_MAX_BYTES {
+            tracing::warn!(total, "an anti-entropy exchange reached its size limit; the rest is left for the next");
+            let _ = recv.stop(quinn::VarInt::from_u32(close::DONE));
+            break;
+        }
     }
     let (batches, received) = session.finish(&store.view());
     for batch in &batches {
@@ -193,16 +201,17 @@ pub async fn serve_join(conn: quinn::Connection, signer: Arc<Signer>) {
     let remote = conn.remote_address();
     let served = async {
         let (mut send, mut recv) = conn.accept_bi().await?;
-        let request: JoinRequest = frame::read(&mut recv).await.map_err(PeerError::Receive)?;
+        let (request, _) =
+            frame::read_sized::<JoinRequest>(&mut recv, frame::JOIN_MAX).await.map_err(PeerError::Receive)?;
         let answer = tokio::task::spawn_blocking(move || signer.join(request))
             .await
             .map_err(|e| PeerError::Task(e.to_string()))?;
         frame::write_last(&mut send, &answer).await.map_err(PeerError::Send)?;
         // Let the joiner read the answer and close.
-        let _ = tokio::time::timeout(Duration::from_secs(10), conn.closed()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
         Ok::<(), PeerError>(())
     };
-    let deadline = Duration::from_secs(30);
+    let deadline = crate::transport::JOIN_LIFETIME;
     let result = tokio::time::timeout(deadline, served).await.unwrap_or(Err(PeerError::Timeout(deadline)));
     if let Err(e) = result {
         tracing::warn!(%remote, error = %e, "join connection failed");

@@ -42,6 +42,8 @@ pub mod close {
     pub const DONE: u32 = 0x103;
     /// Gossip says the peer died or left.
     pub const GONE: u32 = 0x104;
+    /// Over a connection limit: try again shortly.
+    pub const BUSY: u32 = 0x105;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +90,12 @@ struct HandshakeLabels {
 #[derive(Clone, Default)]
 pub struct Metrics {
     handshakes: Family<HandshakeLabels, Counter>,
+    refused: Family<ReasonLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
 }
 
 impl Metrics {
@@ -98,7 +106,16 @@ impl Metrics {
             "QUIC handshakes, by ALPN, direction and result",
             m.handshakes.clone(),
         );
+        registry.sub_registry_with_prefix("transport").register(
+            "refused_connections",
+            "Inbound connections refused or retried before any work, by reason: handshakes (too many at once), retry (an address validation asked for under load), joins or joins_per_address (mesh-join/1 limits), join_lifetime (a join connection held too long)",
+            m.refused.clone(),
+        );
         m
+    }
+
+    fn refuse(&self, reason: &'static str) {
+        self.refused.get_or_create(&ReasonLabel { reason }).inc();
     }
 
     fn count(&self, alpn: &'static str, direction: &'static str, ok: bool) {
@@ -107,7 +124,61 @@ impl Metrics {
     }
 }
 
+/// Handshakes in progress beyond which a client whose address is not validated is sent
+/// a QUIC Retry first (a spoofed source cannot answer it), and beyond which new ones are
+/// refused outright.
+pub const RETRY_ABOVE: usize = 64;
+pub const MAX_HANDSHAKES: usize = 1024;
+/// `mesh-join/1` connections (no client certificate: anyone may open one) open at once,
+/// in all and per source address, and how long one may stay open.
+pub const MAX_JOINS: usize = 64;
+pub const MAX_JOINS_PER_ADDRESS: usize = 4;
+pub const JOIN_LIFETIME: Duration = Duration::from_secs(10);
+
+/// The join connections open now, in all and per source address.
+#[derive(Default)]
+struct Joins {
+    open: Mutex<(usize, HashMap<std::net::IpAddr, usize>)>,
+}
+
+impl Joins {
+    /// A place for one more join connection from `ip`, or the reason there is none.
+    fn admit(self: &Arc<Self>, ip: std::net::IpAddr) -> Result<JoinTicket, &'static str> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if open.0 >= MAX_JOINS {
+            return Err("joins");
+        }
+        let from = open.1.entry(ip).or_insert(0);
+        if *from >= MAX_JOINS_PER_ADDRESS {
+            return Err("joins_per_address");
+        }
+        *from += 1;
+        open.0 += 1;
+        Ok(JoinTicket { joins: self.clone(), ip })
+    }
+}
+
+/// Held while a join connection is open.
+struct JoinTicket {
+    joins: Arc<Joins>,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for JoinTicket {
+    fn drop(&mut self) {
+        let mut open = self.joins.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.0 = open.0.saturating_sub(1);
+        if let Some(n) = open.1.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.1.remove(&self.ip);
+            }
+        }
+    }
+}
+
 pub struct Transport {
+    joins: Arc<Joins>,
     endpoint: quinn::Endpoint,
     identity: Arc<Identity>,
     pool: Mutex<HashMap<String, Peer>>,
@@ -221,6 +292,7 @@ impl Transport {
         let mut endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket, runtime)?;
         endpoint.set_default_client_config(mesh_client(&identity)?);
         Ok(Transport {
+            joins: Arc::default(),
             endpoint,
             identity,
             pool: Mutex::new(HashMap::new()),
@@ -380,6 +452,16 @@ impl Transport {
                 Some(_) = handshakes.join_next(), if !handshakes.is_empty() => continue,
             };
             let Some(incoming) = incoming else { break };
+            if handshakes.len() >= MAX_HANDSHAKES {
+                self.metrics.refuse("handshakes");
+                incoming.refuse();
+                continue;
+            }
+            if handshakes.len() >= RETRY_ABOVE && !incoming.remote_address_validated() && incoming.may_retry() {
+                self.metrics.refuse("retry");
+                let _ = incoming.retry();
+                continue;
+            }
             let this = self.clone();
             let joins = joins.clone();
             handshakes.spawn(async move {
@@ -411,10 +493,30 @@ impl Transport {
                             conn.close(quinn::VarInt::from_u32(close::NO_CLIENT_CERT), b"client certificate required");
                         }
                     },
-                    Some(mesh_proto::wire::ALPN_JOIN) => {
-                        this.metrics.count("mesh-join/1", "inbound", true);
-                        let _ = joins.send(conn).await;
-                    }
+                    Some(mesh_proto::wire::ALPN_JOIN) => match this.joins.admit(remote.ip()) {
+                        Err(reason) => {
+                            this.metrics.count("mesh-join/1", "inbound", false);
+                            this.metrics.refuse(reason);
+                            conn.close(quinn::VarInt::from_u32(close::BUSY), b"too many joins: try again shortly");
+                        }
+                        Ok(ticket) => {
+                            this.metrics.count("mesh-join/1", "inbound", true);
+                            // A join is one request and one answer: the connection is
+                            // closed after JOIN_LIFETIME whatever the client does.
+                            let (c, metrics) = (conn.clone(), this.metrics.clone());
+                            tokio::spawn(async move {
+                                tokio::select! {
+                                    _ = c.closed() => {}
+                                    _ = tokio::time::sleep(JOIN_LIFETIME) => {
+                                        metrics.refuse("join_lifetime");
+                                        c.close(quinn::VarInt::from_u32(close::DONE), b"join took too long");
+                                    }
+                                }
+                                drop(ticket);
+                            });
+                            let _ = joins.send(conn).await;
+                        }
+                    },
                     _ => conn.close(quinn::VarInt::from_u32(close::DONE), b"unknown protocol"),
                 }
             });

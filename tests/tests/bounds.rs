@@ -1,0 +1,144 @@
+//! Bounds on what arrives from outside, against real meshd processes: each abuse is
+//! refused and counted while meshd keeps serving everyone else, with memory flat.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_proto::token::Token;
+use mesh_tests::{Block, Node};
+
+/// Liveness bound for what takes well under a second.
+const LIVENESS: Duration = Duration::from_secs(15);
+
+/// meshd's resident memory, in MiB.
+fn rss_mib(node: &Node) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", node.pid())).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or(0, |kib| kib / 1024)
+}
+
+/// A `mesh-join/1` connection to the signer a token names, from `from`, as an
+/// unauthenticated host would open one (the CA pinned, no client certificate).
+async fn join_connection(token: &Token, from: std::net::Ipv4Addr) -> Option<(quinn::Endpoint, quinn::Connection)> {
+    let tls = meshd::identity::join_client_config(token.ca_fingerprint).ok()?;
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls)).ok()?;
+    let endpoint = quinn::Endpoint::client(SocketAddr::from((from, 0))).ok()?;
+    let conn =
+        endpoint.connect_with(quinn::ClientConfig::new(Arc::new(quic)), token.signer, "mesh").ok()?.await.ok()?;
+    Some((endpoint, conn))
+}
+
+/// Whether the server closed `conn` within a second.
+async fn closed_soon(conn: &quinn::Connection) -> bool {
+    tokio::time::timeout(Duration::from_secs(1), conn.closed()).await.is_ok()
+}
+
+/// 200 join connections from one address, held open: at most 4 are kept, the rest are
+/// closed at once and counted; each kept one is closed after its lifetime; a real join
+/// from another host goes through meanwhile; a frame announcing 4 MiB on one of them is
+/// refused without meshd allocating it; memory stays flat.
+#[test]
+fn join_connections_are_bounded_per_address_in_number_size_and_time() {
+    let block = Block::take();
+    let n1 = Node::start(&block, 1, "");
+    let token = Token::decode(&n1.token(&[])).expect("token");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let before = rss_mib(&n1);
+    let (held, refused) = rt.block_on(async {
+        let mut held = Vec::new();
+        let mut refused = 0;
+        for _ in 0..200 {
+            let Some((endpoint, conn)) = join_connection(&token, block.node_ip(7)).await else {
+                refused += 1;
+                continue;
+            };
+            if closed_soon(&conn).await {
+                refused += 1;
+            } else {
+                held.push((endpoint, conn));
+            }
+        }
+        (held, refused)
+    });
+    assert_eq!(held.len(), meshd::transport::MAX_JOINS_PER_ADDRESS, "kept per address");
+    assert_eq!(refused, 200 - held.len());
+    assert!(n1.metric("mesh_transport_refused_connections_total{reason=\"joins_per_address\"}") >= 190);
+
+    // A host elsewhere joins meanwhile.
+    let n2 = Node::join(&block, 2, &n1.token(&[]), &n1.seed(), "");
+    assert_eq!(n2.meshctl_json(&["status"])["node"], "node-2");
+
+    // A frame announcing 4 MiB (the join limit is 16 KiB) is refused at its header.
+    rt.block_on(async {
+        let (_, conn) = &held[0];
+        let (mut send, mut recv) = conn.open_bi().await.expect("a stream");
+        send.write_all(&(4u32 * 1024 * 1024).to_be_bytes()).await.expect("header");
+        send.write_all(&[0u8; 1000]).await.expect("some body");
+        let answer = tokio::time::timeout(Duration::from_secs(5), recv.read_to_end(1024)).await;
+        assert!(!matches!(answer, Ok(Ok(ref a)) if !a.is_empty()), "no answer to an oversized join request");
+    });
+
+    // Every kept connection is closed after its lifetime.
+    rt.block_on(async {
+        for (_, conn) in &held {
+            let lifetime = meshd::transport::JOIN_LIFETIME + Duration::from_secs(5);
+            assert!(tokio::time::timeout(lifetime, conn.closed()).await.is_ok(), "closed after its lifetime");
+        }
+    });
+    assert!(n1.metric("mesh_transport_refused_connections_total{reason=\"join_lifetime\"}") >= 1);
+    let after = rss_mib(&n1);
+    assert!(after < before + 32, "memory stays flat: {before} MiB before, {after} MiB after");
+    // And join again from the flooding address now that its connections are gone.
+    let again = rt.block_on(join_connection(&token, block.node_ip(7)));
+    let (_, conn) = again.expect("a join connection again");
+    assert!(!rt.block_on(closed_soon(&conn)), "the address may join again");
+}
+
+/// A member streams 64 MiB of pushes into one anti-entropy exchange: the receiver stops
+/// reading at the exchange's limit, says so, and its memory does not follow the stream.
+#[test]
+fn one_anti_entropy_exchange_carries_a_bounded_amount() {
+    use mesh_proto::wire::{BucketDigest, MeshRequest, SyncPush, SyncSummary};
+    let block = Block::take();
+    let n1 = Node::start(&block, 1, "");
+    let member = Node::prepare(&block, 3, "");
+    assert!(member.meshd(&["join", &n1.token(&[])]).status.success());
+    let identity = meshd::identity::Identity::load(&member.dir.path().join("data"), "node-3", Default::default())
+        .expect("the member's identity");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let socket = std::net::UdpSocket::bind((block.node_ip(3), 0)).expect("udp");
+    let transport = rt.block_on(async {
+        meshd::transport::Transport::new(socket, Arc::new(identity), Default::default(), None).expect("endpoint")
+    });
+    let before = rss_mib(&n1);
+    let n1_addr: SocketAddr = n1.addr().parse().expect("address");
+    let sent = rt.block_on(async {
+        let peer = transport.dial(n1_addr).await.expect("a member connection");
+        let (mut send, mut recv) = peer.conn.open_bi().await.expect("stream");
+        let request = MeshRequest::Sync { buckets: vec![BucketDigest { count: 0, xor: 0 }; 256], members: Vec::new() };
+        meshd::transport::frame::write(&mut send, &request).await.expect("request");
+        let _: SyncSummary = meshd::transport::frame::read(&mut recv).await.expect("summary");
+        // 1 MiB pushes of junk entries until the receiver stops reading.
+        let junk = SyncPush { entries: vec![vec![0xAB; 64 * 1024]; 16], want: Vec::new() };
+        let mut sent = 0usize;
+        for _ in 0..64 {
+            let write = meshd::transport::frame::write(&mut send, &junk);
+            match tokio::time::timeout(Duration::from_secs(5), write).await {
+                Ok(Ok(())) => sent += 1,
+                _ => break,
+            }
+        }
+        sent
+    });
+    assert!(sent < 64, "the receiver stopped reading before 64 MiB ({sent} MiB sent)");
+    n1.eventually(LIVENESS, "the limit is logged", || {
+        n1.logs().contains("an anti-entropy exchange reached its size limit").then_some(())
+    });
+    let after = rss_mib(&n1);
+    assert!(after < before + 80, "memory bounded by the exchange limit: {before} MiB before, {after} MiB after");
+    assert_eq!(n1.meshctl_json(&["status"])["node"], "node-1", "node-1 serves on");
+}
