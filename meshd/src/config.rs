@@ -292,6 +292,12 @@ pub struct GossipConfig {
     pub max_datagram: usize,
 }
 
+/// The gossip timers' floors.
+pub const MIN_PROBE_INTERVAL: Duration = Duration::from_millis(100);
+pub const MIN_PROBE_TIMEOUT: Duration = Duration::from_millis(10);
+pub const MIN_GOSSIP_INTERVAL: Duration = Duration::from_millis(10);
+pub const MIN_SYNC_INTERVAL: Duration = Duration::from_millis(500);
+
 fn default_probe_interval() -> Duration {
     Duration::from_secs(1)
 }
@@ -604,11 +610,23 @@ impl Config {
             return Err(src.error("identity.cert_ttl", "cert_ttl must be between 10s and 365 days"));
         }
         let g = &self.gossip;
-        if g.probe_interval.is_zero() || g.probe_timeout.is_zero() || g.probe_timeout >= g.probe_interval {
-            return Err(src.error("gossip.probe_timeout", "probe_timeout must be above zero and below probe_interval"));
-        }
-        if g.gossip_interval.is_zero() || g.sync_interval.is_zero() {
-            return Err(src.error("gossip.sync_interval", "gossip_interval and sync_interval must be above zero"));
+        // Floors: below them a node spends a core on timers and datagrams for nothing.
+        let at_least = |key: &str, value: Duration, min: Duration| {
+            if value < min {
+                Err(src.error(
+                    &format!("gossip.{key}"),
+                    format!("{key} must be at least {} (it is {})", duration::format(min), duration::format(value)),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        at_least("probe_interval", g.probe_interval, MIN_PROBE_INTERVAL)?;
+        at_least("probe_timeout", g.probe_timeout, MIN_PROBE_TIMEOUT)?;
+        at_least("gossip_interval", g.gossip_interval, MIN_GOSSIP_INTERVAL)?;
+        at_least("sync_interval", g.sync_interval, MIN_SYNC_INTERVAL)?;
+        if g.probe_timeout >= g.probe_interval {
+            return Err(src.error("gossip.probe_timeout", "probe_timeout must be below probe_interval"));
         }
         if !(1.0..=100.0).contains(&g.suspicion_mult) || !(1.0..=100.0).contains(&g.retransmit_mult) {
             return Err(
@@ -772,6 +790,15 @@ check = { http = "http://127.0.0.1:9080/health", interval = "5s" }
             ),
             ("node_name = \"a\"\n[[service]]\nname = \"x\"\nport = 70000\n", "service[0].port", 4),
             ("node_name = \"a\"\n[[service]]\nname = \"x\"\nport = 1\ncolour = \"red\"\n", "service[0].colour", 5),
+            // Values that would burn a core: the floors.
+            ("node_name = \"a\"\n[gossip]\nprobe_interval = \"1ns\"\n", "gossip.probe_interval", 3),
+            ("node_name = \"a\"\n[gossip]\ngossip_interval = \"2ns\"\n", "gossip.gossip_interval", 3),
+            ("node_name = \"a\"\n[gossip]\nsync_interval = \"1ms\"\n", "gossip.sync_interval", 3),
+            (
+                "node_name = \"a\"\n[[service]]\nname = \"x\"\nport = 1\ncheck = { tcp = \"127.0.0.1:1\", interval = \"1ns\" }\n",
+                "service[0].check.interval",
+                5,
+            ),
         ];
         for (text, key, line) in cases {
             let err = parse(text).expect_err(text);

@@ -241,8 +241,14 @@ impl RouteSpec {
                 self.check_subset(src, &format!("{at}.mirror.subset"), &m.subset)?;
                 percent(src, &format!("{at}.mirror.percent"), m.percent)?;
             }
-            if rule.timeout.is_some_and(|t| t.is_zero()) {
-                return Err(src.error(&format!("{at}.timeout"), "timeout must be above zero (leave it out for none)"));
+            if rule.timeout.is_some_and(|t| t < MIN_TIMEOUT) {
+                return Err(src.error(
+                    &format!("{at}.timeout"),
+                    format!(
+                        "timeout must be at least {} (leave it out for none)",
+                        crate::duration::format(MIN_TIMEOUT)
+                    ),
+                ));
             }
             if let Some(r) = &rule.retries {
                 if r.attempts > 10 {
@@ -258,8 +264,11 @@ impl RouteSpec {
                     }
                 }
                 match (r.per_try_timeout, rule.timeout) {
-                    (Some(t), _) if t.is_zero() => {
-                        return Err(src.error(&format!("{at}.retries.per_try_timeout"), "must be above zero"));
+                    (Some(t), _) if t < MIN_TIMEOUT => {
+                        return Err(src.error(
+                            &format!("{at}.retries.per_try_timeout"),
+                            format!("must be at least {}", crate::duration::format(MIN_TIMEOUT)),
+                        ));
                     }
                     (Some(per_try), Some(total)) if per_try > total => {
                         return Err(src.error(
@@ -444,6 +453,9 @@ fn percent(src: &Source<'_>, key: &str, p: u32) -> Result<(), InputError> {
     Ok(())
 }
 
+/// The shortest request timeout and per-try timeout: below it no request could succeed.
+pub const MIN_TIMEOUT: Duration = Duration::from_millis(1);
+
 /// The largest compiled form (NFA) of a header regex (the regex crate's default is
 /// 10 MiB): a route applies on every host, so one pattern must not cost each of them
 /// much. Matching is linear in the header's length times this size.
@@ -536,6 +548,8 @@ fault = { abort = { status = 503, percent = 0 }, delay = { fixed = "0s", percent
                 "per_try_timeout",
             ),
             ("[[http]]\ntimeout = \"soon\"\n", 6, "timeout"),
+            ("[[http]]\ntimeout = \"1ns\"\n", 6, "http[0].timeout"),
+            ("[[http]]\nretries = { attempts = 2, per_try_timeout = \"1ns\" }\n", 6, "per_try_timeout"),
             ("[[http]]\nmirror = { subset = \"v1\", percent = 101 }\n", 6, "http[0].mirror.percent"),
             ("[[http]]\nretries = { attempts = 1, budget = { percent = 120 } }\n", 6, "http[0].retries.budget.percent"),
             ("[[http]]\nfault = { abort = { status = 42, percent = 5 } }\n", 6, "status"),

@@ -118,6 +118,9 @@ pub struct Check {
     pub fall: u32,
 }
 
+/// The shortest health-check interval.
+pub const MIN_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+
 fn default_interval() -> Duration {
     Duration::from_secs(10)
 }
@@ -177,8 +180,14 @@ impl ServiceSpec {
                 }
                 _ => {}
             }
-            if check.interval.is_zero() {
-                return Err(src.error(&ck("interval"), "interval must be above zero"));
+            if check.interval < MIN_CHECK_INTERVAL {
+                return Err(src.error(
+                    &ck("interval"),
+                    format!(
+                        "interval must be at least {} (a check more often only loads the service)",
+                        crate::duration::format(MIN_CHECK_INTERVAL)
+                    ),
+                ));
             }
             if let Some(timeout) = check.timeout {
                 if timeout.is_zero() || timeout > check.interval {
