@@ -142,3 +142,46 @@ fn one_anti_entropy_exchange_carries_a_bounded_amount() {
     assert!(after < before + 80, "memory bounded by the exchange limit: {before} MiB before, {after} MiB after");
     assert_eq!(n1.meshctl_json(&["status"])["node"], "node-1", "node-1 serves on");
 }
+
+/// Idle DNS TCP connections from one address: 16 are served, the rest closed at once and
+/// counted; queries over UDP and over TCP from another address are answered meanwhile.
+#[test]
+fn dns_tcp_connections_are_bounded_per_address() {
+    use std::io::{Read, Write};
+    let block = Block::take();
+    let n1 = Node::start(&block, 1, "");
+    let dns = n1.dns_addr();
+    let mut held = Vec::new();
+    let mut closed = 0;
+    for _ in 0..40 {
+        let socket = std::net::TcpStream::connect(dns).expect("the kernel accepts");
+        // Short: every probe must be done well within the server's 5 s idle timeout,
+        // or the first connections close and make room for later ones.
+        socket.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
+        let mut probe = socket.try_clone().expect("clone");
+        match probe.read(&mut [0u8; 1]) {
+            // Closed at once: an orderly close or a reset.
+            Ok(0) => closed += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => closed += 1,
+            _ => held.push(socket),
+        }
+    }
+    assert_eq!(held.len(), meshd::dns::MAX_TCP_PER_ADDRESS, "served per address");
+    assert_eq!(closed, 40 - held.len());
+    assert_eq!(n1.metric("mesh_dns_refused_connections_total"), closed as u64);
+    // UDP answers meanwhile.
+    let answer = n1.dig("node-1.node.mesh", hickory_proto::rr::RecordType::A, false);
+    assert_eq!(answer.answers.len(), 1, "{answer:?}");
+    // Once the held ones close, TCP from that address is served again.
+    drop(held);
+    let query = [0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 4, b'm', b'e', b's', b'h', 0, 0, 6, 0, 1];
+    n1.eventually(LIVENESS, "a TCP query is answered again", || {
+        let mut socket = std::net::TcpStream::connect_timeout(&dns, Duration::from_secs(1)).ok()?;
+        socket.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+        let mut framed = (query.len() as u16).to_be_bytes().to_vec();
+        framed.extend_from_slice(&query);
+        socket.write_all(&framed).ok()?;
+        let mut len = [0u8; 2];
+        socket.read_exact(&mut len).ok()
+    });
+}

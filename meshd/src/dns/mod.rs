@@ -50,6 +50,10 @@ pub type VipMap = Arc<BTreeMap<String, Ipv4Addr>>;
 const ROTATIONS: usize = 16;
 /// A TCP client that sends nothing for this long is disconnected.
 const TCP_IDLE: Duration = Duration::from_secs(5);
+/// TCP connections served at once, in all and per client address; one over either is
+/// closed at once and counted (`mesh_dns_refused_connections_total`). UDP is unaffected.
+pub const MAX_TCP_CONNECTIONS: usize = 256;
+pub const MAX_TCP_PER_ADDRESS: usize = 16;
 
 /// DNS metrics, under `mesh_dns_`.
 #[derive(Clone, Default)]
@@ -57,6 +61,7 @@ pub struct Metrics {
     queries: Family<QueryLabels, Counter>,
     dropped: Counter,
     restarts: Counter,
+    tcp_refused: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -72,6 +77,11 @@ impl Metrics {
         r.register("queries", "DNS queries answered, by type and response code", m.queries.clone());
         r.register("dropped", "DNS packets dropped unanswered (responses, undecodable headers)", m.dropped.clone());
         r.register("restarts", "Times the DNS server ended unexpectedly and was started again", m.restarts.clone());
+        r.register(
+            "refused_connections",
+            "DNS TCP connections closed at once: over the limit in all or for their address",
+            m.tcp_refused.clone(),
+        );
         m
     }
 
@@ -460,16 +470,40 @@ async fn serve_udp(responder: Arc<Responder>, sock: &UdpSocket, drain: &DrainWat
 
 async fn serve_tcp(responder: Arc<Responder>, listener: &TcpListener, drain: &DrainWatcher) {
     let mut conns = tokio::task::JoinSet::new();
+    let per_address: Arc<std::sync::Mutex<HashMap<std::net::IpAddr, usize>>> = Arc::default();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
+                Ok((stream, peer)) => {
+                    let from = {
+                        let mut open = per_address.lock().unwrap_or_else(|p| p.into_inner());
+                        let n = open.entry(peer.ip()).or_insert(0);
+                        if conns.len() >= MAX_TCP_CONNECTIONS || *n >= MAX_TCP_PER_ADDRESS {
+                            None
+                        } else {
+                            *n += 1;
+                            Some(peer.ip())
+                        }
+                    };
+                    let Some(ip) = from else {
+                        responder.metrics.tcp_refused.inc();
+                        drop(stream);
+                        continue;
+                    };
                     let responder = responder.clone();
                     let signal = drain.signal();
+                    let open = per_address.clone();
                     conns.spawn(async move {
                         tokio::select! {
                             _ = serve_tcp_conn(&responder, stream) => {}
                             _ = signal.signaled() => {}
+                        }
+                        let mut open = open.lock().unwrap_or_else(|p| p.into_inner());
+                        if let Some(n) = open.get_mut(&ip) {
+                            *n -= 1;
+                            if *n == 0 {
+                                open.remove(&ip);
+                            }
                         }
                     });
                 }
