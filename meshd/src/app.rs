@@ -295,6 +295,7 @@ impl Bound {
             catalog: self.catalog.clone(),
             vips: self.vips.clone(),
             seeds: self.seeds.clone(),
+            blocking: Arc::new(tokio::sync::Semaphore::new(admin::MAX_BLOCKING)),
         });
 
         // Logged before anything serves, so that whoever sees the admin socket answer

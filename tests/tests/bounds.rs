@@ -185,3 +185,22 @@ fn dns_tcp_connections_are_bounded_per_address() {
         socket.read_exact(&mut len).ok()
     });
 }
+
+/// A request body over the admin API's limit is answered 413, not 400.
+#[test]
+fn an_admin_body_over_the_limit_is_413() {
+    let block = Block::take();
+    let n1 = Node::start(&block, 1, "");
+    let body = n1.dir.path().join("big.json");
+    std::fs::write(&body, format!("{{\"name\": \"web\", \"service\": \"{}\"}}", "x".repeat(3 * 1024 * 1024)))
+        .expect("body");
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--unix-socket"])
+        .arg(&n1.socket)
+        .args(["-X", "PUT", "-H", "content-type: application/json", "--data-binary"])
+        .arg(format!("@{}", body.display()))
+        .arg("http://meshd/v1/routes/web")
+        .output()
+        .expect("curl (apt-get install curl)");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "413");
+}

@@ -53,12 +53,19 @@ pub struct AdminState {
     pub vips: Arc<crate::catalog::vip::Vips>,
     /// The `join` seeds from the config (without this node's own address).
     pub seeds: Vec<std::net::SocketAddr>,
+    /// Places for blocking queries parked at once ([`MAX_BLOCKING`]).
+    pub blocking: Arc<tokio::sync::Semaphore>,
 }
+
+/// Blocking queries parked at once; one more is answered 429 at once (and counted),
+/// while those parked keep waiting.
+pub const MAX_BLOCKING: usize = 512;
 
 /// The admin API's own metrics.
 #[derive(Clone, Default)]
 pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
+    refused_blocking: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -75,6 +82,11 @@ impl Metrics {
             "requests",
             "Admin API requests, by route and HTTP status",
             m.requests.clone(),
+        );
+        registry.sub_registry_with_prefix("admin").register(
+            "refused_blocking_queries",
+            "Blocking queries answered 429 because MAX_BLOCKING were parked already",
+            m.refused_blocking.clone(),
         );
         m
     }
@@ -132,6 +144,8 @@ impl Error {
             StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
             StatusCode::FORBIDDEN => "forbidden",
             StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+            StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+            StatusCode::TOO_MANY_REQUESTS => "too_many_requests",
             s if s.is_client_error() => "bad_request",
             _ => "internal",
         };
@@ -143,6 +157,12 @@ impl IntoResponse for Error {
     fn into_response(self) -> Response {
         (self.status, Json(self.body)).into_response()
     }
+}
+
+/// A request body that is not what the endpoint takes: 413 when it is over the size
+/// limit, 415 without a JSON content type, 400 otherwise.
+pub(crate) fn rejected(e: axum::extract::rejection::JsonRejection) -> Error {
+    Error::new(e.status(), e.body_text())
 }
 
 async fn not_found(req: Request) -> Error {
@@ -195,6 +215,13 @@ async fn snapshot_for(
     let mut rx = state.snapshot.clone();
     let Some(index) = query.index else {
         return Ok(rx.borrow().clone());
+    };
+    let Ok(_place) = state.blocking.clone().try_acquire_owned() else {
+        state.metrics.refused_blocking.inc();
+        return Err(Error::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("{MAX_BLOCKING} blocking queries are parked already: retry, or poll without index"),
+        ));
     };
     let newer = rx.wait_for(|s| modified(s) > index);
     tokio::select! {
@@ -295,7 +322,7 @@ async fn register_service(
     State(state): State<Arc<AdminState>>,
     body: Result<Json<mesh_proto::service::ServiceSpec>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, Error> {
-    let Json(spec) = body.map_err(|e| Error::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let Json(spec) = body.map_err(rejected)?;
     let text = toml::to_string(&spec).map_err(|e| Error::new(StatusCode::BAD_REQUEST, e.to_string()))?;
     mesh_proto::service::ServiceSpec::from_file("request", &text)
         .map_err(|e| Error::new(StatusCode::BAD_REQUEST, e.to_string()))?;
@@ -411,7 +438,7 @@ async fn put_claim(
     axum::extract::Path(name): axum::extract::Path<String>,
     body: Result<Json<api::ServiceClaim>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<api::ServiceClaim>, Error> {
-    let Json(claim) = body.map_err(|e| Error::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let Json(claim) = body.map_err(rejected)?;
     need(&state, Role::Operator, "claiming a service name")?;
     let bad = |detail: String| Error::new(StatusCode::BAD_REQUEST, detail);
     if claim.name != name || !mesh_proto::is_dns_label(&name) {
@@ -454,7 +481,7 @@ async fn create_token(
     State(state): State<Arc<AdminState>>,
     body: Result<Json<api::TokenRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, Error> {
-    let Json(req) = body.map_err(|e| Error::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let Json(req) = body.map_err(rejected)?;
     need(&state, Role::Signer, "creating a join token")?;
     let role = match (req.role, req.signer) {
         (Some(r), false) => r,

@@ -111,7 +111,7 @@ pub async fn apply(
     spec: Result<Json<RouteSpec>, JsonRejection>,
 ) -> Result<Json<api::Route>, Error> {
     let Query(query) = query.map_err(|e| Error::new(StatusCode::BAD_REQUEST, e.body_text()))?;
-    let Json(spec) = spec.map_err(|e| Error::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let Json(spec) = spec.map_err(super::rejected)?;
     if !query.dry_run {
         super::need(&state, Role::Operator, "applying a route")?;
     }
@@ -181,7 +181,7 @@ pub async fn rollback(
     req: Result<Json<api::RollbackRequest>, JsonRejection>,
 ) -> Result<Json<api::Route>, Error> {
     let Query(query) = query.map_err(|e| Error::new(StatusCode::BAD_REQUEST, e.body_text()))?;
-    let Json(req) = req.map_err(|e| Error::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let Json(req) = req.map_err(super::rejected)?;
     if !query.dry_run {
         super::need(&state, Role::Operator, "rolling a route back")?;
     }

@@ -67,6 +67,8 @@ fn fixture() -> Fixture {
         catalog: crate::catalog::Catalog::new(store.clone(), "vm-1"),
         vips: Arc::new(crate::catalog::vip::Vips::load(store, "127.77.0.0/16".parse().expect("range")).expect("vips")),
         seeds: Vec::new(),
+        // Two places, so that the test of the limit need not park 512 queries.
+        blocking: Arc::new(tokio::sync::Semaphore::new(2)),
     });
     Fixture { publisher, state, trigger: Some(trigger), _watcher: watcher, _dir: dir }
 }
@@ -230,4 +232,32 @@ async fn a_blocking_query_returns_at_once_when_the_drain_starts() {
         tokio::time::timeout(Duration::from_secs(10), pending).await.expect("answered at drain").expect("task");
     assert_eq!(code, StatusCode::OK);
     drain.await.expect("drain task");
+}
+
+#[tokio::test]
+async fn blocking_queries_beyond_the_limit_get_429_and_the_parked_ones_keep_waiting() {
+    let f = fixture();
+    let index = f.publisher.current().index;
+    let uri = format!("/v1/members?index={index}&wait=60s");
+    let parked: Vec<_> = (0..2).map(|_| tokio::spawn(call(router(f.state.clone()), Method::GET, &uri))).collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (code, _, body) = call(router(f.state.clone()), Method::GET, &uri).await;
+    assert_eq!(code, StatusCode::TOO_MANY_REQUESTS);
+    let err: ApiError = serde_json::from_slice(&body).expect("error body");
+    assert_eq!(err.error, "too_many_requests");
+    // A plain read is never refused.
+    assert_eq!(call(router(f.state.clone()), Method::GET, "/v1/members").await.0, StatusCode::OK);
+    assert!(parked.iter().all(|p| !p.is_finished()), "the parked queries are not cut");
+    f.publisher.update(|s| s.members[0].state = MemberState::Suspect);
+    for p in parked {
+        let (code, _, _) = tokio::time::timeout(Duration::from_secs(10), p).await.expect("answered").expect("task");
+        assert_eq!(code, StatusCode::OK);
+    }
+    // Their places are free again.
+    let index = f.publisher.current().index;
+    let again =
+        tokio::spawn(call(router(f.state.clone()), Method::GET, &format!("/v1/members?index={index}&wait=50ms")));
+    assert_eq!(again.await.expect("task").0, StatusCode::OK);
+    let metrics = String::from_utf8(call(router(f.state.clone()), Method::GET, "/metrics").await.2).expect("utf-8");
+    assert!(metrics.contains("mesh_admin_refused_blocking_queries_total 1"), "{metrics}");
 }
