@@ -59,7 +59,7 @@ pub fn status(s: &Status) -> String {
         ("routes", or_dash(s.routes)),
     ];
     let mut rows = rows.to_vec();
-    for w in [&s.cert_warning, &s.membership_warning, &s.clock_warning].into_iter().flatten() {
+    for w in [&s.cert_warning, &s.membership_warning, &s.clock_warning, &s.vip_warning].into_iter().flatten() {
         rows.push(("WARNING", w.clone()));
     }
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);

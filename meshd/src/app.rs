@@ -452,12 +452,49 @@ async fn serve_unix(listener: UnixListener, router: Router, drain: DrainWatcher)
     drop(drain);
 }
 
+/// `admin.http` (`/metrics`): at most this many connections at once (one more is closed
+/// at once), each with a whole request head within the deadline and idle keep-alive
+/// closed after as long, so that a slow client cannot hold descriptors.
+pub const ADMIN_HTTP_MAX_CONNECTIONS: usize = 64;
+pub const ADMIN_HTTP_HEAD_DEADLINE: Duration = Duration::from_secs(10);
+
 async fn serve_tcp(listener: TcpListener, router: Router, drain: DrainWatcher) {
-    let signal = drain.clone();
-    let result = axum::serve(listener, router).with_graceful_shutdown(async move { signal.signaled().await }).await;
-    if let Err(e) = result {
-        tracing::error!(error = %e, "metrics server failed");
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "admin.http accept");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                if conns.len() >= ADMIN_HTTP_MAX_CONNECTIONS {
+                    drop(stream);
+                    continue;
+                }
+                let service = hyper_util::service::TowerToHyperService::new(router.clone());
+                let signal = drain.signal();
+                conns.spawn(async move {
+                    let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+                    builder
+                        .http1()
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .header_read_timeout(ADMIN_HTTP_HEAD_DEADLINE);
+                    let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = signal.signaled() => {}
+                    }
+                });
+            }
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            _ = drain.signaled() => break,
+        }
     }
+    conns.shutdown().await;
     drop(drain);
 }
 

@@ -32,6 +32,9 @@ pub struct Status {
     /// alone (its seeds are unreachable, or every member left).
     #[serde(default)]
     pub membership_warning: Option<String>,
+    /// Set while `proxy.vip_range` is full and names wait for a virtual IP.
+    #[serde(default)]
+    pub vip_warning: Option<String>,
     /// The replicated store's size; null until the store is open.
     pub store: Option<StoreStatus>,
     /// Members by state, this node included.

@@ -204,3 +204,126 @@ fn an_admin_body_over_the_limit_is_413() {
         .expect("curl (apt-get install curl)");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "413");
 }
+
+/// A minimal HTTP/1.1 backend: every request gets `200 ok`.
+fn http_backend(ip: std::net::Ipv4Addr) -> SocketAddr {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind((ip, 0)).expect("backend");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+                let mut conn = conn;
+                loop {
+                    let mut line = String::new();
+                    // Read one head, answer it.
+                    loop {
+                        line.clear();
+                        match reader.read_line(&mut line) {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) if line == "\r\n" => break,
+                            Ok(_) => {}
+                        }
+                    }
+                    if conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Slowloris on an HTTP service's listener: 50 connections dribbling a request head, a
+/// header line a second. Each is closed once its head has taken HEAD_DEADLINE, whatever
+/// it dribbles; requests from a well-behaved client are answered throughout.
+#[test]
+fn a_dribbled_request_head_is_cut_at_its_deadline() {
+    use std::io::{Read, Write};
+    let block = Block::take();
+    let n1 = Node::start(&block, 1, "");
+    let backend = http_backend(block.node_ip(1));
+    let service = n1.dir.path().join("web.toml");
+    std::fs::write(
+        &service,
+        format!("name = \"web\"\naddress = \"{}\"\nport = {}\nprotocol = \"http\"\n", backend.ip(), backend.port()),
+    )
+    .expect("service file");
+    assert!(n1.meshctl(&["service", "register", "-f", &service.display().to_string()]).status.success());
+    let target = SocketAddr::from((n1.vip("web", LIVENESS), backend.port()));
+    let request = || -> Option<()> {
+        let mut s = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(2)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        s.write_all(b"GET / HTTP/1.1\r\nhost: web\r\nconnection: close\r\n\r\n").ok()?;
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).ok()?;
+        answer.starts_with("HTTP/1.1 200").then_some(())
+    };
+    n1.eventually(LIVENESS, "the service answers", request);
+
+    let started = std::time::Instant::now();
+    let mut slow: Vec<std::net::TcpStream> = (0..50)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(target).expect("connect");
+            s.write_all(b"GET / HTTP/1.1\r\nhost: web\r\n").expect("start a head");
+            s
+        })
+        .collect();
+    let deadline = meshd::proxy::http::HEAD_DEADLINE;
+    let mut answered = 0;
+    while started.elapsed() < deadline + Duration::from_secs(5) {
+        slow.retain_mut(|s| s.write_all(b"x-slow: 1\r\n").is_ok());
+        assert!(request().is_some(), "a well-behaved request is answered during the attack");
+        answered += 1;
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    // Every slow connection was closed by the server (a read sees its end).
+    for mut s in slow {
+        s.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+        let mut buf = [0u8; 256];
+        let still_open = matches!(s.read(&mut buf), Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut));
+        assert!(!still_open, "a dribbling connection outlived the head deadline");
+    }
+    assert!(answered >= 30);
+}
+
+/// Slow clients on `admin.http`: each is cut once its request head has taken the
+/// deadline, and `/metrics` answers again at once.
+#[test]
+fn admin_http_cuts_slow_clients() {
+    use std::io::{Read, Write};
+    let block = Block::take();
+    let probe = std::net::TcpListener::bind((block.node_ip(1), 0)).expect("a free port");
+    let http = probe.local_addr().expect("addr");
+    drop(probe);
+    let _n1 = Node::start(&block, 1, &format!("http = \"{http}\""));
+    let scrape = || -> Option<String> {
+        let mut s = std::net::TcpStream::connect_timeout(&http, Duration::from_secs(2)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").ok()?;
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).ok()?;
+        Some(answer)
+    };
+    assert!(scrape().is_some_and(|a| a.starts_with("HTTP/1.1 200")));
+    let started = std::time::Instant::now();
+    let mut slow: Vec<std::net::TcpStream> = (0..100)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(http).expect("connect");
+            let _ = s.write_all(b"GET /metrics HTTP/1.1\r\n");
+            s
+        })
+        .collect();
+    while started.elapsed() < meshd::app::ADMIN_HTTP_HEAD_DEADLINE + Duration::from_secs(3) {
+        slow.retain_mut(|s| s.write_all(b"x-slow: 1\r\n").is_ok());
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    for mut s in slow {
+        s.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+        let still_open = matches!(s.read(&mut [0u8; 64]), Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut));
+        assert!(!still_open, "a slow client outlived the head deadline");
+    }
+    assert!(scrape().is_some_and(|a| a.starts_with("HTTP/1.1 200")), "/metrics answers again");
+}

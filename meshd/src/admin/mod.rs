@@ -275,6 +275,18 @@ async fn status(
             state.identity.warning()
         },
         membership_warning: crate::membership::alone_warning(&snap, &state.seeds),
+        vip_warning: {
+            let waiting = state.vips.unallocated();
+            (!waiting.is_empty()).then(|| {
+                let shown: Vec<&str> = waiting.iter().take(5).map(String::as_str).collect();
+                format!(
+                    "proxy.vip_range is full: {} name(s) have no virtual IP and no DNS answer ({}{}); widen the range",
+                    waiting.len(),
+                    shown.join(", "),
+                    if waiting.len() > shown.len() { ", ..." } else { "" }
+                )
+            })
+        },
         store: Some(api::StoreStatus {
             entries: view.len() as u64,
             bytes: view.bytes(),

@@ -343,15 +343,43 @@ impl Catalog {
 pub async fn run(catalog: Catalog, vips: Arc<vip::Vips>, mut snapshots: SnapshotRx, drain: DrainWatcher) {
     let mut running: HashMap<String, (ServiceSpec, tokio::task::AbortHandle)> = HashMap::new();
     let mut tasks = JoinSet::new();
+    // Allocated names no longer wanted, since when: freed after VIP_GRACE.
+    let mut unused_since: HashMap<String, tokio::time::Instant> = HashMap::new();
     loop {
         let snap = snapshots.borrow_and_update().clone();
-        let missing: Vec<String> = vip_names(&snap).into_iter().filter(|n| vips.get(n).is_none()).collect();
+        let names = vip_names(&snap);
+        let wanted: std::collections::HashSet<String> = names.iter().cloned().collect();
+        let now = tokio::time::Instant::now();
+        unused_since.retain(|n, _| !wanted.contains(n));
+        let mut free = Vec::new();
+        for name in vips.all().keys().filter(|n| !wanted.contains(*n)) {
+            let since = *unused_since.entry(name.clone()).or_insert(now);
+            if now.duration_since(since) >= VIP_GRACE {
+                free.push(name.clone());
+            }
+        }
+        vips.still_wanted(&wanted);
+        if !free.is_empty() {
+            let v = vips.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                for name in free {
+                    match v.release(&name) {
+                        Ok(()) => tracing::info!(%name, "virtual IP freed: the name is gone from the mesh"),
+                        Err(e) => tracing::warn!(%name, error = %e, "cannot free a virtual IP"),
+                    }
+                }
+            })
+            .await;
+        }
+        let missing: Vec<String> = names.into_iter().filter(|n| vips.get(n).is_none()).collect();
         if !missing.is_empty() {
             let vips = vips.clone();
             let _ = tokio::task::spawn_blocking(move || {
                 for name in missing {
-                    if let Err(e) = vips.ensure(&name) {
-                        tracing::error!(%name, error = %e, "cannot allocate a virtual IP");
+                    match vips.ensure(&name) {
+                        // Logged once per name by the allocator, and shown in status.
+                        Ok(_) | Err(vip::VipError::Exhausted(_)) => {}
+                        Err(e) => tracing::error!(%name, error = %e, "cannot allocate a virtual IP"),
                     }
                 }
             })
@@ -385,11 +413,17 @@ pub async fn run(catalog: Catalog, vips: Arc<vip::Vips>, mut snapshots: Snapshot
         tokio::select! {
             changed = snapshots.changed() => if changed.is_err() { break },
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            // Grace periods end without a snapshot change.
+            _ = tokio::time::sleep(VIP_GRACE / 10), if !unused_since.is_empty() => {}
             _ = drain.signaled() => break,
         }
     }
     tasks.shutdown().await;
 }
+
+/// How long a virtual IP is kept after its name left the mesh (a service that comes
+/// back within it, after a restart or a redeploy, keeps its address).
+pub const VIP_GRACE: std::time::Duration = std::time::Duration::from_secs(600);
 
 async fn check_loop(catalog: Catalog, spec: ServiceSpec) {
     let Some(check) = spec.check.clone() else { return };

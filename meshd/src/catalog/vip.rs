@@ -32,6 +32,8 @@ pub struct Vips {
     map: watch::Sender<Arc<BTreeMap<String, Ipv4Addr>>>,
     /// Serialises allocations (a choice, its durable write, its publish).
     allocating: Mutex<()>,
+    /// Names that wanted an address when the range was full.
+    unallocated: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Vips {
@@ -46,7 +48,13 @@ impl Vips {
                 }
             }
         }
-        Ok(Vips { range, store, map: watch::Sender::new(Arc::new(map)), allocating: Mutex::new(()) })
+        Ok(Vips {
+            range,
+            store,
+            map: watch::Sender::new(Arc::new(map)),
+            allocating: Mutex::new(()),
+            unallocated: Mutex::default(),
+        })
     }
 
     /// Every allocation, as of now.
@@ -75,12 +83,39 @@ impl Vips {
             return Ok(*ip);
         }
         let taken: std::collections::HashSet<Ipv4Addr> = map.values().copied().collect();
-        let ip = pick(self.range, name, &taken).ok_or(VipError::Exhausted(self.range))?;
+        let Some(ip) = pick(self.range, name, &taken) else {
+            let first = self.unallocated.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_owned());
+            if first {
+                tracing::error!(%name, range = %self.range, "proxy.vip_range is full: this name gets no virtual IP (and no DNS answer) until one is freed or the range is widened");
+            }
+            return Err(VipError::Exhausted(self.range));
+        };
         self.store.local_put(&format!("{PREFIX}{name}"), ip.to_string().as_bytes())?;
         self.map.send_modify(|map| {
             Arc::make_mut(map).insert(name.to_owned(), ip);
         });
+        self.unallocated.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
         Ok(ip)
+    }
+
+    /// Names that want an address the full range could not give.
+    pub fn unallocated(&self) -> Vec<String> {
+        self.unallocated.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect()
+    }
+
+    /// Forgets names no longer wanted (and frees `name`'s address, durably). Blocking.
+    pub fn release(&self, name: &str) -> Result<(), StoreError> {
+        let _allocating = self.allocating.lock().unwrap_or_else(|p| p.into_inner());
+        self.store.local_delete(&format!("{PREFIX}{name}"))?;
+        self.map.send_modify(|map| {
+            Arc::make_mut(map).remove(name);
+        });
+        Ok(())
+    }
+
+    /// Drops `unallocated` names that are no longer wanted.
+    pub fn still_wanted(&self, wanted: &std::collections::HashSet<String>) {
+        self.unallocated.lock().unwrap_or_else(|p| p.into_inner()).retain(|n| wanted.contains(n));
     }
 }
 

@@ -31,6 +31,11 @@ use crate::routing::{Tables, Target};
 const REPLAYABLE: u64 = 64 * 1024;
 /// Mirror copies in flight at once; more are shed.
 pub(super) const MIRRORS: usize = 64;
+/// The time a client has to send a whole request head, and the longest a keep-alive
+/// connection may idle between requests.
+pub const HEAD_DEADLINE: Duration = Duration::from_secs(30);
+/// The largest request head (hyper answers 431 beyond it).
+pub const MAX_HEAD: usize = 64 * 1024;
 
 /// A body held whole in memory.
 fn whole(bytes: Bytes) -> Body {
@@ -55,7 +60,16 @@ pub async fn serve(proxy: Arc<Proxy>, client: TcpStream, dest: Arc<Destination>)
         let (proxy, dest) = (p.clone(), dest.clone());
         async move { Ok::<_, std::convert::Infallible>(handle(&proxy, &dest, req).await) }
     });
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // A whole request head within HEAD_DEADLINE (the clock runs from the first byte
+    // awaited, so dribbling does not extend it, and an idle keep-alive connection is
+    // closed after as long); an HTTP/2 connection that stops answering pings is closed.
+    builder.http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEAD_DEADLINE).max_buf_size(MAX_HEAD);
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Some(HEAD_DEADLINE))
+        .keep_alive_timeout(Duration::from_secs(10));
     if let Err(e) = builder.serve_connection(TokioIo::new(guard), service).await {
         tracing::debug!(error = %e, "HTTP connection ended with an error");
     }
@@ -130,7 +144,10 @@ impl tokio::io::AsyncRead for HeadGuard {
         let offset = self.head.len();
         let new = buf.filled()[start..].to_vec();
         self.head.extend_from_slice(&new);
-        let end = self.head.windows(4).position(|w| w == b"\r\n\r\n");
+        // Only the new bytes (and the three before them) can complete the head: a client
+        // dribbling its head costs a scan of each byte once, not of the whole head per read.
+        let from = offset.saturating_sub(3);
+        let end = self.head[from..].windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + from);
         if end.is_some() || self.head.len() > 64 * 1024 {
             self.done = true;
             let head = &self.head[..end.unwrap_or(self.head.len())];
