@@ -170,4 +170,31 @@ mod tests {
         assert_eq!(again.get("svc3"), Some(first), "stable across a restart");
         assert_eq!(again.ensure("svc3").expect("held"), first);
     }
+
+    #[test]
+    fn a_full_range_names_who_waits_and_a_released_address_serves_the_next() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(
+            &tmp.path().join("s"),
+            "a",
+            std::sync::Arc::new(crate::store::seal::Unsealed),
+            Default::default(),
+            |_| {},
+        )
+        .expect("store");
+        let vips = Vips::load(store.clone(), "127.77.0.0/30".parse().expect("range")).expect("vips");
+        vips.ensure("a").expect("room");
+        vips.ensure("b").expect("room");
+        assert!(matches!(vips.ensure("c"), Err(VipError::Exhausted(_))));
+        assert_eq!(vips.unallocated(), vec!["c".to_owned()], "c waits, and says so");
+        let b = vips.get("b").expect("b");
+        vips.release("b").expect("release");
+        assert_eq!(vips.get("b"), None);
+        assert!(store.local_get("vip/b").expect("local").is_none(), "freed durably");
+        assert_eq!(vips.ensure("c").expect("room again"), b);
+        assert!(vips.unallocated().is_empty());
+        vips.ensure("d").ok();
+        vips.still_wanted(&std::collections::HashSet::new());
+        assert!(vips.unallocated().is_empty(), "a name no longer wanted stops waiting");
+    }
 }
