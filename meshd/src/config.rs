@@ -549,6 +549,37 @@ impl Config {
         if vips.prefix_len() > 28 {
             return Err(src.error("proxy.vip_range", format!("{vips} is too small: use a /28 or larger")));
         }
+        // Virtual IPs shadow whatever else has their addresses on this host: they must be
+        // private to it (loopback) or to its network, and not meshd's own addresses.
+        let private: [Ipv4Net; 5] = [
+            Ipv4Net::new(std::net::Ipv4Addr::new(127, 0, 0, 0), 8).unwrap_or_default(),
+            Ipv4Net::new(std::net::Ipv4Addr::new(10, 0, 0, 0), 8).unwrap_or_default(),
+            Ipv4Net::new(std::net::Ipv4Addr::new(172, 16, 0, 0), 12).unwrap_or_default(),
+            Ipv4Net::new(std::net::Ipv4Addr::new(192, 168, 0, 0), 16).unwrap_or_default(),
+            Ipv4Net::new(std::net::Ipv4Addr::new(100, 64, 0, 0), 10).unwrap_or_default(),
+        ];
+        if !private.iter().any(|p| p.contains(&vips)) {
+            return Err(src.error(
+                "proxy.vip_range",
+                format!("{vips} is not a loopback or private range: use one inside 127.0.0.0/8 (the default, 127.77.0.0/16) or a private network"),
+            ));
+        }
+        let own = [
+            ("bind", Some(self.bind.ip())),
+            ("advertise", self.advertise.map(|a| a.ip())),
+            ("dns.listen", Some(self.dns.listen.ip())),
+            ("admin.http", self.admin.http.map(|a| a.ip())),
+        ];
+        for (key, ip) in own {
+            if let Some(std::net::IpAddr::V4(ip)) = ip {
+                if vips.contains(&ip) {
+                    return Err(src.error(
+                        key,
+                        format!("{ip} is inside proxy.vip_range ({vips}): virtual IPs would shadow it; choose an address or a range apart"),
+                    ));
+                }
+            }
+        }
         if !(1..=1_000_000).contains(&self.proxy.max_connections) {
             return Err(src.error("proxy.max_connections", "max_connections must be between 1 and 1000000"));
         }
@@ -646,6 +677,9 @@ impl Config {
         for (i, svc) in self.service.iter().enumerate() {
             let path = format!("service[{i}]");
             svc.validate(src, &path)?;
+            if let Err(why) = check_service_address(svc) {
+                return Err(src.error(&format!("{path}.address"), why));
+            }
             if !names.insert(&svc.name) {
                 return Err(src.error(&format!("{path}.name"), format!("service '{}' is declared twice", svc.name)));
             }
@@ -703,6 +737,35 @@ fn private_ipv4s() -> Result<Vec<Ipv4Addr>, nix::Error> {
 
 fn is_dns_name(s: &str) -> bool {
     s.len() <= 253 && s.split('.').all(mesh_proto::is_dns_label)
+}
+
+/// Whether a service this host declares may live at its address: one of this host's own
+/// addresses (loopback included), unless the service says `external = true`. So no
+/// registration, local or replicated, can make meshd connect anywhere its operator did
+/// not say.
+pub fn check_service_address(spec: &mesh_proto::service::ServiceSpec) -> Result<(), String> {
+    let a = spec.address;
+    if spec.external || a.is_loopback() || host_addresses().contains(&a) {
+        return Ok(());
+    }
+    Err(format!(
+        "{a} is not an address of this host: a service runs on the host that registers it (set external = true for one that lives elsewhere)"
+    ))
+}
+
+/// This host's interface addresses, as the kernel lists them now.
+pub fn host_addresses() -> Vec<std::net::IpAddr> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else { return Vec::new() };
+    addrs
+        .filter_map(|a| {
+            let addr = a.address?;
+            if let Some(v4) = addr.as_sockaddr_in() {
+                Some(std::net::IpAddr::V4(v4.ip()))
+            } else {
+                addr.as_sockaddr_in6().map(|v6| std::net::IpAddr::V6(v6.ip()))
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -791,6 +854,10 @@ check = { http = "http://127.0.0.1:9080/health", interval = "5s" }
             ("node_name = \"a\"\n[[service]]\nname = \"x\"\nport = 70000\n", "service[0].port", 4),
             ("node_name = \"a\"\n[[service]]\nname = \"x\"\nport = 1\ncolour = \"red\"\n", "service[0].colour", 5),
             // Values that would burn a core: the floors.
+            ("node_name = \"a\"\n[proxy]\nvip_range = \"0.0.0.0/0\"\n", "proxy.vip_range", 3),
+            ("node_name = \"a\"\n[proxy]\nvip_range = \"8.8.0.0/16\"\n", "proxy.vip_range", 3),
+            ("node_name = \"a\"\nbind = \"127.77.0.1:7946\"\n", "bind", 2),
+            ("node_name = \"a\"\n[dns]\nlisten = \"127.77.3.3:53\"\n", "dns.listen", 3),
             ("node_name = \"a\"\n[gossip]\nprobe_interval = \"1ns\"\n", "gossip.probe_interval", 3),
             ("node_name = \"a\"\n[gossip]\ngossip_interval = \"2ns\"\n", "gossip.gossip_interval", 3),
             ("node_name = \"a\"\n[gossip]\nsync_interval = \"1ms\"\n", "gossip.sync_interval", 3),

@@ -71,6 +71,12 @@ pub struct ServiceSpec {
     /// for clients that must reach instances directly. Default: false.
     #[serde(default)]
     pub passthrough: bool,
+    /// The service does not run on this host: `address` is elsewhere (a pod behind a
+    /// Kubernetes bridge, an appliance this host fronts). Without it, `address` must be
+    /// one of this host's own addresses, so that no entry can make meshd connect
+    /// anywhere else. Default: false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub external: bool,
 }
 
 fn default_address() -> IpAddr {
@@ -155,6 +161,15 @@ impl ServiceSpec {
         }
         if self.port == 0 {
             return Err(src.error(&key("port"), "port must be between 1 and 65535"));
+        }
+        let a = self.address;
+        if a.is_unspecified() || a.is_multicast() || a == IpAddr::V4(Ipv4Addr::BROADCAST) {
+            return Err(src.error(
+                &key("address"),
+                format!(
+                    "{a} is not an address a service listens on: give the service's own address (default 127.0.0.1)"
+                ),
+            ));
         }
         for (label, value) in &self.labels {
             if label.is_empty() || value.is_empty() {

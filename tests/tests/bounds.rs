@@ -327,3 +327,39 @@ fn admin_http_cuts_slow_clients() {
     }
     assert!(scrape().is_some_and(|a| a.starts_with("HTTP/1.1 200")), "/metrics answers again");
 }
+
+/// A service's address must be this host's own (so no entry can make meshd connect
+/// anywhere else) unless the service says `external = true`; an address no service
+/// listens on is refused outright.
+#[test]
+fn a_service_address_must_be_this_hosts_unless_external() {
+    let block = Block::take();
+    let n1 = Node::start(&block, 1, "");
+    let register = |name: &str, text: &str| {
+        let path = n1.dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, format!("name = \"{name}\"\nport = 8080\n{text}")).expect("service file");
+        n1.meshctl(&["service", "register", "-f", &path.display().to_string()])
+    };
+    let elsewhere = register("far", "address = \"198.18.0.5\"\n");
+    let stderr = String::from_utf8_lossy(&elsewhere.stderr);
+    assert_eq!(elsewhere.status.code(), Some(2), "bad input: {stderr}");
+    assert!(stderr.contains("not an address of this host") && stderr.contains("external = true"), "{stderr}");
+    for bad in ["0.0.0.0", "255.255.255.255", "224.0.0.1"] {
+        let out = register("bad", &format!("address = \"{bad}\"\n"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {stderr}");
+        assert!(stderr.contains("bad.toml:3: address"), "{bad}: {stderr}");
+    }
+    let external = register("far", "address = \"198.18.0.5\"\nexternal = true\n");
+    assert!(external.status.success(), "{}", String::from_utf8_lossy(&external.stderr));
+    let local = register("near", &format!("address = \"{}\"\n", block.node_ip(1)));
+    assert!(local.status.success(), "{}", String::from_utf8_lossy(&local.stderr));
+    let names: Vec<String> = n1
+        .meshctl_json(&["services"])
+        .as_array()
+        .map(|a| a.iter().filter_map(|s| s["name"].as_str().map(str::to_owned)).collect())
+        .unwrap_or_default();
+    assert!(
+        names.contains(&"far".to_owned()) && names.contains(&"near".to_owned()) && !names.contains(&"bad".to_owned())
+    );
+}

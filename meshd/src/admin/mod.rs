@@ -338,6 +338,8 @@ async fn register_service(
     let text = toml::to_string(&spec).map_err(|e| Error::new(StatusCode::BAD_REQUEST, e.to_string()))?;
     mesh_proto::service::ServiceSpec::from_file("request", &text)
         .map_err(|e| Error::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    crate::config::check_service_address(&spec)
+        .map_err(|why| Error::new(StatusCode::BAD_REQUEST, format!("address: {why}")))?;
     let snap = state.snapshot.borrow().clone();
     if let Some(claim) = snap.parts.claims.get(&spec.name).filter(|c| !c.allows(&snap.node)) {
         return Err(Error::new(
