@@ -441,15 +441,61 @@ async fn drain_with(trigger: DrainTrigger, deadline: Duration) -> DrainOutcome {
     outcome
 }
 
+/// The admin socket: at most this many connections at once (more than the blocking
+/// queries that may park, [`admin::MAX_BLOCKING`]); one more is closed at once. A request
+/// head must arrive within the deadline, and an idle keep-alive connection is closed after
+/// as long; a parked blocking query is a request in flight and is never cut.
+pub const ADMIN_MAX_CONNECTIONS: usize = 1024;
+pub const ADMIN_HEAD_DEADLINE: Duration = Duration::from_secs(10);
+
 async fn serve_unix(listener: UnixListener, router: Router, drain: DrainWatcher) {
-    let signal = drain.clone();
-    // Each connection carries its peer's credentials, for the admin API's access check.
-    let service = router.into_make_service_with_connect_info::<crate::admin::access::Caller>();
-    let result = axum::serve(listener, service).with_graceful_shutdown(async move { signal.signaled().await }).await;
-    if let Err(e) = result {
-        tracing::error!(error = %e, "admin socket server failed");
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "admin socket accept");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                if conns.len() >= ADMIN_MAX_CONNECTIONS {
+                    drop(stream);
+                    continue;
+                }
+                // Each connection carries its peer's credentials, for the access check.
+                let caller = crate::admin::access::Caller::of(&stream);
+                let service = router.clone().layer(axum::Extension(axum::extract::ConnectInfo(caller)));
+                conns.spawn(serve_conn(hyper_util::rt::TokioIo::new(stream), service, ADMIN_HEAD_DEADLINE, drain.signal()));
+            }
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            _ = drain.signaled() => break,
+        }
     }
+    // Requests in flight finish (a blocking query answers at once once the drain starts).
+    while conns.join_next().await.is_some() {}
     drop(drain);
+}
+
+/// One HTTP/1.1 connection to `service`, its request heads within `deadline` (idle
+/// keep-alive too); once the drain starts it ends gracefully, after the request in flight.
+async fn serve_conn<I>(io: I, service: Router, deadline: Duration, draining: crate::drain::DrainSignal)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder.http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(deadline);
+    let conn = builder.serve_connection(io, hyper_util::service::TowerToHyperService::new(service));
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = draining.signaled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
 }
 
 /// `admin.http` (`/metrics`): at most this many connections at once (one more is closed
@@ -475,20 +521,12 @@ async fn serve_tcp(listener: TcpListener, router: Router, drain: DrainWatcher) {
                     drop(stream);
                     continue;
                 }
-                let service = hyper_util::service::TowerToHyperService::new(router.clone());
-                let signal = drain.signal();
-                conns.spawn(async move {
-                    let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-                    builder
-                        .http1()
-                        .timer(hyper_util::rt::TokioTimer::new())
-                        .header_read_timeout(ADMIN_HTTP_HEAD_DEADLINE);
-                    let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-                    tokio::select! {
-                        _ = conn => {}
-                        _ = signal.signaled() => {}
-                    }
-                });
+                conns.spawn(serve_conn(
+                    hyper_util::rt::TokioIo::new(stream),
+                    router.clone(),
+                    ADMIN_HTTP_HEAD_DEADLINE,
+                    drain.signal(),
+                ));
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
             _ = drain.signaled() => break,

@@ -33,6 +33,20 @@ impl Caller {
     const UNKNOWN: Caller = Caller { uid: u32::MAX, gid: u32::MAX, pid: None };
 }
 
+impl Caller {
+    /// The credentials of the process at the other end of `stream`, as the kernel
+    /// reports them.
+    pub fn of(stream: &tokio::net::UnixStream) -> Caller {
+        match stream.peer_cred() {
+            Ok(c) => Caller { uid: c.uid(), gid: c.gid(), pid: c.pid() },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read an admin client's credentials: it may only read");
+                Caller::UNKNOWN
+            }
+        }
+    }
+}
+
 impl Connected<IncomingStream<'_, UnixListener>> for Caller {
     fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Caller {
         match stream.io().peer_cred() {
