@@ -68,6 +68,10 @@ pub enum StoreError {
     /// node would refuse the entry.
     #[error("this node may not write {key}: {refusal}")]
     NotAllowed { key: String, refusal: Refusal },
+    /// This node's entries would pass the per-origin quota ([`QUOTA_ENTRIES`],
+    /// [`QUOTA_BYTES`]).
+    #[error("this node's entries would pass the store's per-node quota ({what}): delete some first")]
+    Quota { what: String },
     /// The node key could not sign (an unreadable or broken key: a bug or a damaged
     /// file). Nothing was written.
     #[error("cannot sign the write of {key} with this node's key")]
@@ -151,6 +155,27 @@ pub struct MergeReport {
     /// Entries the authority refused (unsigned, forged, not the writer's to write,
     /// revoked), counted by reason in `mesh_store_merged_entries`.
     pub refused_untrusted: usize,
+}
+
+/// The most entries (tombstones included) and encoded bytes the store holds from one
+/// origin node: a member that writes without end fills its own quota, not every host's
+/// memory and disk. Far above what a node writes (its services, and on a signer a
+/// certificate record per node).
+pub const QUOTA_ENTRIES: u64 = 100_000;
+pub const QUOTA_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Whether `origin`, now at `usage`, may hold one more entry of `size` bytes in place of
+/// one of `replaced` bytes (None: a new key).
+fn within_quota(usage: view::Usage, size: u64, replaced: Option<u64>) -> Result<(), String> {
+    let entries = usage.entries + u64::from(replaced.is_none());
+    let bytes = (usage.bytes + size).saturating_sub(replaced.unwrap_or(0));
+    if entries > QUOTA_ENTRIES {
+        return Err(format!("{entries} entries, the quota is {QUOTA_ENTRIES}"));
+    }
+    if bytes > QUOTA_BYTES {
+        return Err(format!("{bytes} bytes, the quota is {QUOTA_BYTES}"));
+    }
+    Ok(())
 }
 
 /// Key prefixes that live only on the node that writes them and never replicate: a
@@ -392,6 +417,9 @@ impl Store {
                 .ok_or_else(|| StoreError::Sign { key: key.to_owned() })?,
             None => Entry::next(current.as_deref(), key, value, version, origin),
         };
+        let replaced = current.as_ref().filter(|c| c.origin == *origin).map(|c| c.encoded_len() as u64);
+        within_quota(w.view.usage(origin), entry.encoded_len() as u64, replaced)
+            .map_err(|what| StoreError::Quota { what })?;
         let entry = Arc::new(entry);
         let result = self.persist(&w, std::slice::from_ref(&entry));
         let label = if result.is_ok() { "ok" } else { "refused" };
@@ -463,6 +491,32 @@ impl Store {
                         .or_insert_with(|| (0, format!("{} (origin {}): {refusal}", e.key, e.origin)));
                     first.0 += 1;
                     None
+                }
+            })
+            .collect();
+        // Per-origin quota, counting this batch as it is admitted.
+        let mut usage: std::collections::HashMap<String, view::Usage> = std::collections::HashMap::new();
+        let fresh: Vec<Arc<Entry>> = fresh
+            .into_iter()
+            .filter(|e| {
+                let u = usage.entry(e.origin.clone()).or_insert_with(|| w.view.usage(&e.origin));
+                let replaced =
+                    w.view.entry(&e.key).filter(|old| old.origin == e.origin).map(|old| old.encoded_len() as u64);
+                let size = e.encoded_len() as u64;
+                match within_quota(*u, size, replaced) {
+                    Ok(()) => {
+                        u.entries += u64::from(replaced.is_none());
+                        u.bytes = (u.bytes + size).saturating_sub(replaced.unwrap_or(0));
+                        true
+                    }
+                    Err(what) => {
+                        report.refused_untrusted += 1;
+                        let first = refused
+                            .entry("refused_quota")
+                            .or_insert_with(|| (0, format!("{} (origin {}): {what}", e.key, e.origin)));
+                        first.0 += 1;
+                        false
+                    }
                 }
             })
             .collect();

@@ -249,3 +249,26 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn one_origin_cannot_pass_its_quota_and_others_are_unaffected() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (store, _) = open(tmp.path(), "a");
+    let now = wall_ms();
+    let batch = |from: u64, to: u64, origin: &str| -> Vec<Entry> {
+        (from..to)
+            .map(|i| Entry::next(None, &format!("node/{origin}/k{i}"), Some(vec![1]), Hlc::from_millis(now), origin))
+            .collect()
+    };
+    let report = store.merge(batch(0, QUOTA_ENTRIES, "x"), now).expect("merge");
+    assert_eq!(report.applied as u64, QUOTA_ENTRIES);
+    let report = store.merge(batch(QUOTA_ENTRIES, QUOTA_ENTRIES + 10, "x"), now).expect("merge");
+    assert_eq!((report.applied, report.refused_untrusted), (0, 10), "x is at its quota");
+    assert_eq!(store.view().usage("x").entries, QUOTA_ENTRIES);
+    // Rewriting one of its own keys takes no more entries: allowed.
+    let mut again = batch(0, 1, "x");
+    again[0].version = Hlc::from_millis(now + 1);
+    assert_eq!(store.merge(again, now + 1).expect("merge").applied, 1);
+    // Another origin writes as before.
+    assert_eq!(store.merge(batch(0, 5, "y"), now).expect("merge").applied, 5);
+}

@@ -29,11 +29,27 @@ pub struct View {
     digest: Digest,
     buckets: Box<[Digest; BUCKETS]>,
     bytes: u64,
+    /// Entries and encoded bytes held per origin (the node whose write each is), for the
+    /// store's per-origin quota.
+    origins: imbl::HashMap<String, Usage>,
+}
+
+/// What one origin's entries take.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub entries: u64,
+    pub bytes: u64,
 }
 
 impl Default for View {
     fn default() -> Self {
-        View { entries: OrdMap::new(), digest: Digest::EMPTY, buckets: Box::new([Digest::EMPTY; BUCKETS]), bytes: 0 }
+        View {
+            entries: OrdMap::new(),
+            digest: Digest::EMPTY,
+            buckets: Box::new([Digest::EMPTY; BUCKETS]),
+            bytes: 0,
+            origins: imbl::HashMap::new(),
+        }
     }
 }
 
@@ -51,16 +67,35 @@ impl View {
         let bucket = bucket_of(&entry.key);
         let print = entry.fingerprint();
         let size = entry.encoded_len() as u64;
+        let origin = entry.origin.clone();
         if let Some(old) = self.entries.insert(entry.key.clone(), entry) {
             let old_print = old.fingerprint();
             self.digest.remove(old_print);
             self.buckets[bucket].remove(old_print);
-            self.bytes = self.bytes.saturating_sub(old.encoded_len() as u64);
+            let old_size = old.encoded_len() as u64;
+            self.bytes = self.bytes.saturating_sub(old_size);
+            let gone = {
+                let u = self.origins.entry(old.origin.clone()).or_default();
+                u.entries = u.entries.saturating_sub(1);
+                u.bytes = u.bytes.saturating_sub(old_size);
+                u.entries == 0
+            };
+            if gone {
+                self.origins.remove(&old.origin);
+            }
         }
         self.digest.add(print);
         self.buckets[bucket].add(print);
         self.bytes += size;
+        let u = self.origins.entry(origin).or_default();
+        u.entries += 1;
+        u.bytes += size;
         Merge::Applied
+    }
+
+    /// What `origin`'s entries take in this view.
+    pub fn usage(&self, origin: &str) -> Usage {
+        self.origins.get(origin).copied().unwrap_or_default()
     }
 
     /// The entry for `key`, tombstones included.
