@@ -363,3 +363,33 @@ fn a_service_address_must_be_this_hosts_unless_external() {
         names.contains(&"far".to_owned()) && names.contains(&"near".to_owned()) && !names.contains(&"bad".to_owned())
     );
 }
+
+/// Many handshakes at once: past RETRY_ABOVE in progress, a client whose address is not
+/// validated is first sent a QUIC Retry (a spoofed source could not answer it), counted;
+/// real clients answer it and get through.
+#[test]
+fn a_burst_of_handshakes_is_asked_to_validate_its_addresses() {
+    let block = Block::take();
+    let n1 = Node::start(&block, 1, "");
+    let token = Token::decode(&n1.token(&[])).expect("token");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let connected = rt.block_on(async {
+        let mut set = tokio::task::JoinSet::new();
+        // From many source addresses, so that the join limits per address do not apply.
+        for i in 0..300u16 {
+            let token = token.clone();
+            let from = std::net::Ipv4Addr::new(127, 0, block.n, 150 + (i % 100) as u8);
+            set.spawn(async move { join_connection(&token, from).await.is_some() });
+        }
+        let mut connected = 0;
+        while let Some(ok) = set.join_next().await {
+            connected += usize::from(ok.unwrap_or(false));
+        }
+        connected
+    });
+    assert!(connected >= 250, "real clients answer the Retry and connect: {connected} of 300");
+    assert!(
+        n1.metric("mesh_transport_refused_connections_total{reason=\"retry\"}") >= 1,
+        "some were asked to validate"
+    );
+}
