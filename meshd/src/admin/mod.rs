@@ -375,13 +375,17 @@ async fn deregister_service(
     Ok(Json(serde_json::json!({ "deregistered": name })).into_response())
 }
 
+/// The status a store error is answered with.
+pub(crate) fn store_status(e: &crate::store::StoreError) -> StatusCode {
+    StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
 fn catalog_error(e: crate::catalog::CatalogError) -> Error {
     use crate::catalog::CatalogError;
     let status = match &e {
         CatalogError::Unknown(_) => StatusCode::NOT_FOUND,
         CatalogError::FromConfig(_) => StatusCode::CONFLICT,
-        CatalogError::Store(s) if s.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
-        CatalogError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        CatalogError::Store(s) => store_status(s),
     };
     Error::new(status, e.to_string())
 }
@@ -629,7 +633,7 @@ fn signer_error(e: SignerError) -> Error {
         SignerError::NotSigner | SignerError::RemoveSelf(_) => StatusCode::CONFLICT,
         SignerError::BadTtl | SignerError::BadName(_) => StatusCode::BAD_REQUEST,
         SignerError::UnknownNode(_) => StatusCode::NOT_FOUND,
-        SignerError::Store(s) if s.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
+        SignerError::Store(s) if s.http_status() != 500 => store_status(s),
         SignerError::Store(_) | SignerError::Rng | SignerError::Rotate(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     Error::new(status, e.to_string())

@@ -20,7 +20,6 @@ use serde::Deserialize;
 
 use super::{rfc3339, AdminState, Error};
 use crate::routes::{self, Applied, RouteError, Stored};
-use crate::store::StoreError;
 
 fn body(s: Stored) -> api::Route {
     api::Route {
@@ -48,9 +47,9 @@ fn error(e: RouteError) -> Error {
     let status = match &e {
         RouteError::Unknown(_) | RouteError::NoRevision { .. } => StatusCode::NOT_FOUND,
         RouteError::NothingEarlier(_) => StatusCode::CONFLICT,
-        RouteError::TooLarge { .. } | RouteError::Store(StoreError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
-        RouteError::Store(s) if s.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
-        RouteError::Store(_) | RouteError::Encode(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        RouteError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        RouteError::Store(s) => super::store_status(s),
+        RouteError::Encode(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     Error::new(status, e.to_string())
 }

@@ -83,6 +83,20 @@ impl StoreError {
     pub fn is_retryable(&self) -> bool {
         matches!(self, StoreError::Write { .. })
     }
+
+    /// The HTTP status an API answers this with: 503 for what may pass later, 403 for a
+    /// write this node's role does not allow, 409 over the quota, 413 too large, 500 for
+    /// the rest.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            StoreError::Write { .. } => 503,
+            StoreError::NotAllowed { .. } => 403,
+            StoreError::Quota { .. } => 409,
+            StoreError::TooLarge { .. } => 413,
+            StoreError::InvalidKey { .. } => 400,
+            _ => 500,
+        }
+    }
 }
 
 /// The store's metrics, under `mesh_store_`.
