@@ -345,9 +345,15 @@ pub async fn run(catalog: Catalog, vips: Arc<vip::Vips>, mut snapshots: Snapshot
     let mut tasks = JoinSet::new();
     // Allocated names no longer wanted, since when: freed after VIP_GRACE.
     let mut unused_since: HashMap<String, tokio::time::Instant> = HashMap::new();
+    let mut warned_over: std::collections::HashSet<String> = std::collections::HashSet::new();
     loop {
         let snap = snapshots.borrow_and_update().clone();
-        let names = vip_names(&snap);
+        let (names, over) = vip_names_within(&snap, MAX_VIP_NAMES_PER_NODE);
+        for node in over {
+            if warned_over.insert(node.clone()) {
+                tracing::warn!(%node, limit = MAX_VIP_NAMES_PER_NODE, "a node's services alone want more virtual IPs than one node may take; the rest get none");
+            }
+        }
         let wanted: std::collections::HashSet<String> = names.iter().cloned().collect();
         let now = tokio::time::Instant::now();
         unused_since.retain(|n, _| !wanted.contains(n));
@@ -451,17 +457,46 @@ async fn check_loop(catalog: Catalog, spec: ServiceSpec) {
 /// The names that get a virtual IP: every service, and `VERSION.SERVICE` for each value
 /// of its instances' `version` label.
 pub fn vip_names(snap: &Snapshot) -> Vec<String> {
-    let mut names: Vec<String> = Vec::new();
+    vip_names_within(snap, MAX_VIP_NAMES_PER_NODE).0
+}
+
+/// The most virtual IP names one node's services alone may take on every host (a name
+/// that other nodes' instances share is not counted against it): one member that
+/// registers without end must not fill every host's `vip_range`.
+pub const MAX_VIP_NAMES_PER_NODE: usize = 1024;
+
+/// [`vip_names`] with at most `per_node` names provided by one node alone, and the
+/// nodes that were over it.
+pub fn vip_names_within(snap: &Snapshot, per_node: usize) -> (Vec<String>, Vec<String>) {
+    let mut by_name: std::collections::BTreeMap<String, std::collections::BTreeSet<&str>> = Default::default();
     for s in snap.services.values() {
-        names.push(s.name.clone());
-        names.extend(s.instances.iter().filter_map(|i| i.labels.get("version")).map(|v| format!("{v}.{}", s.name)));
+        for i in &s.instances {
+            by_name.entry(s.name.clone()).or_default().insert(i.node.as_str());
+            if let Some(v) = i.labels.get("version") {
+                by_name.entry(format!("{v}.{}", s.name)).or_default().insert(i.node.as_str());
+            }
+        }
+    }
+    let mut alone: HashMap<&str, usize> = HashMap::new();
+    let mut over: std::collections::BTreeSet<String> = Default::default();
+    let mut names: Vec<String> = Vec::new();
+    for (name, nodes) in &by_name {
+        if let (1, Some(node)) = (nodes.len(), nodes.first()) {
+            let n = alone.entry(node).or_insert(0);
+            *n += 1;
+            if *n > per_node {
+                over.insert((*node).to_owned());
+                continue;
+            }
+        }
+        names.push(name.clone());
     }
     for route in snap.routes().values() {
         names.extend(route.spec.subsets.keys().map(|s| format!("{s}.{}", route.spec.service)));
     }
     names.sort();
     names.dedup();
-    names
+    (names, over.into_iter().collect())
 }
 
 /// The number of services known, for `/v1/status`.
@@ -523,5 +558,29 @@ mod tests {
         assert_eq!(publisher.current().services.keys().collect::<Vec<_>>(), ["web"]);
         catalog.reconcile().expect("again");
         assert_eq!(catalog.metrics.corrections.get_or_create(&KindLabel { kind: "missing" }).get(), 1, "once");
+    }
+
+    #[test]
+    fn one_nodes_own_names_take_a_bounded_share_of_virtual_ips() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (catalog, publisher) = catalog(tmp.path());
+        let put = |node: &str, name: &str| {
+            let record = InstanceRecord {
+                node: node.into(),
+                spec: spec(&format!("name = \"{name}\"\nport = 80\n")),
+                healthy: true,
+                source: Source::Api,
+            };
+            catalog.store.put(&InstanceRecord::key(node, name), record.encode().expect("encode")).expect("put");
+        };
+        for i in 0..5 {
+            put("x", &format!("x{i}"));
+        }
+        put("x", "web");
+        put("y", "web");
+        put("y", "db");
+        let (names, over) = vip_names_within(&publisher.current(), 3);
+        assert_eq!(over, vec!["x".to_owned()], "x alone wants 5");
+        assert_eq!(names, vec!["db", "web", "x0", "x1", "x2"], "x gets 3 of its own; the shared name is not counted");
     }
 }
