@@ -82,6 +82,8 @@ fn bind_hint(error: &std::io::Error) -> &'static str {
 pub struct Bound {
     /// The admin Unix socket's path.
     pub admin_socket: PathBuf,
+    /// The node's data directory, watched while serving.
+    data_dir: PathBuf,
     /// The `admin.http` address as bound, when set.
     pub admin_http: Option<SocketAddr>,
     /// The UDP address as bound: gossip, tunnels and joins.
@@ -255,6 +257,7 @@ pub async fn build(config: &Config) -> Result<Bound, AppError> {
         dns: dns_addr,
         dns_sockets: (dns_udp, dns_tcp, zone, crate::dns::Metrics::register(&mut registry)),
         node_name: config.node_name.clone(),
+        data_dir: config.data_dir.clone(),
         drain_timeout: config.drain_timeout,
         publisher,
         admin_listener,
@@ -394,6 +397,7 @@ impl Bound {
             "revocations",
             crate::transport::apply_revocations(self.publisher.subscribe(), self.transport.clone(), watcher.clone()),
         );
+        tasks.spawn("data_dir", datadir::watch(self.data_dir.clone(), watcher.clone()));
         drop(watcher);
 
         signal::notify_ready();

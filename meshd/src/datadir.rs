@@ -128,6 +128,47 @@ pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), DataDirError> {
     Ok(())
 }
 
+/// What is wrong with `dir` under a running meshd, if anything: it, its store or its
+/// identity is gone, or it cannot be written.
+pub fn fault(dir: &Path) -> Option<String> {
+    if !dir.is_dir() {
+        return Some(format!("{} is gone", dir.display()));
+    }
+    for needed in [store_path(dir).join("conf"), dir.join("identity").join("node.pem")] {
+        if !needed.exists() {
+            return Some(format!("{} is gone", needed.display()));
+        }
+    }
+    if nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK).is_err() {
+        return Some(format!("{} cannot be written", dir.display()));
+    }
+    None
+}
+
+/// How often a running meshd looks at its data_dir, and how long it serves on after a
+/// fault before it exits (non-zero) so that its service manager restarts it.
+pub const WATCH_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+pub const FAULT_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Watches `dir` until the drain; returns (a part failure) after [`FAULT_GRACE`] once it
+/// finds a fault, which it logs at ERROR at once. Writes are refused meanwhile by the
+/// store itself (it checks its directory before acknowledging one).
+pub async fn watch(dir: PathBuf, drain: crate::drain::DrainWatcher) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(WATCH_EVERY) => {}
+            _ = drain.signaled() => return,
+        }
+        if let Some(fault) = fault(&dir) {
+            tracing::error!(%fault, grace = ?FAULT_GRACE, "the data_dir is broken under a running meshd: writes are refused, and meshd exits so that it is restarted and the failure is seen");
+            tokio::select! {
+                _ = tokio::time::sleep(FAULT_GRACE) => return,
+                _ = drain.signaled() => return,
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

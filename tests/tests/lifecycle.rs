@@ -397,3 +397,27 @@ fn a_part_that_keeps_failing_makes_meshd_exit_1_naming_it() {
     assert!(logs.contains("part=\"dns\"") || logs.contains("part=dns"), "the log names the part: {logs}");
     assert!(logs.contains("dns failed"), "the exit names the part: {logs}");
 }
+
+/// The data_dir deleted under a running meshd: the next write is refused with the reason
+/// (not acknowledged and lost), the log says so at ERROR at once, and meshd exits 1 after
+/// a short grace so that systemd restarts it.
+#[test]
+fn a_deleted_data_dir_refuses_writes_and_makes_meshd_exit_1() {
+    let block = Block::take();
+    let mut node = Node::start(&block, 1, "");
+    let route = node.dir.path().join("web.route.toml");
+    std::fs::write(&route, "service = \"web\"\n[[http]]\ntimeout = \"2s\"\n").expect("route file");
+    let route = route.display().to_string();
+    assert!(node.meshctl(&["route", "apply", "-f", &route]).status.success());
+    std::fs::remove_dir_all(node.dir.path().join("data")).expect("rm -rf data_dir");
+    std::fs::write(node.dir.path().join("web.route.toml"), "service = \"web\"\n[[http]]\ntimeout = \"3s\"\n")
+        .expect("route file");
+    let refused = node.meshctl(&["route", "apply", "-f", &route]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "the write is refused: {stderr}");
+    assert!(stderr.contains("was the data_dir deleted?"), "{stderr}");
+    let status = node.wait_exit(LIVENESS);
+    assert_eq!(status.code(), Some(1), "{}", node.logs());
+    let logs = node.logs();
+    assert!(logs.contains("ERROR") && logs.contains("the data_dir is broken under a running meshd"), "{logs}");
+}

@@ -384,6 +384,7 @@ impl Store {
 
     /// Writes a local, never replicated, key durably.
     pub fn local_put(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.check_present()?;
         let write_err = |e: sled::Error| StoreError::Write { path: self.inner.path.clone(), detail: e.to_string() };
         let tree = self.inner.db.open_tree(LOCAL_TREE).map_err(write_err)?;
         tree.insert(key.as_bytes(), value).map_err(write_err)?;
@@ -407,9 +408,22 @@ impl Store {
         self.write_at(key, None, wall_ms())
     }
 
+    /// Refuses a write when the store's directory is gone (its data_dir deleted under a
+    /// running meshd): sled would write to deleted files and the write would be lost.
+    fn check_present(&self) -> Result<(), StoreError> {
+        if self.inner.path.join("conf").exists() {
+            return Ok(());
+        }
+        Err(StoreError::Write {
+            path: self.inner.path.clone(),
+            detail: "the store's directory is gone (was the data_dir deleted?)".to_owned(),
+        })
+    }
+
     /// A local write at wall time `wall_ms` (tests pass their own clock).
     pub fn write_at(&self, key: &str, value: Option<Vec<u8>>, wall_ms: u64) -> Result<Option<Arc<Entry>>, StoreError> {
         check_key(key)?;
+        self.check_present()?;
         if let Some(v) = &value {
             if v.len() > MAX_VALUE {
                 return Err(StoreError::TooLarge { what: "the value", size: v.len(), limit: MAX_VALUE });
@@ -450,6 +464,7 @@ impl Store {
     /// Merges entries from other nodes (last-writer-wins), durably, publishing one
     /// snapshot for the whole batch. Order and duplicates do not matter.
     pub fn merge(&self, entries: Vec<Entry>, wall_ms: u64) -> Result<MergeReport, StoreError> {
+        self.check_present()?;
         let mut report = MergeReport::default();
         let mut w = self.lock();
         // The winner per key within the batch, then only what beats the view.
