@@ -21,10 +21,14 @@ pub enum RouteCommand {
         /// Validate and print the diff against the current revision; store nothing.
         #[arg(long)]
         dry_run: bool,
-        /// Return once every alive member holds the new revision (at most --timeout);
-        /// exit 1 naming the members that lag.
+        /// Return once every member holds the new revision (at most --timeout); exit 1
+        /// naming the members that lag, or that gossip holds dead (unconfirmed).
         #[arg(long)]
         wait: bool,
+        /// With --wait: members that gossip holds dead are not waited for (they are
+        /// named as unconfirmed, and the command succeeds).
+        #[arg(long, requires = "wait")]
+        alive_only: bool,
     },
     /// Every route.
     List,
@@ -48,9 +52,13 @@ pub enum RouteCommand {
         /// Print the diff the rollback would make; store nothing.
         #[arg(long)]
         dry_run: bool,
-        /// Return once every alive member holds the new revision (at most --timeout).
+        /// Return once every member holds the new revision (at most --timeout), as
+        /// `apply --wait` does.
         #[arg(long)]
         wait: bool,
+        /// With --wait: do not wait for members that gossip holds dead.
+        #[arg(long, requires = "wait")]
+        alive_only: bool,
     },
     /// Problems that keep routes from working as written: a service with no instance,
     /// subsets that select no instance, rules of the other protocol. Exit 1 when any.
@@ -72,7 +80,9 @@ pub async fn run(
     timeout: Duration,
 ) -> Result<String, ClientError> {
     match command {
-        RouteCommand::Apply { file, dry_run, wait } => apply(client, file, *dry_run, *wait, json, timeout).await,
+        RouteCommand::Apply { file, dry_run, wait, alive_only } => {
+            apply(client, file, *dry_run, Wait::of(*wait, *alive_only), json, timeout).await
+        }
         RouteCommand::List => {
             let r = client.request(Method::GET, "/v1/routes", None).await?;
             if json {
@@ -131,8 +141,8 @@ pub async fn run(
                 .collect();
             Ok(table::columns(&["REVISION", "TIME", "ORIGIN", "CHANGE"], &rows))
         }
-        RouteCommand::Rollback { name, to, dry_run, wait } => {
-            rollback(client, name, *to, *dry_run, *wait, json, timeout).await
+        RouteCommand::Rollback { name, to, dry_run, wait, alive_only } => {
+            rollback(client, name, *to, *dry_run, Wait::of(*wait, *alive_only), json, timeout).await
         }
         RouteCommand::Lint { name } => {
             let path = match name {
@@ -218,7 +228,7 @@ async fn apply(
     client: &Client,
     file: &Path,
     dry_run: bool,
-    wait: bool,
+    wait: Wait,
     json: bool,
     timeout: Duration,
 ) -> Result<String, ClientError> {
@@ -232,8 +242,8 @@ async fn apply(
     let answer: Route = serde_json::from_slice(&r.body).map_err(decode)?;
     let done = format!("applied route {} revision {} on {}\n", answer.name, answer.revision, answer.origin);
     let mut out = if json { body_text(&r.body) } else { describe(&done, before.as_ref(), &answer, dry_run) };
-    if wait && !dry_run {
-        out += &wait_until_everywhere(client, &answer, json, timeout, &out).await?;
+    if wait != Wait::No && !dry_run {
+        out += &wait_until_everywhere(client, &answer, wait, json, timeout, &out).await?;
     }
     Ok(out)
 }
@@ -243,7 +253,7 @@ async fn rollback(
     name: &str,
     to: Option<u64>,
     dry_run: bool,
-    wait: bool,
+    wait: Wait,
     json: bool,
     timeout: Duration,
 ) -> Result<String, ClientError> {
@@ -268,17 +278,39 @@ async fn rollback(
             text
         }
     };
-    if wait && !dry_run {
-        out += &wait_until_everywhere(client, &answer, json, timeout, &out).await?;
+    if wait != Wait::No && !dry_run {
+        out += &wait_until_everywhere(client, &answer, wait, json, timeout, &out).await?;
     }
     Ok(out)
 }
 
-/// Waits until every alive member holds `applied`'s revision; the line that says so, or
-/// an error naming the members that lag (`printed` is shown first, as it is lost then).
+/// What `--wait` waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    No,
+    /// Every member not left or removed: dead ones are unconfirmed, an error.
+    Everyone,
+    /// Every member gossip does not hold dead (`--alive-only`).
+    AliveOnly,
+}
+
+impl Wait {
+    fn of(wait: bool, alive_only: bool) -> Wait {
+        match (wait, alive_only) {
+            (false, _) => Wait::No,
+            (true, false) => Wait::Everyone,
+            (true, true) => Wait::AliveOnly,
+        }
+    }
+}
+
+/// Waits until every member holds `applied`'s revision; the line that says which did, or
+/// an error naming the members that lag or are unconfirmed (`printed` is shown first, as
+/// it is lost then).
 async fn wait_until_everywhere(
     client: &Client,
     applied: &Route,
+    mode: Wait,
     json: bool,
     timeout: Duration,
     printed: &str,
@@ -294,15 +326,37 @@ async fn wait_until_everywhere(
         };
         if let Some(c) = answer {
             if c.lagging.is_empty() && c.unreachable.is_empty() {
-                if json {
-                    return Ok(String::new());
+                let took = started.elapsed().as_millis();
+                if c.unconfirmed.is_empty() {
+                    return Ok(if json {
+                        String::new()
+                    } else {
+                        format!(
+                            "every member ({}) holds revision {} after {took} ms\n",
+                            c.holding.len(),
+                            applied.revision
+                        )
+                    });
                 }
-                return Ok(format!(
-                    "every alive member ({}) holds revision {} after {} ms\n",
-                    c.holding.len(),
+                let dead = c.unconfirmed.join(", ");
+                if mode == Wait::AliveOnly {
+                    return Ok(if json {
+                        String::new()
+                    } else {
+                        format!(
+                            "every alive member ({}) holds revision {} after {took} ms; not confirmed (dead): {dead}\n",
+                            c.holding.len(),
+                            applied.revision
+                        )
+                    });
+                }
+                print!("{printed}");
+                return Err(ClientError::Failed(format!(
+                    "revision {} of route {} is held by every alive member ({}), but not confirmed by {dead}, which gossip holds dead (--alive-only accepts that)",
                     applied.revision,
-                    started.elapsed().as_millis()
-                ));
+                    applied.name,
+                    c.holding.len()
+                )));
             }
             last = Some(c);
         }

@@ -153,6 +153,10 @@ pub struct Catchup {
     pub lagging: Vec<String>,
     /// Alive members that did not answer.
     pub unreachable: Vec<String>,
+    /// Members neither left nor removed that gossip holds dead: not asked, so not
+    /// confirmed (they may hold it, or come back without it and catch up).
+    #[serde(default)]
+    pub unconfirmed: Vec<String>,
 }
 
 /// `POST /v1/tokens`.

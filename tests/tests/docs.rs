@@ -149,7 +149,7 @@ fn the_getting_started_guide_runs_as_written() {
         "vm-3  127.0.0.23:7946  alive",
         "registered web",
         "hello from vm-2",
-        "every alive member (3) holds revision 1",
+        "every member (3) holds revision 1",
         "~ http[0].retries.attempts: 2 -> 3",
         "rolled back route web to revision 1: now revision 3",
         "no problems in 1 route",

@@ -86,7 +86,7 @@ fn a_split_applied_on_one_node_is_enforced_by_anothers_outbound() {
     let file = write(&n1, "route.toml", &split(80, 20));
     let out = ok(n1.meshctl(&["route", "apply", "-f", &file, "--wait"]));
     assert!(out.contains("applied route echo revision 1"), "{out}");
-    assert!(out.contains("every alive member (3) holds revision 1"), "{out}");
+    assert!(out.contains("every member (3) holds revision 1"), "{out}");
 
     // Node-3's outbound, 1,000 connections: 80/20 within 5 standard deviations (±63).
     let addr = SocketAddr::from((vip(&n3, "echo"), port));
@@ -143,7 +143,7 @@ fn rollback_restores_the_previous_content_everywhere_and_history_survives_a_rest
     assert_eq!(n1.meshctl_json(&["route", "get", "echo"])["revision"], 2);
     let out = ok(n1.meshctl(&["route", "rollback", "echo", "--wait"]));
     assert!(out.contains("now revision 3") && out.contains("tcp[0].to[v2].weight: 1 -> 0"), "{out}");
-    assert!(out.contains("every alive member (3) holds revision 3"), "{out}");
+    assert!(out.contains("every member (3) holds revision 3"), "{out}");
     let want = n1.meshctl_json(&["route", "get", "echo", "--revision", "1"])["spec"].clone();
     n3.eventually(CONVERGE, "node-3 holds the rolled-back content", || {
         let r = n3.meshctl_json(&["route", "get", "echo"]);
@@ -268,4 +268,39 @@ fn wait_names_a_node_that_is_down() {
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("node-3"), "names the lagging node: {err}");
+}
+
+/// `--wait` with a member dead: it was not asked, so the command does not claim it holds
+/// the revision: exit 1 naming it; `--alive-only` succeeds and names it as unconfirmed.
+#[test]
+fn wait_names_a_dead_member_as_unconfirmed_and_fails_unless_alive_only() {
+    let block = Block::take();
+    let n1 = Node::start(&block, 1, "");
+    let n2 = Node::join(&block, 2, &n1.token(&[]), &n1.seed(), "");
+    let mut n3 = Node::join(&block, 3, &n1.token(&[]), &n1.seed(), "");
+    let dead = |n: &Node| {
+        n.meshctl_json(&["members"])
+            .as_array()
+            .is_some_and(|m| m.iter().any(|m| m["name"] == "node-3" && m["state"] == "dead"))
+    };
+    n1.eventually(CONVERGE, "node-1 sees node-3", || {
+        n1.meshctl_json(&["members"]).as_array().is_some_and(|m| m.len() == 3).then_some(())
+    });
+    n3.signal(Signal::SIGKILL);
+    let _ = n3.wait_exit(CONVERGE);
+    n1.eventually(CONVERGE, "node-1 holds node-3 dead", || dead(&n1).then_some(()));
+    let route = write(&n1, "web.route.toml", "service = \"web\"\n[[http]]\ntimeout = \"2s\"\n");
+    let out = n1.meshctl(&["route", "apply", "-f", &route, "--wait"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("not confirmed by node-3") && stderr.contains("every alive member (2)"), "{stderr}");
+    let route = write(&n1, "web.route.toml", "service = \"web\"\n[[http]]\ntimeout = \"3s\"\n");
+    let out = n1.meshctl(&["route", "apply", "-f", &route, "--wait", "--alive-only"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.contains("every alive member (2) holds revision 2") && stdout.contains("not confirmed (dead): node-3"),
+        "{stdout}"
+    );
+    drop(n2);
 }

@@ -1,7 +1,7 @@
 //! The time from `meshctl route apply` on one node until every node holds (and so
 //! enforces: the proxy's tables are rebuilt with the snapshot that brings it) the new
 //! revision, at 3 and 10 nodes: the wall time of `meshctl route apply --wait`, which
-//! returns once `/v1/routes/NAME/catchup` finds every alive member holding it. Median of RUNS
+//! returns once `/v1/routes/NAME/catchup` finds every member holding it. Median of RUNS
 //! applies. Goal: under 1 s at 10 nodes.
 //!
 //! `cargo build --release --workspace --bins && target/release/bench-routing [RUNS]`

@@ -403,7 +403,14 @@ pub(crate) async fn catchup(state: &AdminState, key: String, revision: u64) -> a
         .collect();
     let mut answers = crate::peer::client::holds(&state.transport, others, &key).await;
     answers.push((snap.node.clone(), Some(crate::peer::server::holds(&state.store, &key))));
-    let mut body = api::Catchup { key, revision, holding: vec![], lagging: vec![], unreachable: vec![] };
+    let mut unconfirmed: Vec<String> = snap
+        .members
+        .iter()
+        .filter(|m| m.state == api::MemberState::Dead && !snap.is_removed(&m.name))
+        .map(|m| m.name.clone())
+        .collect();
+    unconfirmed.sort();
+    let mut body = api::Catchup { key, revision, holding: vec![], lagging: vec![], unreachable: vec![], unconfirmed };
     for (name, answer) in answers {
         match answer {
             Some(h) if h.revision.is_some_and(|r| r >= revision) => body.holding.push(name),
