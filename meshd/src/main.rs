@@ -133,7 +133,7 @@ fn run(path: &std::path::Path) -> ExitCode {
         }
         (Err(e), _) => return fail(if e.is_usage() { 2 } else { 1 }, e),
     }
-    rt.block_on(async {
+    let code = rt.block_on(async {
         let mut signals = match signal::Shutdown::new() {
             Ok(s) => s,
             Err(e) => return fail(1, format!("cannot handle signals: {e}")),
@@ -154,8 +154,16 @@ fn run(path: &std::path::Path) -> ExitCode {
             None => ExitCode::SUCCESS,
             Some(part) => fail(1, format!("{part} failed (see the log above); exiting so that meshd is restarted")),
         }
-    })
+    });
+    // The drain is over: a blocking task that still runs (a disk that hangs a write) must
+    // not keep the process from exiting.
+    rt.shutdown_timeout(EXIT_GRACE);
+    code
 }
+
+/// How long the runtime waits, after the drain, for blocking work before the process
+/// exits anyway.
+const EXIT_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn dev() -> ExitCode {
     telemetry::init("warn");
