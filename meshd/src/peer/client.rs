@@ -22,10 +22,6 @@ use crate::store::entry::Entry;
 use crate::store::Store;
 use crate::transport::{close, frame, Peer, Transport};
 
-/// The most one anti-entropy exchange carries each way; what differs beyond it comes in
-/// the next exchange (the buckets merged in this one agree by then).
-pub const SYNC_MAX_BYTES: usize = 32 * 1024 * 1024;
-
 /// One request, one answer, on a new stream to the member at `addr`.
 async fn ask<T: serde::de::DeserializeOwned>(
     transport: &Transport,
@@ -97,7 +93,7 @@ pub async fn sync(
     while let Ok((chunk, size)) = frame::read_sized::<SyncEntries>(&mut recv, frame::LARGE_MAX).await {
         session.on_entries(chunk);
         total += size;
-        if total >= SYNC_MAX_BYTES {
+        if total >= super::SYNC_MAX_BYTES {
             tracing::debug!(%addr, total, "anti-entropy exchange at its size limit; the rest comes next time");
             break;
         }

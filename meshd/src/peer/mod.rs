@@ -19,6 +19,10 @@ use mesh_proto::wire::TunnelRefusal;
 use crate::transport::frame::FrameError;
 use crate::transport::TransportError;
 
+/// The most one anti-entropy exchange carries each way; what differs beyond it comes in
+/// the next exchange (the buckets merged in this one agree by then).
+pub const SYNC_MAX_BYTES: usize = 32 * 1024 * 1024;
+
 /// Why a request to a peer, or the serving of one, failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {

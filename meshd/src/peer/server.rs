@@ -161,7 +161,7 @@ async fn serve_sync(
     while let Ok((push, size)) = frame::read_sized::<SyncPush>(recv, frame::LARGE_MAX).await {
         session.on_push(push);
         total += size;
-        if total >= super::client::SYNC_MAX_BYTES {
+        if total >= super::SYNC_MAX_BYTES {
             tracing::warn!(total, "an anti-entropy exchange reached its size limit; the rest is left for the next");
             let _ = recv.stop(quinn::VarInt::from_u32(close::DONE));
             break;
