@@ -452,33 +452,59 @@ async fn drain_with(trigger: DrainTrigger, deadline: Duration) -> DrainOutcome {
 pub const ADMIN_MAX_CONNECTIONS: usize = 1024;
 pub const ADMIN_HEAD_DEADLINE: Duration = Duration::from_secs(10);
 
+/// `admin.http` (`/metrics`): the same, with fewer connections.
+pub const ADMIN_HTTP_MAX_CONNECTIONS: usize = 64;
+pub const ADMIN_HTTP_HEAD_DEADLINE: Duration = Duration::from_secs(10);
+
 async fn serve_unix(listener: UnixListener, router: Router, drain: DrainWatcher) {
+    let (listener, router) = (&listener, &router);
+    let accept = move || async move {
+        let (stream, _) = listener.accept().await?;
+        // Each connection carries its peer's credentials, for the access check.
+        let caller = crate::admin::access::Caller::of(&stream);
+        Ok((stream, router.clone().layer(axum::Extension(axum::extract::ConnectInfo(caller)))))
+    };
+    serve_http("admin socket", ADMIN_MAX_CONNECTIONS, ADMIN_HEAD_DEADLINE, accept, drain).await;
+}
+
+async fn serve_tcp(listener: TcpListener, router: Router, drain: DrainWatcher) {
+    let (listener, router) = (&listener, &router);
+    let accept = move || async move { Ok((listener.accept().await?.0, router.clone())) };
+    serve_http("admin.http", ADMIN_HTTP_MAX_CONNECTIONS, ADMIN_HTTP_HEAD_DEADLINE, accept, drain).await;
+}
+
+/// Serves HTTP/1.1 on what `accept` yields (a stream and the router for it) until the
+/// drain: at most `max` connections at once (one more is closed at once), request heads
+/// within `deadline` (idle keep-alive too). At the drain, requests in flight finish (a
+/// blocking query answers at once then).
+async fn serve_http<S, A, F>(what: &'static str, max: usize, deadline: Duration, mut accept: A, drain: DrainWatcher)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    A: FnMut() -> F,
+    F: Future<Output = std::io::Result<(S, Router)>>,
+{
     let mut conns = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok((stream, _)) => stream,
+            accepted = accept() => {
+                let (stream, service) = match accepted {
+                    Ok(accepted) => accepted,
                     Err(e) => {
-                        tracing::debug!(error = %e, "admin socket accept");
+                        tracing::debug!(error = %e, server = what, "accept");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
                 };
-                if conns.len() >= ADMIN_MAX_CONNECTIONS {
+                if conns.len() >= max {
                     drop(stream);
                     continue;
                 }
-                // Each connection carries its peer's credentials, for the access check.
-                let caller = crate::admin::access::Caller::of(&stream);
-                let service = router.clone().layer(axum::Extension(axum::extract::ConnectInfo(caller)));
-                conns.spawn(serve_conn(hyper_util::rt::TokioIo::new(stream), service, ADMIN_HEAD_DEADLINE, drain.signal()));
+                conns.spawn(serve_conn(hyper_util::rt::TokioIo::new(stream), service, deadline, drain.signal()));
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
             _ = drain.signaled() => break,
         }
     }
-    // Requests in flight finish (a blocking query answers at once once the drain starts).
     while conns.join_next().await.is_some() {}
     drop(drain);
 }
@@ -500,44 +526,6 @@ where
             let _ = conn.await;
         }
     }
-}
-
-/// `admin.http` (`/metrics`): at most this many connections at once (one more is closed
-/// at once), each with a whole request head within the deadline and idle keep-alive
-/// closed after as long, so that a slow client cannot hold descriptors.
-pub const ADMIN_HTTP_MAX_CONNECTIONS: usize = 64;
-pub const ADMIN_HTTP_HEAD_DEADLINE: Duration = Duration::from_secs(10);
-
-async fn serve_tcp(listener: TcpListener, router: Router, drain: DrainWatcher) {
-    let mut conns = tokio::task::JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "admin.http accept");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                if conns.len() >= ADMIN_HTTP_MAX_CONNECTIONS {
-                    drop(stream);
-                    continue;
-                }
-                conns.spawn(serve_conn(
-                    hyper_util::rt::TokioIo::new(stream),
-                    router.clone(),
-                    ADMIN_HTTP_HEAD_DEADLINE,
-                    drain.signal(),
-                ));
-            }
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-            _ = drain.signaled() => break,
-        }
-    }
-    conns.shutdown().await;
-    drop(drain);
 }
 
 /// Binds the admin socket: its directory is created if missing, a stale socket left by
