@@ -7,13 +7,11 @@
 //! Must not: trust a header, a token or a claim of the client for the decision; grant a
 //! change to a connection whose credentials could not be read.
 
-use axum::extract::connect_info::{ConnectInfo, Connected};
+use axum::extract::connect_info::ConnectInfo;
 use axum::extract::Request;
 use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::serve::IncomingStream;
-use tokio::net::UnixListener;
 
 use super::Error;
 
@@ -31,9 +29,7 @@ pub struct Caller {
 impl Caller {
     /// Credentials that could not be read: may read, never change.
     const UNKNOWN: Caller = Caller { uid: u32::MAX, gid: u32::MAX, pid: None };
-}
 
-impl Caller {
     /// The credentials of the process at the other end of `stream`, as the kernel
     /// reports them.
     pub fn of(stream: &tokio::net::UnixStream) -> Caller {
@@ -47,17 +43,6 @@ impl Caller {
     }
 }
 
-impl Connected<IncomingStream<'_, UnixListener>> for Caller {
-    fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Caller {
-        match stream.io().peer_cred() {
-            Ok(c) => Caller { uid: c.uid(), gid: c.gid(), pid: c.pid() },
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read an admin client's credentials: it may only read");
-                Caller::UNKNOWN
-            }
-        }
-    }
-}
 
 /// Whether `caller` may change the mesh: root, meshd's own user (`meshd dev`, an operator
 /// who started meshd by hand), or a member of `admin_gid` (primary or supplementary).

@@ -42,19 +42,6 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    /// A short label for metrics.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Refusal::Unsealed => "unsealed",
-            Refusal::BrokenHistory(_) => "broken_history",
-            Refusal::UnknownKey(_) => "unknown_key",
-            Refusal::BadSignature(_) => "bad_signature",
-            Refusal::BadKeyRecord(_) => "bad_key_record",
-            Refusal::NotAllowed(_) => "not_allowed",
-            Refusal::Revoked(_) => "revoked",
-        }
-    }
-
     /// The store's merge outcome for it: `refused_` and the reason.
     pub fn outcome(&self) -> &'static str {
         match self {
