@@ -479,7 +479,7 @@ async fn put_claim(
     tokio::task::spawn_blocking(move || store.put(&key, value))
         .await
         .map_err(|e| Error::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(|e| Error::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+        .map_err(|e| Error::new(store_status(&e), e.to_string()))?;
     Ok(Json(claim))
 }
 
@@ -494,7 +494,7 @@ async fn delete_claim(
     let deleted = tokio::task::spawn_blocking(move || store.delete(&key))
         .await
         .map_err(|e| Error::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(|e| Error::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+        .map_err(|e| Error::new(store_status(&e), e.to_string()))?;
     if deleted.is_none() {
         return Err(Error::new(StatusCode::NOT_FOUND, format!("service {name} is not claimed")));
     }

@@ -348,7 +348,7 @@ pub async fn run(catalog: Catalog, vips: Arc<vip::Vips>, mut snapshots: Snapshot
     let mut warned_over: std::collections::HashSet<String> = std::collections::HashSet::new();
     loop {
         let snap = snapshots.borrow_and_update().clone();
-        let (names, over) = vip_names_within(&snap, MAX_VIP_NAMES_PER_NODE);
+        let (names, over) = vip_names(&snap, MAX_VIP_NAMES_PER_NODE);
         for node in over {
             if warned_over.insert(node.clone()) {
                 tracing::warn!(%node, limit = MAX_VIP_NAMES_PER_NODE, "a node's services alone want more virtual IPs than one node may take; the rest get none");
@@ -454,20 +454,15 @@ async fn check_loop(catalog: Catalog, spec: ServiceSpec) {
     }
 }
 
-/// The names that get a virtual IP: every service, and `VERSION.SERVICE` for each value
-/// of its instances' `version` label.
-pub fn vip_names(snap: &Snapshot) -> Vec<String> {
-    vip_names_within(snap, MAX_VIP_NAMES_PER_NODE).0
-}
-
 /// The most virtual IP names one node's services alone may take on every host (a name
 /// that other nodes' instances share is not counted against it): one member that
 /// registers without end must not fill every host's `vip_range`.
 pub const MAX_VIP_NAMES_PER_NODE: usize = 1024;
 
-/// [`vip_names`] with at most `per_node` names provided by one node alone, and the
-/// nodes that were over it.
-pub fn vip_names_within(snap: &Snapshot, per_node: usize) -> (Vec<String>, Vec<String>) {
+/// The names that get a virtual IP: every service, `VERSION.SERVICE` for each value of
+/// its instances' `version` label, and each route subset; at most `per_node` of them
+/// provided by one node alone. Also the nodes that were over that.
+pub fn vip_names(snap: &Snapshot, per_node: usize) -> (Vec<String>, Vec<String>) {
     let mut by_name: std::collections::BTreeMap<String, std::collections::BTreeSet<&str>> = Default::default();
     for s in snap.services.values() {
         for i in &s.instances {
@@ -579,7 +574,7 @@ mod tests {
         put("x", "web");
         put("y", "web");
         put("y", "db");
-        let (names, over) = vip_names_within(&publisher.current(), 3);
+        let (names, over) = vip_names(&publisher.current(), 3);
         assert_eq!(over, vec!["x".to_owned()], "x alone wants 5");
         assert_eq!(names, vec!["db", "web", "x0", "x1", "x2"], "x gets 3 of its own; the shared name is not counted");
     }

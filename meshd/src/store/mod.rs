@@ -89,7 +89,7 @@ impl StoreError {
     /// the rest.
     pub fn http_status(&self) -> u16 {
         match self {
-            StoreError::Write { .. } => 503,
+            e if e.is_retryable() => 503,
             StoreError::NotAllowed { .. } => 403,
             StoreError::Quota { .. } => 409,
             StoreError::TooLarge { .. } => 413,
