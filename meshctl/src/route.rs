@@ -327,27 +327,17 @@ async fn wait_until_everywhere(
         if let Some(c) = answer {
             if c.lagging.is_empty() && c.unreachable.is_empty() {
                 let took = started.elapsed().as_millis();
-                if c.unconfirmed.is_empty() {
-                    return Ok(if json {
-                        String::new()
-                    } else {
-                        format!(
-                            "every member ({}) holds revision {} after {took} ms\n",
-                            c.holding.len(),
-                            applied.revision
-                        )
-                    });
-                }
                 let dead = c.unconfirmed.join(", ");
-                if mode == Wait::AliveOnly {
+                if c.unconfirmed.is_empty() || mode == Wait::AliveOnly {
+                    let (who, unconfirmed) = match dead.as_str() {
+                        "" => ("every member", String::new()),
+                        _ => ("every alive member", format!("; not confirmed (dead): {dead}")),
+                    };
+                    let (n, r) = (c.holding.len(), applied.revision);
                     return Ok(if json {
                         String::new()
                     } else {
-                        format!(
-                            "every alive member ({}) holds revision {} after {took} ms; not confirmed (dead): {dead}\n",
-                            c.holding.len(),
-                            applied.revision
-                        )
+                        format!("{who} ({n}) holds revision {r} after {took} ms{unconfirmed}\n")
                     });
                 }
                 print!("{printed}");

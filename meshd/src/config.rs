@@ -853,11 +853,12 @@ check = { http = "http://127.0.0.1:9080/health", interval = "5s" }
             ),
             ("node_name = \"a\"\n[[service]]\nname = \"x\"\nport = 70000\n", "service[0].port", 4),
             ("node_name = \"a\"\n[[service]]\nname = \"x\"\nport = 1\ncolour = \"red\"\n", "service[0].colour", 5),
-            // Values that would burn a core: the floors.
+            // Virtual IPs that would shadow others' addresses or meshd's own.
             ("node_name = \"a\"\n[proxy]\nvip_range = \"0.0.0.0/0\"\n", "proxy.vip_range", 3),
             ("node_name = \"a\"\n[proxy]\nvip_range = \"8.8.0.0/16\"\n", "proxy.vip_range", 3),
             ("node_name = \"a\"\nbind = \"127.77.0.1:7946\"\n", "bind", 2),
             ("node_name = \"a\"\n[dns]\nlisten = \"127.77.3.3:53\"\n", "dns.listen", 3),
+            // Values that would burn a core: the floors.
             ("node_name = \"a\"\n[gossip]\nprobe_interval = \"1ns\"\n", "gossip.probe_interval", 3),
             ("node_name = \"a\"\n[gossip]\ngossip_interval = \"2ns\"\n", "gossip.gossip_interval", 3),
             ("node_name = \"a\"\n[gossip]\nsync_interval = \"1ms\"\n", "gossip.sync_interval", 3),

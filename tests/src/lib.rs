@@ -253,6 +253,17 @@ socket = "{socket}"
 
     /// One DNS question to this node over UDP (with EDNS when `edns`), and its answer.
     pub fn dig(&self, name: &str, qtype: hickory_proto::rr::RecordType, edns: bool) -> hickory_proto::op::Message {
+        self.try_dig(name, qtype, edns, Duration::from_secs(5)).expect("a DNS answer within 5s")
+    }
+
+    /// One query over UDP; its answer, or None when none comes within `wait`.
+    pub fn try_dig(
+        &self,
+        name: &str,
+        qtype: hickory_proto::rr::RecordType,
+        edns: bool,
+        wait: Duration,
+    ) -> Option<hickory_proto::op::Message> {
         use hickory_proto::op::{Message, Query};
         use hickory_proto::rr::Name;
         let mut msg = Message::new(4242, hickory_proto::op::MessageType::Query, hickory_proto::op::OpCode::Query);
@@ -265,11 +276,11 @@ socket = "{socket}"
         }
         let bytes = msg.to_vec().expect("encode");
         let sock = std::net::UdpSocket::bind((self.dns_addr().ip(), 0)).expect("udp");
-        sock.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        sock.set_read_timeout(Some(wait)).expect("timeout");
         sock.send_to(&bytes, self.dns_addr()).expect("send");
         let mut buf = [0u8; 4096];
-        let n = sock.recv(&mut buf).expect("a DNS answer within 5s");
-        Message::from_vec(&buf[..n]).expect("a DNS message")
+        let n = sock.recv(&mut buf).ok()?;
+        Some(Message::from_vec(&buf[..n]).expect("a DNS message"))
     }
 
     /// The virtual IP this node's DNS answers for `NAME.mesh`, once it answers one (a

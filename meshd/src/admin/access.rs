@@ -43,7 +43,6 @@ impl Caller {
     }
 }
 
-
 /// Whether `caller` may change the mesh: root, meshd's own user (`meshd dev`, an operator
 /// who started meshd by hand), or a member of `admin_gid` (primary or supplementary).
 pub fn may_change(caller: &Caller, own_uid: u32, admin_gid: Option<u32>) -> bool {

@@ -141,21 +141,17 @@ pub fn pick(range: Ipv4Net, name: &str, taken: &std::collections::HashSet<Ipv4Ad
 mod tests {
     use super::*;
 
+    /// The store under `dir` (VIPs live in its local tree; no trust is exercised).
+    fn store(dir: &std::path::Path) -> Store {
+        Store::open(&dir.join("s"), "a", std::sync::Arc::new(crate::store::seal::Unsealed), Default::default(), |_| {})
+            .expect("store")
+    }
+
     #[test]
     fn allocations_are_stable_distinct_and_survive_a_reopen() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let range: Ipv4Net = "127.77.0.0/28".parse().expect("range");
-        let open = || {
-            let store = Store::open(
-                &tmp.path().join("s"),
-                "a",
-                std::sync::Arc::new(crate::store::seal::Unsealed),
-                Default::default(),
-                |_| {},
-            )
-            .expect("store");
-            Vips::load(store, range).expect("vips")
-        };
+        let open = || Vips::load(store(tmp.path()), range).expect("vips");
         let vips = open();
         let mut seen = std::collections::HashSet::new();
         for i in 0..14 {
@@ -174,14 +170,7 @@ mod tests {
     #[test]
     fn a_full_range_names_who_waits_and_a_released_address_serves_the_next() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(
-            &tmp.path().join("s"),
-            "a",
-            std::sync::Arc::new(crate::store::seal::Unsealed),
-            Default::default(),
-            |_| {},
-        )
-        .expect("store");
+        let store = store(tmp.path());
         let vips = Vips::load(store.clone(), "127.77.0.0/30".parse().expect("range")).expect("vips");
         vips.ensure("a").expect("room");
         vips.ensure("b").expect("room");
