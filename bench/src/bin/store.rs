@@ -183,19 +183,12 @@ fn main() {
 
 /// Two nodes of one new mesh under `dir`: "bench" (a signer) and "peer".
 fn two_nodes(dir: &std::path::Path) -> (Arc<Identity>, Arc<Identity>) {
-    use meshd::identity::{ca, install, Ca, Material, SpiffeId};
-    let ttl = Duration::from_secs(3600);
-    let ca = Ca::create("bench.mesh").expect("ca");
-    let mut out = Vec::new();
-    for name in ["bench", "peer"] {
-        let key = ca::new_node_key().expect("key");
-        let csr = ca::csr_for(&key, name).expect("csr");
+    let ca = meshd::identity::Ca::create("bench.mesh").expect("ca");
+    let node = |name: &str| {
         let role = mesh_proto::role::Role::Operator;
-        let cert = ca.issue(&csr, &SpiffeId::new("bench.mesh", name), role, ttl).expect("issue").expect("a signer");
-        let data = dir.join(name);
-        install(&data, &Material { key: &key, cert: &cert, ca: &ca.der, ca_key: None, signers: &[] }).expect("install");
-        out.push(Arc::new(Identity::load(&data, name, Default::default()).expect("load")));
-    }
-    let peer = out.pop().expect("peer");
-    (out.pop().expect("bench"), peer)
+        let id =
+            meshd::identity::issue_local(&dir.join(name), &ca, "bench.mesh", name, role, Duration::from_secs(3600));
+        Arc::new(id.expect("a node of the mesh"))
+    };
+    (node("bench"), node("peer"))
 }

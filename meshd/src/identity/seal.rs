@@ -364,7 +364,7 @@ impl Authority for EntryAuthority {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::{ca, install, Ca, Material, SpiffeId};
+    use crate::identity::{issue_local, Ca};
     use crate::store::entry::Seal;
     use crate::store::hlc::Hlc;
     use crate::store::{wall_ms, Metrics};
@@ -376,12 +376,8 @@ mod tests {
     }
 
     fn node(dir: &std::path::Path, ca: &Ca, name: &str, role: Role, ttl: Duration) -> TestNode {
-        let key = ca::new_node_key().expect("key");
-        let csr = ca::csr_for(&key, name).expect("csr");
-        let cert = ca.issue(&csr, &SpiffeId::new("mesh.local", name), role, ttl).expect("issue").expect("a signer");
         let data = dir.join(name);
-        install(&data, &Material { key: &key, cert: &cert, ca: &ca.der, ca_key: None, signers: &[] }).expect("install");
-        let identity = Arc::new(Identity::load(&data, name, Default::default()).expect("load"));
+        let identity = Arc::new(issue_local(&data, ca, "mesh.local", name, role, ttl).expect("a node of the mesh"));
         let authority = Arc::new(identity.entry_authority().expect("authority"));
         let store = Store::open(&data.join("store"), name, authority, Metrics::new(), |_| {}).expect("store");
         record_own_key(&store, &identity).expect("key record");
