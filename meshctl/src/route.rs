@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use clap::Subcommand;
 use hyper::{Method, StatusCode};
-use mesh_proto::api::{Catchup, RollbackRequest, Route, RouteLint, RouteRevision};
+use mesh_proto::api::{Catchup, RevisionRef, RollbackRequest, Route, RouteLint, RouteRevision};
 use mesh_proto::route::{changes, RouteSpec};
 use meshctl::{table, Client, ClientError};
 
@@ -35,9 +35,10 @@ pub enum RouteCommand {
     /// One route, as TOML (or the API's JSON with -o json).
     Get {
         name: String,
-        /// An earlier revision from the route's history.
+        /// An earlier revision from the route's history: its number, or number@node
+        /// (`3@node-1`) when two nodes wrote a revision with that number.
         #[arg(long)]
-        revision: Option<u64>,
+        revision: Option<RevisionRef>,
     },
     /// Delete a route (its history stays).
     Delete { name: String },
@@ -46,9 +47,10 @@ pub enum RouteCommand {
     /// A new revision with an earlier revision's content; prints what changed.
     Rollback {
         name: String,
-        /// The revision to restore. Default: the one before the current.
+        /// The revision to restore: its number, or number@node (`3@node-1`, as `route
+        /// history` names it). Default: the newest before the current.
         #[arg(long)]
-        to: Option<u64>,
+        to: Option<RevisionRef>,
         /// Print the diff the rollback would make; store nothing.
         #[arg(long)]
         dry_run: bool,
@@ -104,7 +106,7 @@ pub async fn run(
             Ok(table::columns(&["NAME", "SERVICE", "REVISION", "APPLIED", "ORIGIN"], &rows))
         }
         RouteCommand::Get { name, revision } => {
-            let r = client.request(Method::GET, &route_path(name, *revision), None).await?;
+            let r = client.request(Method::GET, &route_path(name, revision.as_ref()), None).await?;
             if json {
                 return Ok(body_text(&r.body));
             }
@@ -131,18 +133,23 @@ pub async fn run(
             let rows: Vec<Vec<String>> = revs
                 .iter()
                 .map(|r| {
-                    let what = match (r.deleted, r.rollback_of) {
+                    let restored = r.rollback_of_id.clone().or_else(|| r.rollback_of.map(|n| n.to_string()));
+                    let mut what = match (r.deleted, restored) {
                         (true, _) => "deleted".to_owned(),
                         (false, Some(n)) => format!("rollback to {n}"),
                         (false, None) => "applied".to_owned(),
                     };
-                    vec![r.revision.to_string(), r.applied_at.clone(), origin(&r.origin, r.origin_removed), what]
+                    if let Some(w) = &r.superseded_by {
+                        what += &format!("; superseded by {w} at heal (written concurrently)");
+                    }
+                    let id = if r.id.is_empty() { r.revision.to_string() } else { r.id.clone() };
+                    vec![id, r.applied_at.clone(), origin(&r.origin, r.origin_removed), what]
                 })
                 .collect();
             Ok(table::columns(&["REVISION", "TIME", "ORIGIN", "CHANGE"], &rows))
         }
         RouteCommand::Rollback { name, to, dry_run, wait, alive_only } => {
-            rollback(client, name, *to, *dry_run, Wait::of(*wait, *alive_only), json, timeout).await
+            rollback(client, name, to.clone(), *dry_run, Wait::of(*wait, *alive_only), json, timeout).await
         }
         RouteCommand::Lint { name } => {
             let path = match name {
@@ -177,7 +184,7 @@ pub async fn run(
     }
 }
 
-fn route_path(name: &str, revision: Option<u64>) -> String {
+fn route_path(name: &str, revision: Option<&RevisionRef>) -> String {
     match revision {
         Some(n) => format!("/v1/routes/{name}?revision={n}"),
         None => format!("/v1/routes/{name}"),
@@ -251,7 +258,7 @@ async fn apply(
 async fn rollback(
     client: &Client,
     name: &str,
-    to: Option<u64>,
+    to: Option<RevisionRef>,
     dry_run: bool,
     wait: Wait,
     json: bool,
@@ -261,15 +268,19 @@ async fn rollback(
         status: StatusCode::NOT_FOUND,
         body: mesh_proto::api::ApiError { error: "not_found".to_owned(), detail: format!("no route named {name}") },
     })?;
-    let body = serde_json::to_vec(&RollbackRequest { to }).map_err(decode)?;
+    let body = serde_json::to_vec(&RollbackRequest { to: to.clone() }).map_err(decode)?;
     let query = if dry_run { "?dry_run=true" } else { "" };
     let r = client.request(Method::POST, &format!("/v1/routes/{name}/rollback{query}"), Some(body)).await?;
     let answer: Route = serde_json::from_slice(&r.body).map_err(decode)?;
     let mut out = if json {
         body_text(&r.body)
     } else {
-        let restored =
-            answer.rollback_of.or(to).map_or("the previous revision".to_owned(), |n| format!("revision {n}"));
+        let restored = answer
+            .rollback_of_id
+            .clone()
+            .or_else(|| answer.rollback_of.map(|n| n.to_string()))
+            .or_else(|| to.map(|t| t.to_string()))
+            .map_or("the previous revision".to_owned(), |n| format!("revision {n}"));
         let done = format!("rolled back route {name} to {restored}: now revision {}\n", answer.revision);
         let text = describe(&done, Some(&before), &answer, dry_run);
         if dry_run {
@@ -316,7 +327,7 @@ async fn wait_until_everywhere(
     printed: &str,
 ) -> Result<String, ClientError> {
     let started = Instant::now();
-    let path = format!("/v1/routes/{}/catchup?revision={}", applied.name, applied.revision);
+    let path = format!("/v1/routes/{}/catchup?revision={}", applied.name, shown(applied));
     let mut last: Option<Catchup> = None;
     loop {
         let answer = match client.request(Method::GET, &path, None).await {
@@ -333,7 +344,7 @@ async fn wait_until_everywhere(
                         "" => ("every member", String::new()),
                         _ => ("every alive member", format!("; not confirmed (dead): {dead}")),
                     };
-                    let (n, r) = (c.holding.len(), applied.revision);
+                    let (n, r) = (c.holding.len(), shown(applied));
                     return Ok(if json {
                         String::new()
                     } else {
@@ -343,7 +354,7 @@ async fn wait_until_everywhere(
                 print!("{printed}");
                 return Err(ClientError::Failed(format!(
                     "revision {} of route {} is held by every alive member ({}), but not confirmed by {dead}, which gossip holds dead (--alive-only accepts that)",
-                    applied.revision,
+                    shown(applied),
                     applied.name,
                     c.holding.len()
                 )));
@@ -362,12 +373,22 @@ async fn wait_until_everywhere(
             print!("{printed}");
             return Err(ClientError::Failed(format!(
                 "revision {} of route {} is not everywhere after {}: lagging: {lag}",
-                applied.revision,
+                shown(applied),
                 applied.name,
                 mesh_proto::duration::format(timeout),
             )));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A revision as messages name it: `3@node-1` (a meshd from before named revisions by
+/// number alone).
+fn shown(r: &Route) -> String {
+    if r.id.is_empty() {
+        r.revision.to_string()
+    } else {
+        r.id.clone()
     }
 }
 

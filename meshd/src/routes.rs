@@ -1,11 +1,17 @@
 //! Routes in the replicated store: `route/NAME` holds a route's spec as JSON. Each apply
 //! that changes the content is a new revision of that entry, and the entry carries its
 //! last revisions with it, so the history (and a rollback to any revision in it) is on
-//! every node. (`routing::lint` says why a route may not work as written.)
+//! every node. Revisions written on both sides of a partition all stay in the history;
+//! the latest is in force, and the others are marked as superseded
+//! ([`History::superseded_by`]). (`routing::lint` says why a route may not work as
+//! written.)
 //!
 //! Must not: decide where traffic goes (that is `routing`), or store a route that did
 //! not validate whole.
 
+use std::collections::HashMap;
+
+use mesh_proto::api::RevisionRef;
 use mesh_proto::route::RouteSpec;
 
 pub use crate::state::model::Route as Stored;
@@ -24,7 +30,9 @@ pub enum RouteError {
     #[error("no route named {0}")]
     Unknown(String),
     #[error("route {name} has no revision {revision} (its history holds {held})")]
-    NoRevision { name: String, revision: u64, held: String },
+    NoRevision { name: String, revision: RevisionRef, held: String },
+    #[error("route {name} has more than one revision {revision} ({ids}): name one of them")]
+    Ambiguous { name: String, revision: u64, ids: String },
     #[error("route {0} has no earlier revision to roll back to")]
     NothingEarlier(String),
     #[error("cannot encode the route: {0}")]
@@ -42,8 +50,13 @@ pub struct Applied {
     pub unchanged: bool,
 }
 
+/// The name of revision `r`: `3@node-1`.
+pub fn id(r: &Revision) -> String {
+    RevisionRef::id(r.revision, &r.origin)
+}
+
 /// Whether a revision restored another one, and which.
-pub fn rollback_of(r: &Revision) -> Option<u64> {
+pub fn rollback_of(r: &Revision) -> Option<RevisionRef> {
     Stored::from_revision(r)?.rollback_of
 }
 
@@ -56,35 +69,108 @@ fn entry(store: &Store, name: &str) -> Option<std::sync::Arc<Entry>> {
     store.view().entry(&key(name)).cloned()
 }
 
+/// The revision of `e` that `wanted` names: by number alone while one revision has it.
+fn find(e: &Entry, name: &str, wanted: &RevisionRef) -> Result<Revision, RouteError> {
+    let mut matching: Vec<Revision> = e.revisions().filter(|r| wanted.names(r.revision, &r.origin)).collect();
+    match matching.len() {
+        1 => Ok(matching.remove(0)),
+        0 => Err(RouteError::NoRevision { name: name.to_owned(), revision: wanted.clone(), held: held(e) }),
+        _ => Err(RouteError::Ambiguous {
+            name: name.to_owned(),
+            revision: wanted.number,
+            ids: matching.iter().map(id).collect::<Vec<_>>().join(", "),
+        }),
+    }
+}
+
 /// The current revision, or `revision` from the history.
-pub fn get(store: &Store, name: &str, revision: Option<u64>) -> Result<Stored, RouteError> {
+pub fn get(store: &Store, name: &str, revision: Option<&RevisionRef>) -> Result<Stored, RouteError> {
     let e = entry(store, name).ok_or_else(|| RouteError::Unknown(name.to_owned()))?;
-    match revision {
-        None => Stored::from_revision(&e.as_revision()).ok_or_else(|| RouteError::Unknown(name.to_owned())),
-        Some(n) => e
-            .revisions()
-            .find(|r| r.revision == n)
-            .and_then(|r| Stored::from_revision(&r))
-            .ok_or_else(|| RouteError::NoRevision { name: name.to_owned(), revision: n, held: held(&e) }),
+    let r = match revision {
+        None => e.as_revision(),
+        Some(wanted) => find(&e, name, wanted)?,
+    };
+    match Stored::from_revision(&r) {
+        Some(stored) => Ok(stored),
+        None if revision.is_none() => Err(RouteError::Unknown(name.to_owned())),
+        // A deletion: there is no content at that revision.
+        None => Err(RouteError::NoRevision {
+            name: name.to_owned(),
+            revision: RevisionRef { number: r.revision, origin: Some(r.origin) },
+            held: held(&e),
+        }),
     }
 }
 
 fn held(e: &Entry) -> String {
-    let mut revs: Vec<u64> = e.revisions().filter(|r| !r.deleted).map(|r| r.revision).collect();
-    revs.sort_unstable();
-    match (revs.first(), revs.last()) {
-        (Some(a), Some(b)) if a != b => format!("{a} to {b}"),
-        (Some(a), _) => a.to_string(),
-        _ => "none".to_owned(),
+    let revs: Vec<String> = e.revisions().filter(|r| !r.deleted).map(|r| id(&r)).collect();
+    if revs.is_empty() {
+        "none".to_owned()
+    } else {
+        revs.join(", ")
     }
 }
 
-/// Every revision still held, oldest first.
-pub fn history(store: &Store, name: &str) -> Result<Vec<Revision>, RouteError> {
+/// A route's history: every revision held, oldest first (by time, then writer).
+pub struct History {
+    pub revisions: Vec<Revision>,
+    /// For each revision that lost to a concurrent write, the index of the revision that
+    /// superseded it.
+    superseded: HashMap<usize, usize>,
+}
+
+impl History {
+    /// Lineage: the current revision and every revision it was written over, following
+    /// each seal's parent digest, are in force in turn. Any other revision held was
+    /// written on a branch that lost (the other side of a partition); it was superseded
+    /// by the first revision of the current line written after the branch's last
+    /// revision, which is what won over it when the histories merged.
+    fn of(key: &str, revisions: Vec<Revision>) -> History {
+        let digests: Vec<[u8; 32]> = revisions.iter().map(|r| r.digest(key)).collect();
+        let index: HashMap<[u8; 32], usize> = digests.iter().enumerate().map(|(i, d)| (*d, i)).collect();
+        let parent = |i: usize| index.get(&revisions[i].seal.prev).copied();
+        let mut line = vec![false; revisions.len()];
+        let mut at = revisions.len().checked_sub(1);
+        while let Some(i) = at {
+            if line[i] {
+                break;
+            }
+            line[i] = true;
+            at = parent(i);
+        }
+        // A lost revision's branch ends at the newest lost revision written over it
+        // (revisions are in time order, so a later `j` overwrites an earlier tip). At
+        // most `HISTORY` revisions: quadratic is nothing.
+        let mut tip: Vec<usize> = (0..revisions.len()).collect();
+        for j in (0..revisions.len()).filter(|&j| !line[j]) {
+            let mut at = parent(j);
+            let mut steps = 0;
+            while let Some(p) = at.filter(|&p| !line[p] && steps < revisions.len()) {
+                tip[p] = j;
+                at = parent(p);
+                steps += 1;
+            }
+        }
+        let mut superseded = HashMap::new();
+        for i in (0..revisions.len()).filter(|&i| !line[i]) {
+            let t = tip[i];
+            if let Some(w) = (t + 1..revisions.len()).find(|&w| line[w]) {
+                superseded.insert(i, w);
+            }
+        }
+        History { revisions, superseded }
+    }
+
+    /// The revision that won over revision `i`, if it lost to a concurrent write.
+    pub fn superseded_by(&self, i: usize) -> Option<&Revision> {
+        self.superseded.get(&i).map(|&w| &self.revisions[w])
+    }
+}
+
+/// Every revision still held, oldest first, with which lost to concurrent writes.
+pub fn history(store: &Store, name: &str) -> Result<History, RouteError> {
     let e = entry(store, name).ok_or_else(|| RouteError::Unknown(name.to_owned()))?;
-    let mut revs: Vec<Revision> = e.revisions().collect();
-    revs.sort_by_key(|r| r.revision);
-    Ok(revs)
+    Ok(History::of(&e.key, e.revisions().collect()))
 }
 
 /// Whether a write goes to the store or only says what it would do.
@@ -101,7 +187,7 @@ pub fn apply(store: &Store, spec: &RouteSpec, mode: Mode) -> Result<Applied, Rou
     write(store, spec, None, mode)
 }
 
-fn write(store: &Store, spec: &RouteSpec, rollback_of: Option<u64>, mode: Mode) -> Result<Applied, RouteError> {
+fn write(store: &Store, spec: &RouteSpec, rollback_of: Option<RevisionRef>, mode: Mode) -> Result<Applied, RouteError> {
     let held = entry(store, &spec.name);
     if let Some(current) = held.as_ref().and_then(|e| Stored::from_revision(&e.as_revision())) {
         if current.spec == *spec {
@@ -111,15 +197,19 @@ fn write(store: &Store, spec: &RouteSpec, rollback_of: Option<u64>, mode: Mode) 
     if mode == Mode::DryRun {
         let stored = Stored {
             spec: spec.clone(),
-            revision: held.map_or(1, |e| e.revision + 1),
+            revision: held.map_or(1, |e| e.next_revision()),
             applied_at: std::time::SystemTime::now(),
             origin: store.origin().to_owned(),
             rollback_of,
         };
         return Ok(Applied { stored, unchanged: false });
     }
-    let value =
-        RouteRecord { route: spec.clone(), rollback_of }.encode().map_err(|e| RouteError::Encode(e.to_string()))?;
+    let record = RouteRecord {
+        route: spec.clone(),
+        rollback_of: rollback_of.as_ref().map(|r| r.number),
+        rollback_of_origin: rollback_of.and_then(|r| r.origin),
+    };
+    let value = record.encode().map_err(|e| RouteError::Encode(e.to_string()))?;
     let e = store.put(&key(&spec.name), value).map_err(|e| match e {
         StoreError::TooLarge { size, limit, .. } => RouteError::TooLarge { name: spec.name.clone(), size, limit },
         e => RouteError::Store(e),
@@ -136,23 +226,71 @@ pub fn delete(store: &Store, name: &str) -> Result<(), RouteError> {
 }
 
 /// The revision a rollback restores: `to`, or the newest live revision before the
-/// current one.
-fn rollback_target(store: &Store, name: &str, to: Option<u64>) -> Result<Stored, RouteError> {
+/// current one (by time, whichever side of a partition wrote it).
+fn rollback_target(store: &Store, name: &str, to: Option<&RevisionRef>) -> Result<Stored, RouteError> {
     let e = entry(store, name).ok_or_else(|| RouteError::Unknown(name.to_owned()))?;
     match to {
-        Some(n) => get(store, name, Some(n)),
-        None => {
-            let mut earlier: Vec<Revision> = e.revisions().filter(|r| r.revision < e.revision && !r.deleted).collect();
-            earlier.sort_by_key(|r| r.revision);
-            earlier.last().and_then(Stored::from_revision).ok_or_else(|| RouteError::NothingEarlier(name.to_owned()))
-        }
+        Some(wanted) => get(store, name, Some(wanted)),
+        None => e
+            .history
+            .iter()
+            .rev()
+            .filter(|r| !r.deleted)
+            .find_map(Stored::from_revision)
+            .ok_or_else(|| RouteError::NothingEarlier(name.to_owned())),
     }
 }
 
 /// A new revision with the content of revision `to`, or of the newest live revision
 /// before the current one (nothing stored when that is the current content, or in a dry
 /// run). Blocking.
-pub fn rollback(store: &Store, name: &str, to: Option<u64>, mode: Mode) -> Result<Applied, RouteError> {
+pub fn rollback(store: &Store, name: &str, to: Option<&RevisionRef>, mode: Mode) -> Result<Applied, RouteError> {
     let target = rollback_target(store, name, to)?;
-    write(store, &target.spec, Some(target.revision), mode)
+    let restored = RevisionRef { number: target.revision, origin: Some(target.origin.clone()) };
+    write(store, &target.spec, Some(restored), mode)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::hlc::Hlc;
+
+    fn write(cur: Option<&Entry>, t: u64, origin: &str) -> Entry {
+        Entry::next(cur, "route/r", Some(format!("{t}").into_bytes()), Hlc(t), origin)
+    }
+
+    #[test]
+    fn revisions_of_the_losing_side_are_superseded_by_the_first_winner_written_after_them() {
+        // 1@a, then a partition: a writes 2@a (t=10) and 3@a (t=20); c writes 2@c (t=12)
+        // and 3@c (t=18). After the heal, 3@a is current; c's branch lost to it. Then c
+        // writes 4@c over the merged history.
+        let r1 = write(None, 1, "a");
+        let a2 = write(Some(&r1), 10, "a");
+        let a3 = write(Some(&a2), 20, "a");
+        let c2 = write(Some(&r1), 12, "c");
+        let c3 = write(Some(&c2), 18, "c");
+        let healed = a3.merged(&c3).expect("c's revisions join");
+        assert_eq!(healed.next_revision(), 4, "one above every revision held");
+        let after = write(Some(&healed), 30, "c");
+        let h = History::of(&after.key, after.revisions().collect());
+        let ids: Vec<String> = h.revisions.iter().map(id).collect();
+        assert_eq!(ids, ["1@a", "2@a", "2@c", "3@c", "3@a", "4@c"], "by time");
+        let lost: Vec<(String, String)> =
+            (0..ids.len()).filter_map(|i| h.superseded_by(i).map(|w| (ids[i].clone(), id(w)))).collect();
+        assert_eq!(lost, [("2@c".to_owned(), "3@a".to_owned()), ("3@c".to_owned(), "3@a".to_owned())]);
+    }
+
+    #[test]
+    fn a_revision_is_found_by_number_while_unique_and_by_id_always() {
+        let r1 = write(None, 1, "a");
+        let a2 = write(Some(&r1), 10, "a");
+        let c2 = write(Some(&r1), 12, "c");
+        let e = a2.merged(&c2).expect("merged");
+        let by = |s: &str| find(&e, "r", &s.parse().expect("a revision"));
+        assert_eq!(by("1").expect("unique").origin, "a");
+        assert_eq!(by("2@c").expect("named").origin, "c");
+        assert!(matches!(by("2"), Err(RouteError::Ambiguous { .. })));
+        assert!(matches!(by("3"), Err(RouteError::NoRevision { .. })));
+        assert!(matches!(by("2@b"), Err(RouteError::NoRevision { .. })));
+    }
 }

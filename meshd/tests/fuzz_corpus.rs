@@ -107,7 +107,7 @@ fn write_seeds() {
             "summary",
             postcard::to_stdvec(&SyncSummary {
                 buckets: vec![1, 2],
-                keys: vec![KeyVersion { key: "k".into(), version: 9, origin: "o".into() }],
+                keys: vec![KeyVersion { key: "k".into(), version: 9, origin: "o".into(), print: 7 }],
                 members: vec![],
             })
             .expect("s"),

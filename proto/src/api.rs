@@ -147,6 +147,10 @@ pub struct Connection {
 pub struct Catchup {
     pub key: String,
     pub revision: u64,
+    /// The revision waited for, `REVISION@ORIGIN`; members holding it or a revision
+    /// that supersedes it count as holding.
+    #[serde(default)]
+    pub id: String,
     /// Alive members holding revision N or later (this node included).
     pub holding: Vec<String>,
     /// Alive members holding an older revision, or none.
@@ -259,6 +263,13 @@ pub struct Route {
     /// This revision restores revision N's content (`meshctl route rollback`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback_of: Option<u64>,
+    /// The revision's name, `REVISION@ORIGIN` (`3@node-1`): unique where `revision`
+    /// alone may not be (two sides of a partition both wrote a revision 3).
+    #[serde(default)]
+    pub id: String,
+    /// The name of the revision `rollback_of` restored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_of_id: Option<String>,
     /// Answering an apply or rollback: the content was already current, nothing was
     /// stored, and `revision` is still the current one.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -292,6 +303,17 @@ pub struct RouteRevision {
     /// This revision restored revision N's content.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback_of: Option<u64>,
+    /// `REVISION@ORIGIN`, as [`Route::id`].
+    #[serde(default)]
+    pub id: String,
+    /// The name of the revision `rollback_of` restored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_of_id: Option<String>,
+    /// This revision lost to a concurrent write (both sides of a partition wrote): the
+    /// revision that won over it, which was written without seeing it. Its content is
+    /// kept, and a rollback to it restores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub superseded_by: Option<String>,
 }
 
 /// `POST /v1/routes/NAME/rollback`: the revision whose content becomes the newest one;
@@ -299,7 +321,85 @@ pub struct RouteRevision {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RollbackRequest {
     #[serde(default)]
-    pub to: Option<u64>,
+    pub to: Option<RevisionRef>,
+}
+
+/// A revision named by a user: its number (`3`, enough while one revision has it) or its
+/// number and writer (`3@node-1`). In JSON a bare number or a string.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RevisionRef {
+    pub number: u64,
+    pub origin: Option<String>,
+}
+
+impl RevisionRef {
+    /// The full name of revision `number` written by `origin`.
+    pub fn id(number: u64, origin: &str) -> String {
+        format!("{number}@{origin}")
+    }
+
+    /// Whether this names revision `number` by `origin`.
+    pub fn names(&self, number: u64, origin: &str) -> bool {
+        self.number == number && self.origin.as_deref().is_none_or(|o| o == origin)
+    }
+}
+
+impl std::fmt::Display for RevisionRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.origin {
+            Some(o) => write!(f, "{}@{o}", self.number),
+            None => write!(f, "{}", self.number),
+        }
+    }
+}
+
+impl std::str::FromStr for RevisionRef {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<RevisionRef, String> {
+        let bad = || format!("{s:?} is not a revision: give its number (3) or number@node (3@node-1)");
+        let (number, origin) = match s.split_once('@') {
+            Some((n, o)) if crate::is_dns_label(o) => (n, Some(o.to_owned())),
+            Some(_) => return Err(bad()),
+            None => (s, None),
+        };
+        let number = number.parse::<u64>().ok().filter(|n| *n > 0).ok_or_else(bad)?;
+        Ok(RevisionRef { number, origin })
+    }
+}
+
+impl Serialize for RevisionRef {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match &self.origin {
+            None => s.serialize_u64(self.number),
+            Some(_) => s.collect_str(self),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RevisionRef {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<RevisionRef, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = RevisionRef;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a revision number (3) or number@node (\"3@node-1\")")
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<RevisionRef, E> {
+                if n == 0 {
+                    return Err(E::custom("revisions count from 1"));
+                }
+                Ok(RevisionRef { number: n, origin: None })
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<RevisionRef, E> {
+                u64::try_from(n).map_err(|_| E::custom("revisions count from 1")).and_then(|n| self.visit_u64(n))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<RevisionRef, E> {
+                s.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 /// `PUT /v1/claims/NAME` (body) and each item of `GET /v1/claims`: which nodes may

@@ -193,12 +193,15 @@ pub struct BucketDigest {
     pub xor: u64,
 }
 
-/// What identifies a write: enough to tell who holds the newer one.
+/// What identifies an entry: its current write (enough to tell who holds the newer one)
+/// and a fingerprint of every revision it holds (two holders of the same current write
+/// with different histories exchange theirs).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyVersion {
     pub key: String,
     pub version: u64,
     pub origin: String,
+    pub print: u64,
 }
 
 /// The callee's writes in the buckets whose digests differ.

@@ -151,7 +151,7 @@ fn the_getting_started_guide_runs_as_written() {
         "hello from vm-2",
         "every member (3) holds revision 1",
         "~ http[0].retries.attempts: 2 -> 3",
-        "rolled back route web to revision 1: now revision 3",
+        "rolled back route web to revision 1@vm-1: now revision 3",
         "no problems in 1 route",
         "removed vm-3",
     ] {

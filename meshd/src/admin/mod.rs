@@ -19,8 +19,9 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use mesh_proto::api::{self, ApiError, INDEX_HEADER};
+use mesh_proto::api::{self, ApiError, RevisionRef, INDEX_HEADER};
 use mesh_proto::role::Role;
+use mesh_proto::wire::Holds;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -390,10 +391,11 @@ fn catalog_error(e: crate::catalog::CatalogError) -> Error {
     Error::new(status, e.to_string())
 }
 
-/// Which alive members hold at least revision `revision` of store key `key`. Members
-/// answer over `mesh/1`; one that does not answer within 2 s is listed as unreachable.
-/// The admin API names things (`/v1/routes/NAME/catchup`); the key stays in here.
-pub(crate) async fn catchup(state: &AdminState, key: String, revision: u64) -> api::Catchup {
+/// Which alive members hold revision `revision` of store key `key`, or a revision that
+/// supersedes it (a later one by time: the mesh moved past it). Members answer over
+/// `mesh/1`; one that does not answer within 2 s is listed as unreachable. The admin API
+/// names things (`/v1/routes/NAME/catchup`); the key stays in here.
+pub(crate) async fn catchup(state: &AdminState, key: String, revision: RevisionRef) -> api::Catchup {
     let snap = state.snapshot.borrow().clone();
     let others: Vec<(String, std::net::SocketAddr)> = snap
         .members
@@ -401,6 +403,18 @@ pub(crate) async fn catchup(state: &AdminState, key: String, revision: u64) -> a
         .filter(|m| m.name != snap.node && snap.is_serving(&m.name))
         .map(|m| (m.name.clone(), m.addr))
         .collect();
+    // The revision's time, from this node's copy (the newest by that number when no
+    // writer is named); without it, revision numbers are compared.
+    let target = state.store.view().entry(&key).and_then(|e| {
+        e.revisions()
+            .filter(|r| revision.names(r.revision, &r.origin))
+            .map(|r| (r.version.0, r.revision, r.origin))
+            .last()
+    });
+    let holds = |h: &Holds| match &target {
+        Some((version, number, _)) => h.version > *version || (h.version == *version && h.revision == Some(*number)),
+        None => h.revision.is_some_and(|r| r >= revision.number),
+    };
     let mut answers = crate::peer::client::holds(&state.transport, others, &key).await;
     answers.push((snap.node.clone(), Some(crate::peer::server::holds(&state.store, &key))));
     let mut unconfirmed: Vec<String> = snap
@@ -410,10 +424,22 @@ pub(crate) async fn catchup(state: &AdminState, key: String, revision: u64) -> a
         .map(|m| m.name.clone())
         .collect();
     unconfirmed.sort();
-    let mut body = api::Catchup { key, revision, holding: vec![], lagging: vec![], unreachable: vec![], unconfirmed };
+    let id = match &target {
+        Some((_, number, origin)) => RevisionRef::id(*number, origin),
+        None => revision.to_string(),
+    };
+    let mut body = api::Catchup {
+        key,
+        revision: revision.number,
+        id,
+        holding: vec![],
+        lagging: vec![],
+        unreachable: vec![],
+        unconfirmed,
+    };
     for (name, answer) in answers {
         match answer {
-            Some(h) if h.revision.is_some_and(|r| r >= revision) => body.holding.push(name),
+            Some(h) if holds(&h) => body.holding.push(name),
             Some(_) => body.lagging.push(name),
             None => body.unreachable.push(name),
         }
@@ -562,7 +588,7 @@ async fn rotate_ca(
         .map_err(signer_error)?;
     let deadline = tokio::time::Instant::now() + timeout;
     let members = loop {
-        let c = catchup(&state, key.clone(), 1).await;
+        let c = catchup(&state, key.clone(), RevisionRef { number: 1, origin: None }).await;
         if c.lagging.is_empty() && c.unreachable.is_empty() {
             break c.holding;
         }

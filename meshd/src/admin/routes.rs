@@ -13,7 +13,7 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
-use mesh_proto::api;
+use mesh_proto::api::{self, RevisionRef};
 use mesh_proto::role::Role;
 use mesh_proto::route::RouteSpec;
 use serde::Deserialize;
@@ -26,11 +26,13 @@ fn body(s: Stored) -> api::Route {
         name: s.spec.name.clone(),
         service: s.spec.service.clone(),
         revision: s.revision,
+        id: RevisionRef::id(s.revision, &s.origin),
         applied_at: rfc3339(s.applied_at),
         origin_removed: false,
         origin: s.origin,
         spec: s.spec,
-        rollback_of: s.rollback_of,
+        rollback_of: s.rollback_of.as_ref().map(|r| r.number),
+        rollback_of_id: s.rollback_of.filter(|r| r.origin.is_some()).map(|r| r.to_string()),
         unchanged: false,
         warnings: Vec::new(),
     }
@@ -46,6 +48,7 @@ fn applied(state: &AdminState, a: Applied) -> api::Route {
 fn error(e: RouteError) -> Error {
     let status = match &e {
         RouteError::Unknown(_) | RouteError::NoRevision { .. } => StatusCode::NOT_FOUND,
+        RouteError::Ambiguous { .. } => StatusCode::BAD_REQUEST,
         RouteError::NothingEarlier(_) => StatusCode::CONFLICT,
         RouteError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         RouteError::Store(s) => super::store_status(s),
@@ -71,10 +74,10 @@ pub async fn list(State(state): State<Arc<AdminState>>) -> Json<Vec<api::Route>>
 
 #[derive(Debug, Deserialize)]
 pub struct RevisionQuery {
-    revision: Option<u64>,
+    revision: Option<RevisionRef>,
 }
 
-/// `GET /v1/routes/NAME[?revision=N]`
+/// `GET /v1/routes/NAME[?revision=N|N@ORIGIN]`
 pub async fn get(
     State(state): State<Arc<AdminState>>,
     Path(name): Path<String>,
@@ -82,7 +85,7 @@ pub async fn get(
 ) -> Result<Json<api::Route>, Error> {
     let Query(q) = query.map_err(|e| Error::new(StatusCode::BAD_REQUEST, e.body_text()))?;
     let snap = state.snapshot.borrow().clone();
-    routes::get(&state.store, &name, q.revision).map(|s| Json(flagged(&snap, body(s)))).map_err(error)
+    routes::get(&state.store, &name, q.revision.as_ref()).map(|s| Json(flagged(&snap, body(s)))).map_err(error)
 }
 
 /// `route` with its origin flagged if that node was removed since.
@@ -150,22 +153,32 @@ pub async fn delete(
     Ok(Json(serde_json::json!({ "deleted": name })))
 }
 
-/// `GET /v1/routes/NAME/history`, oldest first.
+/// `GET /v1/routes/NAME/history`, oldest first (by time, then writer), revisions that
+/// lost to a concurrent write marked with the one that won.
 pub async fn history(
     State(state): State<Arc<AdminState>>,
     Path(name): Path<String>,
 ) -> Result<Json<Vec<api::RouteRevision>>, Error> {
-    let revs = routes::history(&state.store, &name).map_err(error)?;
+    let history = routes::history(&state.store, &name).map_err(error)?;
     let snap = state.snapshot.borrow().clone();
     Ok(Json(
-        revs.into_iter()
-            .map(|r| api::RouteRevision {
-                revision: r.revision,
-                applied_at: rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_millis(r.version.millis())),
-                rollback_of: routes::rollback_of(&r),
-                origin_removed: snap.is_removed(&r.origin),
-                origin: r.origin,
-                deleted: r.deleted,
+        history
+            .revisions
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let restored = routes::rollback_of(r);
+                api::RouteRevision {
+                    revision: r.revision,
+                    id: routes::id(r),
+                    applied_at: rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_millis(r.version.millis())),
+                    rollback_of: restored.as_ref().map(|r| r.number),
+                    rollback_of_id: restored.filter(|r| r.origin.is_some()).map(|r| r.to_string()),
+                    superseded_by: history.superseded_by(i).map(routes::id),
+                    origin_removed: snap.is_removed(&r.origin),
+                    origin: r.origin.clone(),
+                    deleted: r.deleted,
+                }
             })
             .collect(),
     ))
@@ -185,7 +198,7 @@ pub async fn rollback(
         super::need(&state, Role::Operator, "rolling a route back")?;
     }
     let (store, mode) = (state.store.clone(), mode(query.dry_run));
-    let done = blocking(move || routes::rollback(&store, &name, req.to, mode)).await?;
+    let done = blocking(move || routes::rollback(&store, &name, req.to.as_ref(), mode)).await?;
     Ok(Json(applied(&state, done)))
 }
 
@@ -224,11 +237,11 @@ pub async fn lint(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CatchupQuery {
-    revision: u64,
+    revision: RevisionRef,
 }
 
-/// `GET /v1/routes/NAME/catchup?revision=N`: which alive members hold at least revision
-/// N of the route (its deletion counts as a revision too).
+/// `GET /v1/routes/NAME/catchup?revision=N|N@ORIGIN`: which members hold revision N of
+/// the route or one that supersedes it (its deletion counts as a revision too).
 pub async fn catchup(
     State(state): State<Arc<AdminState>>,
     Path(name): Path<String>,

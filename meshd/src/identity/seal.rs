@@ -322,7 +322,7 @@ impl Authority for EntryAuthority {
     }
 
     fn may_write(&self, view: &View, key: &str, deleted: bool) -> Result<(), Refusal> {
-        let revision = view.entry(key).map_or(1, |e| e.revision + 1);
+        let revision = view.entry(key).map_or(1, |e| e.next_revision());
         may_write(self.me.name(), self.me.role(), key, deleted, revision)
     }
 
@@ -450,11 +450,11 @@ mod tests {
         tampered.value = b"evil".to_vec();
         refused(&a, "a changed value", "refused_bad_signature", vec![tampered]);
 
-        // A history rewritten: revision 1 of the route replaced by one of the writer's
-        // own making is no longer the chain revision 3 was signed over.
+        // A history rewritten: revision 1 of the route changed after its writer signed it
+        // (each revision is checked on its own, the past ones too).
         let mut rewritten = (**o.store.view().entry("route/web").expect("route")).clone();
         rewritten.history[0].value = b"forged".to_vec();
-        refused(&a, "a rewritten history", "refused_broken_history", vec![rewritten]);
+        refused(&a, "a rewritten history", "refused_bad_signature", vec![rewritten]);
 
         // No signature at all.
         let mut bare = Entry::next(None, "route/bare", Some(b"x".to_vec()), Hlc::from_millis(wall_ms()), "o");

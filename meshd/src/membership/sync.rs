@@ -4,9 +4,10 @@
 //! joiner, a healed partition, a lost datagram), one random member at a time.
 //!
 //! The exchange on one stream: the [`Caller`] sends its 256 bucket digests and its SWIM
-//! member list; the [`Callee`] answers with the `(key, version, origin)` of its entries in
-//! the buckets that differ, and its member list; the caller sends the entries the callee
-//! lacks or has older, and names the keys it wants; the callee sends those. Two round
+//! member list; the [`Callee`] answers with the `(key, version, origin)` and fingerprint of
+//! its entries in the buckets that differ, and its member list; the caller sends the
+//! entries the callee lacks, has older, or holds with another history, and names the keys
+//! it wants; the callee sends those. Two round
 //! trips, and only differing buckets travel. meshd drives these sessions over QUIC
 //! streams (`peer`); the deterministic simulation (`membership::sim`) drives the very
 //! same ones in memory.
@@ -43,27 +44,34 @@ pub fn summary(view: &View, buckets: &[u16]) -> Vec<KeyVersion> {
     let wanted: std::collections::HashSet<usize> = buckets.iter().map(|b| usize::from(*b)).collect();
     view.iter()
         .filter(|e| wanted.contains(&bucket_of(&e.key)))
-        .map(|e| KeyVersion { key: e.key.clone(), version: e.version.0, origin: e.origin.clone() })
+        .map(|e| KeyVersion {
+            key: e.key.clone(),
+            version: e.version.0,
+            origin: e.origin.clone(),
+            print: e.fingerprint(),
+        })
         .collect()
 }
 
-/// Given the other side's summary of `buckets`: the entries to send it (it lacks them or
-/// holds older ones) and the keys to ask for (it holds newer ones, or ones this node
-/// lacks).
+/// Given the other side's summary of `buckets`: the entries to send it and the keys to
+/// ask for. Whatever differs goes both ways (an older entry may hold revisions the newer
+/// one lacks: the other side of a partition), so one exchange merges both histories.
 pub fn plan(view: &View, buckets: &[u16], theirs: &[KeyVersion]) -> (Vec<Arc<Entry>>, Vec<String>) {
-    let theirs: BTreeMap<&str, (Hlc, &str)> =
-        theirs.iter().map(|k| (k.key.as_str(), (Hlc(k.version), k.origin.as_str()))).collect();
+    let theirs: BTreeMap<&str, (Hlc, &str, u64)> =
+        theirs.iter().map(|k| (k.key.as_str(), (Hlc(k.version), k.origin.as_str(), k.print))).collect();
     let wanted: std::collections::HashSet<usize> = buckets.iter().map(|b| usize::from(*b)).collect();
     let mut send = Vec::new();
     for e in view.iter().filter(|e| wanted.contains(&bucket_of(&e.key))) {
         match theirs.get(e.key.as_str()) {
-            Some(&(v, o)) if (v, o) >= (e.version, e.origin.as_str()) => {}
+            Some(&(v, o, print)) if (v, o) == (e.version, e.origin.as_str()) && print == e.fingerprint() => {}
             _ => send.push(e.clone()),
         }
     }
     let want = theirs
         .iter()
-        .filter(|(k, (v, o))| view.entry(k).is_none_or(|e| (e.version, e.origin.as_str()) < (*v, *o)))
+        .filter(|(k, (v, o, print))| {
+            view.entry(k).is_none_or(|e| (e.version, e.origin.as_str()) != (*v, *o) || e.fingerprint() != *print)
+        })
         .map(|(k, _)| (*k).to_owned())
         .collect();
     (send, want)
@@ -253,10 +261,11 @@ mod tests {
         let (send, want) = plan(&a, &diff, &theirs);
         let mut sent: Vec<&str> = send.iter().map(|e| e.key.as_str()).collect();
         sent.sort();
-        assert_eq!(sent, ["route/only-a", "route/r7"]);
+        // What differs goes both ways: the older side may hold revisions the newer lacks.
+        assert_eq!(sent, ["route/only-a", "route/r7", "route/r8"]);
         let mut want = want;
         want.sort();
-        assert_eq!(want, ["route/only-b", "route/r8"]);
+        assert_eq!(want, ["route/only-b", "route/r7", "route/r8"]);
         for x in send {
             b.merge(x);
         }
@@ -264,6 +273,9 @@ mod tests {
             a.merge(x);
         }
         assert_eq!(a.digest(), b.digest());
+        let r8: Vec<(u64, String)> =
+            a.entry("route/r8").expect("r8").revisions().map(|r| (r.version.0, r.origin)).collect();
+        assert_eq!(r8, [(10, "a".to_owned()), (30, "b".to_owned())], "both writes of r8, in order");
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use mesh_proto::api::RevisionRef;
 use mesh_proto::route::RouteSpec;
 use mesh_proto::service::{Protocol, ServiceSpec};
 use serde::{Deserialize, Serialize};
@@ -105,6 +106,10 @@ pub struct RouteRecord {
     pub route: RouteSpec,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback_of: Option<u64>,
+    /// The writer of the revision `rollback_of` restored (absent in records written
+    /// before revisions were named by writer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_of_origin: Option<String>,
 }
 
 impl RouteRecord {
@@ -120,7 +125,11 @@ impl RouteRecord {
     pub fn decode(bytes: &[u8]) -> Option<RouteRecord> {
         serde_json::from_slice::<RouteRecord>(bytes)
             .or_else(|_| {
-                serde_json::from_slice::<RouteSpec>(bytes).map(|route| RouteRecord { route, rollback_of: None })
+                serde_json::from_slice::<RouteSpec>(bytes).map(|route| RouteRecord {
+                    route,
+                    rollback_of: None,
+                    rollback_of_origin: None,
+                })
             })
             .ok()
     }
@@ -134,7 +143,7 @@ pub struct Route {
     pub applied_at: SystemTime,
     pub origin: String,
     /// The revision whose content this one restored.
-    pub rollback_of: Option<u64>,
+    pub rollback_of: Option<RevisionRef>,
 }
 
 impl Route {
@@ -149,7 +158,7 @@ impl Route {
             revision: r.revision,
             applied_at: SystemTime::UNIX_EPOCH + Duration::from_millis(r.version.millis()),
             origin: r.origin.clone(),
-            rollback_of: record.rollback_of,
+            rollback_of: record.rollback_of.map(|number| RevisionRef { number, origin: record.rollback_of_origin }),
         })
     }
 }
@@ -336,7 +345,11 @@ mod tests {
             put(&mut view, &InstanceRecord::key(node, "web"), instance(node, healthy));
         }
         let route = RouteSpec::from_file("r.toml", "service = \"web\"\n").expect("route");
-        put(&mut view, &RouteRecord::key("web"), RouteRecord { route, rollback_of: Some(3) }.encode().expect("encode"));
+        put(
+            &mut view,
+            &RouteRecord::key("web"),
+            RouteRecord { route, rollback_of: Some(3), rollback_of_origin: Some("b".into()) }.encode().expect("encode"),
+        );
         let cert = NodeCertRecord {
             serial: "s1".into(),
             key_hash: "k1".into(),
@@ -353,7 +366,7 @@ mod tests {
         let parts = StoreParts::decode(&view);
         assert_eq!(parts.removed.iter().collect::<Vec<_>>(), ["gone"]);
         assert_eq!(parts.records.len(), 3, "the removed node's and the undecodable record are left out");
-        assert_eq!(parts.routes["web"].rollback_of, Some(3));
+        assert_eq!(parts.routes["web"].rollback_of, Some(RevisionRef { number: 3, origin: Some("b".into()) }));
         assert!(parts.revoked.keys.contains("k1"));
 
         // b is dead: its instance is unhealthy; c says it is unhealthy itself.

@@ -1,19 +1,29 @@
 //! One entry of the replicated map, its revision history, and the last-writer-wins rule.
 //!
-//! An entry carries its own recent history (the revisions before it, newest last), so
-//! that history replicates with the entry: every node that holds revision 7 of a route
-//! also holds revisions 1 to 6 (up to [`HISTORY`]) exactly as the winner wrote them.
-//! Two concurrent writes of the same revision number resolve like any other conflict:
-//! the later version wins, and with it its history.
+//! An entry carries its own recent history, so that history replicates with the entry.
+//! History is a merge, not a winner: when two nodes hold different revisions of a key
+//! (writes on both sides of a partition), merging keeps every revision of both, ordered
+//! by `(version, origin)`, the newest [`HISTORY`] of them; the entry's current content
+//! is the greatest revision in that order (last-writer-wins decides what is in effect,
+//! not what is remembered). Merging is a set union followed by a bound that depends only
+//! on the set, so replicas converge whatever the order of delivery.
+//!
+//! A revision is named by its number and its writer (`3@node-1`): a new write takes the
+//! number one above every revision its writer holds, so two writers that did not see
+//! each other may both write a revision 3, and the writer tells them apart.
 //!
 //! Every revision is sealed by the node that wrote it ([`Seal`]): a signature by its node
-//! key over the revision's fields and the digest of the revision before it, so a history
-//! is a hash chain that nobody but each revision's writer could have made. What the seal
-//! is checked against (certificates, roles) is the store's [`super::seal::Authority`];
-//! this file only says which bytes are signed.
+//! key over the revision's fields and the digest of its parent (the revision that was
+//! current where it was written), so nobody but its writer could have made it, and a
+//! history records which revision each one was written over (a revision that is not an
+//! ancestor of the current one lost to a concurrent write). What the seal is checked
+//! against (certificates, roles) is the store's [`super::seal::Authority`]; this file
+//! only says which bytes are signed.
 //!
 //! Must not: decode an entry's value (the read model's codecs do), or trust an entry from
 //! the wire beyond its size limits.
+
+use std::collections::{btree_map, BTreeMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -40,9 +50,10 @@ pub struct Entry {
     pub origin: String,
     /// A tombstone: the key was deleted (tombstones replicate like writes).
     pub deleted: bool,
-    /// 1 for the first write of a key, then one more per write.
+    /// 1 for the first write of a key, then one above every revision its writer held.
     pub revision: u64,
-    /// Earlier revisions, oldest first, at most `HISTORY - 1`.
+    /// Earlier revisions, in `(version, origin)` order, at most `HISTORY - 1`: those this
+    /// one was written over and those it won over.
     pub history: Vec<Revision>,
     /// The writer's signature over this revision.
     pub seal: Seal,
@@ -65,8 +76,8 @@ pub struct Seal {
     /// The first bytes of the SHA-256 of the writer's public key: which of the origin's
     /// keys signed (a node that was removed and joined again has had two).
     pub key: [u8; KEY_REF],
-    /// The digest of the revision before this one ([`Revision::digest`]); zeros for the
-    /// first revision of a key.
+    /// The digest of the revision this one was written over, its parent
+    /// ([`Revision::digest`]); zeros for the first revision of a key.
     pub prev: [u8; 32],
     /// ECDSA P-256 with SHA-256, r and s fixed-width (64 bytes); empty when unsealed.
     pub sig: Vec<u8>,
@@ -143,7 +154,7 @@ impl Entry {
                 history.push(cur.as_revision());
                 let excess = history.len().saturating_sub(HISTORY - 1);
                 history.drain(..excess);
-                (cur.revision + 1, history)
+                (cur.next_revision(), history)
             }
         };
         Entry {
@@ -156,6 +167,11 @@ impl Entry {
             seal: Seal { prev: current.map_or([0; 32], |c| c.as_revision().digest(key)), ..Seal::default() },
             history,
         }
+    }
+
+    /// The number a write over this entry takes: one above every revision held.
+    pub fn next_revision(&self) -> u64 {
+        self.revisions().map(|r| r.revision).max().unwrap_or(0).saturating_add(1)
     }
 
     /// This entry as a past revision.
@@ -175,10 +191,66 @@ impl Entry {
         self.history.iter().cloned().chain(std::iter::once(self.as_revision()))
     }
 
-    /// Whether this entry replaces `current` under last-writer-wins: the greater
-    /// `(version, origin)` wins; an equal pair is the same write, already held.
+    /// Whether this entry's current revision replaces `current`'s under
+    /// last-writer-wins: the greater `(version, origin)` wins; an equal pair is the same
+    /// write.
     pub fn supersedes(&self, current: &Entry) -> bool {
         (self.version, self.origin.as_str()) > (current.version, current.origin.as_str())
+    }
+
+    /// This entry merged with `other` (the same key): every revision of both, the newest
+    /// [`HISTORY`] by `(version, origin)`, the greatest current. `None` when that is
+    /// exactly what this entry holds already. Two revisions with the same version and
+    /// origin are one write; should they differ (only their writer could have signed
+    /// both), the one with the smaller digest is kept, on every node alike.
+    pub fn merged(&self, other: &Entry) -> Option<Entry> {
+        let mut all: BTreeMap<(Hlc, String), Revision> = BTreeMap::new();
+        let key = self.key.as_str();
+        for r in self.revisions().chain(other.revisions()) {
+            match all.entry((r.version, r.origin.clone())) {
+                btree_map::Entry::Vacant(v) => {
+                    v.insert(r);
+                }
+                btree_map::Entry::Occupied(mut o) => {
+                    if r.digest(key) < o.get().digest(key) {
+                        o.insert(r);
+                    }
+                }
+            }
+        }
+        let mut kept: Vec<Revision> = all.into_values().collect();
+        let excess = kept.len().saturating_sub(HISTORY);
+        kept.drain(..excess);
+        let merged = Entry::from_revisions(key, kept)?;
+        (merged != *self).then_some(merged)
+    }
+
+    /// The entry whose revisions are `revisions` (in `(version, origin)` order, not
+    /// empty): the last is the current one.
+    fn from_revisions(key: &str, mut revisions: Vec<Revision>) -> Option<Entry> {
+        let current = revisions.pop()?;
+        Some(Entry {
+            key: key.to_owned(),
+            value: current.value,
+            version: current.version,
+            origin: current.origin,
+            deleted: current.deleted,
+            revision: current.revision,
+            history: revisions,
+            seal: current.seal,
+        })
+    }
+
+    /// Whether the history is in strict `(version, origin)` order below the current
+    /// revision: the shape merging keeps, which a remote entry must have.
+    pub fn ordered(&self) -> bool {
+        let ids: Vec<(Hlc, &str)> = self
+            .history
+            .iter()
+            .map(|r| (r.version, r.origin.as_str()))
+            .chain(std::iter::once((self.version, self.origin.as_str())))
+            .collect();
+        ids.windows(2).all(|w| w[0] < w[1])
     }
 
     /// The bytes this entry takes encoded (the store's size accounting).
@@ -186,17 +258,24 @@ impl Entry {
         postcard::experimental::serialized_size(self).unwrap_or(0)
     }
 
-    /// A 64-bit hash of what identifies this write (key, version, origin, deleted); two
-    /// nodes holding the same write compute the same hash. SHA-256, so that it does not
-    /// depend on the Rust version or build.
+    /// A 64-bit hash of what identifies this entry: its key and every revision it holds
+    /// (version, origin, deleted), so two nodes with the same current write but different
+    /// histories differ, and anti-entropy merges their histories. SHA-256, so that it
+    /// does not depend on the Rust version or build.
     pub fn fingerprint(&self) -> u64 {
         let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
         ctx.update(&(self.key.len() as u64).to_be_bytes());
         ctx.update(self.key.as_bytes());
-        ctx.update(&self.version.0.to_be_bytes());
-        ctx.update(&(self.origin.len() as u64).to_be_bytes());
-        ctx.update(self.origin.as_bytes());
-        ctx.update(&[u8::from(self.deleted)]);
+        for r in self.history.iter().map(|r| (r.version, &r.origin, r.deleted)).chain(std::iter::once((
+            self.version,
+            &self.origin,
+            self.deleted,
+        ))) {
+            ctx.update(&r.0 .0.to_be_bytes());
+            ctx.update(&(r.1.len() as u64).to_be_bytes());
+            ctx.update(r.1.as_bytes());
+            ctx.update(&[u8::from(r.2)]);
+        }
         let digest = ctx.finish();
         let mut first = [0u8; 8];
         first.copy_from_slice(&digest.as_ref()[..8]);
@@ -242,6 +321,27 @@ mod tests {
         let again = put(Some(&dead), "v3", 3);
         assert_eq!(again.revision, 3);
         assert!(again.history[1].deleted);
+    }
+
+    #[test]
+    fn merging_keeps_both_sides_newest_twenty_whatever_the_order() {
+        // Two writers, each 15 revisions over the same first one, interleaved in time.
+        let first = put(None, "v0", 1);
+        let (mut a, mut b) = (first.clone(), first.clone());
+        for i in 1..=15u64 {
+            a = Entry::next(Some(&a), "route/reviews", Some(vec![1]), Hlc::from_millis(10 * i), "a");
+            b = Entry::next(Some(&b), "route/reviews", Some(vec![2]), Hlc::from_millis(10 * i + 5), "b");
+        }
+        let ab = a.merged(&b).expect("b brings revisions");
+        let ba = b.merged(&a).expect("a brings revisions");
+        assert_eq!(ab, ba, "the same entry whichever side merges");
+        assert_eq!(ab.revisions().count(), HISTORY, "bounded");
+        assert!(ab.ordered());
+        assert_eq!((ab.origin.as_str(), ab.version), ("b", Hlc::from_millis(155)), "the latest is current");
+        let oldest = &ab.history[0];
+        assert_eq!(oldest.version, Hlc::from_millis(60), "the oldest by time went first");
+        assert_eq!(ab.merged(&a), None, "merging what it holds changes nothing");
+        assert_eq!(ab.next_revision(), 17, "one above every revision held (each writer reached 16)");
     }
 
     #[test]

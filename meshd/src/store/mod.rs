@@ -467,8 +467,8 @@ impl Store {
         self.check_present()?;
         let mut report = MergeReport::default();
         let mut w = self.lock();
-        // The winner per key within the batch, then only what beats the view.
-        let mut winners: BTreeMap<String, Entry> = BTreeMap::new();
+        // Per key, the batch's entries merged into one, then only what changes the view.
+        let mut incoming: BTreeMap<String, Entry> = BTreeMap::new();
         for entry in entries {
             if !valid_remote(&entry) {
                 report.refused_invalid += 1;
@@ -483,18 +483,17 @@ impl Store {
                 report.refused_clock += 1;
                 continue;
             }
-            match winners.get(&entry.key) {
-                Some(held) if !entry.supersedes(held) => report.stale += 1,
-                Some(_) => {
-                    report.stale += 1;
-                    winners.insert(entry.key.clone(), entry);
-                }
+            match incoming.get_mut(&entry.key) {
+                Some(held) => match held.merged(&entry) {
+                    Some(both) => *held = both,
+                    None => report.stale += 1,
+                },
                 None => {
-                    winners.insert(entry.key.clone(), entry);
+                    incoming.insert(entry.key.clone(), entry);
                 }
             }
         }
-        let fresh: Vec<Entry> = winners
+        let fresh: Vec<Entry> = incoming
             .into_values()
             .filter(|e| {
                 let applies = w.view.would_apply(e);
@@ -508,11 +507,12 @@ impl Store {
         let verdicts = self.inner.authority.judge(&w.view, &fresh.iter().collect::<Vec<_>>());
         // Per outcome: how many, and the first, for the log.
         let mut refused: BTreeMap<&'static str, (usize, String)> = BTreeMap::new();
+        // What each admitted entry makes of the one held: the merge of both.
         let fresh: Vec<Arc<Entry>> = fresh
             .into_iter()
             .zip(verdicts)
             .filter_map(|(e, verdict)| match verdict {
-                Ok(()) => Some(Arc::new(e)),
+                Ok(()) => w.view.merged(Arc::new(e)),
                 Err(refusal) => {
                     report.refused_untrusted += 1;
                     let first = refused
@@ -642,14 +642,19 @@ fn check_key(key: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// A remote entry must respect the same limits as a local write.
+/// A remote entry must respect the same limits as a local write, and have the shape
+/// merging keeps (its history in order below the current revision).
 fn valid_remote(e: &Entry) -> bool {
     check_key(&e.key).is_ok()
-        && e.value.len() <= MAX_VALUE
-        && e.history.iter().all(|r| r.value.len() <= MAX_VALUE && r.revision < e.revision)
         && e.history.len() < entry::HISTORY
-        && e.revision > 0
-        && (!e.deleted || e.value.is_empty())
+        && e.history
+            .iter()
+            .map(|r| (&r.value, r.revision, r.deleted))
+            .chain(std::iter::once((&e.value, e.revision, e.deleted)))
+            .all(|(value, revision, deleted)| {
+                value.len() <= MAX_VALUE && revision > 0 && (!deleted || value.is_empty())
+            })
+        && e.ordered()
 }
 
 /// The tree of this host's own, never replicated, state.

@@ -83,12 +83,19 @@ fn merges_converge_whatever_the_order_and_refuse_clocks_far_ahead() {
     let e1 = a.write_at("route/x", Some(b"a1".to_vec()), now).expect("w").expect("e");
     let e2 = b.write_at("route/x", Some(b"b1".to_vec()), now + 5).expect("w").expect("e");
     let e3 = a.write_at("route/y", Some(b"a2".to_vec()), now + 6).expect("w").expect("e");
+    // e1 is older than b's own write of route/x but joins its history; the duplicate of
+    // e3 changes nothing.
     let r = b.merge(vec![(*e3).clone(), (*e1).clone(), (*e3).clone()], now).expect("merge");
-    assert_eq!((r.applied, r.stale), (1, 2), "{r:?}");
+    assert_eq!((r.applied, r.stale), (2, 1), "{r:?}");
     let r = a.merge(vec![(*e2).clone()], now).expect("merge");
     assert_eq!(r.applied, 1);
+    let r = a.merge(vec![(*e2).clone(), (*e1).clone()], now).expect("merge");
+    assert_eq!((r.applied, r.stale), (0, 1), "{r:?}");
     assert_eq!(a.view().digest(), b.view().digest());
-    assert_eq!(a.view().get("route/x"), Some(&b"b1"[..]));
+    assert_eq!(a.view().get("route/x"), Some(&b"b1"[..]), "the later write is current");
+    let x = a.view().entry("route/x").cloned().expect("route/x");
+    let ids: Vec<(u64, String)> = x.revisions().map(|r| (r.revision, r.origin)).collect();
+    assert_eq!(ids, [(1, "a".to_owned()), (1, "b".to_owned())], "both concurrent writes are history");
 
     let mut future = (*e3).clone();
     future.version = hlc::Hlc::from_millis(now + 3_600_000);
@@ -186,12 +193,16 @@ fn op() -> impl Strategy<Value = Op> {
 
 const ORIGINS: [&str; 3] = ["a", "b", "c"];
 
+/// A key and its revisions' (version, origin, value), as the property test compares them.
+type KeyRevisions = (String, Vec<(hlc::Hlc, String, Vec<u8>)>);
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
     /// Puts, deletes and merges from three origins, delivered in random order and
     /// duplicated, with reopens in between: every replica ends with the same map, and
-    /// it is the model's (per key, the write with the greatest (version, origin)).
+    /// it is the model's: per key, every revision ever written (the newest `HISTORY` of
+    /// them by (version, origin)), the greatest current.
     #[test]
     fn replicas_converge_to_the_model(ops in proptest::collection::vec(op(), 1..40), order in any::<u64>()) {
         let tmp = tempfile::tempdir().expect("tempdir");
@@ -199,7 +210,8 @@ proptest! {
         let mut stores: Vec<Store> = ORIGINS.iter().zip(&dirs).map(|(o, d)| open(d, o).0).collect();
         let mut walls = [1_000_000i64; 3];
         let mut produced: Vec<Entry> = Vec::new();
-        let mut model: BTreeMap<String, Entry> = BTreeMap::new();
+        // Per key, every revision written, by (version, origin).
+        let mut model: BTreeMap<String, BTreeMap<(hlc::Hlc, String), entry::Revision>> = BTreeMap::new();
 
         for op in ops {
             match op {
@@ -209,8 +221,9 @@ proptest! {
                     let wall = u64::try_from(walls[origin]).expect("positive");
                     if let Some(e) = stores[origin].write_at(&key, value.map(|v| vec![v]), wall).expect("write") {
                         let e = (*e).clone();
-                        if model.get(&key).is_none_or(|m| e.supersedes(m)) {
-                            model.insert(key, e.clone());
+                        let revs = model.entry(key).or_default();
+                        for r in e.revisions() {
+                            revs.insert((r.version, r.origin.clone()), r);
                         }
                         produced.push(e);
                     }
@@ -240,11 +253,20 @@ proptest! {
             store.merge(all.clone(), wall).expect("merge");
         }
 
+        let want: Vec<KeyRevisions> = model
+            .iter()
+            .map(|(key, revs)| {
+                let all: Vec<_> = revs.values().map(|r| (r.version, r.origin.clone(), r.value.clone())).collect();
+                (key.clone(), all[all.len().saturating_sub(entry::HISTORY)..].to_vec())
+            })
+            .collect();
         let views: Vec<Arc<View>> = stores.iter().map(Store::view).collect();
         for v in &views {
-            let got: Vec<&Entry> = v.iter().map(|e| e.as_ref()).collect();
-            let want: Vec<&Entry> = model.values().collect();
-            prop_assert_eq!(got, want);
+            let got: Vec<KeyRevisions> = v
+                .iter()
+                .map(|e| (e.key.clone(), e.revisions().map(|r| (r.version, r.origin, r.value)).collect()))
+                .collect();
+            prop_assert_eq!(&got, &want);
             prop_assert_eq!(v.digest(), views[0].digest());
         }
     }

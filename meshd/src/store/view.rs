@@ -15,9 +15,9 @@ use super::entry::Entry;
 /// What merging one entry did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Merge {
-    /// The entry was new or superseded the one held.
+    /// The entry was new, or brought revisions not held.
     Applied,
-    /// The held entry is the same write or a later one.
+    /// The held entry holds every revision it brought (or later ones that bound them out).
     Stale,
 }
 
@@ -54,16 +54,26 @@ impl Default for View {
 }
 
 impl View {
-    /// Whether `entry` would be applied by [`View::merge`].
+    /// Whether `entry` would change what [`View::merge`] holds.
     pub fn would_apply(&self, entry: &Entry) -> bool {
-        self.entries.get(&entry.key).is_none_or(|cur| entry.supersedes(cur))
+        self.entries.get(&entry.key).is_none_or(|cur| *cur.as_ref() != *entry && cur.merged(entry).is_some())
     }
 
-    /// Last-writer-wins merge of one entry.
-    pub fn merge(&mut self, entry: Arc<Entry>) -> Merge {
-        if !self.would_apply(&entry) {
-            return Merge::Stale;
+    /// What merging `entry` would hold for its key: `entry` itself for a new key, the
+    /// held entry's merge with it ([`Entry::merged`]), or `None` when nothing would change.
+    pub fn merged(&self, entry: Arc<Entry>) -> Option<Arc<Entry>> {
+        match self.entries.get(&entry.key) {
+            None => Some(entry),
+            Some(cur) if **cur == *entry => None,
+            Some(cur) => cur.merged(&entry).map(Arc::new),
         }
+    }
+
+    /// Merges one entry: its revisions join the held ones, and the greatest is current.
+    pub fn merge(&mut self, entry: Arc<Entry>) -> Merge {
+        let Some(entry) = self.merged(entry) else {
+            return Merge::Stale;
+        };
         let bucket = bucket_of(&entry.key);
         let print = entry.fingerprint();
         let size = entry.encoded_len() as u64;
