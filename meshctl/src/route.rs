@@ -366,6 +366,7 @@ async fn wait_until_everywhere(
                 Some(c) => {
                     let mut lag = c.lagging.clone();
                     lag.extend(c.unreachable.iter().map(|n| format!("{n} (unreachable)")));
+                    lag.extend(c.unconfirmed.iter().map(|n| format!("{n} (dead: not confirmed)")));
                     lag.join(", ")
                 }
                 None => "unknown (meshd did not answer)".to_owned(),

@@ -297,8 +297,19 @@ impl Driver {
         self.swim.iter_members().map(|m| m.id().clone()).filter(|m| !parts.removed.contains(&*m.name)).collect()
     }
 
+    /// Anti-entropy with one member, chosen among those foca holds alive (a suspect one,
+    /// likely cut off, would waste the round: during a partition most of the mesh may be
+    /// suspect), or among all active ones when none is.
     fn sync_with_random_member(&mut self) {
-        let members = self.active_members();
+        let suspect: std::collections::HashSet<MemberId> = self
+            .swim
+            .iter_membership_state()
+            .filter(|m| m.state() == foca::State::Suspect)
+            .map(|m| m.id().clone())
+            .collect();
+        let all = self.active_members();
+        let alive: Vec<MemberId> = all.iter().filter(|m| !suspect.contains(*m)).cloned().collect();
+        let members = if alive.is_empty() { all } else { alive };
         if !members.is_empty() {
             let pick = members[self.rng.random_range(0..members.len())].clone();
             self.sync_with(pick.addr);
