@@ -42,7 +42,8 @@ pub fn status(s: &Status) -> String {
         .map(|m| format!("{} alive, {} suspect, {} dead, {} left", m.alive, m.suspect, m.dead, m.left));
     let store = s.store.as_ref().map(|st| {
         let noun = if st.entries == 1 { "entry" } else { "entries" };
-        format!("{} {noun}, {} bytes", st.entries, st.bytes)
+        let health = if st.health.is_empty() || st.health == "ok" { String::new() } else { format!(", {}", st.health) };
+        format!("{} {noun}, {} bytes{health}", st.entries, st.bytes)
     });
     let signer = s.signer.map(|b| if b { "yes" } else { "no" });
     let rows = [
@@ -59,6 +60,9 @@ pub fn status(s: &Status) -> String {
         ("routes", or_dash(s.routes)),
     ];
     let mut rows = rows.to_vec();
+    if let Some(st) = s.store.as_ref().filter(|st| st.health.starts_with("read-only")) {
+        rows.push(("WARNING", format!("the store is {}: writes are refused", st.health)));
+    }
     for w in [&s.cert_warning, &s.membership_warning, &s.clock_warning, &s.vip_warning].into_iter().flatten() {
         rows.push(("WARNING", w.clone()));
     }

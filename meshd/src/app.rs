@@ -398,6 +398,7 @@ impl Bound {
             crate::transport::apply_revocations(self.publisher.subscribe(), self.transport.clone(), watcher.clone()),
         );
         tasks.spawn("data_dir", datadir::watch(self.data_dir.clone(), watcher.clone()));
+        tasks.spawn("store recovery", keep_store_writable(self.store.clone(), watcher.clone()));
         drop(watcher);
 
         signal::notify_ready();
@@ -432,6 +433,20 @@ pub struct Ran {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
 struct PartLabel {
     part: &'static str,
+}
+
+/// Every [`datadir::WATCH_EVERY`], lets a store that turned read-only after a failed
+/// write (a full disk) try to become writable again, until the drain.
+async fn keep_store_writable(store: Store, drain: DrainWatcher) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(datadir::WATCH_EVERY) => {}
+            _ = drain.signaled() => return,
+        }
+        let store = store.clone();
+        // A rebuild writes the whole store: off the async threads.
+        let _ = tokio::task::spawn_blocking(move || store.recover()).await;
+    }
 }
 
 async fn drain_with(trigger: DrainTrigger, deadline: Duration) -> DrainOutcome {

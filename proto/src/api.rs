@@ -52,6 +52,11 @@ pub struct StoreStatus {
     /// A digest of every write held: two nodes with the same digest hold the same map.
     #[serde(default)]
     pub digest: String,
+    /// `ok`, or `read-only: REASON (since TIME)` after a write failed (disk full, an I/O
+    /// error, the data_dir gone): writes are refused until the store can write again,
+    /// which it notices by itself.
+    #[serde(default)]
+    pub health: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

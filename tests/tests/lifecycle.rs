@@ -415,3 +415,135 @@ fn a_deleted_data_dir_refuses_writes_and_makes_meshd_exit_1() {
     let logs = node.logs();
     assert!(logs.contains("ERROR") && logs.contains("the data_dir is broken under a running meshd"), "{logs}");
 }
+
+/// A tmpfs mounted at a path for one test, unmounted (lazily: meshd may still hold it)
+/// when dropped, even when the test fails. Needs root (CI is root): fails loudly without.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &std::path::Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(at).expect("mount point");
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .output()
+            .expect("run mount");
+        assert!(out.status.success(), "mounting a tmpfs needs root: {}", String::from_utf8_lossy(&out.stderr));
+        Tmpfs(at.to_owned())
+    }
+
+    /// Fills the file system but for `keep_kib`, in a file `fill` removes.
+    fn fill(&self, keep_kib: u64) {
+        let stat = nix::sys::statvfs::statvfs(&self.0).expect("statvfs");
+        // Both are u64 on Linux x86-64, not on every target.
+        #[allow(clippy::useless_conversion)]
+        let free = u64::from(stat.blocks_available()) * u64::from(stat.fragment_size());
+        let size = free.saturating_sub(keep_kib * 1024);
+        let f = std::fs::File::create(self.0.join("filler")).expect("filler");
+        // Written, not sparse: tmpfs counts written pages.
+        let chunk = vec![0xA5u8; 1 << 20];
+        let mut left = size;
+        while left > 0 {
+            let n = left.min(chunk.len() as u64) as usize;
+            if std::io::Write::write_all(&mut &f, &chunk[..n]).is_err() {
+                break;
+            }
+            left -= n as u64;
+        }
+    }
+
+    fn free_up(&self) {
+        std::fs::remove_file(self.0.join("filler")).expect("remove the filler");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A route of about 47 KB whose content depends on `v`: a few of them fill a small disk.
+fn big_route(node: &Node, v: u32) -> String {
+    let mut text = String::from("name = \"big\"\nservice = \"big\"\n");
+    for i in 0..50 {
+        text += &format!("[[http]]\nmatch = {{ path_prefix = \"/{}{v}-{i}\" }}\n", "x".repeat(900));
+    }
+    let path = node.dir.path().join(format!("big{v}.toml"));
+    std::fs::write(&path, text).expect("route file");
+    path.display().to_string()
+}
+
+/// A full disk under a running meshd: the write that hits it is refused with the reason,
+/// the store turns read-only (status and metric say so) and refuses the next writes at
+/// once instead of hanging; once there is room again it takes writes with no restart.
+/// Full again, SIGTERM still ends meshd within its drain_timeout, and every acknowledged
+/// revision is there after a restart.
+#[test]
+fn a_full_disk_makes_the_store_read_only_until_there_is_room_and_never_hangs() {
+    let block = Block::take();
+    let node = Node::prepare(&block, 1, "");
+    let disk = Tmpfs::mount(&node.dir.path().join("data"), "24m");
+    assert!(node.meshd(&["init"]).status.success());
+    let mut node = node.run();
+    let apply = |node: &Node, v: u32| node.meshctl(&["--timeout", "10s", "route", "apply", "-f", &big_route(node, v)]);
+    let mut acknowledged = Vec::new();
+    assert!(apply(&node, 0).status.success());
+    acknowledged.push(0);
+
+    disk.fill(300);
+    let mut v = 1;
+    let refusal = loop {
+        let out = apply(&node, v);
+        if !out.status.success() {
+            break String::from_utf8_lossy(&out.stderr).into_owned();
+        }
+        acknowledged.push(v);
+        v += 1;
+        assert!(v < 40, "300 KiB filled up");
+    };
+    assert!(refusal.contains("No space left on device"), "{refusal}");
+    let started = Instant::now();
+    let out = apply(&node, 100);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("read-only") && said.contains("disk full"), "refused with the reason, not hanging: {said}");
+    assert!(started.elapsed() < Duration::from_secs(10), "refused, not timed out");
+    let health = node.meshctl_json(&["status"])["store"]["health"].as_str().unwrap_or("").to_owned();
+    assert!(health.starts_with("read-only: disk full"), "{health}");
+    assert_eq!(node.metric("mesh_store_read_only"), 1);
+
+    disk.free_up();
+    node.eventually(Duration::from_secs(60), "writes are taken again", || {
+        apply(&node, 101).status.success().then_some(())
+    });
+    acknowledged.push(101);
+    assert_eq!(node.meshctl_json(&["status"])["store"]["health"], "ok");
+    assert_eq!(node.metric("mesh_store_read_only"), 0);
+    assert_eq!(node.metric("mesh_store_recoveries_total"), 1);
+    assert!(node.logs().contains("ERROR") && node.logs().contains("the store takes writes again"));
+
+    disk.fill(300);
+    let mut v = 200;
+    while apply(&node, v).status.success() {
+        acknowledged.push(v);
+        v += 1;
+        assert!(v < 240, "300 KiB filled up");
+    }
+    node.signal(Signal::SIGTERM);
+    // drain_timeout is 5s in the test config: meshd must be gone by then.
+    let status = node.wait_exit(Duration::from_secs(7));
+    assert!(status.code().is_some(), "exited, not killed: {status:?}");
+
+    disk.free_up();
+    let node = node.run();
+    let history = node.meshctl_json(&["route", "history", "big"]);
+    let held = history.as_array().map_or(0, Vec::len);
+    assert_eq!(held, acknowledged.len().min(20), "every acknowledged revision: {history}");
+    let current = node.meshctl_json(&["route", "get", "big"]);
+    let last = *acknowledged.last().expect("some");
+    let prefix = current["spec"]["http"][0]["match"]["path_prefix"].as_str().unwrap_or("").to_owned();
+    assert!(prefix.ends_with(&format!("{last}-0")), "the last acknowledged revision is current: {prefix}");
+    drop(node);
+    drop(disk);
+}

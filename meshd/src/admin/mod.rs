@@ -292,6 +292,7 @@ async fn status(
             entries: view.len() as u64,
             bytes: view.bytes(),
             digest: format!("{:016x}", view.digest().xor),
+            health: state.store.health().to_string(),
         }),
         members: Some(count_members(&member_list(&state, &snap))),
         services: Some(crate::catalog::count(&snap)),

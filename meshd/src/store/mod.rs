@@ -17,6 +17,7 @@
 //! before it is flushed.
 
 pub mod digest;
+mod disk;
 pub mod entry;
 pub mod hlc;
 mod legacy;
@@ -36,6 +37,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+pub use self::disk::Health;
 use self::entry::{Entry, MAX_KEY, MAX_VALUE};
 use self::hlc::{Clock, Hlc};
 use self::seal::{Authority, Refusal};
@@ -107,6 +109,8 @@ pub struct Metrics {
     entries: Gauge,
     bytes: Gauge,
     flush_seconds: Histogram,
+    read_only: Gauge,
+    recoveries: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -133,6 +137,8 @@ impl Metrics {
             entries: Gauge::default(),
             bytes: Gauge::default(),
             flush_seconds: Histogram::new(exponential_buckets(0.000_1, 4.0, 10)),
+            read_only: Gauge::default(),
+            recoveries: Counter::default(),
         }
     }
 
@@ -148,6 +154,16 @@ impl Metrics {
         r.register("entries", "Entries held, tombstones included", m.entries.clone());
         r.register("bytes", "Encoded bytes of the entries held", m.bytes.clone());
         r.register("flush_seconds", "Time to make a write durable", m.flush_seconds.clone());
+        r.register(
+            "read_only",
+            "1 while the store refuses writes after a failed one (disk full, I/O error; the reason is in meshctl status), 0 while it takes them",
+            m.read_only.clone(),
+        );
+        r.register(
+            "recoveries",
+            "Times the store became writable again by itself after a failed write",
+            m.recoveries.clone(),
+        );
         m
     }
 }
@@ -211,7 +227,8 @@ pub struct Store {
 struct Inner {
     path: PathBuf,
     origin: String,
-    db: sled::Db,
+    /// sled, behind the handle that a failed write poisons ([`disk`]).
+    disk: disk::Disk,
     writer: Mutex<Writer>,
     /// The latest view, for [`Store::view`]: readers never take the writer's lock.
     current: arc_swap::ArcSwap<View>,
@@ -250,36 +267,13 @@ impl Store {
         let corrupt = |detail: String| StoreError::Corrupt { path: path.to_owned(), detail };
         // sled writes `conf` when it creates a store; a store without it is new.
         let existed = path.join("conf").exists();
-        let config = sled::Config::new().path(path).cache_capacity(64 * 1024 * 1024);
-        // sled can panic on damaged files instead of returning an error: a damaged store
-        // must be reported, never take the daemon down with a backtrace.
-        // sled's file lock outlives a dropped handle for a moment (its flusher thread
-        // lets go last): when this process just closed the store, wait for it briefly.
-        // A store held by another process stays an error after that.
-        let open = || {
-            let mut tries = 0;
-            loop {
-                match config.open() {
-                    // sled rewraps the OS error: its kind is lost, its message says it.
-                    Err(sled::Error::Io(e))
-                        if tries < 40
-                            && (e.kind() == std::io::ErrorKind::WouldBlock
-                                || e.to_string().contains("could not acquire lock")) =>
-                    {
-                        tries += 1;
-                        std::thread::sleep(std::time::Duration::from_millis(50));
-                    }
-                    other => return other,
-                }
-            }
-        };
-        let db = match catch_unwind(AssertUnwindSafe(open)) {
-            Ok(Ok(db)) => db,
-            Ok(Err(sled::Error::Corruption { at, .. })) => {
+        let db = match disk::open_sled(path) {
+            Ok(db) => db,
+            Err(disk::Opened::Failed(sled::Error::Corruption { at, .. })) => {
                 return Err(corrupt(format!("sled reports corruption at {at:?}")))
             }
-            Ok(Err(e)) => return Err(open_error(path, e)),
-            Err(panic) => return Err(corrupt(format!("sled failed reading it ({})", panic_message(&panic)))),
+            Err(disk::Opened::Failed(e)) => return Err(open_error(path, e)),
+            Err(disk::Opened::Panicked(p)) => return Err(corrupt(format!("sled failed reading it ({p})"))),
         };
 
         match check_format(&db, existed).map_err(corrupt)? {
@@ -321,7 +315,7 @@ impl Store {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
                 origin: origin.to_owned(),
-                db,
+                disk: disk::Disk::new(path, db),
                 writer: Mutex::new(Writer { clock: Clock::new(newest), view }),
                 current: arc_swap::ArcSwap::new(snapshot),
                 on_publish: Box::new(on_publish),
@@ -357,7 +351,7 @@ impl Store {
     /// every `local/` key with its value.
     pub fn local_entries(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let corrupt = |e: sled::Error| StoreError::Corrupt { path: self.inner.path.clone(), detail: e.to_string() };
-        let tree = self.inner.db.open_tree(LOCAL_TREE).map_err(corrupt)?;
+        let tree = self.inner.disk.handle().open_tree(LOCAL_TREE).map_err(corrupt)?;
         let mut out = Vec::new();
         for item in tree.scan_prefix(prefix.as_bytes()) {
             let (k, v) = item.map_err(corrupt)?;
@@ -369,27 +363,37 @@ impl Store {
     /// One local, never replicated, key's value.
     pub fn local_get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let corrupt = |e: sled::Error| StoreError::Corrupt { path: self.inner.path.clone(), detail: e.to_string() };
-        let tree = self.inner.db.open_tree(LOCAL_TREE).map_err(corrupt)?;
+        let tree = self.inner.disk.handle().open_tree(LOCAL_TREE).map_err(corrupt)?;
         Ok(tree.get(key.as_bytes()).map_err(corrupt)?.map(|v| v.to_vec()))
     }
 
     /// Deletes a local, never replicated, key durably.
     pub fn local_delete(&self, key: &str) -> Result<(), StoreError> {
-        let write_err = |e: sled::Error| StoreError::Write { path: self.inner.path.clone(), detail: e.to_string() };
-        let tree = self.inner.db.open_tree(LOCAL_TREE).map_err(write_err)?;
-        tree.remove(key.as_bytes()).map_err(write_err)?;
-        self.inner.db.flush().map_err(write_err)?;
-        Ok(())
+        self.local_write(key, None)
     }
 
     /// Writes a local, never replicated, key durably.
     pub fn local_put(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        self.check_present()?;
-        let write_err = |e: sled::Error| StoreError::Write { path: self.inner.path.clone(), detail: e.to_string() };
-        let tree = self.inner.db.open_tree(LOCAL_TREE).map_err(write_err)?;
-        tree.insert(key.as_bytes(), value).map_err(write_err)?;
-        self.inner.db.flush().map_err(write_err)?;
-        Ok(())
+        self.local_write(key, Some(value))
+    }
+
+    /// Writes (None: deletes) a local key under the writer's lock, flushed, through the
+    /// same failure handling as replicated writes. (A local write that fails may still be
+    /// in the poisoned handle's memory and so in the rebuilt store: a VIP allocation or a
+    /// join token that was reported as failed. Both are harmless to keep.)
+    fn local_write(&self, key: &str, value: Option<&[u8]>) -> Result<(), StoreError> {
+        self.check_writable()?;
+        let _w = self.lock();
+        let handle = self.inner.disk.handle();
+        let result = catch_unwind(AssertUnwindSafe(|| -> Result<(), sled::Error> {
+            let tree = handle.open_tree(LOCAL_TREE)?;
+            match value {
+                Some(v) => tree.insert(key.as_bytes(), v).map(drop)?,
+                None => tree.remove(key.as_bytes()).map(drop)?,
+            }
+            handle.flush().map(drop)
+        }));
+        self.written(&handle, result)
     }
 
     /// The latest view. Readers normally use the snapshot instead; this is the same data.
@@ -408,22 +412,84 @@ impl Store {
         self.write_at(key, None, wall_ms())
     }
 
-    /// Refuses a write when the store's directory is gone (its data_dir deleted under a
-    /// running meshd): sled would write to deleted files and the write would be lost.
-    fn check_present(&self) -> Result<(), StoreError> {
-        if self.inner.path.join("conf").exists() {
-            return Ok(());
+    /// Refuses a write at once when the store is read-only after a failed write, or its
+    /// directory is gone (its data_dir deleted under a running meshd: sled would write to
+    /// deleted files and the write would be lost).
+    fn check_writable(&self) -> Result<(), StoreError> {
+        let refused = |detail: String| Err(StoreError::Write { path: self.inner.path.clone(), detail });
+        if let Some(reason) = self.inner.disk.read_only() {
+            return refused(format!(
+                "the store is read-only since a write failed ({reason}); it takes writes again by itself once the cause is gone"
+            ));
         }
-        Err(StoreError::Write {
-            path: self.inner.path.clone(),
-            detail: "the store's directory is gone (was the data_dir deleted?)".to_owned(),
-        })
+        if !self.inner.path.join("conf").exists() {
+            return refused("the store's directory is gone (was the data_dir deleted?)".to_owned());
+        }
+        Ok(())
+    }
+
+    /// Whether the store takes writes: `ok`, or read-only with the reason.
+    pub fn health(&self) -> Health {
+        match self.inner.disk.health() {
+            Health::Ok if !self.inner.path.join("conf").exists() => Health::ReadOnly {
+                reason: "the store's directory is gone (was the data_dir deleted?)".to_owned(),
+                since: std::time::SystemTime::now(),
+            },
+            health => health,
+        }
+    }
+
+    /// Makes a read-only store writable again once its cause is gone: when a retry is
+    /// due and the file system has room, writes what the view holds (every acknowledged
+    /// write) into a fresh copy and swaps it in. Call it every few seconds (blocking);
+    /// `None` when there was nothing to try.
+    pub fn recover(&self) -> Option<Result<(), String>> {
+        if !self.inner.disk.rebuild_due(self.view().bytes()) {
+            return None;
+        }
+        let w = self.lock();
+        let entries = w.view.iter().filter_map(|e| Some((e.key.as_bytes().to_vec(), e.encode().ok()?)));
+        let result = self.inner.disk.rebuild(entries, LOCAL_TREE, (META_TREE, FORMAT_KEY, FORMAT));
+        drop(w);
+        match &result {
+            Ok(()) => {
+                self.inner.metrics.read_only.set(0);
+                self.inner.metrics.recoveries.inc();
+                tracing::warn!(path = %self.inner.path.display(), entries = self.view().len(), "the store takes writes again: every acknowledged write was rewritten to a fresh copy");
+            }
+            Err(e) => {
+                tracing::warn!(path = %self.inner.path.display(), error = %e, "the store is still read-only: a fresh copy could not be written; trying again later");
+            }
+        }
+        Some(result)
+    }
+
+    /// What a write through `handle` came to: on failure the handle is poisoned and the
+    /// store read-only (logged at ERROR once), and the error says why.
+    fn written(
+        &self,
+        handle: &disk::Handle,
+        result: Result<Result<(), sled::Error>, Box<dyn std::any::Any + Send>>,
+    ) -> Result<(), StoreError> {
+        let (reason, detail) = match result {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => (disk::reason(&e), e.to_string()),
+            Err(panic) => {
+                let p = panic_message(&panic);
+                (format!("sled panicked: {p}"), format!("sled panicked: {p}"))
+            }
+        };
+        if self.inner.disk.failed(handle, reason.clone()) {
+            self.inner.metrics.read_only.set(1);
+            tracing::error!(path = %self.inner.path.display(), error = %detail, "a store write failed: the store is read-only (writes are refused at once) until it can write again, which it checks every few seconds; reads, DNS and traffic carry on");
+        }
+        Err(StoreError::Write { path: self.inner.path.clone(), detail })
     }
 
     /// A local write at wall time `wall_ms` (tests pass their own clock).
     pub fn write_at(&self, key: &str, value: Option<Vec<u8>>, wall_ms: u64) -> Result<Option<Arc<Entry>>, StoreError> {
         check_key(key)?;
-        self.check_present()?;
+        self.check_writable()?;
         if let Some(v) = &value {
             if v.len() > MAX_VALUE {
                 return Err(StoreError::TooLarge { what: "the value", size: v.len(), limit: MAX_VALUE });
@@ -464,7 +530,7 @@ impl Store {
     /// Merges entries from other nodes (last-writer-wins), durably, publishing one
     /// snapshot for the whole batch. Order and duplicates do not matter.
     pub fn merge(&self, entries: Vec<Entry>, wall_ms: u64) -> Result<MergeReport, StoreError> {
-        self.check_present()?;
+        self.check_writable()?;
         let mut report = MergeReport::default();
         let mut w = self.lock();
         // Per key, the batch's entries merged into one, then only what changes the view.
@@ -581,46 +647,35 @@ impl Store {
         self.inner.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Writes `entries` to sled in one atomic batch and flushes. On failure, puts back
-    /// what the batch replaced in sled's memory, so a later flush cannot persist a write
-    /// that was refused.
-    fn persist(&self, w: &Writer, entries: &[Arc<Entry>]) -> Result<(), StoreError> {
-        let write_err = |detail: String| StoreError::Write { path: self.inner.path.clone(), detail };
+    /// Writes `entries` to sled in one atomic batch and flushes. On failure the handle is
+    /// poisoned ([`disk`]) and nothing of the batch reaches the view; the rebuild writes
+    /// the view, so what sled kept of a refused write in its memory never reaches disk.
+    fn persist(&self, _: &Writer, entries: &[Arc<Entry>]) -> Result<(), StoreError> {
         let mut encoded = Vec::with_capacity(entries.len());
         for e in entries {
-            let bytes = e.encode().map_err(|err| write_err(format!("encoding {}: {err}", e.key)))?;
+            let bytes = e.encode().map_err(|err| StoreError::Encode(format!("{}: {err}", e.key)))?;
             encoded.push((e.key.as_bytes(), bytes));
         }
+        // A failure between the check at the top of the write and here (another thread's
+        // write failed) must not reach the poisoned handle.
+        self.check_writable()?;
+        let handle = self.inner.disk.handle();
         let started = Instant::now();
-        let result = catch_unwind(AssertUnwindSafe(|| {
+        let result = catch_unwind(AssertUnwindSafe(|| -> Result<(), sled::Error> {
             if let [(key, bytes)] = encoded.as_slice() {
                 // One key: a plain insert is atomic already, and cheaper than a batch.
-                self.inner.db.insert(key, bytes.as_slice())?;
+                handle.insert(key, bytes.as_slice())?;
             } else {
                 let mut batch = sled::Batch::default();
                 for (key, bytes) in encoded {
                     batch.insert(key, bytes);
                 }
-                self.inner.db.apply_batch(batch)?;
+                handle.apply_batch(batch)?;
             }
-            self.inner.db.flush().map(drop)
+            handle.flush().map(drop)
         }));
         self.inner.metrics.flush_seconds.observe(started.elapsed().as_secs_f64());
-        let detail = match result {
-            Ok(Ok(())) => return Ok(()),
-            Ok(Err(e)) => e.to_string(),
-            Err(panic) => format!("sled panicked: {}", panic_message(&panic)),
-        };
-        let mut undo = sled::Batch::default();
-        for e in entries {
-            match w.view.entry(&e.key).map(|old| old.encode()) {
-                Some(Ok(bytes)) => undo.insert(e.key.as_bytes(), bytes),
-                _ => undo.remove(e.key.as_bytes()),
-            }
-        }
-        let _ = catch_unwind(AssertUnwindSafe(|| self.inner.db.apply_batch(undo)));
-        tracing::error!(path = %self.inner.path.display(), error = %detail, "store write refused");
-        Err(write_err(detail))
+        self.written(&handle, result)
     }
 
     fn publish(&self, w: &Writer) {
