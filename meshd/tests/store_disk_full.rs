@@ -41,10 +41,11 @@ fn open(path: &Path) -> Result<Store, StoreError> {
 
 #[test]
 fn a_full_disk_refuses_writes_loses_nothing_acknowledged_and_keeps_serving_reads() {
-    let fs = Tmpfs::mount("24m");
-    // Room to reopen the store later: removed once the disk is full.
+    let fs = Tmpfs::mount("64m");
+    // Room for the store to recover later: removed once the disk is full. A rebuild
+    // needs room for a copy of the store beside it.
     let ballast = fs.path.join("ballast");
-    std::fs::write(&ballast, vec![0u8; 4 << 20]).expect("ballast");
+    std::fs::write(&ballast, vec![0u8; 40 << 20]).expect("ballast");
     let path = fs.path.join("store");
     let store = open(&path).expect("open on tmpfs");
 
@@ -60,17 +61,21 @@ fn a_full_disk_refuses_writes_loses_nothing_acknowledged_and_keeps_serving_reads
             }
         }
     }
-    let refusal = refusal.expect("a 24 MiB disk fills up before 160 MiB of writes");
+    let refusal = refusal.expect("a 64 MiB disk fills up before 160 MiB of writes");
     assert!(matches!(refusal, StoreError::Write { .. }), "{refusal}");
     assert!(refusal.is_retryable());
     assert!(refusal.to_string().contains(&path.display().to_string()), "{refusal}");
     assert!(acked.len() > 10, "some writes were stored before the disk filled: {}", acked.len());
 
-    // Refused writes change nothing; reads keep working.
+    // Refused writes change nothing, and are refused at once (read-only); reads keep
+    // working.
     let held = store.view().len();
     for i in 0..5 {
-        assert!(store.put(&format!("refused/{i}"), value(i)).is_err(), "the disk is still full");
+        let refused = store.put(&format!("refused/{i}"), value(i)).expect_err("the disk is still full");
+        assert!(refused.to_string().contains("read-only"), "{refused}");
     }
+    assert!(matches!(store.health(), meshd::store::Health::ReadOnly { .. }));
+    assert!(store.recover().is_none(), "no room yet: nothing to try");
     let view = store.view();
     assert_eq!(view.len(), held);
     assert!(view.get("refused/0").is_none());
@@ -78,11 +83,24 @@ fn a_full_disk_refuses_writes_loses_nothing_acknowledged_and_keeps_serving_reads
         assert_eq!(view.get(&format!("node/n/service/s{i}")), Some(&value(i)[..]), "key {i} readable");
     }
 
-    // After a restart with room again, every acknowledged write is there.
+    // With room again the store becomes writable by itself (a retry is due 2 s after
+    // the failure), and after a restart every acknowledged write is there.
     drop(view);
-    drop(store);
     std::fs::remove_file(&ballast).expect("free space");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        match store.recover() {
+            Some(Ok(())) => break,
+            Some(Err(e)) => panic!("the rebuild failed with room: {e}"),
+            None => assert!(std::time::Instant::now() < deadline, "no rebuild tried: {}", store.health()),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(store.health(), meshd::store::Health::Ok);
+    store.put("after/recovery", b"taken".to_vec()).expect("a write after recovery");
+    drop(store);
     let store = open(&path).expect("reopen");
+    assert_eq!(store.view().get("after/recovery"), Some(&b"taken"[..]));
     let view = store.view();
     for &i in &acked {
         assert_eq!(view.get(&format!("node/n/service/s{i}")), Some(&value(i)[..]), "key {i} survived");

@@ -77,7 +77,8 @@ fn join_connections_are_bounded_per_address_in_number_size_and_time() {
         let (_, conn) = &held[0];
         let (mut send, mut recv) = conn.open_bi().await.expect("a stream");
         send.write_all(&(4u32 * 1024 * 1024).to_be_bytes()).await.expect("header");
-        send.write_all(&[0u8; 1000]).await.expect("some body");
+        // The node may stop the stream at the header, before the body is sent.
+        let _ = send.write_all(&[0u8; 1000]).await;
         let answer = tokio::time::timeout(Duration::from_secs(5), recv.read_to_end(1024)).await;
         assert!(!matches!(answer, Ok(Ok(ref a)) if !a.is_empty()), "no answer to an oversized join request");
     });

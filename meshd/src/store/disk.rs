@@ -25,9 +25,9 @@ use std::time::{Duration, Instant, SystemTime};
 /// tries (doubling after each failed one).
 const RETRY_FIRST: Duration = Duration::from_secs(2);
 const RETRY_MAX: Duration = Duration::from_secs(60);
-/// Free space a rebuild needs beyond twice the store's own size (sled's segments and
-/// snapshot).
-const REBUILD_HEADROOM: u64 = 16 * 1024 * 1024;
+/// Free space a rebuild needs beyond the store's files (the fresh copy is at most their
+/// size, as it holds only what is current; sled's next segments and snapshot need room).
+const REBUILD_HEADROOM: u64 = 8 * 1024 * 1024;
 
 /// One open sled database. Dropped normally while healthy; leaked once poisoned.
 pub(super) struct Handle {
@@ -57,15 +57,25 @@ impl Drop for Handle {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Health {
     Ok,
-    ReadOnly { reason: String, since: SystemTime },
+    /// Writes are refused: why, since when, and the free space (bytes) the file system
+    /// needs before the store can be rewritten (0 until first checked).
+    ReadOnly {
+        reason: String,
+        since: SystemTime,
+        needs_free: u64,
+    },
 }
 
 impl std::fmt::Display for Health {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Health::Ok => f.write_str("ok"),
-            Health::ReadOnly { reason, since } => {
-                write!(f, "read-only: {reason} (since {})", humantime::format_rfc3339_seconds(*since))
+            Health::ReadOnly { reason, since, needs_free } => {
+                write!(f, "read-only: {reason} (since {}", humantime::format_rfc3339_seconds(*since))?;
+                if *needs_free > 0 {
+                    write!(f, "; writable again once {} MiB are free", needs_free.div_ceil(1024 * 1024))?;
+                }
+                f.write_str(")")
             }
         }
     }
@@ -136,6 +146,19 @@ pub(super) enum Opened {
     Panicked(String),
 }
 
+/// The bytes of the files under `dir` (sled's log, snapshots and blobs).
+fn du(dir: &Path) -> u64 {
+    let Ok(items) = std::fs::read_dir(dir) else { return 0 };
+    items
+        .flatten()
+        .map(|item| match item.metadata() {
+            Ok(m) if m.is_dir() => du(&item.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
 /// The directory a rebuild writes into, beside the store.
 fn rebuild_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
@@ -184,44 +207,48 @@ impl Disk {
         if s.health != Health::Ok {
             return false;
         }
-        s.health = Health::ReadOnly { reason, since: SystemTime::now() };
+        s.health = Health::ReadOnly { reason, since: SystemTime::now(), needs_free: 0 };
         s.retry_at = Instant::now() + RETRY_FIRST;
         s.backoff = RETRY_FIRST;
         true
     }
 
     /// Whether a rebuild should be tried now: the store is read-only, its retry time has
-    /// come, and the file system has room for a copy of `bytes`.
-    pub(super) fn rebuild_due(&self, bytes: u64) -> bool {
+    /// come, and the file system has room for a fresh copy beside the store's files.
+    pub(super) fn rebuild_due(&self) -> bool {
         {
             let s = self.state();
             if s.health == Health::Ok || Instant::now() < s.retry_at {
                 return false;
             }
         }
+        let needs = du(&self.path).saturating_add(REBUILD_HEADROOM);
         let dir = self.path.parent().unwrap_or(Path::new("."));
-        match nix::sys::statvfs::statvfs(dir) {
-            Ok(fs) => {
-                // Both are u64 on Linux x86-64, not on every target.
-                #[allow(clippy::useless_conversion)]
-                let free = u64::from(fs.blocks_available()).saturating_mul(u64::from(fs.fragment_size()));
-                free >= bytes.saturating_mul(2).saturating_add(REBUILD_HEADROOM)
-            }
-            Err(_) => false,
+        let free = match nix::sys::statvfs::statvfs(dir) {
+            // Both are u64 on Linux x86-64, not on every target.
+            #[allow(clippy::useless_conversion)]
+            Ok(fs) => u64::from(fs.blocks_available()).saturating_mul(u64::from(fs.fragment_size())),
+            Err(_) => 0,
+        };
+        let mut s = self.state();
+        if let Health::ReadOnly { needs_free, .. } = &mut s.health {
+            *needs_free = needs;
         }
+        free >= needs
     }
 
-    /// Writes `entries` (the replicated map, as the view holds it) and the local tree of
-    /// the poisoned handle into a fresh sled directory, swaps it with the store's, and
-    /// makes it the handle. On failure the store stays read-only and the next try waits
-    /// twice as long.
-    pub(super) fn rebuild(
+    /// Writes `entries` (the replicated map, as the view holds it) and the local tree (as
+    /// the store holds it in memory: nothing is read from the poisoned handle, whose
+    /// reads fail too) into a fresh sled directory, swaps it with the store's, and makes
+    /// it the handle. On failure the store stays read-only and the next try waits twice
+    /// as long.
+    pub(super) fn rebuild<'a>(
         &self,
         entries: impl Iterator<Item = (Vec<u8>, Vec<u8>)>,
-        local_tree: &str,
+        local: (&str, impl Iterator<Item = (&'a [u8], &'a [u8])>),
         meta: (&str, &str, &[u8]),
     ) -> Result<(), String> {
-        let result = self.try_rebuild(entries, local_tree, meta);
+        let result = self.try_rebuild(entries, local, meta);
         let mut s = self.state();
         match &result {
             Ok(()) => {
@@ -236,20 +263,12 @@ impl Disk {
         result
     }
 
-    fn try_rebuild(
+    fn try_rebuild<'a>(
         &self,
         entries: impl Iterator<Item = (Vec<u8>, Vec<u8>)>,
-        local_tree: &str,
+        (local_tree, local): (&str, impl Iterator<Item = (&'a [u8], &'a [u8])>),
         (meta_tree, format_key, format): (&str, &str, &[u8]),
     ) -> Result<(), String> {
-        let old = self.handle();
-        // The poisoned handle's local tree is read from its memory: reads do not flush.
-        let local: Vec<(sled::IVec, sled::IVec)> = catch_unwind(AssertUnwindSafe(|| {
-            old.open_tree(local_tree).and_then(|t| t.iter().collect::<Result<Vec<_>, _>>())
-        }))
-        .map_err(|p| format!("reading this host's local state: {}", super::panic_message(&p)))?
-        .map_err(|e| format!("reading this host's local state: {e}"))?;
-
         let fresh = rebuild_path(&self.path);
         let _ = std::fs::remove_dir_all(&fresh);
         let written = match open_sled(&fresh) {
@@ -258,7 +277,7 @@ impl Disk {
                 let result = catch_unwind(AssertUnwindSafe(|| -> Result<(), sled::Error> {
                     handle.open_tree(meta_tree)?.insert(format_key, format)?;
                     let tree = handle.open_tree(local_tree)?;
-                    for (k, v) in &local {
+                    for (k, v) in local {
                         tree.insert(k, v)?;
                     }
                     for (k, v) in entries {

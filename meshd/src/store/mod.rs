@@ -246,6 +246,8 @@ struct Inner {
 struct Writer {
     clock: Clock,
     view: View,
+    /// The local tree as written (its reads come from here, and a rebuild writes it).
+    local: BTreeMap<String, Vec<u8>>,
 }
 
 /// Milliseconds since the Unix epoch by the wall clock (0 before 1970).
@@ -307,6 +309,17 @@ impl Store {
             Err(panic) => return Err(corrupt(format!("sled failed reading it ({})", panic_message(&panic)))),
         }
 
+        let local = catch_unwind(AssertUnwindSafe(|| -> Result<BTreeMap<String, Vec<u8>>, sled::Error> {
+            db.open_tree(LOCAL_TREE)?
+                .iter()
+                .map(|item| item.map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), v.to_vec())))
+                .collect()
+        }));
+        let local = match local {
+            Ok(result) => result.map_err(|e| corrupt(format!("its local tree: {e}")))?,
+            Err(panic) => return Err(corrupt(format!("sled failed reading it ({})", panic_message(&panic)))),
+        };
+
         metrics.entries.set(view.len() as i64);
         metrics.bytes.set(view.bytes() as i64);
         let snapshot = Arc::new(view.clone());
@@ -316,7 +329,7 @@ impl Store {
                 path: path.to_owned(),
                 origin: origin.to_owned(),
                 disk: disk::Disk::new(path, db),
-                writer: Mutex::new(Writer { clock: Clock::new(newest), view }),
+                writer: Mutex::new(Writer { clock: Clock::new(newest), view, local }),
                 current: arc_swap::ArcSwap::new(snapshot),
                 on_publish: Box::new(on_publish),
                 authority,
@@ -350,21 +363,17 @@ impl Store {
     /// This host's own state that is never replicated (its virtual IP allocations):
     /// every `local/` key with its value.
     pub fn local_entries(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let corrupt = |e: sled::Error| StoreError::Corrupt { path: self.inner.path.clone(), detail: e.to_string() };
-        let tree = self.inner.disk.handle().open_tree(LOCAL_TREE).map_err(corrupt)?;
-        let mut out = Vec::new();
-        for item in tree.scan_prefix(prefix.as_bytes()) {
-            let (k, v) = item.map_err(corrupt)?;
-            out.push((String::from_utf8_lossy(&k).into_owned(), v.to_vec()));
-        }
-        Ok(out)
+        let w = self.lock();
+        Ok(w.local
+            .range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
     }
 
     /// One local, never replicated, key's value.
     pub fn local_get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let corrupt = |e: sled::Error| StoreError::Corrupt { path: self.inner.path.clone(), detail: e.to_string() };
-        let tree = self.inner.disk.handle().open_tree(LOCAL_TREE).map_err(corrupt)?;
-        Ok(tree.get(key.as_bytes()).map_err(corrupt)?.map(|v| v.to_vec()))
+        Ok(self.lock().local.get(key).cloned())
     }
 
     /// Deletes a local, never replicated, key durably.
@@ -378,12 +387,11 @@ impl Store {
     }
 
     /// Writes (None: deletes) a local key under the writer's lock, flushed, through the
-    /// same failure handling as replicated writes. (A local write that fails may still be
-    /// in the poisoned handle's memory and so in the rebuilt store: a VIP allocation or a
-    /// join token that was reported as failed. Both are harmless to keep.)
+    /// same failure handling as replicated writes; the in-memory copy changes only once it
+    /// is durable.
     fn local_write(&self, key: &str, value: Option<&[u8]>) -> Result<(), StoreError> {
         self.check_writable()?;
-        let _w = self.lock();
+        let mut w = self.lock();
         let handle = self.inner.disk.handle();
         let result = catch_unwind(AssertUnwindSafe(|| -> Result<(), sled::Error> {
             let tree = handle.open_tree(LOCAL_TREE)?;
@@ -393,7 +401,12 @@ impl Store {
             }
             handle.flush().map(drop)
         }));
-        self.written(&handle, result)
+        self.written(&handle, result)?;
+        match value {
+            Some(v) => w.local.insert(key.to_owned(), v.to_vec()),
+            None => w.local.remove(key),
+        };
+        Ok(())
     }
 
     /// The latest view. Readers normally use the snapshot instead; this is the same data.
@@ -434,6 +447,7 @@ impl Store {
             Health::Ok if !self.inner.path.join("conf").exists() => Health::ReadOnly {
                 reason: "the store's directory is gone (was the data_dir deleted?)".to_owned(),
                 since: std::time::SystemTime::now(),
+                needs_free: 0,
             },
             health => health,
         }
@@ -444,12 +458,13 @@ impl Store {
     /// write) into a fresh copy and swaps it in. Call it every few seconds (blocking);
     /// `None` when there was nothing to try.
     pub fn recover(&self) -> Option<Result<(), String>> {
-        if !self.inner.disk.rebuild_due(self.view().bytes()) {
+        if !self.inner.disk.rebuild_due() {
             return None;
         }
         let w = self.lock();
         let entries = w.view.iter().filter_map(|e| Some((e.key.as_bytes().to_vec(), e.encode().ok()?)));
-        let result = self.inner.disk.rebuild(entries, LOCAL_TREE, (META_TREE, FORMAT_KEY, FORMAT));
+        let local = w.local.iter().map(|(k, v)| (k.as_bytes(), v.as_slice()));
+        let result = self.inner.disk.rebuild(entries, (LOCAL_TREE, local), (META_TREE, FORMAT_KEY, FORMAT));
         drop(w);
         match &result {
             Ok(()) => {
