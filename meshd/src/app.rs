@@ -108,6 +108,7 @@ pub struct Bound {
     dns_sockets: (tokio::net::UdpSocket, TcpListener, crate::dns::answer::Zone, crate::dns::Metrics),
     node_name: String,
     drain_timeout: Duration,
+    policy_default: crate::config::PolicyDefault,
     publisher: Publisher,
     admin_listener: UnixListener,
     admin_inode: u64,
@@ -235,8 +236,12 @@ pub async fn build(config: &Config) -> Result<Bound, AppError> {
         &config.node_name,
         transport.clone(),
         crate::proxy::Metrics::register(&mut registry),
-        config.proxy.connect_timeout,
-        config.proxy.max_connections,
+        crate::proxy::Settings {
+            connect_timeout: config.proxy.connect_timeout,
+            max_connections: config.proxy.max_connections,
+            policy_default: config.policy.default,
+            source: config.proxy.source.clone(),
+        },
     ));
 
     Ok(Bound {
@@ -259,6 +264,7 @@ pub async fn build(config: &Config) -> Result<Bound, AppError> {
         node_name: config.node_name.clone(),
         data_dir: config.data_dir.clone(),
         drain_timeout: config.drain_timeout,
+        policy_default: config.policy.default,
         publisher,
         admin_listener,
         admin_inode,
@@ -298,6 +304,7 @@ impl Bound {
             catalog: self.catalog.clone(),
             vips: self.vips.clone(),
             seeds: self.seeds.clone(),
+            policy_default: self.policy_default,
             blocking: Arc::new(tokio::sync::Semaphore::new(admin::MAX_BLOCKING)),
         });
 

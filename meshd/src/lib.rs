@@ -23,7 +23,7 @@ pub mod metrics;
 pub mod peer;
 pub mod policy;
 pub mod proxy;
-pub mod routes;
+pub mod documents;
 pub mod routing;
 pub mod signal;
 pub mod state;

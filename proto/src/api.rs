@@ -251,8 +251,16 @@ mod tests {
 }
 
 /// `GET /v1/routes/NAME` (and each item of `GET /v1/routes`): a route's current revision.
+pub type Route = Document<crate::route::RouteSpec>;
+/// `GET /v1/policies/NAME` (and each item of `GET /v1/policies`): a policy's current
+/// revision.
+pub type Policy = Document<crate::policy::PolicySpec>;
+/// One revision of a route's or policy's history.
+pub type Revision = RouteRevision;
+
+/// A route's or a policy's revision, as the API answers it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Route {
+pub struct Document<S> {
     pub name: String,
     pub service: String,
     pub revision: u64,
@@ -264,7 +272,7 @@ pub struct Route {
     /// was written before the removal), but review it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub origin_removed: bool,
-    pub spec: crate::route::RouteSpec,
+    pub spec: S,
     /// This revision restores revision N's content (`meshctl route rollback`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback_of: Option<u64>,
@@ -279,8 +287,8 @@ pub struct Route {
     /// stored, and `revision` is still the current one.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unchanged: bool,
-    /// Answering an apply or rollback: why the route may not work as written (`meshctl
-    /// route lint` lists the same).
+    /// Answering an apply or rollback: why it may not work as written (for a route,
+    /// `meshctl route lint` lists the same).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
 }
@@ -319,6 +327,22 @@ pub struct RouteRevision {
     /// kept, and a rollback to it restores it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub superseded_by: Option<String>,
+}
+
+/// `GET /v1/policy-check`: what a service's policy decides for a caller and request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyCheck {
+    pub allow: bool,
+    /// One line: `allow` or `deny`, then the policy and rule that decided (or the
+    /// default).
+    pub line: String,
+    /// `allow[0]`, `deny[2]`, `default` or `mesh default`.
+    pub rule: String,
+    /// The caller as policies see it: its service, or `node:NAME`.
+    pub caller: String,
+    /// The rate limits that would count the caller's requests.
+    #[serde(default)]
+    pub rate_limits: Vec<String>,
 }
 
 /// `POST /v1/routes/NAME/rollback`: the revision whose content becomes the newest one;

@@ -12,6 +12,7 @@
 pub mod api;
 pub mod duration;
 pub mod input;
+pub mod policy;
 pub mod role;
 pub mod route;
 pub mod service;

@@ -390,9 +390,9 @@ impl RouteSpec {
 /// What changed from `before` to `after`, one line a key, each named by the path that
 /// validation errors use, with the subset's name for a destination
 /// (`~ http[1].to[v1].weight: 80 -> 50`, `+ subsets.v3 = {...}`, `- http[2] = {...}`).
-pub fn changes(before: &RouteSpec, after: &RouteSpec) -> Vec<String> {
+pub fn changes<S: Serialize>(before: &S, after: &S) -> Vec<String> {
     let (Ok(a), Ok(b)) = (serde_json::to_value(before), serde_json::to_value(after)) else {
-        return vec!["~ the route (cannot compare its revisions)".to_owned()];
+        return vec!["~ the whole file (cannot compare its revisions)".to_owned()];
     };
     let mut out = Vec::new();
     compare("", &a, &b, &mut out);

@@ -20,6 +20,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use mesh_proto::api::{self, ApiError, RevisionRef, INDEX_HEADER};
+use mesh_proto::policy::PolicySpec;
+use mesh_proto::route::RouteSpec;
 use mesh_proto::role::Role;
 use mesh_proto::wire::Holds;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -56,6 +58,8 @@ pub struct AdminState {
     pub seeds: Vec<std::net::SocketAddr>,
     /// Places for blocking queries parked at once ([`MAX_BLOCKING`]).
     pub blocking: Arc<tokio::sync::Semaphore>,
+    /// `[policy] default`: what a service without a policy does with callers.
+    pub policy_default: crate::config::PolicyDefault,
 }
 
 /// Blocking queries parked at once; one more is answered 429 at once (and counted),
@@ -101,12 +105,26 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/connections", get(connections))
         .route("/v1/services", get(services).post(register_service))
         .route("/v1/services/{name}", axum::routing::delete(deregister_service))
-        .route("/v1/routes", get(routes::list))
-        .route("/v1/routes/{name}", get(routes::get).put(routes::apply).delete(routes::delete))
-        .route("/v1/routes/{name}/history", get(routes::history))
-        .route("/v1/routes/{name}/rollback", axum::routing::post(routes::rollback))
-        .route("/v1/routes/{name}/catchup", get(routes::catchup))
-        .route("/v1/lint", get(routes::lint))
+        .route("/v1/routes", get(documents::list::<RouteSpec>))
+        .route(
+            "/v1/routes/{name}",
+            get(documents::get::<RouteSpec>).put(documents::apply::<RouteSpec>).delete(documents::delete::<RouteSpec>),
+        )
+        .route("/v1/routes/{name}/history", get(documents::history::<RouteSpec>))
+        .route("/v1/routes/{name}/rollback", axum::routing::post(documents::rollback::<RouteSpec>))
+        .route("/v1/routes/{name}/catchup", get(documents::catchup::<RouteSpec>))
+        .route("/v1/lint", get(documents::lint))
+        .route("/v1/policies", get(documents::list::<PolicySpec>))
+        .route(
+            "/v1/policies/{name}",
+            get(documents::get::<PolicySpec>)
+                .put(documents::apply::<PolicySpec>)
+                .delete(documents::delete::<PolicySpec>),
+        )
+        .route("/v1/policies/{name}/history", get(documents::history::<PolicySpec>))
+        .route("/v1/policies/{name}/rollback", axum::routing::post(documents::rollback::<PolicySpec>))
+        .route("/v1/policies/{name}/catchup", get(documents::catchup::<PolicySpec>))
+        .route("/v1/policy-check", get(policy_check))
         .route("/v1/tokens", axum::routing::post(create_token))
         .route("/v1/claims", get(list_claims))
         .route("/v1/claims/{name}", axum::routing::put(put_claim).delete(delete_claim))
@@ -732,7 +750,74 @@ pub(crate) fn rfc3339(t: SystemTime) -> String {
 }
 
 pub mod access;
-mod routes;
+/// `GET /v1/policy-check?from=SRC&to=SERVICE[&method=M&path=P&header=K=V...]`: what
+/// the destination's policy decides for that caller and request, and why. `from` is a
+/// service (`productpage`, on the first node that hosts it, or `productpage@NODE`) or a
+/// node (`node:NAME`).
+async fn policy_check(
+    State(state): State<Arc<AdminState>>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Result<Json<api::PolicyCheck>, Error> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
+        .map_err(|e| Error::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let one = |key: &str| pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+    let bad = |why: String| Error::new(StatusCode::BAD_REQUEST, why);
+    let from = one("from").ok_or_else(|| bad("from= is required: a service, SERVICE@NODE or node:NAME".to_owned()))?;
+    let to = one("to").ok_or_else(|| bad("to= is required: the destination service".to_owned()))?;
+    let snap = state.snapshot.borrow().clone();
+    let (node, service) = match from.strip_prefix("node:") {
+        Some(node) => (node.to_owned(), None),
+        None => {
+            let (service, node) = match from.split_once('@') {
+                Some((s, n)) => (s.to_owned(), Some(n.to_owned())),
+                None => (from.clone(), None),
+            };
+            let hosted_on = snap.services.get(&service).and_then(|s| s.instances.first()).map(|i| i.node.clone());
+            (node.or(hosted_on).unwrap_or_default(), Some(service))
+        }
+    };
+    for (what, name) in [("from", service.as_deref().unwrap_or("x")), ("to", to.as_str())] {
+        if !mesh_proto::is_dns_label(name) {
+            return Err(bad(format!("{what}: '{name}' is not a service name")));
+        }
+    }
+    let method = one("method");
+    let path = one("path").map(|p| crate::routing::http::normalize_path(&p));
+    let headers: Vec<(String, String)> = pairs
+        .iter()
+        .filter(|(k, _)| k == "header")
+        .map(|(_, v)| v.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+        .collect::<Option<_>>()
+        .ok_or_else(|| bad("header= takes NAME=VALUE".to_owned()))?;
+    let lookup = |name: &str| {
+        let vals: Vec<&str> =
+            headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect();
+        (!vals.is_empty()).then(|| vals.join(", "))
+    };
+    let request = (method.is_some() || path.is_some() || !headers.is_empty()).then(|| crate::routing::http::RequestView {
+        method: method.as_deref().unwrap_or("GET"),
+        path: path.as_deref().unwrap_or("/"),
+        header: &lookup,
+    });
+    let policy = snap.policies().get(&to).map(|p| p.spec.clone());
+    let caller = crate::policy::Caller { node: &node, service: service.as_deref() };
+    let decision = crate::policy::decide(policy.as_ref(), state.policy_default, &caller, request.as_ref());
+    let limits = policy
+        .iter()
+        .flat_map(|p| p.rate_limit.iter().enumerate())
+        .filter(|(_, r)| crate::policy::names(&r.from, &caller))
+        .map(|(i, r)| format!("rate_limit[{i}] ({}/s, burst {})", r.requests_per_second, r.burst()))
+        .collect();
+    Ok(Json(api::PolicyCheck {
+        allow: decision.allow,
+        line: decision.explain(&to, policy.is_some()),
+        rule: decision.by.to_string(),
+        caller: caller.label(),
+        rate_limits: limits,
+    }))
+}
+
+mod documents;
 
 #[cfg(test)]
 mod tests;

@@ -69,6 +69,7 @@ fn fixture() -> Fixture {
         seeds: Vec::new(),
         // Two places, so that the test of the limit need not park 512 queries.
         blocking: Arc::new(tokio::sync::Semaphore::new(2)),
+        policy_default: crate::config::PolicyDefault::Allow,
     });
     Fixture { publisher, state, trigger: Some(trigger), _watcher: watcher, _dir: dir }
 }
@@ -114,7 +115,7 @@ async fn status_counts_the_routes() {
     let f = fixture();
     let spec = mesh_proto::route::RouteSpec::from_file("r.toml", "name = \"reviews\"\nservice = \"reviews\"\n")
         .expect("route");
-    crate::routes::apply(&f.state.store, &spec, crate::routes::Mode::Store).expect("apply");
+    crate::documents::apply(&f.state.store, &spec, crate::documents::Mode::Store).expect("apply");
     let (_, _, body) = call(router(f.state.clone()), Method::GET, "/v1/status").await;
     let raw: serde_json::Value = serde_json::from_slice(&body).expect("json");
     assert_eq!(raw["routes"], 1, "{raw}");

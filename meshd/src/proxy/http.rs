@@ -272,6 +272,13 @@ async fn handle(proxy: &Arc<Proxy>, dest: &Destination, req: Request<Incoming>) 
 
     let mut plan = Tries::new(rule, buffered.is_some());
     let per_try = plan.per_try_timeout();
+    // A try to an instance on this host is decided here by its policy (a remote one is
+    // decided by its own host): the refusal is the answer.
+    let mut refused: Option<Response<Body>> = None;
+    let local_source = dest
+        .source_service
+        .clone()
+        .filter(|s| tables.targets(s).iter().any(|t| t.node == proxy.node));
     let tries = async {
         let mut tried: Vec<InstanceKey> = Vec::new();
         let mut last = None;
@@ -290,6 +297,13 @@ async fn handle(proxy: &Arc<Proxy>, dest: &Destination, req: Request<Incoming>) 
                 return Err((StatusCode::SERVICE_UNAVAILABLE, "no healthy instance\n"));
             };
             let instance = InstanceKey::of(&target);
+            if target.node == proxy.node {
+                let caller = crate::policy::Caller { node: &proxy.node, service: local_source.as_deref() };
+                if let Some(r) = proxy.refuse_request(&service, &caller, &parts) {
+                    refused = Some(r);
+                    break;
+                }
+            }
             let body: Body = match (&buffered, streamed.take()) {
                 (Some(b), _) => whole(b.clone()),
                 (None, Some(s)) => s.boxed(),
@@ -326,6 +340,10 @@ async fn handle(proxy: &Arc<Proxy>, dest: &Destination, req: Request<Incoming>) 
             .unwrap_or(Err((StatusCode::GATEWAY_TIMEOUT, "the route's timeout passed\n"))),
         None => tries.await,
     };
+    if let Some(r) = refused {
+        log(proxy, &service, rule_index, None, &parts, r.status(), started, &trace);
+        return r;
+    }
     match outcome {
         Ok((resp, subset)) => {
             let (mut rparts, rbody) = resp.into_parts();

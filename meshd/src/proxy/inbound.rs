@@ -1,6 +1,7 @@
 //! Inbound: a tunnel stream from a member. The header was read (within the frame size
 //! limit and the read timeout) by the stream dispatcher; here it is checked against the
-//! caller's certificate and the catalog, authorized, and the instance connected.
+//! caller's certificate and the catalog, authorized ([`super::authz`]: the connection, or
+//! each HTTP request), and the instance connected.
 //!
 //! Must not: connect to an instance this node does not host, or trust the header's source
 //! beyond what the certificate proves.
@@ -11,9 +12,9 @@ use std::time::Instant;
 use mesh_proto::wire::{TunnelHeader, TunnelRefusal, TunnelReply};
 use tokio::net::TcpStream;
 
+use super::authz::Admission;
 use super::{splice, Proxy};
 use crate::identity::cert::CertInfo;
-use crate::policy::{self, Decision};
 use crate::routing::Target;
 use crate::transport::frame;
 
@@ -27,7 +28,7 @@ pub async fn serve(
 ) {
     let started = Instant::now();
     let _active = proxy.metrics.active("inbound");
-    let instance = match check(&proxy, peer, &header) {
+    let (instance, admission) = match check(&proxy, peer, &header) {
         Ok(t) => t,
         Err((reason, detail)) => {
             proxy.metrics.count("inbound", reason.as_str());
@@ -62,6 +63,12 @@ pub async fn serve(
         return;
     }
     proxy.metrics.count("inbound", "ok");
+    if admission == Admission::PerRequest {
+        let (node, source) = (peer.id.node.clone(), header.source_service.clone());
+        let stream = tokio::io::join(recv, send);
+        super::authz::serve_http(proxy.clone(), header.service.clone(), node, source, tcp, stream).await;
+        return;
+    }
     // Seen from the instance: `sent` is what the caller sent it.
     let (moved, result) = splice::tcp_quic(&mut tcp, &mut send, &mut recv).await;
     let moved = splice::Moved { sent: moved.received, received: moved.sent };
@@ -82,8 +89,8 @@ pub async fn serve(
     );
 }
 
-/// The instance the header may reach, or why not.
-fn check(proxy: &Proxy, peer: &CertInfo, h: &TunnelHeader) -> Result<Target, (TunnelRefusal, String)> {
+/// The instance the header may reach and how its connection is admitted, or why not.
+fn check(proxy: &Proxy, peer: &CertInfo, h: &TunnelHeader) -> Result<(Target, Admission), (TunnelRefusal, String)> {
     if h.version != TunnelHeader::VERSION {
         return Err((TunnelRefusal::Malformed, format!("tunnel header version {} is not 1", h.version)));
     }
@@ -111,13 +118,10 @@ fn check(proxy: &Proxy, peer: &CertInfo, h: &TunnelHeader) -> Result<Target, (Tu
     else {
         return Err((TunnelRefusal::NoInstance, format!("no instance of {} on port {} here", h.service, h.port)));
     };
-    let request = policy::Request {
-        source_node: &peer.id.node,
-        source_service: h.source_service.as_deref(),
-        service: &h.service,
-    };
-    match policy::authorize(&request) {
-        Decision::Allow => Ok(instance),
-        Decision::Deny { why } => Err((TunnelRefusal::Denied, why)),
+    let caller = crate::policy::Caller { node: &peer.id.node, service: h.source_service.as_deref() };
+    let http = tables.services.get(&h.service).is_some_and(|s| s.protocol == "http");
+    match proxy.admit(&h.service, http, &caller) {
+        Admission::Deny(why) => Err((TunnelRefusal::Denied, why)),
+        admission => Ok((instance, admission)),
     }
 }

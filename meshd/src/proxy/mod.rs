@@ -9,6 +9,7 @@
 //! Must not: read the store, or decide routing (it carries out `routing`'s tables and
 //! plans).
 
+pub mod authz;
 pub mod http;
 pub mod inbound;
 pub mod outbound;
@@ -49,6 +50,18 @@ pub struct Metrics {
     bytes: Family<BytesLabels, Counter>,
     active: Family<DirectionLabel, Gauge>,
     http_events: Family<EventLabels, Counter>,
+    policy: Family<PolicyLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyLabels {
+    /// `denied` or `rate_limited`.
+    outcome: &'static str,
+    service: String,
+    /// The caller: its service, or `node:NAME`.
+    source: String,
+    /// `allow[0]`, `deny[1]`, `rate_limit[0]`, `default`, `mesh default`, `ambiguous_path`.
+    rule: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -102,6 +115,7 @@ impl Default for Metrics {
             bytes: Family::default(),
             active: Family::default(),
             http_events: Family::default(),
+            policy: Family::default(),
         }
     }
 }
@@ -121,7 +135,18 @@ impl Metrics {
              mirror copies sent and shed, instances ejected",
             m.http_events.clone(),
         );
+        r.register(
+            "policy_refusals",
+            "Connections and requests refused by authorization policies, by outcome (denied, rate_limited), service, source and rule",
+            m.policy.clone(),
+        );
         m
+    }
+
+    fn policy(&self, outcome: &'static str, service: &str, caller: &crate::policy::Caller<'_>, rule: &str) {
+        let labels =
+            PolicyLabels { outcome, service: service.to_owned(), source: caller.label(), rule: rule.to_owned() };
+        self.policy.get_or_create(&labels).inc();
     }
 
     fn http_event(&self, service: &str, event: &'static str) {
@@ -178,24 +203,39 @@ pub struct Proxy {
     ejections: Mutex<crate::routing::plan::Ejections>,
     mirrors: Arc<tokio::sync::Semaphore>,
     pool: upstream::Pool,
+    /// Authorization policies by service, from the last snapshot.
+    policies: ArcSwap<authz::Policies>,
+    /// `[policy] default`.
+    policy_default: crate::config::PolicyDefault,
+    /// Rate-limit buckets of the services hosted here.
+    limiter: Mutex<crate::policy::limits::Limiter>,
+    /// `[proxy] source`: the local service that traffic through virtual IPs comes from.
+    source: Option<String>,
+}
+
+/// How the proxy is set up, from the config.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub connect_timeout: Duration,
+    pub max_connections: usize,
+    pub policy_default: crate::config::PolicyDefault,
+    pub source: Option<String>,
 }
 
 impl Proxy {
-    pub fn new(
-        node: &str,
-        transport: Arc<Transport>,
-        metrics: Metrics,
-        connect_timeout: Duration,
-        max_connections: usize,
-    ) -> Proxy {
+    pub fn new(node: &str, transport: Arc<Transport>, metrics: Metrics, settings: Settings) -> Proxy {
         Proxy {
             node: node.to_owned(),
             transport,
             tables: ArcSwap::from_pointee(Tables::default()),
             loads: Mutex::new(HashMap::new()),
             metrics,
-            connect_timeout,
-            max_connections,
+            connect_timeout: settings.connect_timeout,
+            max_connections: settings.max_connections,
+            policies: ArcSwap::from_pointee(BTreeMap::new()),
+            policy_default: settings.policy_default,
+            limiter: Mutex::default(),
+            source: settings.source,
             rng: Mutex::new(rand::make_rng()),
             budget: Mutex::default(),
             ejections: Mutex::default(),
@@ -268,6 +308,11 @@ pub async fn run(
         let snap = snapshots.borrow_and_update().clone();
         let vip_map = vips.borrow_and_update().clone();
         let tables = Tables::build(&snap);
+        let policies: authz::Policies =
+            snap.policies().iter().map(|(service, p)| (service.clone(), Arc::new(p.spec.clone()))).collect();
+        if **proxy.policies.load() != policies {
+            proxy.policies.store(Arc::new(policies));
+        }
         let wanted: BTreeMap<String, Vec<SocketAddr>> = tables
             .listeners()
             .into_iter()
@@ -296,7 +341,7 @@ pub async fn run(
             match TcpListener::bind(addr).await {
                 Ok(listener) => {
                     failed_binds.remove(addr);
-                    let dest = Destination { name: (*name).clone(), source_service: None };
+                    let dest = Destination { name: (*name).clone(), source_service: proxy.source.clone() };
                     let task = tokio::spawn(outbound::listen(proxy.clone(), listener, dest, drain.clone()));
                     listening.insert(*addr, ((*name).clone(), task.abort_handle()));
                 }

@@ -37,7 +37,17 @@ pub(super) async fn reach(
     trace_id: &str,
 ) -> Result<Upstream, &'static str> {
     let timeout = proxy.connect_timeout;
+    let tables = proxy.tables.load();
+    // The source service is claimed only while this node hosts it (the destination
+    // checks, and would refuse the tunnel as forged).
+    let source = dest.source_service.clone().filter(|s| tables.targets(s).iter().any(|t| t.node == proxy.node));
     if target.node == proxy.node {
+        // The destination is this host: its policy is decided here.
+        let caller = crate::policy::Caller { node: &proxy.node, service: source.as_deref() };
+        let http = tables.services.get(&target.service).is_some_and(|s| s.protocol == "http");
+        if let super::authz::Admission::Deny(_) = proxy.admit(&target.service, http, &caller) {
+            return Err("refused_denied");
+        }
         return match tokio::time::timeout(timeout, TcpStream::connect((target.addr, target.port))).await {
             Ok(Ok(s)) => {
                 let _ = s.set_nodelay(true);
@@ -47,7 +57,6 @@ pub(super) async fn reach(
             Err(_) => Err("local_timeout"),
         };
     }
-    let tables = proxy.tables.load();
     let peer = match proxy.transport.peer_named(&target.node) {
         Some(p) => p,
         None => {
@@ -64,7 +73,7 @@ pub(super) async fn reach(
         service: target.service.clone(),
         port: target.port,
         source_node: proxy.node.clone(),
-        source_service: dest.source_service.clone(),
+        source_service: source,
         trace_id: trace_id.to_owned(),
     };
     match tokio::time::timeout(timeout, client::open_tunnel(&peer, header)).await {

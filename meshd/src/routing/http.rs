@@ -28,22 +28,26 @@ fn matches(m: &HttpMatch, req: &RequestView<'_>) -> bool {
     if m.path_exact.as_ref().is_some_and(|p| p != req.path) {
         return false;
     }
-    if let Some(prefix) = &m.path_prefix {
-        // A prefix matches whole segments: /api matches /api and /api/x, not /apix.
-        let ok = req.path == prefix
-            || (req.path.starts_with(prefix.as_str())
-                && (prefix.ends_with('/') || req.path.as_bytes().get(prefix.len()) == Some(&b'/')));
-        if !ok {
-            return false;
-        }
+    if m.path_prefix.as_ref().is_some_and(|prefix| !path_prefix_matches(prefix, req.path)) {
+        return false;
     }
-    m.headers.iter().all(|(name, want)| {
-        let Some(value) = (req.header)(name) else { return false };
-        match want {
-            HeaderMatch::Exact(v) => value == *v,
-            HeaderMatch::Regex { regex } => compiled(regex).is_some_and(|re| re.is_match(&value)),
-        }
-    })
+    m.headers.iter().all(|(name, want)| header_matches(name, want, req))
+}
+
+/// Whether `path` (normalized) is under `prefix`, by whole segments: `/api` matches `/api`
+/// and `/api/x`, not `/apix`.
+pub fn path_prefix_matches(prefix: &str, path: &str) -> bool {
+    path == prefix
+        || (path.starts_with(prefix) && (prefix.ends_with('/') || path.as_bytes().get(prefix.len()) == Some(&b'/')))
+}
+
+/// Whether the request's header `name` (its values joined) is `want`.
+pub fn header_matches(name: &str, want: &HeaderMatch, req: &RequestView<'_>) -> bool {
+    let Some(value) = (req.header)(name) else { return false };
+    match want {
+        HeaderMatch::Exact(v) => value == *v,
+        HeaderMatch::Regex { regex } => compiled(regex).is_some_and(|re| re.is_match(&value)),
+    }
 }
 
 /// A header regex, anchored to the whole value, compiled once per pattern (patterns
@@ -63,14 +67,26 @@ fn compiled(pattern: &str) -> Option<std::sync::Arc<mesh_proto::route::HeaderReg
     Some(re)
 }
 
+/// Whether a request path is refused before any rule sees it: an encoded `/` or `\`
+/// (`%2F`, `%5C`), or a raw `\`, which servers split into segments differently, so that
+/// no rule on `/admin` could be sure to cover `/admin%2Fx`.
+pub fn ambiguous_path(raw: &str) -> bool {
+    let path = raw.split(['?', '#']).next().unwrap_or("");
+    let b = path.as_bytes();
+    b.contains(&b'\\')
+        || b.windows(3).any(|w| w[0] == b'%' && (w[1..].eq_ignore_ascii_case(b"2f") || w[1..].eq_ignore_ascii_case(b"5c")))
+}
+
 /// The path as rules see it: no query, `.` and `..` segments resolved, repeated slashes
-/// merged, percent-encoded unreserved characters decoded (`%61` is `a`), so that
-/// `/api/../admin` or `//admin` cannot slip past a rule on `/admin`.
+/// merged, percent-encoded unreserved characters decoded (`%61` is `a`), matrix
+/// parameters (`;x` in a segment) left out, so that `/api/../admin`, `//admin` or
+/// `/admin;x` cannot slip past a rule on `/admin`. Case is kept: paths are
+/// case-sensitive (RFC 3986 6.2.2.1), so `/ADMIN` is another path.
 pub fn normalize_path(raw: &str) -> String {
     let path = raw.split(['?', '#']).next().unwrap_or("");
     let decoded = decode_unreserved(path);
     let mut out: Vec<&str> = Vec::new();
-    for seg in decoded.split('/') {
+    for seg in decoded.split('/').map(|s| s.split(';').next().unwrap_or("")) {
         match seg {
             "" | "." => {}
             ".." => {
@@ -116,6 +132,9 @@ mod tests {
         assert_eq!(normalize_path("//admin/./x/"), "/admin/x/");
         assert_eq!(normalize_path("/%61dmin"), "/admin");
         assert_eq!(normalize_path("/a%2Fb"), "/a%2Fb", "an encoded slash stays encoded");
+        assert!(ambiguous_path("/a%2fb") && ambiguous_path("/a%5Cb") && ambiguous_path("/a\\b"));
+        assert!(!ambiguous_path("/a%252fb") && !ambiguous_path("/a?x=%2F"));
+        assert_eq!(normalize_path("/admin;x=1/y;z"), "/admin/y");
         assert_eq!(normalize_path("/../../"), "/");
         assert_eq!(normalize_path(""), "/");
     }

@@ -194,6 +194,11 @@ impl Snapshot {
         &self.parts.routes
     }
 
+    /// Live authorization policies by service.
+    pub fn policies(&self) -> &BTreeMap<String, Arc<model::Policy>> {
+        &self.parts.policies
+    }
+
     /// Whether `node` was removed from the mesh (its current key is revoked).
     pub fn is_removed(&self, node: &str) -> bool {
         self.parts.removed.contains(node)

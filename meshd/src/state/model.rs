@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use mesh_proto::api::RevisionRef;
+use mesh_proto::policy::PolicySpec;
 use mesh_proto::route::RouteSpec;
 use mesh_proto::service::{Protocol, ServiceSpec};
 use serde::{Deserialize, Serialize};
@@ -24,6 +25,8 @@ use crate::store::view::View;
 const INSTANCES: &str = "node/";
 /// The store prefix of routes.
 const ROUTES: &str = "route/";
+/// The store prefix of authorization policies.
+const POLICIES: &str = "policy/";
 /// The store prefix of service name claims.
 const CLAIMS: &str = "claim/";
 
@@ -135,10 +138,88 @@ impl RouteRecord {
     }
 }
 
-/// One revision of a route, decoded.
+/// The value of `policy/NAME`: the spec, and for a rollback the revision it restores.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyRecord {
+    pub policy: PolicySpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_of: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_of_origin: Option<String>,
+}
+
+/// What is stored with revisions, history and rollback: routes and policies. Each is a
+/// spec named after its service, under a key prefix, encoded with the revision it
+/// restored when it is a rollback.
+pub trait Spec: Clone + PartialEq + Send + Sync + 'static {
+    /// `route`, `policy`: what messages call it.
+    const NOUN: &'static str;
+    /// Its store key prefix.
+    const PREFIX: &'static str;
+    fn name(&self) -> &str;
+    fn encode(&self, rollback_of: Option<&RevisionRef>) -> Result<Vec<u8>, serde_json::Error>;
+    fn decode(bytes: &[u8]) -> Option<(Self, Option<RevisionRef>)>;
+
+    /// The store key of the document `name`.
+    fn key(name: &str) -> String {
+        format!("{}{name}", Self::PREFIX)
+    }
+}
+
+fn restored(number: Option<u64>, origin: Option<String>) -> Option<RevisionRef> {
+    number.map(|number| RevisionRef { number, origin })
+}
+
+impl Spec for RouteSpec {
+    const NOUN: &'static str = "route";
+    const PREFIX: &'static str = ROUTES;
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn encode(&self, rollback_of: Option<&RevisionRef>) -> Result<Vec<u8>, serde_json::Error> {
+        RouteRecord {
+            route: self.clone(),
+            rollback_of: rollback_of.map(|r| r.number),
+            rollback_of_origin: rollback_of.and_then(|r| r.origin.clone()),
+        }
+        .encode()
+    }
+
+    fn decode(bytes: &[u8]) -> Option<(Self, Option<RevisionRef>)> {
+        let r = RouteRecord::decode(bytes)?;
+        Some((r.route, restored(r.rollback_of, r.rollback_of_origin)))
+    }
+}
+
+impl Spec for PolicySpec {
+    const NOUN: &'static str = "policy";
+    const PREFIX: &'static str = POLICIES;
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn encode(&self, rollback_of: Option<&RevisionRef>) -> Result<Vec<u8>, serde_json::Error> {
+        serde_json::to_vec(&PolicyRecord {
+            policy: self.clone(),
+            rollback_of: rollback_of.map(|r| r.number),
+            rollback_of_origin: rollback_of.and_then(|r| r.origin.clone()),
+        })
+    }
+
+    fn decode(bytes: &[u8]) -> Option<(Self, Option<RevisionRef>)> {
+        let r: PolicyRecord = serde_json::from_slice(bytes).ok()?;
+        Some((r.policy, restored(r.rollback_of, r.rollback_of_origin)))
+    }
+}
+
+/// One revision of a route or a policy, decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Route {
-    pub spec: RouteSpec,
+pub struct Document<S> {
+    pub spec: S,
     pub revision: u64,
     pub applied_at: SystemTime,
     pub origin: String,
@@ -146,19 +227,25 @@ pub struct Route {
     pub rollback_of: Option<RevisionRef>,
 }
 
-impl Route {
-    /// A stored revision as a route; None for a deletion or a value that does not decode.
-    pub fn from_revision(r: &crate::store::entry::Revision) -> Option<Route> {
+/// A route's revision.
+pub type Route = Document<RouteSpec>;
+/// An authorization policy's revision.
+pub type Policy = Document<PolicySpec>;
+
+impl<S: Spec> Document<S> {
+    /// A stored revision as a document; None for a deletion or a value that does not
+    /// decode.
+    pub fn from_revision(r: &crate::store::entry::Revision) -> Option<Document<S>> {
         if r.deleted {
             return None;
         }
-        let record = RouteRecord::decode(&r.value)?;
-        Some(Route {
-            spec: record.route,
+        let (spec, rollback_of) = S::decode(&r.value)?;
+        Some(Document {
+            spec,
             revision: r.revision,
             applied_at: SystemTime::UNIX_EPOCH + Duration::from_millis(r.version.millis()),
             origin: r.origin.clone(),
-            rollback_of: record.rollback_of.map(|number| RevisionRef { number, origin: record.rollback_of_origin }),
+            rollback_of,
         })
     }
 }
@@ -205,6 +292,8 @@ pub struct StoreParts {
     decoded: BTreeMap<String, (Arc<crate::store::entry::Entry>, Arc<InstanceRecord>)>,
     /// Live routes by name.
     pub routes: BTreeMap<String, Arc<Route>>,
+    /// Live authorization policies by service.
+    pub policies: BTreeMap<String, Arc<Policy>>,
     /// Revoked serials and keys (what handshakes refuse).
     pub revoked: crate::identity::verify::RevokedSet,
     /// Every revocation, as recorded.
@@ -245,6 +334,11 @@ impl StoreParts {
             .filter_map(|e| Route::from_revision(&e.as_revision()))
             .map(|r| (r.spec.name.clone(), Arc::new(r)))
             .collect();
+        let policies = view
+            .prefix(POLICIES)
+            .filter_map(|e| Policy::from_revision(&e.as_revision()))
+            .map(|p| (p.spec.service.clone(), Arc::new(p)))
+            .collect();
         let roles = crate::identity::records::roles(view);
         let claims = view
             .prefix(CLAIMS)
@@ -252,7 +346,7 @@ impl StoreParts {
             .filter_map(|e| Some((e.key[CLAIMS.len()..].to_owned(), ClaimRecord::decode(&e.value)?)))
             .collect();
         let roots = crate::identity::records::roots(view);
-        StoreParts { records, decoded, routes, revoked, revocations, removed, roles, claims, roots }
+        StoreParts { records, decoded, routes, policies, revoked, revocations, removed, roles, claims, roots }
     }
 }
 

@@ -1,51 +1,47 @@
-//! Routes in the replicated store: `route/NAME` holds a route's spec as JSON. Each apply
-//! that changes the content is a new revision of that entry, and the entry carries its
-//! last revisions with it, so the history (and a rollback to any revision in it) is on
-//! every node. Revisions written on both sides of a partition all stay in the history;
-//! the latest is in force, and the others are marked as superseded
-//! ([`History::superseded_by`]). (`routing::lint` says why a route may not work as
-//! written.)
+//! Routes and policies in the replicated store: `route/NAME` and `policy/NAME` hold a
+//! spec as JSON ([`Spec`]). Each apply that changes the content is a new revision of that
+//! entry, and the entry carries its last revisions with it, so the history (and a
+//! rollback to any revision in it) is on every node. Revisions written on both sides of
+//! a partition all stay in the history; the latest is in force, and the others are
+//! marked as superseded ([`History::superseded_by`]). (`routing::lint` says why a route
+//! may not work as written.)
 //!
-//! Must not: decide where traffic goes (that is `routing`), or store a route that did
-//! not validate whole.
+//! Must not: decide where traffic goes or who may call whom (`routing`, `policy`), or
+//! store a spec that did not validate whole.
 
 use std::collections::HashMap;
 
 use mesh_proto::api::RevisionRef;
-use mesh_proto::route::RouteSpec;
 
-pub use crate::state::model::Route as Stored;
-use crate::state::model::RouteRecord;
-use crate::state::Snapshot;
+pub use crate::state::model::{Document, Spec};
 use crate::store::entry::{Entry, Revision};
 use crate::store::{Store, StoreError};
 
-/// The store key of route `name`.
-pub fn key(name: &str) -> String {
-    RouteRecord::key(name)
-}
-
 #[derive(Debug, thiserror::Error)]
-pub enum RouteError {
-    #[error("no route named {0}")]
-    Unknown(String),
-    #[error("route {name} has no revision {revision} (its history holds {held})")]
-    NoRevision { name: String, revision: RevisionRef, held: String },
-    #[error("route {name} has more than one revision {revision} ({ids}): name one of them")]
-    Ambiguous { name: String, revision: u64, ids: String },
-    #[error("route {0} has no earlier revision to roll back to")]
-    NothingEarlier(String),
-    #[error("cannot encode the route: {0}")]
-    Encode(String),
-    #[error("route {name} is {size} bytes stored, over the {limit} bytes (64 KiB) a route may take: split its subsets or rules")]
-    TooLarge { name: String, size: usize, limit: usize },
+pub enum DocError {
+    #[error("no {noun} named {name}")]
+    Unknown { noun: &'static str, name: String },
+    #[error("{noun} {name} has no revision {revision} (its history holds {held})")]
+    NoRevision { noun: &'static str, name: String, revision: RevisionRef, held: String },
+    #[error("{noun} {name} has more than one revision {revision} ({ids}): name one of them")]
+    Ambiguous { noun: &'static str, name: String, revision: u64, ids: String },
+    #[error("{noun} {name} has no earlier revision to roll back to")]
+    NothingEarlier { noun: &'static str, name: String },
+    #[error("cannot encode the {noun}: {detail}")]
+    Encode { noun: &'static str, detail: String },
+    #[error("{noun} {name} is {size} bytes stored, over the {limit} bytes (64 KiB) it may take: split its rules")]
+    TooLarge { noun: &'static str, name: String, size: usize, limit: usize },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
+fn unknown<S: Spec>(name: &str) -> DocError {
+    DocError::Unknown { noun: S::NOUN, name: name.to_owned() }
+}
+
 /// What an apply or a rollback did.
-pub struct Applied {
-    pub stored: Stored,
+pub struct Applied<S> {
+    pub stored: Document<S>,
     /// The content was already current: nothing was stored.
     pub unchanged: bool,
 }
@@ -56,26 +52,22 @@ pub fn id(r: &Revision) -> String {
 }
 
 /// Whether a revision restored another one, and which.
-pub fn rollback_of(r: &Revision) -> Option<RevisionRef> {
-    Stored::from_revision(r)?.rollback_of
+pub fn rollback_of<S: Spec>(r: &Revision) -> Option<RevisionRef> {
+    Document::<S>::from_revision(r)?.rollback_of
 }
 
-/// Every live route of the snapshot, by name.
-pub fn all(snap: &Snapshot) -> Vec<Stored> {
-    snap.routes().values().map(|r| Stored::clone(r)).collect()
-}
-
-fn entry(store: &Store, name: &str) -> Option<std::sync::Arc<Entry>> {
-    store.view().entry(&key(name)).cloned()
+fn entry<S: Spec>(store: &Store, name: &str) -> Option<std::sync::Arc<Entry>> {
+    store.view().entry(&S::key(name)).cloned()
 }
 
 /// The revision of `e` that `wanted` names: by number alone while one revision has it.
-fn find(e: &Entry, name: &str, wanted: &RevisionRef) -> Result<Revision, RouteError> {
+fn find<S: Spec>(e: &Entry, name: &str, wanted: &RevisionRef) -> Result<Revision, DocError> {
     let mut matching: Vec<Revision> = e.revisions().filter(|r| wanted.names(r.revision, &r.origin)).collect();
     match matching.len() {
         1 => Ok(matching.remove(0)),
-        0 => Err(RouteError::NoRevision { name: name.to_owned(), revision: wanted.clone(), held: held(e) }),
-        _ => Err(RouteError::Ambiguous {
+        0 => Err(DocError::NoRevision { noun: S::NOUN, name: name.to_owned(), revision: wanted.clone(), held: held(e) }),
+        _ => Err(DocError::Ambiguous {
+            noun: S::NOUN,
             name: name.to_owned(),
             revision: wanted.number,
             ids: matching.iter().map(id).collect::<Vec<_>>().join(", "),
@@ -84,17 +76,18 @@ fn find(e: &Entry, name: &str, wanted: &RevisionRef) -> Result<Revision, RouteEr
 }
 
 /// The current revision, or `revision` from the history.
-pub fn get(store: &Store, name: &str, revision: Option<&RevisionRef>) -> Result<Stored, RouteError> {
-    let e = entry(store, name).ok_or_else(|| RouteError::Unknown(name.to_owned()))?;
+pub fn get<S: Spec>(store: &Store, name: &str, revision: Option<&RevisionRef>) -> Result<Document<S>, DocError> {
+    let e = entry::<S>(store, name).ok_or_else(|| unknown::<S>(name))?;
     let r = match revision {
         None => e.as_revision(),
-        Some(wanted) => find(&e, name, wanted)?,
+        Some(wanted) => find::<S>(&e, name, wanted)?,
     };
-    match Stored::from_revision(&r) {
+    match Document::from_revision(&r) {
         Some(stored) => Ok(stored),
-        None if revision.is_none() => Err(RouteError::Unknown(name.to_owned())),
+        None if revision.is_none() => Err(unknown::<S>(name)),
         // A deletion: there is no content at that revision.
-        None => Err(RouteError::NoRevision {
+        None => Err(DocError::NoRevision {
+            noun: S::NOUN,
             name: name.to_owned(),
             revision: RevisionRef { number: r.revision, origin: Some(r.origin) },
             held: held(&e),
@@ -168,8 +161,8 @@ impl History {
 }
 
 /// Every revision still held, oldest first, with which lost to concurrent writes.
-pub fn history(store: &Store, name: &str) -> Result<History, RouteError> {
-    let e = entry(store, name).ok_or_else(|| RouteError::Unknown(name.to_owned()))?;
+pub fn history<S: Spec>(store: &Store, name: &str) -> Result<History, DocError> {
+    let e = entry::<S>(store, name).ok_or_else(|| unknown::<S>(name))?;
     Ok(History::of(&e.key, e.revisions().collect()))
 }
 
@@ -180,22 +173,28 @@ pub enum Mode {
     DryRun,
 }
 
-/// Stores `spec` as the route's new revision (acknowledged once durable), unless it is
-/// the current content already: then nothing is stored. A dry run answers the revision
-/// it would become. Blocking.
-pub fn apply(store: &Store, spec: &RouteSpec, mode: Mode) -> Result<Applied, RouteError> {
+/// Stores `spec` as its new revision (acknowledged once durable), unless it is the
+/// current content already: then nothing is stored. A dry run answers the revision it
+/// would become. Blocking.
+pub fn apply<S: Spec>(store: &Store, spec: &S, mode: Mode) -> Result<Applied<S>, DocError> {
     write(store, spec, None, mode)
 }
 
-fn write(store: &Store, spec: &RouteSpec, rollback_of: Option<RevisionRef>, mode: Mode) -> Result<Applied, RouteError> {
-    let held = entry(store, &spec.name);
-    if let Some(current) = held.as_ref().and_then(|e| Stored::from_revision(&e.as_revision())) {
+fn write<S: Spec>(
+    store: &Store,
+    spec: &S,
+    rollback_of: Option<RevisionRef>,
+    mode: Mode,
+) -> Result<Applied<S>, DocError> {
+    let name = spec.name();
+    let held = entry::<S>(store, name);
+    if let Some(current) = held.as_ref().and_then(|e| Document::<S>::from_revision(&e.as_revision())) {
         if current.spec == *spec {
             return Ok(Applied { stored: current, unchanged: true });
         }
     }
     if mode == Mode::DryRun {
-        let stored = Stored {
+        let stored = Document {
             spec: spec.clone(),
             revision: held.map_or(1, |e| e.next_revision()),
             applied_at: std::time::SystemTime::now(),
@@ -204,31 +203,29 @@ fn write(store: &Store, spec: &RouteSpec, rollback_of: Option<RevisionRef>, mode
         };
         return Ok(Applied { stored, unchanged: false });
     }
-    let record = RouteRecord {
-        route: spec.clone(),
-        rollback_of: rollback_of.as_ref().map(|r| r.number),
-        rollback_of_origin: rollback_of.and_then(|r| r.origin),
-    };
-    let value = record.encode().map_err(|e| RouteError::Encode(e.to_string()))?;
-    let e = store.put(&key(&spec.name), value).map_err(|e| match e {
-        StoreError::TooLarge { size, limit, .. } => RouteError::TooLarge { name: spec.name.clone(), size, limit },
-        e => RouteError::Store(e),
+    let value =
+        spec.encode(rollback_of.as_ref()).map_err(|e| DocError::Encode { noun: S::NOUN, detail: e.to_string() })?;
+    let e = store.put(&S::key(name), value).map_err(|e| match e {
+        StoreError::TooLarge { size, limit, .. } => {
+            DocError::TooLarge { noun: S::NOUN, name: name.to_owned(), size, limit }
+        }
+        e => DocError::Store(e),
     })?;
-    let stored = Stored::from_revision(&e.as_revision()).ok_or_else(|| RouteError::Unknown(spec.name.clone()))?;
+    let stored = Document::from_revision(&e.as_revision()).ok_or_else(|| unknown::<S>(name))?;
     Ok(Applied { stored, unchanged: false })
 }
 
-/// Deletes the route (a tombstone revision: the history stays). Blocking.
-pub fn delete(store: &Store, name: &str) -> Result<(), RouteError> {
-    get(store, name, None)?;
-    store.delete(&key(name))?;
+/// Deletes it (a tombstone revision: the history stays). Blocking.
+pub fn delete<S: Spec>(store: &Store, name: &str) -> Result<(), DocError> {
+    get::<S>(store, name, None)?;
+    store.delete(&S::key(name))?;
     Ok(())
 }
 
 /// The revision a rollback restores: `to`, or the newest live revision before the
 /// current one (by time, whichever side of a partition wrote it).
-fn rollback_target(store: &Store, name: &str, to: Option<&RevisionRef>) -> Result<Stored, RouteError> {
-    let e = entry(store, name).ok_or_else(|| RouteError::Unknown(name.to_owned()))?;
+fn rollback_target<S: Spec>(store: &Store, name: &str, to: Option<&RevisionRef>) -> Result<Document<S>, DocError> {
+    let e = entry::<S>(store, name).ok_or_else(|| unknown::<S>(name))?;
     match to {
         Some(wanted) => get(store, name, Some(wanted)),
         None => e
@@ -236,16 +233,21 @@ fn rollback_target(store: &Store, name: &str, to: Option<&RevisionRef>) -> Resul
             .iter()
             .rev()
             .filter(|r| !r.deleted)
-            .find_map(Stored::from_revision)
-            .ok_or_else(|| RouteError::NothingEarlier(name.to_owned())),
+            .find_map(Document::from_revision)
+            .ok_or_else(|| DocError::NothingEarlier { noun: S::NOUN, name: name.to_owned() }),
     }
 }
 
 /// A new revision with the content of revision `to`, or of the newest live revision
 /// before the current one (nothing stored when that is the current content, or in a dry
 /// run). Blocking.
-pub fn rollback(store: &Store, name: &str, to: Option<&RevisionRef>, mode: Mode) -> Result<Applied, RouteError> {
-    let target = rollback_target(store, name, to)?;
+pub fn rollback<S: Spec>(
+    store: &Store,
+    name: &str,
+    to: Option<&RevisionRef>,
+    mode: Mode,
+) -> Result<Applied<S>, DocError> {
+    let target = rollback_target::<S>(store, name, to)?;
     let restored = RevisionRef { number: target.revision, origin: Some(target.origin.clone()) };
     write(store, &target.spec, Some(restored), mode)
 }
@@ -286,11 +288,11 @@ mod tests {
         let a2 = write(Some(&r1), 10, "a");
         let c2 = write(Some(&r1), 12, "c");
         let e = a2.merged(&c2).expect("merged");
-        let by = |s: &str| find(&e, "r", &s.parse().expect("a revision"));
+        let by = |s: &str| find::<mesh_proto::route::RouteSpec>(&e, "r", &s.parse().expect("a revision"));
         assert_eq!(by("1").expect("unique").origin, "a");
         assert_eq!(by("2@c").expect("named").origin, "c");
-        assert!(matches!(by("2"), Err(RouteError::Ambiguous { .. })));
-        assert!(matches!(by("3"), Err(RouteError::NoRevision { .. })));
-        assert!(matches!(by("2@b"), Err(RouteError::NoRevision { .. })));
+        assert!(matches!(by("2"), Err(DocError::Ambiguous { .. })));
+        assert!(matches!(by("3"), Err(DocError::NoRevision { .. })));
+        assert!(matches!(by("2@b"), Err(DocError::NoRevision { .. })));
     }
 }

@@ -1,0 +1,147 @@
+//! The proxy's side of authorization: it carries out `policy`'s decisions where the
+//! destination is hosted. A tunnel to a `tcp` service is refused before the instance is
+//! connected; the requests of an `http` service that has a policy (or of every `http`
+//! service when the mesh default is deny) are decided one by one: 400 for a path no rule
+//! could be sure about, 403 naming the policy, 429 with `retry-after` for a rate limit.
+//! A caller on this very host goes through the same decisions (`upstream::reach` and the
+//! outbound HTTP engine ask here before reaching a local instance).
+//!
+//! Must not: decide (that is `policy`), or trust a source service the caller's node does
+//! not host.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use mesh_proto::policy::PolicySpec;
+use tokio::net::TcpStream;
+
+use super::upstream::Body;
+use super::Proxy;
+use crate::policy::{self, Caller};
+use crate::routing::http::{ambiguous_path, normalize_path, RequestView};
+
+/// Policies by service, as the last snapshot had them.
+pub type Policies = BTreeMap<String, Arc<PolicySpec>>;
+
+/// What to do with a new connection to a service hosted here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Splice it: no policy looks at it, or it is allowed.
+    Allow,
+    /// Refuse it, saying why.
+    Deny(String),
+    /// Serve it as HTTP and decide each request.
+    PerRequest,
+}
+
+impl Proxy {
+    /// Whether a connection from `caller` to `service` (of `protocol`) is admitted.
+    pub(super) fn admit(&self, service: &str, http: bool, caller: &Caller<'_>) -> Admission {
+        let policies = self.policies.load();
+        let policy = policies.get(service);
+        if http && (policy.is_some() || self.policy_default == crate::config::PolicyDefault::Deny) {
+            return Admission::PerRequest;
+        }
+        let decision = policy::decide(policy.map(|p| &**p), self.policy_default, caller, None);
+        if decision.allow {
+            return Admission::Allow;
+        }
+        self.metrics.policy("denied", service, caller, &decision.by.to_string());
+        Admission::Deny(decision.explain(service, policy.is_some()))
+    }
+
+    /// The answer to a request that the policy refuses, or `None` to forward it.
+    pub(super) fn refuse_request(
+        &self,
+        service: &str,
+        caller: &Caller<'_>,
+        parts: &hyper::http::request::Parts,
+    ) -> Option<Response<Body>> {
+        if ambiguous_path(parts.uri.path()) {
+            self.metrics.policy("denied", service, caller, "ambiguous_path");
+            return Some(text(StatusCode::BAD_REQUEST, "an encoded / or \\ in the path is refused\n"));
+        }
+        let policies = self.policies.load();
+        let policy = policies.get(service);
+        let path = normalize_path(parts.uri.path());
+        let headers = &parts.headers;
+        let lookup = move |name: &str| {
+            let values: Vec<&str> = headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
+            (!values.is_empty()).then(|| values.join(", "))
+        };
+        let view = RequestView { method: parts.method.as_str(), path: &path, header: &lookup };
+        let decision = policy::decide(policy.map(|p| &**p), self.policy_default, caller, Some(&view));
+        if !decision.allow {
+            let rule = decision.by.to_string();
+            self.metrics.policy("denied", service, caller, &rule);
+            tracing::info!(target: "access", service, source = %caller.label(), rule, method = %parts.method, path = %path, "request denied by policy");
+            let line = decision.explain(service, policy.is_some());
+            return Some(text(StatusCode::FORBIDDEN, &format!("{line}\n")));
+        }
+        let policy = policy?;
+        let limited = self.limiter.lock().unwrap_or_else(|p| p.into_inner()).take(policy, caller, Instant::now());
+        if let Err(l) = limited {
+            let rule = format!("rate_limit[{}]", l.rule);
+            self.metrics.policy("rate_limited", service, caller, &rule);
+            tracing::info!(target: "access", service, source = %caller.label(), rule, method = %parts.method, path = %path, "request rate-limited by policy");
+            let mut resp = text(StatusCode::TOO_MANY_REQUESTS, &format!("rate limit: policy {service} {rule}\n"));
+            let secs = l.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+            if let Ok(v) = hyper::header::HeaderValue::from_str(&secs.to_string()) {
+                resp.headers_mut().insert(hyper::header::RETRY_AFTER, v);
+            }
+            return Some(resp);
+        }
+        None
+    }
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_owned())).map_err(|never| match never {}).boxed());
+    *r.status_mut() = status;
+    r
+}
+
+/// Serves a tunnel stream as HTTP/1.1 (what the outbound side speaks on it): each
+/// request is decided, then forwarded on one connection to the instance.
+pub(super) async fn serve_http(
+    proxy: Arc<Proxy>,
+    service: String,
+    caller_node: String,
+    caller_service: Option<String>,
+    instance: TcpStream,
+    stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+) {
+    let Ok((sender, conn)) = hyper::client::conn::http1::handshake::<_, Incoming>(TokioIo::new(instance)).await
+    else {
+        return;
+    };
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let sender = Arc::new(tokio::sync::Mutex::new(sender));
+    let handler = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let (proxy, sender, service) = (proxy.clone(), sender.clone(), service.clone());
+        let (node, source) = (caller_node.clone(), caller_service.clone());
+        async move {
+            let caller = Caller { node: &node, service: source.as_deref() };
+            let (parts, body) = req.into_parts();
+            if let Some(refused) = proxy.refuse_request(&service, &caller, &parts) {
+                return Ok::<_, std::convert::Infallible>(refused);
+            }
+            let forwarded = sender.lock().await.send_request(Request::from_parts(parts, body)).await;
+            Ok(match forwarded {
+                Ok(resp) => resp.map(|b| b.boxed()),
+                Err(_) => text(StatusCode::BAD_GATEWAY, "the instance closed the connection\n"),
+            })
+        }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(super::http::HEAD_DEADLINE);
+    let _ = builder.serve_connection(TokioIo::new(stream), handler).await;
+}
