@@ -12,6 +12,8 @@ use mesh_proto::api::{Connection, Member, NodeRemoved, Status, TokenCreated, Tok
 use mesh_proto::role::Role;
 use meshctl::{table, Client, ClientError};
 
+mod documents;
+mod policy;
 mod route;
 
 #[derive(Parser)]
@@ -60,6 +62,11 @@ enum Command {
     Route {
         #[command(subcommand)]
         command: route::RouteCommand,
+    },
+    /// Authorization policies: who may call a service, on which requests, how often.
+    Policy {
+        #[command(subcommand)]
+        command: policy::PolicyCommand,
     },
     /// Nodes of the mesh.
     Node {
@@ -179,6 +186,9 @@ fn main() -> ExitCode {
         Command::Route { command } => {
             rt.block_on(route::run(&client, command, cli.output == Output::Json, cli.timeout))
         }
+        Command::Policy { command } => {
+            rt.block_on(policy::run(&client, command, cli.output == Output::Json, cli.timeout))
+        }
         Command::Ca { command: CaCommand::Rotate } => {
             // meshd waits for the members a little less than meshctl waits for meshd.
             let wait = cli.timeout.saturating_sub(Duration::from_secs(2)).max(Duration::from_secs(1));
@@ -280,7 +290,7 @@ async fn execute(client: &Client, command: &Command, output: Output) -> Result<S
                 Ok(format!("removed {} (certificate {} and its key revoked)\n", r.node, r.serial))
             })
         }
-        Command::Completions { .. } | Command::Route { .. } | Command::Ca { .. } => return Ok(String::new()),
+        Command::Completions { .. } | Command::Route { .. } | Command::Policy { .. } | Command::Ca { .. } => return Ok(String::new()),
     };
     if output == Output::Json {
         let mut body = String::from_utf8_lossy(&response.body).into_owned();
