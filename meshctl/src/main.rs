@@ -290,7 +290,9 @@ async fn execute(client: &Client, command: &Command, output: Output) -> Result<S
                 Ok(format!("removed {} (certificate {} and its key revoked)\n", r.node, r.serial))
             })
         }
-        Command::Completions { .. } | Command::Route { .. } | Command::Policy { .. } | Command::Ca { .. } => return Ok(String::new()),
+        Command::Completions { .. } | Command::Route { .. } | Command::Policy { .. } | Command::Ca { .. } => {
+            return Ok(String::new())
+        }
     };
     if output == Output::Json {
         let mut body = String::from_utf8_lossy(&response.body).into_owned();

@@ -112,7 +112,8 @@ pub async fn run(mut signals: signal::Shutdown) -> anyhow::Result<()> {
     tokio::spawn(serve_http(listener, move || productpage(dns)));
 
     let spec = mesh_proto::route::RouteSpec::from_file("the demo route", ROUTE)?;
-    tokio::task::spawn_blocking(move || crate::documents::apply(&store, &spec, crate::documents::Mode::Store)).await??;
+    tokio::task::spawn_blocking(move || crate::documents::apply(&store, &spec, crate::documents::Mode::Store))
+        .await??;
 
     let meshctl = sibling_binary("meshctl");
     let route_file = dir.join("reviews-route.toml");

@@ -65,7 +65,9 @@ fn find<S: Spec>(e: &Entry, name: &str, wanted: &RevisionRef) -> Result<Revision
     let mut matching: Vec<Revision> = e.revisions().filter(|r| wanted.names(r.revision, &r.origin)).collect();
     match matching.len() {
         1 => Ok(matching.remove(0)),
-        0 => Err(DocError::NoRevision { noun: S::NOUN, name: name.to_owned(), revision: wanted.clone(), held: held(e) }),
+        0 => {
+            Err(DocError::NoRevision { noun: S::NOUN, name: name.to_owned(), revision: wanted.clone(), held: held(e) })
+        }
         _ => Err(DocError::Ambiguous {
             noun: S::NOUN,
             name: name.to_owned(),

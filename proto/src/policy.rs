@@ -227,7 +227,9 @@ fn check_http(src: &Source<'_>, at: &str, h: &HttpConditions) -> Result<(), Inpu
     }
     for (j, m) in h.methods.iter().enumerate() {
         if m.is_empty() || m.len() > 32 || !m.bytes().all(|b| b.is_ascii_uppercase()) {
-            return Err(src.error(&format!("{at}.methods[{j}]"), format!("'{m}' is not an HTTP method (GET, POST, ...)")));
+            return Err(
+                src.error(&format!("{at}.methods[{j}]"), format!("'{m}' is not an HTTP method (GET, POST, ...)"))
+            );
         }
     }
     for (j, p) in h.paths.iter().enumerate() {
@@ -301,13 +303,33 @@ burst = 200
         for (text, key, line) in [
             ("service = \"r\"\n[[allow]]\nfrom = []\n", "allow[0].from", 3),
             ("service = \"r\"\n[[allow]]\nfrom = [\"Node:x\"]\n", "allow[0].from[0]", 3),
-            ("service = \"r\"\n[[deny]]\nfrom = [\"*\"]\nhttp = { methods = [\"get\"] }\n", "deny[0].http.methods[0]", 4),
-            ("service = \"r\"\n[[deny]]\nfrom = [\"*\"]\nhttp = { paths = [{ prefix = \"/a/../b\" }] }\n", "deny[0].http.paths[0]", 4),
-            ("service = \"r\"\n[[deny]]\nfrom = [\"*\"]\nhttp = { paths = [{ prefix = \"/a\", exact = \"/b\" }] }\n", "deny[0].http.paths[0]", 4),
-            ("service = \"r\"\n[[rate_limit]]\nfrom = [\"*\"]\nrequests_per_second = 0\n", "rate_limit[0].requests_per_second", 4),
+            (
+                "service = \"r\"\n[[deny]]\nfrom = [\"*\"]\nhttp = { methods = [\"get\"] }\n",
+                "deny[0].http.methods[0]",
+                4,
+            ),
+            (
+                "service = \"r\"\n[[deny]]\nfrom = [\"*\"]\nhttp = { paths = [{ prefix = \"/a/../b\" }] }\n",
+                "deny[0].http.paths[0]",
+                4,
+            ),
+            (
+                "service = \"r\"\n[[deny]]\nfrom = [\"*\"]\nhttp = { paths = [{ prefix = \"/a\", exact = \"/b\" }] }\n",
+                "deny[0].http.paths[0]",
+                4,
+            ),
+            (
+                "service = \"r\"\n[[rate_limit]]\nfrom = [\"*\"]\nrequests_per_second = 0\n",
+                "rate_limit[0].requests_per_second",
+                4,
+            ),
             ("service = \"r\"\ndefault = \"maybe\"\n", "default", 2),
             ("service = \"r\"\nname = \"other\"\n", "name", 2),
-            ("service = \"r\"\n[[allow]]\nfrom = [\"*\"]\nhttp = { headers = { \"x\" = { regex = \"(\" } } }\n", "allow[0].http.headers.x", 4),
+            (
+                "service = \"r\"\n[[allow]]\nfrom = [\"*\"]\nhttp = { headers = { \"x\" = { regex = \"(\" } } }\n",
+                "allow[0].http.headers.x",
+                4,
+            ),
             ("service = \"r\"\n[[allow]]\nfromm = [\"*\"]\n", "allow[0].fromm", 3),
         ] {
             let err = PolicySpec::from_file("p.toml", text).expect_err(text);

@@ -21,8 +21,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use mesh_proto::api::{self, ApiError, RevisionRef, INDEX_HEADER};
 use mesh_proto::policy::PolicySpec;
-use mesh_proto::route::RouteSpec;
 use mesh_proto::role::Role;
+use mesh_proto::route::RouteSpec;
 use mesh_proto::wire::Holds;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -794,11 +794,12 @@ async fn policy_check(
             headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect();
         (!vals.is_empty()).then(|| vals.join(", "))
     };
-    let request = (method.is_some() || path.is_some() || !headers.is_empty()).then(|| crate::routing::http::RequestView {
-        method: method.as_deref().unwrap_or("GET"),
-        path: path.as_deref().unwrap_or("/"),
-        header: &lookup,
-    });
+    let request =
+        (method.is_some() || path.is_some() || !headers.is_empty()).then(|| crate::routing::http::RequestView {
+            method: method.as_deref().unwrap_or("GET"),
+            path: path.as_deref().unwrap_or("/"),
+            header: &lookup,
+        });
     let policy = snap.policies().get(&to).map(|p| p.spec.clone());
     let caller = crate::policy::Caller { node: &node, service: service.as_deref() };
     let decision = crate::policy::decide(policy.as_ref(), state.policy_default, &caller, request.as_ref());

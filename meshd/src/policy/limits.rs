@@ -52,10 +52,8 @@ impl Limiter {
         if self.buckets.len() >= MAX_BUCKETS {
             self.buckets.retain(|_, b| now.saturating_duration_since(b.at) < IDLE);
         }
-        let keys: Vec<Key> = matching
-            .iter()
-            .map(|(i, r)| (policy.service.clone(), *i, r.per_source.then(|| caller.label())))
-            .collect();
+        let keys: Vec<Key> =
+            matching.iter().map(|(i, r)| (policy.service.clone(), *i, r.per_source.then(|| caller.label()))).collect();
         // Refill every bucket first, then check all, then take: all or nothing.
         for ((_, r), key) in matching.iter().zip(&keys) {
             let burst = f64::from(r.burst());

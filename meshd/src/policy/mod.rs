@@ -74,7 +74,9 @@ impl Decision {
             (By::MeshDefault, true) => {
                 format!("{verdict}: no rule of policy {service} matches; the mesh default is {verdict}")
             }
-            (By::PolicyDefault, _) => format!("{verdict}: no rule of policy {service} matches; its default is {verdict}"),
+            (By::PolicyDefault, _) => {
+                format!("{verdict}: no rule of policy {service} matches; its default is {verdict}")
+            }
             (by, _) => format!("{verdict}: policy {service} rule {by}"),
         }
     }
@@ -140,7 +142,8 @@ pub fn lint(policy: &PolicySpec, snap: &Snapshot) -> Vec<String> {
     if !snap.services.contains_key(&policy.service) {
         out.push(format!("service {} has no instance in the mesh yet", policy.service));
     }
-    let rules = policy.allow.iter().chain(&policy.deny).map(|r| &r.from).chain(policy.rate_limit.iter().map(|r| &r.from));
+    let rules =
+        policy.allow.iter().chain(&policy.deny).map(|r| &r.from).chain(policy.rate_limit.iter().map(|r| &r.from));
     for from in rules {
         for who in from.iter().filter(|w| *w != "*" && !w.starts_with("node:")) {
             if !snap.services.contains_key(who.as_str()) {

@@ -1,8 +1,10 @@
 //! The proxy's side of authorization: it carries out `policy`'s decisions where the
 //! destination is hosted. A tunnel to a `tcp` service is refused before the instance is
-//! connected; the requests of an `http` service that has a policy (or of every `http`
-//! service when the mesh default is deny) are decided one by one: 400 for a path no rule
-//! could be sure about, 403 naming the policy, 429 with `retry-after` for a rate limit.
+//! connected (a policy applies to new connections; open ones carry on); the requests of
+//! an `http` service are decided one by one, always, since the outbound side keeps
+//! tunnel streams open for later requests and a policy applied meanwhile must hold for
+//! them: 400 for a path no rule could be sure about, 403 naming the policy, 429 with
+//! `retry-after` for a rate limit.
 //! A caller on this very host goes through the same decisions (`upstream::reach` and the
 //! outbound HTTP engine ask here before reaching a local instance).
 //!
@@ -43,11 +45,11 @@ pub enum Admission {
 impl Proxy {
     /// Whether a connection from `caller` to `service` (of `protocol`) is admitted.
     pub(super) fn admit(&self, service: &str, http: bool, caller: &Caller<'_>) -> Admission {
-        let policies = self.policies.load();
-        let policy = policies.get(service);
-        if http && (policy.is_some() || self.policy_default == crate::config::PolicyDefault::Deny) {
+        if http {
             return Admission::PerRequest;
         }
+        let policies = self.policies.load();
+        let policy = policies.get(service);
         let decision = policy::decide(policy.map(|p| &**p), self.policy_default, caller, None);
         if decision.allow {
             return Admission::Allow;
@@ -117,8 +119,7 @@ pub(super) async fn serve_http(
     instance: TcpStream,
     stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 ) {
-    let Ok((sender, conn)) = hyper::client::conn::http1::handshake::<_, Incoming>(TokioIo::new(instance)).await
-    else {
+    let Ok((sender, conn)) = hyper::client::conn::http1::handshake::<_, Incoming>(TokioIo::new(instance)).await else {
         return;
     };
     tokio::spawn(async move {

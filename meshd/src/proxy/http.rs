@@ -275,10 +275,7 @@ async fn handle(proxy: &Arc<Proxy>, dest: &Destination, req: Request<Incoming>) 
     // A try to an instance on this host is decided here by its policy (a remote one is
     // decided by its own host): the refusal is the answer.
     let mut refused: Option<Response<Body>> = None;
-    let local_source = dest
-        .source_service
-        .clone()
-        .filter(|s| tables.targets(s).iter().any(|t| t.node == proxy.node));
+    let local_source = dest.source_service.clone().filter(|s| tables.targets(s).iter().any(|t| t.node == proxy.node));
     let tries = async {
         let mut tried: Vec<InstanceKey> = Vec::new();
         let mut last = None;

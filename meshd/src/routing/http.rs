@@ -74,7 +74,8 @@ pub fn ambiguous_path(raw: &str) -> bool {
     let path = raw.split(['?', '#']).next().unwrap_or("");
     let b = path.as_bytes();
     b.contains(&b'\\')
-        || b.windows(3).any(|w| w[0] == b'%' && (w[1..].eq_ignore_ascii_case(b"2f") || w[1..].eq_ignore_ascii_case(b"5c")))
+        || b.windows(3)
+            .any(|w| w[0] == b'%' && (w[1..].eq_ignore_ascii_case(b"2f") || w[1..].eq_ignore_ascii_case(b"5c")))
 }
 
 /// The path as rules see it: no query, `.` and `..` segments resolved, repeated slashes
