@@ -276,3 +276,45 @@ fn policies_allow_deny_and_rate_limit_callers_at_the_destination() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     n1.eventually(CONVERGE, "the deletion reaches node-2", || (get(plain, "GET", "/x").0 == 200).then_some(()));
 }
+
+/// `[policy] default = "deny"` on the host of the services, no policy anywhere: every
+/// connection and request to them is refused, with the reason in the log, while the
+/// mesh's own traffic carries on (the nodes stay members, routes still apply).
+#[test]
+fn a_mesh_default_of_deny_refuses_every_caller_but_not_the_mesh_itself() {
+    let block = Block::take();
+    let n1 = Node::start(&block, 1, "");
+    let seed = format!("join = [\"{}\"]", n1.addr());
+    let n2 = Node::join(&block, 2, &n1.token(&[]), &seed, "[policy]\ndefault = \"deny\"\n");
+    let (http_port, tcp_port) = (free_port(&block, 2), free_port(&block, 2));
+    http_backend(SocketAddr::from((block.node_ip(2), http_port)));
+    tcp_backend(SocketAddr::from((block.node_ip(2), tcp_port)));
+    let ip2 = block.node_ip(2);
+    register(
+        &n2,
+        "reviews",
+        &format!("name = \"reviews\"\naddress = \"{ip2}\"\nport = {http_port}\nprotocol = \"http\"\n"),
+    );
+    register(&n2, "db", &format!("name = \"db\"\naddress = \"{ip2}\"\nport = {tcp_port}\n"));
+    n1.wait_healthy("reviews", 1, CONVERGE);
+    n1.wait_healthy("db", 1, CONVERGE);
+    let (status, body) = get(SocketAddr::from((n1.vip("reviews", CONVERGE), http_port)), "GET", "/");
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("no policy") && body.contains("mesh default is deny"), "{body}");
+    let mut s = TcpStream::connect(SocketAddr::from((n1.vip("db", CONVERGE), tcp_port))).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    assert!(got.is_empty(), "refused before the instance: {}", String::from_utf8_lossy(&got));
+    let logs = n2.logs();
+    assert!(logs.contains("tunnel refused") && logs.contains("mesh default is deny"), "the log says why");
+    // The mesh itself: both members alive, and a route applied everywhere.
+    let alive = |n: &Node| {
+        n.meshctl_json(&["members"]).as_array().map_or(0, |a| a.iter().filter(|m| m["state"] == "alive").count())
+    };
+    assert_eq!((alive(&n1), alive(&n2)), (2, 2));
+    let route = n1.dir.path().join("r.toml");
+    std::fs::write(&route, "service = \"db\"\n[[tcp]]\n").expect("route");
+    let out = n1.meshctl(&["route", "apply", "-f", &route.display().to_string(), "--wait"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
