@@ -4,7 +4,8 @@
 //! fixed rate (added round-trip latency) and new connections per second; meshd's RSS
 //! idle and under load. Load generators and backends run on core 0, the tunnel ends on
 //! core 1. Prints each figure and its ratio to the direct path. `BENCH_PERF=FILE` records
-//! CPU profiles of both meshd (iperf3 into FILE, HTTP into FILE.http).
+//! CPU profiles of both meshd (iperf3 into FILE, HTTP into FILE.http). The HTTP path is
+//! measured again with an authorization policy of 100 rules on the service.
 //!
 //! `cargo build --release --workspace --bins && target/release/bench-tunnel [SECONDS]`
 //! (needs `apt-get install iperf3 stunnel4 haproxy wrk nginx-light`).
@@ -524,7 +525,22 @@ fn main() {
         ("direct", web_b, vec![]),
         ("haproxy http", haproxy_web, haproxy_pids.clone()),
         ("meshd http", webh, pids.clone()),
+        ("+100 rules", webh, pids.clone()),
     ] {
+        if name == "+100 rules" {
+            // An authorization policy of 100 rules that each request is checked against
+            // (none matches: the request goes by the default, after all of them).
+            let mut text = String::from("service = \"webh\"\ndefault = \"allow\"\n");
+            for i in 0..100 {
+                text += &format!("[[deny]]\nfrom = [\"*\"]\nhttp = {{ paths = [{{ prefix = \"/never-{i}\" }}], methods = [\"POST\"] }}\n");
+            }
+            let policy = d.join("webh-policy.toml");
+            std::fs::write(&policy, text).expect("policy");
+            let out = cluster
+                .meshctl_raw(1, &["policy", "apply", "-f", &policy.display().to_string(), "--wait"])
+                .expect("meshctl");
+            assert!(out.status.success(), "policy: {}", String::from_utf8_lossy(&out.stderr));
+        }
         let before = cpu(&pids);
         // BENCH_PERF=FILE also profiles both meshd under HTTP load, into FILE.http.
         let profile = if name == "meshd http" { profile(&pids, secs, ".http") } else { None };
@@ -539,6 +555,13 @@ fn main() {
     for r in &http_rows {
         println!("{:<11} {:>10.0} {:>6.2}x {:>8.3} {:>8.3} {:>16.4}", r.0, r.1, r.1 / http_rows[0].1, r.2, r.3, r.4);
     }
+    let (none, hundred) = (http_rows[2], http_rows[3]);
+    println!(
+        "an authorization policy of 100 rules: {:.2}x the requests/s of none, {:.4} vs {:.4} CPU s per 1,000 requests",
+        hundred.1 / none.1,
+        hundred.4,
+        none.4
+    );
     let (h, m) = (http_rows[1], http_rows[2]);
     println!(
         "meshd http vs haproxy http pair: {:.2}x the requests/s, p50 {:.3} vs {:.3} ms, p99 {:.3} vs {:.3} ms, {:.4} vs {:.4} CPU s per 1,000 requests",
