@@ -23,8 +23,7 @@ use hyper_util::rt::TokioIo;
 use mesh_proto::policy::PolicySpec;
 use tokio::net::TcpStream;
 
-use super::upstream::Body;
-use super::Proxy;
+use super::{Body, Proxy};
 use crate::policy::{self, Caller};
 use crate::routing::http::{ambiguous_path, normalize_path, RequestView};
 
@@ -143,6 +142,6 @@ pub(super) async fn serve_http(
         }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(super::http::HEAD_DEADLINE);
+    builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(super::HEAD_DEADLINE);
     let _ = builder.serve_connection(TokioIo::new(stream), handler).await;
 }

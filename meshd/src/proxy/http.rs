@@ -20,7 +20,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_proto::route::HttpRule;
 use tokio::net::TcpStream;
 
-use super::upstream::{send, Body};
+use super::upstream::send;
+use super::Body;
 use super::{Destination, LoadGuard, Proxy};
 use crate::routing::http::{match_rule, normalize_path, RequestView};
 use crate::routing::plan::{self, exhausted, Failure, InstanceKey, Outcome, Tries, Verdict};
@@ -31,9 +32,7 @@ use crate::routing::{Tables, Target};
 const REPLAYABLE: u64 = 64 * 1024;
 /// Mirror copies in flight at once; more are shed.
 pub(super) const MIRRORS: usize = 64;
-/// The time a client has to send a whole request head, and the longest a keep-alive
-/// connection may idle between requests.
-pub const HEAD_DEADLINE: Duration = Duration::from_secs(30);
+pub use super::HEAD_DEADLINE;
 /// The largest request head (hyper answers 431 beyond it).
 pub const MAX_HEAD: usize = 64 * 1024;
 

@@ -41,6 +41,13 @@ use crate::routing::Tables;
 use crate::state::SnapshotRx;
 use crate::transport::Transport;
 
+/// A request or response body as the proxy carries it.
+pub(crate) type Body = http_body_util::combinators::BoxBody<bytes::Bytes, hyper::Error>;
+
+/// The time a client has to send a whole HTTP request head, and the longest a keep-alive
+/// connection may idle between requests (service listeners and tunnelled requests alike).
+pub const HEAD_DEADLINE: Duration = Duration::from_secs(30);
+
 /// Proxy metrics, under `mesh_proxy_`.
 #[derive(Clone)]
 pub struct Metrics {

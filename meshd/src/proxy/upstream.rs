@@ -6,8 +6,6 @@
 //!
 //! Must not: decide where a request goes.
 
-use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, Response};
@@ -20,8 +18,7 @@ use crate::peer::{client, PeerError};
 use crate::routing::plan::{Failure, InstanceKey};
 use crate::routing::Target;
 
-/// A request or response body as the proxy carries it.
-pub(super) type Body = BoxBody<Bytes, hyper::Error>;
+use super::Body;
 
 /// Where a connection went.
 pub(super) enum Upstream {
