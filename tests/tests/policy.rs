@@ -95,6 +95,25 @@ fn raw(addr: SocketAddr, request_line: &str, headers: &str) -> (u16, String, Str
     (status, head.to_ascii_lowercase(), body.to_owned())
 }
 
+/// One HTTP/2 (prior knowledge) GET of `path` as the `:path` pseudo-header: its status.
+fn h2(addr: SocketAddr, path: &str) -> u16 {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let io = hyper_util::rt::TokioIo::new(tcp);
+        let (mut sender, conn) = hyper::client::conn::http2::handshake::<_, _, http_body_util::Empty<bytes::Bytes>>(
+            hyper_util::rt::TokioExecutor::new(),
+            io,
+        )
+        .await
+        .expect("h2 handshake");
+        tokio::spawn(conn);
+        let uri: hyper::Uri = format!("http://reviews.mesh{path}").parse().expect("uri");
+        let req = hyper::Request::get(uri).body(http_body_util::Empty::new()).expect("request");
+        sender.send_request(req).await.expect("an answer").status().as_u16()
+    })
+}
+
 fn get(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
     let (status, _, body) = raw(addr, &format!("{method} {path} HTTP/1.1"), "");
     (status, body)
@@ -178,6 +197,10 @@ fn policies_allow_deny_and_rate_limit_callers_at_the_destination() {
     }
     assert_eq!(raw(page, "GET http://reviews.mesh/admin HTTP/1.1", "").0, 403, "an absolute-form target");
     assert_eq!(raw(page, "GET http://REVIEWS.MESH//admin HTTP/1.1", "").0, 403, "case of the host");
+    for path in ["//admin", "/%61dmin/x", "/x/../admin"] {
+        assert_eq!(h2(page, path), 403, "HTTP/2 :path {path}");
+    }
+    assert_eq!(h2(page, "/reviews"), 200, "HTTP/2 is served like HTTP/1.1");
 
     // Header rules see the combined value of a repeated header, by any name case.
     apply(
