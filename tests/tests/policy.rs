@@ -186,6 +186,14 @@ fn policies_allow_deny_and_rate_limit_callers_at_the_destination() {
         "/x/%2E%2E/admin",
         "///admin//",
         "/admin/.",
+        "/admin",
+        "/admin;jsessionid=1/x",
+        "/%41%44%4d%49%4e/../admin",
+        "/a/b/c/../../../admin",
+        "/admin/x/..",
+        "/.%2e/admin",
+        "/admin#x",
+        "/%2E/admin/",
     ] {
         assert_eq!(get(page, "GET", path).0, 403, "{path}");
     }
