@@ -69,8 +69,23 @@ pub async fn serve(
         super::authz::serve_http(proxy.clone(), header.service.clone(), node, source, tcp, stream).await;
         return;
     }
-    // Seen from the instance: `sent` is what the caller sent it.
-    let (moved, result) = splice::tcp_quic(&mut tcp, &mut send, &mut recv).await;
+    // Seen from the instance: `sent` is what the caller sent it. An HTTP stream spliced
+    // because its service had no policy ends when one appears (see `authz`).
+    let http = proxy.tables.load().services.get(&header.service).is_some_and(|s| s.protocol == "http");
+    let spliced = async {
+        if http {
+            tokio::select! {
+                done = splice::tcp_quic(&mut tcp, &mut send, &mut recv) => Some(done),
+                () = proxy.policy_applies(&header.service) => None,
+            }
+        } else {
+            Some(splice::tcp_quic(&mut tcp, &mut send, &mut recv).await)
+        }
+    };
+    let Some((moved, result)) = spliced.await else {
+        tracing::debug!(service = %header.service, "a policy now applies: the spliced stream ends, the next request is decided");
+        return;
+    };
     let moved = splice::Moved { sent: moved.received, received: moved.sent };
     proxy.metrics.moved("inbound", moved);
     tracing::info!(

@@ -212,6 +212,8 @@ pub struct Proxy {
     pool: upstream::Pool,
     /// Authorization policies by service, from the last snapshot.
     policies: ArcSwap<authz::Policies>,
+    /// Bumped whenever `policies` changes.
+    policy_changes: watch::Sender<u64>,
     /// `[policy] default`.
     policy_default: crate::config::PolicyDefault,
     /// Rate-limit buckets of the services hosted here.
@@ -240,6 +242,7 @@ impl Proxy {
             connect_timeout: settings.connect_timeout,
             max_connections: settings.max_connections,
             policies: ArcSwap::from_pointee(BTreeMap::new()),
+            policy_changes: watch::channel(0).0,
             policy_default: settings.policy_default,
             limiter: Mutex::default(),
             source: settings.source,
@@ -319,6 +322,7 @@ pub async fn run(
             snap.policies().iter().map(|(service, p)| (service.clone(), Arc::new(p.spec.clone()))).collect();
         if **proxy.policies.load() != policies {
             proxy.policies.store(Arc::new(policies));
+            proxy.policy_changes.send_modify(|n| *n += 1);
         }
         let wanted: BTreeMap<String, Vec<SocketAddr>> = tables
             .listeners()
