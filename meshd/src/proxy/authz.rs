@@ -81,12 +81,16 @@ impl Proxy {
         caller: &Caller<'_>,
         parts: &hyper::http::request::Parts,
     ) -> Option<Response<Body>> {
+        let policies = self.policies.load();
+        let policy = policies.get(service);
+        // No policy looks at this service's requests (as for a spliced stream).
+        if policy.is_none() && self.policy_default == crate::config::PolicyDefault::Allow {
+            return None;
+        }
         if ambiguous_path(parts.uri.path()) {
             self.metrics.policy("denied", service, caller, "ambiguous_path");
             return Some(text(StatusCode::BAD_REQUEST, "an encoded / or \\ in the path is refused\n"));
         }
-        let policies = self.policies.load();
-        let policy = policies.get(service);
         let path = normalize_path(parts.uri.path());
         let headers = &parts.headers;
         let lookup = move |name: &str| {
