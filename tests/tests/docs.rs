@@ -74,6 +74,9 @@ fn the_example_files_are_valid_as_they_are() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!((route.name.as_str(), route.http.len()), ("reviews", 2));
     assert!(route.http[1].retries.as_ref().and_then(|r| r.budget).is_some(), "the example shows the retry budget");
+    let policy = mesh_proto::policy::PolicySpec::from_file("reviews.policy.toml", &read("reviews.policy.toml"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((policy.allow.len(), policy.deny.len(), policy.rate_limit.len()), (2, 1, 1));
 }
 
 /// The shell blocks of a Markdown page, in order.
