@@ -237,6 +237,9 @@ struct Inner {
     on_publish: Box<dyn Fn(Arc<View>) + Send + Sync>,
     /// Seals local writes, judges remote ones.
     authority: Arc<dyn Authority>,
+    /// The local tree as written: its reads come from here (never waiting for a write
+    /// or a rebuild), and a rebuild writes it. Changed under the writer's lock.
+    local: std::sync::RwLock<BTreeMap<String, Vec<u8>>>,
     metrics: Metrics,
     /// Where local writes go to be gossiped (set once membership runs).
     broadcast: std::sync::OnceLock<tokio::sync::mpsc::Sender<Arc<Entry>>>,
@@ -246,8 +249,6 @@ struct Inner {
 struct Writer {
     clock: Clock,
     view: View,
-    /// The local tree as written (its reads come from here, and a rebuild writes it).
-    local: BTreeMap<String, Vec<u8>>,
 }
 
 /// Milliseconds since the Unix epoch by the wall clock (0 before 1970).
@@ -329,7 +330,8 @@ impl Store {
                 path: path.to_owned(),
                 origin: origin.to_owned(),
                 disk: disk::Disk::new(path, db),
-                writer: Mutex::new(Writer { clock: Clock::new(newest), view, local }),
+                writer: Mutex::new(Writer { clock: Clock::new(newest), view }),
+                local: std::sync::RwLock::new(local),
                 current: arc_swap::ArcSwap::new(snapshot),
                 on_publish: Box::new(on_publish),
                 authority,
@@ -363,8 +365,8 @@ impl Store {
     /// This host's own state that is never replicated (its virtual IP allocations):
     /// every `local/` key with its value.
     pub fn local_entries(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let w = self.lock();
-        Ok(w.local
+        let local = self.inner.local.read().unwrap_or_else(|p| p.into_inner());
+        Ok(local
             .range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
             .take_while(|(k, _)| k.starts_with(prefix))
             .map(|(k, v)| (k.clone(), v.clone()))
@@ -373,7 +375,7 @@ impl Store {
 
     /// One local, never replicated, key's value.
     pub fn local_get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.lock().local.get(key).cloned())
+        Ok(self.inner.local.read().unwrap_or_else(|p| p.into_inner()).get(key).cloned())
     }
 
     /// Deletes a local, never replicated, key durably.
@@ -391,7 +393,7 @@ impl Store {
     /// is durable.
     fn local_write(&self, key: &str, value: Option<&[u8]>) -> Result<(), StoreError> {
         self.check_writable()?;
-        let mut w = self.lock();
+        let _w = self.lock();
         let handle = self.inner.disk.handle();
         let result = catch_unwind(AssertUnwindSafe(|| -> Result<(), sled::Error> {
             let tree = handle.open_tree(LOCAL_TREE)?;
@@ -402,9 +404,10 @@ impl Store {
             handle.flush().map(drop)
         }));
         self.written(&handle, result)?;
+        let mut local = self.inner.local.write().unwrap_or_else(|p| p.into_inner());
         match value {
-            Some(v) => w.local.insert(key.to_owned(), v.to_vec()),
-            None => w.local.remove(key),
+            Some(v) => local.insert(key.to_owned(), v.to_vec()),
+            None => local.remove(key),
         };
         Ok(())
     }
@@ -463,7 +466,8 @@ impl Store {
         }
         let w = self.lock();
         let entries = w.view.iter().filter_map(|e| Some((e.key.as_bytes().to_vec(), e.encode().ok()?)));
-        let local = w.local.iter().map(|(k, v)| (k.as_bytes(), v.as_slice()));
+        let local = self.inner.local.read().unwrap_or_else(|p| p.into_inner());
+        let local = local.iter().map(|(k, v)| (k.as_bytes(), v.as_slice()));
         let result = self.inner.disk.rebuild(entries, (LOCAL_TREE, local), (META_TREE, FORMAT_KEY, FORMAT));
         drop(w);
         match &result {
