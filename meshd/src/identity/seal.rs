@@ -398,7 +398,7 @@ mod tests {
     fn refused(by: &TestNode, what: &str, outcome: &str, entries: Vec<Entry>) {
         let before = by.store.view();
         let authority = by.identity.entry_authority().expect("authority");
-        let fresh: Vec<&Entry> = entries.iter().filter(|e| before.would_apply(e)).collect();
+        let fresh: Vec<&Entry> = entries.iter().filter(|e| before.merged(Arc::new((*e).clone())).is_some()).collect();
         let verdicts = authority.judge(&before, &fresh);
         let first = verdicts.iter().find_map(|v| v.as_ref().err()).expect("a refusal");
         assert_eq!(first.outcome(), outcome, "{what}: {first}");

@@ -538,7 +538,7 @@ impl Store {
         let label = if result.is_ok() { "ok" } else { "refused" };
         self.inner.metrics.writes.get_or_create(&ResultLabel { result: label }).inc();
         result?;
-        w.view.merge(entry.clone());
+        w.view.hold(entry.clone());
         self.publish(&w);
         if let Some(tx) = self.inner.broadcast.get() {
             let _ = tx.try_send(entry.clone());
@@ -578,26 +578,28 @@ impl Store {
                 }
             }
         }
-        let fresh: Vec<Entry> = incoming
+        // Each entry with what it makes of the one held (the merge of both), computed
+        // once; only those that change the view go on.
+        let fresh: Vec<(Arc<Entry>, Arc<Entry>)> = incoming
             .into_values()
-            .filter(|e| {
-                let applies = w.view.would_apply(e);
-                if !applies {
+            .filter_map(|e| {
+                let e = Arc::new(e);
+                let merged = w.view.merged(e.clone());
+                if merged.is_none() {
                     report.stale += 1;
                 }
-                applies
+                Some((e, merged?))
             })
             .collect();
         let m = &self.inner.metrics.merged;
-        let verdicts = self.inner.authority.judge(&w.view, &fresh.iter().collect::<Vec<_>>());
+        let verdicts = self.inner.authority.judge(&w.view, &fresh.iter().map(|(e, _)| &**e).collect::<Vec<_>>());
         // Per outcome: how many, and the first, for the log.
         let mut refused: BTreeMap<&'static str, (usize, String)> = BTreeMap::new();
-        // What each admitted entry makes of the one held: the merge of both.
         let fresh: Vec<Arc<Entry>> = fresh
             .into_iter()
             .zip(verdicts)
-            .filter_map(|(e, verdict)| match verdict {
-                Ok(()) => w.view.merged(Arc::new(e)),
+            .filter_map(|((e, merged), verdict)| match verdict {
+                Ok(()) => Some(merged),
                 Err(refusal) => {
                     report.refused_untrusted += 1;
                     let first = refused
@@ -647,7 +649,7 @@ impl Store {
         if !fresh.is_empty() {
             self.persist(&w, &fresh)?;
             for e in fresh {
-                w.view.merge(e);
+                w.view.hold(e);
                 report.applied += 1;
             }
             self.publish(&w);

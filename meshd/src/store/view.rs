@@ -54,11 +54,6 @@ impl Default for View {
 }
 
 impl View {
-    /// Whether `entry` would change what [`View::merge`] holds.
-    pub fn would_apply(&self, entry: &Entry) -> bool {
-        self.entries.get(&entry.key).is_none_or(|cur| *cur.as_ref() != *entry && cur.merged(entry).is_some())
-    }
-
     /// What merging `entry` would hold for its key: `entry` itself for a new key, the
     /// held entry's merge with it ([`Entry::merged`]), or `None` when nothing would change.
     pub fn merged(&self, entry: Arc<Entry>) -> Option<Arc<Entry>> {
@@ -71,9 +66,19 @@ impl View {
 
     /// Merges one entry: its revisions join the held ones, and the greatest is current.
     pub fn merge(&mut self, entry: Arc<Entry>) -> Merge {
-        let Some(entry) = self.merged(entry) else {
-            return Merge::Stale;
-        };
+        match self.merged(entry) {
+            Some(merged) => {
+                self.hold(merged);
+                Merge::Applied
+            }
+            None => Merge::Stale,
+        }
+    }
+
+    /// Holds `entry` for its key in place of what was held: an entry that is already
+    /// the merge ([`View::merged`], or a local write over the held entry), so that the
+    /// store does not merge the same pair twice.
+    pub fn hold(&mut self, entry: Arc<Entry>) {
         let bucket = bucket_of(&entry.key);
         let print = entry.fingerprint();
         let size = entry.encoded_len() as u64;
@@ -100,7 +105,6 @@ impl View {
         let u = self.origins.entry(origin).or_default();
         u.entries += 1;
         u.bytes += size;
-        Merge::Applied
     }
 
     /// What `origin`'s entries take in this view.
