@@ -75,6 +75,16 @@ fn register(node: &Node, name: &str, text: &str) {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// `reviews` (HTTP) and `db` (TCP) backends on node-2's address, registered by `n2`.
+fn reviews_and_db_on(block: &Block, n2: &Node, http_port: u16, tcp_port: u16) {
+    let ip2 = block.node_ip(2);
+    http_backend(SocketAddr::from((ip2, http_port)));
+    tcp_backend(SocketAddr::from((ip2, tcp_port)));
+    let reviews = format!("name = \"reviews\"\naddress = \"{ip2}\"\nport = {http_port}\nprotocol = \"http\"\n");
+    register(n2, "reviews", &reviews);
+    register(n2, "db", &format!("name = \"db\"\naddress = \"{ip2}\"\nport = {tcp_port}\n"));
+}
+
 fn apply(node: &Node, text: &str) -> String {
     let path = node.dir.path().join("policy.toml");
     std::fs::write(&path, text).expect("policy file");
@@ -136,16 +146,8 @@ fn policies_allow_deny_and_rate_limit_callers_at_the_destination() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         node.run()
     };
-    http_backend(SocketAddr::from((block.node_ip(2), http_port)));
-    tcp_backend(SocketAddr::from((block.node_ip(2), tcp_port)));
+    reviews_and_db_on(&block, &n2, http_port, tcp_port);
     http_backend(SocketAddr::from((block.node_ip(3), page_port)));
-    let ip2 = block.node_ip(2);
-    register(
-        &n2,
-        "reviews",
-        &format!("name = \"reviews\"\naddress = \"{ip2}\"\nport = {http_port}\nprotocol = \"http\"\n"),
-    );
-    register(&n2, "db", &format!("name = \"db\"\naddress = \"{ip2}\"\nport = {tcp_port}\n"));
     for n in [&n1, &n3] {
         for s in ["reviews", "db", "productpage"] {
             n.wait_healthy(s, 1, CONVERGE);
@@ -318,15 +320,7 @@ fn a_mesh_default_of_deny_refuses_every_caller_but_not_the_mesh_itself() {
     let seed = format!("join = [\"{}\"]", n1.addr());
     let n2 = Node::join(&block, 2, &n1.token(&[]), &seed, "[policy]\ndefault = \"deny\"\n");
     let (http_port, tcp_port) = (free_port(&block, 2), free_port(&block, 2));
-    http_backend(SocketAddr::from((block.node_ip(2), http_port)));
-    tcp_backend(SocketAddr::from((block.node_ip(2), tcp_port)));
-    let ip2 = block.node_ip(2);
-    register(
-        &n2,
-        "reviews",
-        &format!("name = \"reviews\"\naddress = \"{ip2}\"\nport = {http_port}\nprotocol = \"http\"\n"),
-    );
-    register(&n2, "db", &format!("name = \"db\"\naddress = \"{ip2}\"\nport = {tcp_port}\n"));
+    reviews_and_db_on(&block, &n2, http_port, tcp_port);
     n1.wait_healthy("reviews", 1, CONVERGE);
     n1.wait_healthy("db", 1, CONVERGE);
     let (status, body) = get(SocketAddr::from((n1.vip("reviews", CONVERGE), http_port)), "GET", "/");
