@@ -93,20 +93,16 @@ fn no_spelling_of_a_denied_path_is_allowed() {
         "/admin/.",
         "/admin/./",
         "/admin/x/..",
-        "/admin%3f",
     ];
     for path in denied {
-        if path == "/admin%3f" {
-            // `?` encoded is part of the segment: another path, "/admin?" literally.
-            continue;
-        }
         assert!(!ask(&p, RATINGS, "GET", path, &[]).allow, "{path} reached /admin");
     }
     for path in ["/admin%2f", "/admin%2Fx", "/x%2F..%2Fadmin", "/admin%5c", "/x\\..\\admin"] {
         assert!(ambiguous_path(path), "{path} must be refused before routing");
     }
     // What is not /admin stays allowed, case included (paths are case-sensitive).
-    for path in ["/administrator", "/ADMIN", "/x/admin", "/admin%252f", "/"] {
+    // An encoded `?` is part of its segment: `/admin%3f` is the path "/admin?" literally.
+    for path in ["/administrator", "/ADMIN", "/x/admin", "/admin%252f", "/admin%3f", "/"] {
         assert!(ask(&p, RATINGS, "GET", path, &[]).allow, "{path} is not /admin");
     }
 }
