@@ -114,7 +114,12 @@ pub struct Bound {
     admin_inode: u64,
     http_listener: Option<TcpListener>,
     registry: prometheus_client::registry::Registry,
+    /// The access log's writer and the span exporter, when configured.
+    telemetry_tasks: Vec<Task>,
 }
+
+/// A task `run` starts.
+type Task = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// What membership needs that `build` prepares.
 struct GossipParts {
@@ -186,8 +191,8 @@ pub async fn build(config: &Config) -> Result<Bound, AppError> {
         }],
     ));
     let mut registry = metrics::registry();
-    let store_metrics = store::Metrics::register(&mut registry);
-    let tls_metrics = verify::Metrics::register(&mut registry);
+    let store_metrics = store::Metrics::register(metrics::mesh(&mut registry));
+    let tls_metrics = verify::Metrics::register(metrics::mesh(&mut registry));
     let identity = Arc::new(Identity::load(&config.data_dir, &config.node_name, tls_metrics)?);
     let store = Store::open(
         &datadir::store_path(&config.data_dir),
@@ -199,7 +204,7 @@ pub async fn build(config: &Config) -> Result<Bound, AppError> {
     // Revocations are in force before the first handshake.
     identity.revocations.replace(publisher.current().parts.revoked.clone());
     identity.set_roots(&publisher.current().parts.roots, store::wall_ms());
-    let transport_metrics = crate::transport::Metrics::register(&mut registry);
+    let transport_metrics = crate::transport::Metrics::register(metrics::mesh(&mut registry));
     let (conns_tx, conns_rx) = tokio::sync::mpsc::channel(1024);
     let transport = Arc::new(Transport::new(udp_socket, identity.clone(), transport_metrics, Some(conns_tx))?);
     let (writes_tx, writes_rx) = tokio::sync::mpsc::channel(1024);
@@ -208,7 +213,7 @@ pub async fn build(config: &Config) -> Result<Bound, AppError> {
         params: config.gossip.params(),
         sync_interval: config.gossip.sync_interval,
         reap_after: config.gossip.reap_after,
-        metrics: membership::Metrics::register(&mut registry),
+        metrics: membership::Metrics::register(metrics::mesh(&mut registry)),
         heard: Arc::default(),
         conns: conns_rx,
         writes: writes_rx,
@@ -227,21 +232,58 @@ pub async fn build(config: &Config) -> Result<Bound, AppError> {
     crate::identity::seal::record_own_key(&store, &identity)?;
     signer.announce()?;
     let catalog = crate::catalog::Catalog::new(store.clone(), &config.node_name)
-        .with_metrics(crate::catalog::Metrics::register(&mut registry))
+        .with_metrics(crate::catalog::Metrics::register(metrics::mesh(&mut registry)))
         .with_publisher(publisher.clone())?;
     catalog.declare_config(&config.service)?;
     let vips = Arc::new(crate::catalog::vip::Vips::load(store.clone(), config.proxy.vip_range)?);
     let seeds: Vec<SocketAddr> = config.join.iter().copied().filter(|s| *s != advertise && *s != udp).collect();
+    let (telemetry, telemetry_metrics) = crate::telemetry::traffic::Telemetry::register(
+        &mut registry,
+        crate::telemetry::traffic::Settings {
+            node: config.node_name.clone(),
+            trust_domain: config.trust_domain.clone(),
+            dns_domain: config.dns.domain.trim_end_matches('.').to_owned(),
+            admin_http: admin_http.map(|a| a.to_string()),
+            sample_percent: config.tracing.sample_percent,
+        },
+    );
+    crate::telemetry::traffic::Telemetry::register_own(&telemetry_metrics, metrics::mesh(&mut registry));
+    let mut telemetry_tasks: Vec<Task> = Vec::new();
+    let telemetry = match &config.access_log {
+        Some(a) => {
+            let target = crate::telemetry::access::Target::parse(&a.path);
+            let (log, writer) = crate::telemetry::access::AccessLog::new(target, telemetry_metrics.clone());
+            telemetry_tasks.push(Box::pin(writer));
+            telemetry.with_access_log(log)
+        }
+        None => telemetry,
+    };
+    let telemetry = match &config.tracing.otlp_endpoint {
+        Some(endpoint) => {
+            let (spans, exporter) =
+                crate::telemetry::otlp::Spans::new(endpoint, &config.node_name, telemetry_metrics.clone()).map_err(
+                    |e| AppError::Bind {
+                        what: "traces (tracing.otlp_endpoint)",
+                        addr: endpoint.clone(),
+                        error: std::io::Error::other(e),
+                    },
+                )?;
+            telemetry_tasks.push(Box::pin(exporter));
+            telemetry.with_spans(spans)
+        }
+        None => telemetry,
+    };
     let proxy = Arc::new(crate::proxy::Proxy::new(
         &config.node_name,
         transport.clone(),
-        crate::proxy::Metrics::register(&mut registry),
+        crate::proxy::Metrics::register(metrics::mesh(&mut registry)),
         crate::proxy::Settings {
             connect_timeout: config.proxy.connect_timeout,
             max_connections: config.proxy.max_connections,
             policy_default: config.policy.default,
             source: config.proxy.source.clone(),
         },
+        Arc::new(telemetry),
     ));
 
     Ok(Bound {
@@ -260,7 +302,7 @@ pub async fn build(config: &Config) -> Result<Bound, AppError> {
         proxy,
         upstreams,
         dns: dns_addr,
-        dns_sockets: (dns_udp, dns_tcp, zone, crate::dns::Metrics::register(&mut registry)),
+        dns_sockets: (dns_udp, dns_tcp, zone, crate::dns::Metrics::register(metrics::mesh(&mut registry))),
         node_name: config.node_name.clone(),
         data_dir: config.data_dir.clone(),
         drain_timeout: config.drain_timeout,
@@ -270,6 +312,7 @@ pub async fn build(config: &Config) -> Result<Bound, AppError> {
         admin_inode,
         http_listener,
         registry,
+        telemetry_tasks,
     })
 }
 
@@ -284,9 +327,9 @@ impl Bound {
     /// once serving and STOPPING when the drain starts.
     pub async fn run(mut self, stop: impl Future<Output = ()>) -> Ran {
         let (trigger, watcher) = drain::new();
-        let admin_metrics = admin::Metrics::register(&mut self.registry);
+        let admin_metrics = admin::Metrics::register(metrics::mesh(&mut self.registry));
         let part_failures = Family::<PartLabel, Counter>::default();
-        self.registry.register(
+        metrics::mesh(&mut self.registry).register(
             "part_failures",
             "Parts of meshd that ended before the drain (meshd then exits non-zero), by part",
             part_failures.clone(),
@@ -319,6 +362,10 @@ impl Bound {
             "sockets bound; serving"
         );
         let mut tasks = crate::supervisor::Parts::default();
+        // They end with the process (the proxy holds their queues).
+        for task in std::mem::take(&mut self.telemetry_tasks) {
+            tokio::spawn(task);
+        }
         tasks.spawn("admin", serve_unix(self.admin_listener, admin::router(state.clone()), watcher.clone()));
         if let Some(listener) = self.http_listener {
             tasks.spawn("admin.http", serve_tcp(listener, admin::http_router(state.clone()), watcher.clone()));

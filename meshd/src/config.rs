@@ -72,8 +72,9 @@ pub struct Config {
     pub policy: PolicyConfig,
     #[serde(default)]
     pub tracing: TracingConfig,
+    /// Off unless the section is there.
     #[serde(default)]
-    pub access_log: AccessLogConfig,
+    pub access_log: Option<AccessLogConfig>,
     /// Only on a node that bridges a Kubernetes cluster. Default: none.
     #[serde(default)]
     pub bridge: Option<BridgeConfig>,
@@ -140,12 +141,6 @@ pub struct AccessLogConfig {
 
 fn default_access_log_path() -> String {
     "-".to_owned()
-}
-
-impl Default for AccessLogConfig {
-    fn default() -> Self {
-        AccessLogConfig { path: default_access_log_path() }
-    }
 }
 
 /// `[bridge]`: this node bridges a Kubernetes cluster.
@@ -472,30 +467,8 @@ impl Config {
     /// yet, each with what happens instead; meshd logs them at WARN when it starts.
     pub fn not_yet_in_effect(&self) -> Vec<String> {
         let mut keys = Vec::new();
-        if self.policy.default == PolicyDefault::Deny {
-            keys.push(
-                "policy.default = \"deny\": authorization policies are not enforced yet; every caller is allowed"
-                    .to_owned(),
-            );
-        }
-        if self.tracing.otlp_endpoint.is_some() {
-            keys.push(
-                "tracing.otlp_endpoint: spans are not exported yet (trace ids are still made and passed on)".to_owned(),
-            );
-        }
-        if self.access_log.path != "-" {
-            keys.push(format!(
-                "access_log.path = {:?}: access logs still go to meshd's own output",
-                self.access_log.path
-            ));
-        }
         if self.bridge.is_some() {
             keys.push("[bridge]: this meshd does not bridge Kubernetes clusters yet".to_owned());
-        }
-        if self.proxy.source.is_some() {
-            keys.push(
-                "proxy.source: connections through virtual IPs still carry the node alone as their caller".to_owned(),
-            );
         }
         keys
     }
@@ -580,6 +553,15 @@ impl Config {
                 }
             }
         }
+        if let Some(endpoint) = &self.tracing.otlp_endpoint {
+            crate::telemetry::otlp::traces_url(endpoint).map_err(|why| src.error("tracing.otlp_endpoint", why))?;
+        }
+        if !(0.0..=100.0).contains(&self.tracing.sample_percent) {
+            return Err(src.error("tracing.sample_percent", "sample_percent must be between 0 and 100"));
+        }
+        if self.access_log.as_ref().is_some_and(|a| a.path.trim().is_empty()) {
+            return Err(src.error("access_log.path", "path must be \"-\" (meshd's output) or a file"));
+        }
         if !(1..=1_000_000).contains(&self.proxy.max_connections) {
             return Err(src.error("proxy.max_connections", "max_connections must be between 1 and 1000000"));
         }
@@ -613,17 +595,6 @@ impl Config {
             if !self.service.iter().any(|s| &s.name == source) {
                 return Err(src.error("proxy.source", format!("'{source}' is not a [[service]] of this host")));
             }
-        }
-        if !(0.0..=100.0).contains(&self.tracing.sample_percent) {
-            return Err(src.error("tracing.sample_percent", "sample_percent must be between 0 and 100"));
-        }
-        if let Some(e) = &self.tracing.otlp_endpoint {
-            if !(e.starts_with("http://") || e.starts_with("https://")) {
-                return Err(src.error("tracing.otlp_endpoint", format!("'{e}' is not an http:// or https:// URL")));
-            }
-        }
-        if self.access_log.path.is_empty() {
-            return Err(src.error("access_log.path", "path must be '-' (meshd's output) or a file"));
         }
         if let Some(b) = &self.bridge {
             if !mesh_proto::is_dns_label(&b.cluster) {

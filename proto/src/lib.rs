@@ -5,6 +5,7 @@
 //! - [`duration`]: human durations (`"5s"`, `"1h30m"`) in those files.
 //! - [`service`]: a service instance as declared on its host.
 //! - [`token`]: the join token's text form.
+//! - [`traffic`]: per-edge traffic summaries, asked for on view and merged.
 //! - [`wire`]: messages between daemons over QUIC streams, and their framing.
 //! - [`api`]: the JSON bodies of meshd's admin API, which meshctl prints unchanged
 //!   with `-o json`.
@@ -17,6 +18,7 @@ pub mod role;
 pub mod route;
 pub mod service;
 pub mod token;
+pub mod traffic;
 pub mod wire;
 
 /// The version every binary reports (`meshctl status`, `/v1/status`, `--version`).

@@ -111,6 +111,9 @@ pub enum MeshRequest {
     /// (after a rotation there). Answered with [`CaKeyReply`]: the key only to a caller
     /// whose certificate carries the signer role.
     CaKey { fingerprint: [u8; 32] },
+    /// The callee's traffic summary (the dashboard, `meshctl top` and service discovery
+    /// ask on view). Answered with a [`crate::traffic::Summary`].
+    Traffic,
 }
 
 /// The answer to [`MeshRequest::CaKey`].

@@ -40,7 +40,7 @@ fn fixture() -> Fixture {
         vec![state::Member { name: "vm-1".into(), addr, state: MemberState::Alive, last_heard: SystemTime::now() }],
     ));
     let mut registry = crate::metrics::registry();
-    let metrics = Metrics::register(&mut registry);
+    let metrics = Metrics::register(crate::metrics::mesh(&mut registry));
     let identity = Arc::new(Identity::load(&config.data_dir, "vm-1", Default::default()).expect("identity"));
     let store = crate::store::Store::open(
         &crate::datadir::store_path(&config.data_dir),

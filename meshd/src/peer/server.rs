@@ -129,6 +129,9 @@ pub async fn serve_peer(peer: Peer, services: Services) {
                     };
                     let _ = frame::write_last(&mut send, &reply).await;
                 }
+                MeshRequest::Traffic => {
+                    let _ = frame::write_last(&mut send, &proxy.telemetry().summary()).await;
+                }
                 MeshRequest::Tunnel(header) => {
                     // Its own task, holding the drain: the tunnel outlives this
                     // dispatcher when a drain starts, until it ends or the deadline.

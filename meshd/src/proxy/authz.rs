@@ -3,20 +3,19 @@
 //! connected (a policy applies to new connections; open ones carry on). The requests of
 //! an `http` service with a policy (or of every `http` service when the mesh default is
 //! deny) are decided one by one: 400 for a path no rule could be sure about, 403 naming
-//! the policy, 429 with `retry-after` for a rate limit. An `http` service without one is
-//! spliced, as parsing every request costs CPU (measured: about twice per request through
-//! the pair); since the outbound side keeps tunnel streams open for later requests, a
-//! spliced stream ends as soon as a policy for its service appears
-//! ([`Proxy::policy_applies`]), and the next request opens a stream that is decided.
-//! A caller on this very host goes through the same decisions (`upstream::reach` and the
+//! the policy, 429 with `retry-after` for a rate limit. Every tunnel stream to an `http`
+//! service is served as HTTP here, policy or not, so that each request is reported from
+//! the destination's side too (and traced): a policy that appears applies to the next
+//! request on a stream already open. A caller on this very host goes through the same decisions (`upstream::reach` and the
 //! outbound HTTP engine ask here before reaching a local instance).
 //!
 //! Must not: decide (that is `policy`), or trust a source service the caller's node does
 //! not host.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -26,9 +25,12 @@ use hyper_util::rt::TokioIo;
 use mesh_proto::policy::PolicySpec;
 use tokio::net::TcpStream;
 
+use super::meter::{Metered, OnEnd};
 use super::{Body, Proxy};
 use crate::policy::{self, Caller};
 use crate::routing::http::{ambiguous_path, normalize_path, RequestView};
+use crate::routing::Target;
+use crate::telemetry::traffic::{HttpCall, Parties, Reporter};
 
 /// Policies by service, as the last snapshot had them.
 pub type Policies = BTreeMap<String, Arc<PolicySpec>>;
@@ -58,20 +60,6 @@ impl Proxy {
         }
         self.metrics.policy("denied", service, caller, &decision.by.to_string());
         Admission::Deny(decision.explain(service, policy.is_some()))
-    }
-
-    /// Returns once `service` has a policy (a spliced HTTP stream must then end, so that
-    /// its next request is decided). Never returns for a service that keeps none.
-    pub(super) async fn policy_applies(&self, service: &str) {
-        let mut changes = self.policy_changes.subscribe();
-        loop {
-            if self.policies.load().contains_key(service) {
-                return;
-            }
-            if changes.changed().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        }
     }
 
     /// The answer to a request that the policy refuses, or `None` to forward it.
@@ -130,39 +118,101 @@ fn text(status: StatusCode, body: &str) -> Response<Body> {
 }
 
 /// Serves a tunnel stream as HTTP/1.1 (what the outbound side speaks on it): each
-/// request is decided, then forwarded on one connection to the instance.
+/// request is decided, forwarded on one connection to the instance, and reported when
+/// its response ends.
 pub(super) async fn serve_http(
     proxy: Arc<Proxy>,
-    service: String,
-    caller_node: String,
-    caller_service: Option<String>,
-    instance: TcpStream,
+    parties: Parties,
+    instance: Target,
+    tcp: TcpStream,
     stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 ) {
-    let Ok((sender, conn)) = hyper::client::conn::http1::handshake::<_, Incoming>(TokioIo::new(instance)).await else {
+    let Ok((sender, conn)) = hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(tcp)).await else {
         return;
     };
     tokio::spawn(async move {
         let _ = conn.await;
     });
     let sender = Arc::new(tokio::sync::Mutex::new(sender));
+    let parties = Arc::new(parties);
+    let host = Arc::new(format!("{}:{}", instance.addr, instance.port));
     let handler = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let (proxy, sender, service) = (proxy.clone(), sender.clone(), service.clone());
-        let (node, source) = (caller_node.clone(), caller_service.clone());
+        let (proxy, sender, parties, host) = (proxy.clone(), sender.clone(), parties.clone(), host.clone());
         async move {
-            let caller = Caller { node: &node, service: source.as_deref() };
-            let (parts, body) = req.into_parts();
-            if let Some(refused) = proxy.refuse_request(&service, &caller, &parts) {
-                return Ok::<_, std::convert::Infallible>(refused);
+            let started = Instant::now();
+            let (mut parts, body) = req.into_parts();
+            let trace = proxy.trace_context(&mut parts.headers);
+            if let Ok(v) = hyper::header::HeaderValue::from_str(&trace.traceparent()) {
+                parts.headers.insert(hyper::header::HeaderName::from_static("traceparent"), v);
             }
-            let forwarded = sender.lock().await.send_request(Request::from_parts(parts, body)).await;
-            Ok(match forwarded {
-                Ok(resp) => resp.map(|b| b.boxed()),
-                Err(_) => text(StatusCode::BAD_GATEWAY, "the instance closed the connection\n"),
-            })
+            let call = HttpCall {
+                reporter: Reporter::Destination,
+                parties: (*parties).clone(),
+                protocol: "http",
+                method: parts.method.as_str().to_owned(),
+                path: parts.uri.path().chars().take(1024).collect(),
+                authority: parts.headers.get(hyper::header::HOST).and_then(|v| v.to_str().ok()).map(str::to_owned),
+                user_agent: parts
+                    .headers
+                    .get(hyper::header::USER_AGENT)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned),
+                request_id: parts.headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned),
+                code: 0,
+                flags: "-",
+                request_bytes: 0,
+                response_bytes: 0,
+                start: SystemTime::now(),
+                duration: Duration::ZERO,
+                trace,
+                subset: None,
+                route_rule: None,
+                retries: 0,
+                upstream_host: Some((*host).clone()),
+            };
+            let caller = Caller { node: &parties.source_node, service: parties.source_service.as_deref() };
+            let request_bytes = Arc::new(AtomicU64::new(0));
+            let (resp, flags) = match proxy.refuse_request(&parties.destination_service, &caller, &parts) {
+                Some(refused) => {
+                    let flags = super::http::refusal_flags(refused.status());
+                    (refused, flags)
+                }
+                None => {
+                    let body = Metered::counting(body, request_bytes.clone()).boxed();
+                    let forwarded = sender.lock().await.send_request(Request::from_parts(parts, body)).await;
+                    match forwarded {
+                        Ok(resp) => (resp.map(|b| b.boxed()), "-"),
+                        Err(_) => (text(StatusCode::BAD_GATEWAY, "the instance closed the connection\n"), "UC"),
+                    }
+                }
+            };
+            Ok::<_, std::convert::Infallible>(report(proxy, call, resp, flags, started, request_bytes))
         }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(super::HEAD_DEADLINE);
     let _ = builder.serve_connection(TokioIo::new(stream), handler).await;
+}
+
+/// `resp`, its body wrapped so that `call` is reported when it ends.
+fn report(
+    proxy: Arc<Proxy>,
+    mut call: HttpCall,
+    resp: Response<Body>,
+    flags: &'static str,
+    started: Instant,
+    request_bytes: Arc<AtomicU64>,
+) -> Response<Body> {
+    call.code = resp.status().as_u16();
+    call.flags = flags;
+    let on_end: OnEnd = Box::new(move |bytes, ok| {
+        call.response_bytes = bytes;
+        call.request_bytes = request_bytes.load(Ordering::Relaxed);
+        call.duration = started.elapsed();
+        if !ok && call.flags == "-" {
+            call.flags = "DC";
+        }
+        proxy.telemetry.http(call);
+    });
+    resp.map(|b| Metered::reporting(b, on_end).boxed())
 }

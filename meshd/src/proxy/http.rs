@@ -20,12 +20,15 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_proto::route::HttpRule;
 use tokio::net::TcpStream;
 
+use super::meter::{Metered, OnEnd};
 use super::upstream::send;
 use super::Body;
 use super::{Destination, LoadGuard, Proxy};
 use crate::routing::http::{match_rule, normalize_path, RequestView};
 use crate::routing::plan::{self, exhausted, Failure, InstanceKey, Outcome, Tries, Verdict};
 use crate::routing::{Tables, Target};
+use crate::telemetry::trace::TraceContext;
+use crate::telemetry::traffic::{HttpCall, Parties, Reporter};
 
 /// Request bodies up to this size are buffered, so the request can be retried and
 /// mirrored; larger or unsized ones stream through once.
@@ -205,6 +208,9 @@ async fn handle(proxy: &Arc<Proxy>, dest: &Destination, req: Request<Incoming>) 
     };
     let tables = proxy.tables.load_full();
     let (mut parts, body) = req.into_parts();
+    let trace = proxy.trace_context(&mut parts.headers);
+    let local_source = dest.source_service.clone().filter(|s| tables.targets(s).iter().any(|t| t.node == proxy.node));
+    let mut report = Report::new(proxy, &parts, &service, local_source.clone(), trace, started);
     // hyper refuses conflicting lengths and unknown codings itself; a request with both
     // Transfer-Encoding and Content-Length it reads by the coding (RFC 9112 6.3), but a
     // server behind another proxy may not: refuse it, and close the connection.
@@ -212,10 +218,9 @@ async fn handle(proxy: &Arc<Proxy>, dest: &Destination, req: Request<Incoming>) 
         proxy.metrics.count("outbound", "http_smuggling_refused");
         let mut resp = full(StatusCode::BAD_REQUEST, "Transfer-Encoding with Content-Length is refused\n");
         resp.headers_mut().insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
-        return resp;
+        return report.finish(proxy, resp, "-");
     }
     strip_hop_by_hop(&mut parts.headers);
-    let trace = ensure_trace_headers(proxy, &mut parts.headers);
     let path = normalize_path(parts.uri.path());
     let route = tables.services.get(&service).and_then(|t| t.route.as_ref());
     let matched = if pinned.is_none() {
@@ -233,6 +238,9 @@ async fn handle(proxy: &Arc<Proxy>, dest: &Destination, req: Request<Incoming>) 
         Some((i, r)) => (Some(i), Some(r)),
         None => (None, None),
     };
+    report.rule = rule_index;
+    report.call.route_rule =
+        rule_index.zip(route).map(|(i, r)| (if r.name.is_empty() { service.clone() } else { r.name.clone() }, i));
     proxy.budget.lock().unwrap_or_else(|p| p.into_inner()).request(&service, started);
 
     // Faults first: they stand for the upstream misbehaving.
@@ -245,9 +253,7 @@ async fn handle(proxy: &Arc<Proxy>, dest: &Destination, req: Request<Incoming>) 
         if let Some(abort) = &fault.abort {
             if roll(proxy, 100) < u64::from(abort.percent) {
                 let status = StatusCode::from_u16(abort.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-                let resp = full(status, "fault injected by the route\n");
-                log(proxy, &service, rule_index, None, &parts, resp.status(), started, &trace);
-                return resp;
+                return report.finish(proxy, full(status, "fault injected by the route\n"), "FI");
             }
         }
     }
@@ -257,11 +263,20 @@ async fn handle(proxy: &Arc<Proxy>, dest: &Destination, req: Request<Incoming>) 
     let (buffered, mut streamed) = if replayable {
         match body.collect().await {
             Ok(b) => (Some(b.to_bytes()), None),
-            Err(_) => return full(StatusCode::BAD_REQUEST, "the request body could not be read\n"),
+            Err(_) => {
+                return report.finish(
+                    proxy,
+                    full(StatusCode::BAD_REQUEST, "the request body could not be read\n"),
+                    "DC",
+                )
+            }
         }
     } else {
-        (None, Some(body))
+        (None, Some(Metered::counting(body, report.request_bytes.clone())))
     };
+    if let Some(b) = &buffered {
+        report.request_bytes.store(b.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    }
 
     if let (Some(mirror), Some(bytes)) = (rule.and_then(|r| r.mirror.as_ref()), &buffered) {
         if roll(proxy, 100) < u64::from(mirror.percent) {
@@ -274,9 +289,9 @@ async fn handle(proxy: &Arc<Proxy>, dest: &Destination, req: Request<Incoming>) 
     // A try to an instance on this host is decided here by its policy (a remote one is
     // decided by its own host): the refusal is the answer.
     let mut refused: Option<Response<Body>> = None;
-    let local_source = dest.source_service.clone().filter(|s| tables.targets(s).iter().any(|t| t.node == proxy.node));
+    let mut tried: Vec<InstanceKey> = Vec::new();
+    let mut reached: Option<Target> = None;
     let tries = async {
-        let mut tried: Vec<InstanceKey> = Vec::new();
         let mut last = None;
         loop {
             if plan.next_is_retry() {
@@ -290,13 +305,14 @@ async fn handle(proxy: &Arc<Proxy>, dest: &Destination, req: Request<Incoming>) 
                 proxy.metrics.http_event(&service, "retry");
             }
             let Some((target, subset)) = choose(proxy, &tables, &service, pinned.as_deref(), rule, &tried) else {
-                return Err((StatusCode::SERVICE_UNAVAILABLE, "no healthy instance\n"));
+                return Err((StatusCode::SERVICE_UNAVAILABLE, "no healthy instance\n", "UH"));
             };
             let instance = InstanceKey::of(&target);
             if target.node == proxy.node {
                 let caller = crate::policy::Caller { node: &proxy.node, service: local_source.as_deref() };
                 if let Some(r) = proxy.refuse_request(&service, &caller, &parts) {
                     refused = Some(r);
+                    reached = Some(target);
                     break;
                 }
             }
@@ -305,9 +321,12 @@ async fn handle(proxy: &Arc<Proxy>, dest: &Destination, req: Request<Incoming>) 
                 (None, Some(s)) => s.boxed(),
                 (None, None) => break,
             };
-            let request = build(&parts, body, &service);
+            let mut request = build(&parts, body, &service);
+            if let Ok(v) = HeaderValue::from_str(&report.call.trace.traceparent()) {
+                request.headers_mut().insert(HeaderName::from_static("traceparent"), v);
+            }
             let _guard = LoadGuard::new(proxy.load_of(&instance));
-            let sent = send(proxy, &target, &instance, dest, request, &trace);
+            let sent = send(proxy, &target, &instance, dest, request, &report.call.trace.trace_id);
             let result = match per_try {
                 Some(t) => tokio::time::timeout(t, sent).await.unwrap_or(Err(Failure::Timeout)),
                 None => sent.await,
@@ -318,6 +337,7 @@ async fn handle(proxy: &Arc<Proxy>, dest: &Destination, req: Request<Incoming>) 
             };
             proxy.eject(&tables, &service, &instance, outcome.failed());
             tried.push(instance);
+            reached = Some(target);
             last = Some(result.map(|r| (r, subset)));
             if plan.after(outcome) != Verdict::Retry {
                 break;
@@ -325,32 +345,146 @@ async fn handle(proxy: &Arc<Proxy>, dest: &Destination, req: Request<Incoming>) 
         }
         match last {
             Some(Ok(r)) => Ok(r),
-            Some(Err(f)) => Err(exhausted(Some(f))),
-            None => Err(exhausted(None)),
+            Some(Err(f)) => {
+                let flags = match f {
+                    Failure::Connect => "UF",
+                    Failure::Reset => "UC",
+                    Failure::Timeout => "UT",
+                };
+                let (status, text) = exhausted(Some(f));
+                Err((StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY), text, flags))
+            }
+            None => {
+                let (status, text) = exhausted(None);
+                Err((StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY), text, "URX"))
+            }
         }
-        .map_err(|(status, text)| (StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY), text))
     };
     let outcome = match rule.and_then(|r| r.timeout) {
-        Some(t) => tokio::time::timeout(t, tries)
-            .await
-            .unwrap_or(Err((StatusCode::GATEWAY_TIMEOUT, "the route's timeout passed\n"))),
+        Some(t) => tokio::time::timeout(t, tries).await.unwrap_or(Err((
+            StatusCode::GATEWAY_TIMEOUT,
+            "the route's timeout passed\n",
+            "UT",
+        ))),
         None => tries.await,
     };
+    report.reached(reached.as_ref(), tried.len());
     if let Some(r) = refused {
-        log(proxy, &service, rule_index, None, &parts, r.status(), started, &trace);
-        return r;
+        let flags = refusal_flags(r.status());
+        return report.finish(proxy, r, flags);
     }
     match outcome {
         Ok((resp, subset)) => {
             let (mut rparts, rbody) = resp.into_parts();
             strip_hop_by_hop(&mut rparts.headers);
-            log(proxy, &service, rule_index, subset.as_deref(), &parts, rparts.status, started, &trace);
-            Response::from_parts(rparts, rbody.boxed())
+            report.call.subset = subset;
+            let flags = if report.call.retries > 0 && rparts.status.is_server_error() { "URX" } else { "-" };
+            report.finish(proxy, Response::from_parts(rparts, rbody.boxed()), flags)
         }
-        Err((status, text)) => {
-            log(proxy, &service, rule_index, None, &parts, status, started, &trace);
-            full(status, text)
+        Err((status, text, flags)) => report.finish(proxy, full(status, text), flags),
+    }
+}
+
+/// Envoy's flag for an answer that a policy gave.
+pub(super) fn refusal_flags(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::FORBIDDEN => "RBAC",
+        StatusCode::TOO_MANY_REQUESTS => "RL",
+        _ => "-",
+    }
+}
+
+/// What is known of a request as it goes, reported when its response ends.
+struct Report {
+    call: HttpCall,
+    started: Instant,
+    rule: Option<usize>,
+    request_bytes: Arc<std::sync::atomic::AtomicU64>,
+    /// The instance reached runs on this host: no other meshd reports the destination's
+    /// side, so this one does.
+    local: bool,
+}
+
+impl Report {
+    fn new(
+        proxy: &Proxy,
+        parts: &hyper::http::request::Parts,
+        service: &str,
+        source_service: Option<String>,
+        trace: TraceContext,
+        started: Instant,
+    ) -> Report {
+        let header = |name: hyper::header::HeaderName| {
+            parts.headers.get(name).and_then(|v| v.to_str().ok()).map(|v| v.chars().take(256).collect())
+        };
+        let call = HttpCall {
+            reporter: Reporter::Source,
+            parties: Parties {
+                source_service,
+                source_node: proxy.node.clone(),
+                destination_service: service.to_owned(),
+                destination_node: None,
+                destination_version: None,
+            },
+            protocol: if parts.version == hyper::Version::HTTP_2 { "http2" } else { "http" },
+            method: parts.method.as_str().to_owned(),
+            path: parts.uri.path().chars().take(1024).collect(),
+            authority: parts.uri.authority().map(|a| a.to_string()).or_else(|| header(hyper::header::HOST)),
+            user_agent: header(hyper::header::USER_AGENT),
+            request_id: header(HeaderName::from_static("x-request-id")),
+            code: 0,
+            flags: "-",
+            request_bytes: 0,
+            response_bytes: 0,
+            start: std::time::SystemTime::now(),
+            duration: Duration::ZERO,
+            trace,
+            subset: None,
+            route_rule: None,
+            retries: 0,
+            upstream_host: None,
+        };
+        Report { call, started, rule: None, request_bytes: Arc::default(), local: false }
+    }
+
+    fn reached(&mut self, target: Option<&Target>, tries: usize) {
+        self.call.retries = u32::try_from(tries.saturating_sub(1)).unwrap_or(u32::MAX);
+        if let Some(t) = target {
+            self.call.parties.destination_node = Some(t.node.clone());
+            self.call.parties.destination_version = t.labels.get("version").cloned();
+            self.call.upstream_host = Some(format!("{}:{}", t.addr, t.port));
+            self.local = t.node == self.call.parties.source_node;
         }
+    }
+
+    /// The response, its body wrapped so that the request is reported when it ends.
+    fn finish(self, proxy: &Arc<Proxy>, resp: Response<Body>, flags: &'static str) -> Response<Body> {
+        let Report { mut call, started, rule, request_bytes, local } = self;
+        call.code = resp.status().as_u16();
+        call.flags = flags;
+        proxy.metrics.request(
+            &call.parties.destination_service,
+            rule,
+            call.subset.as_deref(),
+            call.code,
+            started.elapsed(),
+        );
+        let proxy = proxy.clone();
+        let on_end: OnEnd = Box::new(move |bytes, ok| {
+            call.response_bytes = bytes;
+            call.request_bytes = request_bytes.load(std::sync::atomic::Ordering::Relaxed);
+            call.duration = started.elapsed();
+            if !ok && call.flags == "-" {
+                call.flags = "DC";
+            }
+            if local {
+                let mut inbound = call.clone();
+                inbound.reporter = Reporter::Destination;
+                proxy.telemetry.http(inbound);
+            }
+            proxy.telemetry.http(call);
+        });
+        resp.map(|b| Metered::reporting(b, on_end).boxed())
     }
 }
 
@@ -441,55 +575,4 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for h in ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"] {
         headers.remove(h);
     }
-}
-
-/// `x-request-id` and W3C `traceparent`, made when absent; the trace id for the logs.
-fn ensure_trace_headers(proxy: &Proxy, headers: &mut HeaderMap) -> String {
-    let trace = headers
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split('-').nth(1).filter(|t| t.len() == 32).map(str::to_owned));
-    let trace = trace.unwrap_or_else(|| {
-        let id = super::trace_id(proxy);
-        let span = &super::trace_id(proxy)[..16];
-        if let Ok(v) = HeaderValue::from_str(&format!("00-{id}-{span}-01")) {
-            headers.insert(HeaderName::from_static("traceparent"), v);
-        }
-        id
-    });
-    if !headers.contains_key("x-request-id") {
-        if let Ok(v) = HeaderValue::from_str(&super::trace_id(proxy)) {
-            headers.insert(HeaderName::from_static("x-request-id"), v);
-        }
-    }
-    trace
-}
-
-#[allow(clippy::too_many_arguments)]
-fn log(
-    proxy: &Proxy,
-    service: &str,
-    rule: Option<usize>,
-    subset: Option<&str>,
-    parts: &hyper::http::request::Parts,
-    status: StatusCode,
-    started: Instant,
-    trace: &str,
-) {
-    let elapsed = started.elapsed();
-    proxy.metrics.request(service, rule, subset, status.as_u16(), elapsed);
-    tracing::info!(
-        target: "access",
-        direction = "outbound",
-        protocol = "http",
-        service,
-        rule = rule.map_or("-".to_owned(), |r| r.to_string()),
-        subset = subset.unwrap_or("-"),
-        method = %parts.method,
-        path = %parts.uri.path(),
-        status = status.as_u16(),
-        duration_ms = elapsed.as_millis() as u64,
-        trace_id = trace,
-        "request"
-    );
 }

@@ -7,7 +7,7 @@
 //! beyond what the certificate proves.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use mesh_proto::wire::{TunnelHeader, TunnelRefusal, TunnelReply};
 use tokio::net::TcpStream;
@@ -16,6 +16,7 @@ use super::authz::Admission;
 use super::{splice, Proxy};
 use crate::identity::cert::CertInfo;
 use crate::routing::Target;
+use crate::telemetry::traffic::{Parties, Reporter, TcpCall};
 use crate::transport::frame;
 
 /// Serves one tunnel stream to its end.
@@ -27,32 +28,62 @@ pub async fn serve(
     mut recv: quinn::RecvStream,
 ) {
     let started = Instant::now();
+    let start = SystemTime::now();
     let _active = proxy.metrics.active("inbound");
+    let http = proxy.tables.load().services.get(&header.service).is_some_and(|s| s.protocol == "http");
+    let mut parties = Parties {
+        source_service: header.source_service.clone(),
+        source_node: peer.id.node.clone(),
+        destination_service: header.service.clone(),
+        destination_node: Some(proxy.node.clone()),
+        destination_version: None,
+    };
+    let report = |parties: Parties, flags: &'static str, moved: splice::Moved, host: Option<String>| TcpCall {
+        reporter: Reporter::Destination,
+        parties,
+        flags,
+        sent: moved.sent,
+        received: moved.received,
+        start,
+        duration: started.elapsed(),
+        trace_id: header.trace_id.clone(),
+        upstream_host: host,
+    };
     let (instance, admission) = match check(&proxy, peer, &header) {
         Ok(t) => t,
         Err((reason, detail)) => {
             proxy.metrics.count("inbound", reason.as_str());
-            tracing::info!(
-                target: "access",
-                direction = "inbound",
+            tracing::debug!(
                 peer = %peer.id.node,
                 service = %header.service.chars().take(64).collect::<String>(),
-                trace_id = %header.trace_id.chars().take(32).collect::<String>(),
                 refused = reason.as_str(),
                 %detail,
                 "tunnel refused"
             );
+            // Only a checked header names a service and a source worth a label.
+            if reason == TunnelRefusal::Denied && !http {
+                proxy.telemetry.tcp_opened(Reporter::Destination, &parties);
+                proxy.telemetry.tcp(report(parties, "RBAC", splice::Moved::default(), None));
+            }
             let _ = frame::write_last(&mut send, &TunnelReply::Refused { reason, detail }).await;
             return;
         }
     };
+    parties.destination_version = instance.labels.get("version").cloned();
+    let host = format!("{}:{}", instance.addr, instance.port);
+    if !http {
+        proxy.telemetry.tcp_opened(Reporter::Destination, &parties);
+    }
     let connected =
         tokio::time::timeout(proxy.connect_timeout, TcpStream::connect((instance.addr, instance.port))).await;
     let mut tcp = match connected {
         Ok(Ok(s)) => s,
         _ => {
             proxy.metrics.count("inbound", TunnelRefusal::Unreachable.as_str());
-            let detail = format!("{}:{} does not accept connections", instance.addr, instance.port);
+            let detail = format!("{host} does not accept connections");
+            if !http {
+                proxy.telemetry.tcp(report(parties, "UF", splice::Moved::default(), Some(host)));
+            }
             let reply = TunnelReply::Refused { reason: TunnelRefusal::Unreachable, detail };
             let _ = frame::write_last(&mut send, &reply).await;
             return;
@@ -63,45 +94,19 @@ pub async fn serve(
         return;
     }
     proxy.metrics.count("inbound", "ok");
-    if admission == Admission::PerRequest {
-        let (node, source) = (peer.id.node.clone(), header.source_service.clone());
+    if http {
+        // Every request is seen (reported, traced, and decided when a policy applies).
+        let _ = admission;
         let stream = tokio::io::join(recv, send);
-        super::authz::serve_http(proxy.clone(), header.service.clone(), node, source, tcp, stream).await;
+        super::authz::serve_http(proxy.clone(), parties, instance, tcp, stream).await;
         return;
     }
-    // Seen from the instance: `sent` is what the caller sent it. An HTTP stream spliced
-    // because its service had no policy ends when one appears (see `authz`).
-    let http = proxy.tables.load().services.get(&header.service).is_some_and(|s| s.protocol == "http");
-    let spliced = async {
-        if http {
-            tokio::select! {
-                done = splice::tcp_quic(&mut tcp, &mut send, &mut recv) => Some(done),
-                () = proxy.policy_applies(&header.service) => None,
-            }
-        } else {
-            Some(splice::tcp_quic(&mut tcp, &mut send, &mut recv).await)
-        }
-    };
-    let Some((moved, result)) = spliced.await else {
-        tracing::debug!(service = %header.service, "a policy now applies: the spliced stream ends, the next request is decided");
-        return;
-    };
-    let moved = splice::Moved { sent: moved.received, received: moved.sent };
-    proxy.metrics.moved("inbound", moved);
-    tracing::info!(
-        target: "access",
-        direction = "inbound",
-        peer = %peer.id.node,
-        source_service = %header.source_service.as_deref().unwrap_or("-"),
-        service = %header.service,
-        instance = %format!("{}:{}", instance.addr, instance.port),
-        trace_id = %header.trace_id,
-        sent = moved.sent,
-        received = moved.received,
-        duration_ms = started.elapsed().as_millis() as u64,
-        error = result.as_ref().err().map(|e| e.to_string()),
-        "connection"
-    );
+    let (moved, result) = splice::tcp_quic(&mut tcp, &mut send, &mut recv).await;
+    // `mesh_proxy_bytes_total` counts what the caller sent as `sent`; Istio's `sent` is
+    // what the instance sent (`moved.sent`, from the TCP side into the tunnel).
+    proxy.metrics.moved("inbound", splice::Moved { sent: moved.received, received: moved.sent });
+    let flags = if result.is_err() { "UC" } else { "-" };
+    proxy.telemetry.tcp(report(parties, flags, moved, Some(host)));
 }
 
 /// The instance the header may reach and how its connection is admitted, or why not.

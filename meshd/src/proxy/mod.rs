@@ -12,6 +12,7 @@
 pub mod authz;
 pub mod http;
 pub mod inbound;
+mod meter;
 pub mod outbound;
 pub mod splice;
 pub mod upstream;
@@ -220,6 +221,8 @@ pub struct Proxy {
     limiter: Mutex<crate::policy::limits::Limiter>,
     /// `[proxy] source`: the local service that traffic through virtual IPs comes from.
     source: Option<String>,
+    /// Where each call is reported at its end.
+    telemetry: Arc<crate::telemetry::traffic::Telemetry>,
 }
 
 /// How the proxy is set up, from the config.
@@ -232,7 +235,13 @@ pub struct Settings {
 }
 
 impl Proxy {
-    pub fn new(node: &str, transport: Arc<Transport>, metrics: Metrics, settings: Settings) -> Proxy {
+    pub fn new(
+        node: &str,
+        transport: Arc<Transport>,
+        metrics: Metrics,
+        settings: Settings,
+        telemetry: Arc<crate::telemetry::traffic::Telemetry>,
+    ) -> Proxy {
         Proxy {
             node: node.to_owned(),
             transport,
@@ -251,7 +260,31 @@ impl Proxy {
             ejections: Mutex::default(),
             mirrors: Arc::new(tokio::sync::Semaphore::new(http::MIRRORS)),
             pool: upstream::Pool::default(),
+            telemetry,
         }
+    }
+
+    /// The recorder calls are reported to (the peer server reads its summary).
+    pub fn telemetry(&self) -> &crate::telemetry::traffic::Telemetry {
+        &self.telemetry
+    }
+
+    /// This hop's trace context: the incoming `traceparent` continued, or a new trace
+    /// (sampled at `[tracing] sample_percent`); an `x-request-id` is added when absent.
+    fn trace_context(&self, headers: &mut hyper::HeaderMap) -> crate::telemetry::trace::TraceContext {
+        use crate::telemetry::trace::{parse, TraceContext};
+        let incoming = headers.get("traceparent").and_then(|v| v.to_str().ok()).and_then(parse);
+        let roll = || {
+            let r: u64 = rand::RngExt::random(&mut *self.rng.lock().unwrap_or_else(|p| p.into_inner()));
+            self.telemetry.sample((r % 1_000_000) as f64 / 1_000_000.0)
+        };
+        let ctx = TraceContext::continue_or_start(incoming, |len| random_hex(self, len), roll);
+        if !headers.contains_key("x-request-id") {
+            if let Ok(v) = hyper::header::HeaderValue::from_str(&random_hex(self, 32)) {
+                headers.insert(hyper::header::HeaderName::from_static("x-request-id"), v);
+            }
+        }
+        ctx
     }
 
     /// Records an HTTP try's result for outlier ejection among the service's instances.
@@ -399,15 +432,20 @@ pub async fn run(
     }
 }
 
-/// A random W3C trace id (16 bytes, hex).
-fn trace_id(proxy: &Proxy) -> String {
+/// `len` random hex digits (a W3C trace id is 32, a span id 16), never all zeros.
+fn random_hex(proxy: &Proxy, len: usize) -> String {
     use rand::RngExt;
-    let bytes: [u8; 16] = proxy.rng.lock().unwrap_or_else(|p| p.into_inner()).random();
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(32);
-    for b in bytes {
-        s.push(char::from(HEX[usize::from(b >> 4)]));
-        s.push(char::from(HEX[usize::from(b & 15)]));
+    let mut rng = proxy.rng.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let s: String = (0..len).map(|_| char::from(HEX[usize::from(rng.random::<u8>() & 15)])).collect();
+        if s.bytes().any(|b| b != b'0') {
+            return s;
+        }
     }
-    s
+}
+
+/// A random W3C trace id, for a TCP connection's log line and tunnel header.
+fn trace_id(proxy: &Proxy) -> String {
+    random_hex(proxy, 32)
 }

@@ -7,7 +7,7 @@
 //! Must not: choose an instance itself (routing does), or read the store.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -17,6 +17,7 @@ use super::{splice, Destination, LoadGuard, Proxy};
 use crate::drain::DrainWatcher;
 use crate::routing::pick_p2c;
 use crate::routing::plan::InstanceKey;
+use crate::telemetry::traffic::{Parties, Reporter, TcpCall};
 
 /// Instances tried per connection before giving up.
 pub const ATTEMPTS: usize = 3;
@@ -62,12 +63,22 @@ pub async fn listen(proxy: Arc<Proxy>, listener: TcpListener, dest: Destination,
 
 async fn connection(proxy: &Proxy, mut client: TcpStream, dest: &Destination) {
     let started = Instant::now();
+    let start = SystemTime::now();
     let _active = proxy.metrics.active("outbound");
-    let source = client.peer_addr().map_or_else(|_| "-".to_owned(), |a| a.to_string());
     let trace_id = super::trace_id(proxy);
     let tables = proxy.tables.load_full();
+    let service = mesh_proto::service::ServiceName::service_of(&dest.name).to_owned();
+    let source_service = dest.source_service.clone().filter(|s| tables.targets(s).iter().any(|t| t.node == proxy.node));
+    let mut parties = Parties {
+        source_service,
+        source_node: proxy.node.clone(),
+        destination_service: service,
+        destination_node: None,
+        destination_version: None,
+    };
+    proxy.telemetry.tcp_opened(Reporter::Source, &parties);
     let roll: u64 = rand::RngExt::random(&mut *proxy.rng.lock().unwrap_or_else(|p| p.into_inner()));
-    let (candidates, subset) = tables.route_tcp(&dest.name, roll);
+    let (candidates, _subset) = tables.route_tcp(&dest.name, roll);
     let loads: Vec<_> = candidates.iter().map(|t| proxy.load_of(&InstanceKey::of(t))).collect();
     let mut tried = Vec::new();
     let mut last_error = "no_healthy_instance";
@@ -89,40 +100,47 @@ async fn connection(proxy: &Proxy, mut client: TcpStream, dest: &Destination) {
             }
         }
     };
+    let report = |parties: Parties, flags: &'static str, moved: splice::Moved, host: Option<String>| TcpCall {
+        reporter: Reporter::Source,
+        parties,
+        flags,
+        // Istio's direction: seen from the server.
+        sent: moved.received,
+        received: moved.sent,
+        start,
+        duration: started.elapsed(),
+        trace_id: trace_id.clone(),
+        upstream_host: host,
+    };
     let Some((target, upstream, _guard)) = reached else {
         proxy.metrics.count("outbound", "failed");
-        tracing::info!(
-            target: "access",
-            direction = "outbound",
-            service = %dest.name,
-            %source,
-            %trace_id,
-            error = last_error,
-            attempts = tried.len(),
-            "connection failed"
-        );
+        let flags = match last_error {
+            "no_healthy_instance" => "UH",
+            "refused_denied" => "RBAC",
+            _ => "UF",
+        };
+        proxy.telemetry.tcp(report(parties, flags, splice::Moved::default(), None));
         splice::abort(&client);
         return;
     };
     proxy.metrics.count("outbound", "ok");
+    parties.destination_node = Some(target.node.clone());
+    parties.destination_version = target.labels.get("version").cloned();
+    let local = matches!(upstream, Upstream::Local(_));
+    if local {
+        proxy.telemetry.tcp_opened(Reporter::Destination, &parties);
+    }
     let (moved, result) = match upstream {
         Upstream::Local(mut server) => splice::tcp_tcp(&mut client, &mut server).await,
         Upstream::Tunnel(mut send, mut recv) => splice::tcp_quic(&mut client, &mut send, &mut recv).await,
     };
     proxy.metrics.moved("outbound", moved);
-    tracing::info!(
-        target: "access",
-        direction = "outbound",
-        service = %dest.name,
-        %source,
-        node = %target.node,
-        instance = %format!("{}:{}", target.addr, target.port),
-        subset = subset.as_deref().unwrap_or("-"),
-        %trace_id,
-        sent = moved.sent,
-        received = moved.received,
-        duration_ms = started.elapsed().as_millis() as u64,
-        error = result.as_ref().err().map(|e| e.to_string()),
-        "connection"
-    );
+    let flags = if result.is_err() { "UC" } else { "-" };
+    let host = Some(format!("{}:{}", target.addr, target.port));
+    let call = report(parties, flags, moved, host);
+    if local {
+        // No other meshd sees this connection: this one reports the instance's side too.
+        proxy.telemetry.tcp(TcpCall { reporter: Reporter::Destination, ..call.clone() });
+    }
+    proxy.telemetry.tcp(call);
 }

@@ -1,8 +1,16 @@
-//! Logging through `tracing`: the filter comes from `RUST_LOG` when it is set (an
-//! operator debugging one host), else from `log_level` in meshd.toml.
+//! What meshd tells about itself and its traffic. Here: logging through `tracing` (the
+//! filter comes from `RUST_LOG` when it is set, an operator debugging one host, else from
+//! `log_level` in meshd.toml). [`traffic`]: the record of each call and the `istio_*`
+//! metrics and summaries made from it; [`access`]: the JSON access log; [`otlp`]: spans
+//! to an OpenTelemetry collector; [`trace`]: W3C trace context.
 //!
-//! Must not: block the data path: events are formatted and written by `tracing`'s
-//! subscriber, never awaited.
+//! Must not: block the data path: log events are formatted and written by `tracing`'s
+//! subscriber, access log lines and spans go through bounded queues, never awaited.
+
+pub mod access;
+pub mod otlp;
+pub mod trace;
+pub mod traffic;
 
 use std::io::IsTerminal;
 
