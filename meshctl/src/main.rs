@@ -78,6 +78,13 @@ enum Command {
         #[command(subcommand)]
         command: CaCommand,
     },
+    /// Live calls between services across the mesh (requests/s, success rate, latency),
+    /// over the last half minute, refreshed every 2 s; Ctrl-C stops.
+    Top {
+        /// Print once and exit (also what `-o json` does).
+        #[arg(long)]
+        once: bool,
+    },
     /// Print shell completions.
     Completions {
         #[arg(value_enum)]
@@ -189,6 +196,7 @@ fn main() -> ExitCode {
         Command::Policy { command } => {
             rt.block_on(policy::run(&client, command, cli.output == Output::Json, cli.timeout))
         }
+        Command::Top { once } => rt.block_on(top(&client, *once || cli.output == Output::Json, cli.output)),
         Command::Ca { command: CaCommand::Rotate } => {
             // meshd waits for the members a little less than meshctl waits for meshd.
             let wait = cli.timeout.saturating_sub(Duration::from_secs(2)).max(Duration::from_secs(1));
@@ -207,6 +215,30 @@ fn main() -> ExitCode {
             eprintln!("meshctl: {e}");
             ExitCode::from(if e.is_usage() { 2 } else { 1 })
         }
+    }
+}
+
+/// `meshctl top`: the table, again every 2 s until interrupted (or once).
+async fn top(client: &Client, once: bool, output: Output) -> Result<String, ClientError> {
+    loop {
+        let response = client.get("/v1/traffic").await?;
+        let text = if output == Output::Json {
+            let mut body = String::from_utf8_lossy(&response.body).into_owned();
+            body.push('\n');
+            body
+        } else {
+            let traffic: mesh_proto::traffic::MeshTraffic =
+                serde_json::from_slice(&response.body).map_err(|e| ClientError::Decode(e.to_string()))?;
+            table::top(&traffic)
+        };
+        if once {
+            return Ok(text);
+        }
+        let mut out = std::io::stdout().lock();
+        // Clear the screen and home the cursor, as top does.
+        let _ = write!(out, "\x1b[2J\x1b[H{text}").and_then(|()| out.flush());
+        drop(out);
+        tokio::time::sleep(Duration::from_secs(2)).await;
     }
 }
 
@@ -290,7 +322,11 @@ async fn execute(client: &Client, command: &Command, output: Output) -> Result<S
                 Ok(format!("removed {} (certificate {} and its key revoked)\n", r.node, r.serial))
             })
         }
-        Command::Completions { .. } | Command::Route { .. } | Command::Policy { .. } | Command::Ca { .. } => {
+        Command::Completions { .. }
+        | Command::Route { .. }
+        | Command::Policy { .. }
+        | Command::Ca { .. }
+        | Command::Top { .. } => {
             return Ok(String::new())
         }
     };

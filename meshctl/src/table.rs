@@ -102,6 +102,45 @@ pub fn services(services: &[mesh_proto::api::Service]) -> String {
     columns(&["SERVICE", "VIP", "NODE", "ADDRESS", "PROTOCOL", "HEALTH", "LABELS"], &rows)
 }
 
+/// `meshctl top`: one row per edge, busiest first.
+pub fn top(t: &mesh_proto::traffic::MeshTraffic) -> String {
+    let mut edges: Vec<&mesh_proto::traffic::EdgeView> = t.edges.iter().collect();
+    edges.sort_by(|a, b| b.rps.total_cmp(&a.rps).then_with(|| (&a.source, &a.destination).cmp(&(&b.source, &b.destination))));
+    let ms = |v: Option<f64>| match v {
+        None => "-".to_owned(),
+        Some(v) if v.is_infinite() => ">60s".to_owned(),
+        Some(v) => format!("{v}ms"),
+    };
+    let rows: Vec<Vec<String>> = edges
+        .iter()
+        .map(|e| {
+            let source = if e.source_is_node { format!("{} (node)", e.source) } else { e.source.clone() };
+            vec![
+                source,
+                e.destination.clone(),
+                e.protocol.clone(),
+                format!("{:.1}", e.rps),
+                e.success_rate.map_or("-".to_owned(), |r| format!("{:.1}%", r * 100.0)),
+                ms(e.p50_ms),
+                ms(e.p99_ms),
+                if e.destination_down { "destination node down".to_owned() } else { String::new() },
+            ]
+        })
+        .collect();
+    let mut out = format!(
+        "calls over the last {:.0}s, from {}{}\n\n",
+        t.window_secs,
+        t.answered.join(", "),
+        if t.missing.is_empty() { String::new() } else { format!(" (no answer from {})", t.missing.join(", ")) }
+    );
+    if rows.is_empty() {
+        out.push_str("no calls\n");
+        return out;
+    }
+    out.push_str(&columns(&["SOURCE", "DESTINATION", "PROTO", "RPS", "SUCCESS", "P50", "P99", ""], &rows));
+    out
+}
+
 pub fn connections(conns: &[Connection], now: SystemTime) -> String {
     let rows: Vec<Vec<String>> = conns
         .iter()

@@ -60,6 +60,8 @@ pub struct AdminState {
     pub blocking: Arc<tokio::sync::Semaphore>,
     /// `[policy] default`: what a service without a policy does with callers.
     pub policy_default: crate::config::PolicyDefault,
+    /// This node's traffic summaries (`/v1/traffic` merges every node's).
+    pub telemetry: Arc<crate::telemetry::traffic::Telemetry>,
 }
 
 /// Blocking queries parked at once; one more is answered 429 at once (and counted),
@@ -130,6 +132,8 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/claims/{name}", axum::routing::put(put_claim).delete(delete_claim))
         .route("/v1/nodes/{name}", axum::routing::delete(remove_node))
         .route("/v1/ca/rotate", axum::routing::post(rotate_ca))
+        .route("/v1/traffic", get(traffic::traffic))
+        .route("/v1/traffic/paths/{service}", get(traffic::paths))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -138,11 +142,25 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .with_state(state)
 }
 
-/// `/metrics` only, for `admin.http`: a TCP port must not expose the API that changes
-/// the mesh.
+/// `/metrics`, the dashboard (`/ui`, read-only) and the service-discovery list, for
+/// `admin.http`: a TCP port must not expose the API that changes the mesh.
 pub fn http_router(state: Arc<AdminState>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
+        .route("/ui/sd", get(traffic::sd))
+        .route("/ui/api/status", get(status))
+        .route("/ui/api/members", get(members))
+        .route("/ui/api/services", get(services))
+        .route("/ui/api/routes", get(documents::list::<RouteSpec>))
+        .route("/ui/api/routes/{name}", get(documents::get::<RouteSpec>))
+        .route("/ui/api/routes/{name}/history", get(documents::history::<RouteSpec>))
+        .route("/ui/api/policies", get(documents::list::<PolicySpec>))
+        .route("/ui/api/policies/{name}", get(documents::get::<PolicySpec>))
+        .route("/ui/api/traffic", get(traffic::traffic))
+        .route("/ui/api/traffic/paths/{service}", get(traffic::paths))
+        .route("/ui", get(ui::page))
+        .route("/ui/", get(ui::page))
+        .route("/ui/{file}", get(ui::file))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), count_requests))
@@ -750,6 +768,8 @@ pub(crate) fn rfc3339(t: SystemTime) -> String {
 }
 
 pub mod access;
+mod traffic;
+mod ui;
 /// `GET /v1/policy-check?from=SRC&to=SERVICE[&method=M&path=P&header=K=V...]`: what
 /// the destination's policy decides for that caller and request, and why. `from` is a
 /// service (`productpage`, on the first node that hosts it, or `productpage@NODE`) or a

@@ -70,6 +70,19 @@ fn fixture() -> Fixture {
         // Two places, so that the test of the limit need not park 512 queries.
         blocking: Arc::new(tokio::sync::Semaphore::new(2)),
         policy_default: crate::config::PolicyDefault::Allow,
+        telemetry: Arc::new(
+            crate::telemetry::traffic::Telemetry::register(
+                &mut prometheus_client::registry::Registry::default(),
+                crate::telemetry::traffic::Settings {
+                    node: "vm-1".into(),
+                    trust_domain: "mesh.local".into(),
+                    dns_domain: "mesh".into(),
+                    admin_http: None,
+                    sample_percent: 0.0,
+                },
+            )
+            .0,
+        ),
     });
     Fixture { publisher, state, trigger: Some(trigger), _watcher: watcher, _dir: dir }
 }

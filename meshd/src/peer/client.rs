@@ -175,3 +175,14 @@ pub async fn open_tunnel(
         TunnelReply::Refused { reason, .. } => Err(PeerError::Refused(reason)),
     }
 }
+
+/// The largest traffic summary accepted from a member.
+const SUMMARY_MAX: usize = 1024 * 1024;
+
+/// Asks the member at `addr` for its traffic summary.
+pub async fn traffic(transport: &Transport, addr: SocketAddr) -> Result<mesh_proto::traffic::Summary, PeerError> {
+    let peer = transport.connection_to(addr).await?;
+    let (mut send, mut recv) = peer.conn.open_bi().await?;
+    frame::write_last(&mut send, &MeshRequest::Traffic).await.map_err(PeerError::Send)?;
+    frame::read_sized(&mut recv, SUMMARY_MAX).await.map(|(t, _)| t).map_err(PeerError::Receive)
+}

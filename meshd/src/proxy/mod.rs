@@ -269,6 +269,11 @@ impl Proxy {
         &self.telemetry
     }
 
+    /// The same, shared (the admin API serves its summary).
+    pub fn telemetry_handle(&self) -> Arc<crate::telemetry::traffic::Telemetry> {
+        self.telemetry.clone()
+    }
+
     /// This hop's trace context: the incoming `traceparent` continued, or a new trace
     /// (sampled at `[tracing] sample_percent`); an `x-request-id` is added when absent.
     fn trace_context(&self, headers: &mut hyper::HeaderMap) -> crate::telemetry::trace::TraceContext {

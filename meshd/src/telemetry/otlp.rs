@@ -181,7 +181,9 @@ async fn post(url: &hyper::Uri, body: Vec<u8>) -> Result<(), String> {
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    let request = hyper::Request::post(url.clone())
+    // Origin-form (`POST /v1/traces`), as a client speaks to a server, not to a proxy.
+    let target = url.path_and_query().map_or("/v1/traces", |p| p.as_str());
+    let request = hyper::Request::post(target)
         .header(hyper::header::HOST, authority.as_str())
         .header(hyper::header::CONTENT_TYPE, "application/x-protobuf")
         .body(Full::new(Bytes::from(body)))
