@@ -326,9 +326,7 @@ async fn execute(client: &Client, command: &Command, output: Output) -> Result<S
         | Command::Route { .. }
         | Command::Policy { .. }
         | Command::Ca { .. }
-        | Command::Top { .. } => {
-            return Ok(String::new())
-        }
+        | Command::Top { .. } => return Ok(String::new()),
     };
     if output == Output::Json {
         let mut body = String::from_utf8_lossy(&response.body).into_owned();

@@ -105,7 +105,9 @@ pub fn services(services: &[mesh_proto::api::Service]) -> String {
 /// `meshctl top`: one row per edge, busiest first.
 pub fn top(t: &mesh_proto::traffic::MeshTraffic) -> String {
     let mut edges: Vec<&mesh_proto::traffic::EdgeView> = t.edges.iter().collect();
-    edges.sort_by(|a, b| b.rps.total_cmp(&a.rps).then_with(|| (&a.source, &a.destination).cmp(&(&b.source, &b.destination))));
+    edges.sort_by(|a, b| {
+        b.rps.total_cmp(&a.rps).then_with(|| (&a.source, &a.destination).cmp(&(&b.source, &b.destination)))
+    });
     let ms = |v: Option<f64>| match v {
         None => "-".to_owned(),
         Some(v) if v.is_infinite() => ">60s".to_owned(),

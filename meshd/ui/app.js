@@ -109,9 +109,9 @@ function graphSvg(traffic) {
     const a = pos.get(e.source), b = pos.get(e.destination);
     const x1 = a.x + 70, y1 = a.y, x2 = b.x - 72, y2 = b.y;
     const mx = (x1 + x2) / 2;
-    const label = `${rate(e.rps)} rps · ${pct(e.success_rate)} · p99 ${ms(e.p99_ms)}`;
+    const label = `${rate(e.rps)} rps · ${pct(e.success_rate)} · p99 ${ms(e.p99_ms)}` + (e.retries ? ` · ${rate(e.retries / traffic.window_secs)} retries/s` : "");
     out += `<g class="edge ${health(e)}" data-source="${esc(e.source)}" data-destination="${esc(e.destination)}" data-rps="${e.rps}" data-success="${e.success_rate ?? ""}">
-      <title>${esc(e.source)} → ${esc(e.destination)} (${esc(e.protocol)}): ${e.requests} calls, ${e.errors} failed in ${traffic.window_secs.toFixed(0)} s</title>
+      <title>${esc(e.source)} → ${esc(e.destination)} (${esc(e.protocol)}): ${e.requests} calls, ${e.errors} failed, ${e.retries} retries in ${traffic.window_secs.toFixed(0)} s</title>
       <path d="M ${x1} ${y1} C ${mx} ${y1}, ${mx} ${y2}, ${x2} ${y2}" marker-end="url(#arrow)"/>
       <text x="${mx}" y="${(y1 + y2) / 2 - 6}" text-anchor="middle">${esc(label)}</text></g>`;
   }
@@ -130,7 +130,7 @@ async function graph() {
   if (!svg) {
     main.innerHTML = `<h1>Topology</h1>
       <p class="legend muted"><span class="ok">■ ≥ 99% success</span><span class="warn">■ ≥ 95%</span><span class="bad">■ lower, or a destination node down</span>
-      Dashed: a node calling as itself. Rates over the last <span id="window"></span> s.</p>
+      Dashed: a node calling as itself. Rates over the last <b id="window"></b> s.</p>
       <svg id="graph" viewBox="0 0 1200 640" preserveAspectRatio="xMidYMid meet"></svg>
       <p class="muted" id="answered"></p>`;
     svg = document.getElementById("graph");
@@ -158,14 +158,16 @@ function diff(a, b) {
 
 async function service(name) {
   const enc = encodeURIComponent(name);
-  const [services, traffic, paths] = await Promise.all([api("services"), api("traffic"), api("traffic/paths/" + enc)]);
+  const [services, traffic, paths, routes, policies] = await Promise.all(
+    [api("services"), api("traffic"), api("traffic/paths/" + enc), api("routes"), api("policies")]);
   const s = services.find(x => x.name === name);
-  const route = await api("routes/" + enc).catch(() => null);
-  const history = route ? await api("routes/" + enc + "/history").catch(() => []) : [];
-  const policy = await api("policies/" + enc).catch(() => null);
+  // From the lists: asking for a document that does not exist would be a 404.
+  const route = routes.find(d => d.service === name) || null;
+  const history = route ? await api("routes/" + encodeURIComponent(route.name) + "/history") : [];
+  const policy = policies.find(d => d.service === name) || null;
   const callers = traffic.edges.filter(e => e.destination === name);
   const callees = traffic.edges.filter(e => e.source === name);
-  const edgeRows = list => list.map(e => `<tr><td>${esc(e.source)}</td><td>${esc(e.destination)}</td><td class="num">${rate(e.rps)}</td><td class="num ${health(e)}">${pct(e.success_rate)}</td><td class="num">${ms(e.p50_ms)}</td><td class="num">${ms(e.p99_ms)}</td></tr>`).join("");
+  const edgeRows = list => list.map(e => `<tr><td>${esc(e.source)}</td><td>${esc(e.destination)}</td><td class="num">${rate(e.rps)}</td><td class="num ${health(e)}">${pct(e.success_rate)}</td><td class="num">${ms(e.p50_ms)}</td><td class="num">${ms(e.p99_ms)}</td><td class="num">${rate(e.retries / traffic.window_secs)}</td></tr>`).join("");
   const keep = document.getElementById("revA") ? [document.getElementById("revA").value, document.getElementById("revB").value] : null;
   main.innerHTML = `<h1>Service ${esc(name)}</h1>
     <div class="cards">
@@ -175,7 +177,7 @@ async function service(name) {
       ${route && route.spec.subsets ? `<h2>Subsets</h2><table><tr><th>Subset</th><th>Labels</th></tr>${Object.entries(route.spec.subsets).map(([k, v]) => `<tr><td>${esc(k)}</td><td>${esc(Object.entries(v).map(([a, b]) => a + "=" + b).join(", "))}</td></tr>`).join("")}</table>` : ""}
     </div>
     <div class="card"><h2>Traffic (last ${traffic.window_secs.toFixed(0)} s)</h2>
-      <table><tr><th>From</th><th>To</th><th class="num">Req/s</th><th class="num">Success</th><th class="num">p50</th><th class="num">p99</th></tr>${edgeRows(callers)}${edgeRows(callees)}</table>
+      <table><tr><th>From</th><th>To</th><th class="num">Req/s</th><th class="num">Success</th><th class="num">p50</th><th class="num">p99</th><th class="num">Retries/s</th></tr>${edgeRows(callers)}${edgeRows(callees)}</table>
       <h2>Top paths by error rate</h2>
       <table id="paths"><tr><th>Path</th><th class="num">Requests</th><th class="num">Errors</th></tr>
       ${paths.map(p => `<tr><td>${esc(p.path)}</td><td class="num">${p.requests}</td><td class="num ${p.errors ? "bad" : ""}">${p.errors}</td></tr>`).join("") || '<tr><td colspan="3" class="muted">No HTTP requests seen.</td></tr>'}</table>
@@ -192,7 +194,7 @@ async function service(name) {
     a.value = keep && ids.includes(keep[0]) ? keep[0] : ids[Math.max(0, ids.length - 2)];
     b.value = keep && ids.includes(keep[1]) ? keep[1] : ids[ids.length - 1];
     const show = async () => {
-      const [ra, rb] = await Promise.all([a.value, b.value].map(id => api(`routes/${enc}?revision=${encodeURIComponent(id)}`)));
+      const [ra, rb] = await Promise.all([a.value, b.value].map(id => api(`routes/${encodeURIComponent(route.name)}?revision=${encodeURIComponent(id)}`)));
       document.getElementById("diff").innerHTML = diff(JSON.stringify(ra.spec, null, 2), JSON.stringify(rb.spec, null, 2));
     };
     a.onchange = b.onchange = show;

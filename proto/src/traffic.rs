@@ -46,6 +46,9 @@ pub struct Edge {
     pub latency: Vec<u64>,
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    /// Tries beyond the first (HTTP).
+    #[serde(default)]
+    pub retries: u64,
 }
 
 /// One path of a destination service (HTTP only), for "top paths by error rate".
@@ -73,6 +76,7 @@ impl Edge {
         self.errors += other.errors;
         self.bytes_sent += other.bytes_sent;
         self.bytes_received += other.bytes_received;
+        self.retries += other.retries;
         if self.latency.len() < other.latency.len() {
             self.latency.resize(other.latency.len(), 0);
         }
@@ -138,6 +142,8 @@ pub struct EdgeView {
     pub p99_ms: Option<f64>,
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    /// Tries beyond the first (HTTP): retries at work hide failures from the caller.
+    pub retries: u64,
     /// Whether a node that hosts the destination is down (dead or suspect) and the edge
     /// still has calls: the dashboard draws it red.
     pub destination_down: bool,
@@ -171,6 +177,7 @@ impl MeshTraffic {
                 p99_ms: e.quantile_ms(0.99),
                 bytes_sent: e.bytes_sent,
                 bytes_received: e.bytes_received,
+                retries: e.retries,
                 destination_down: false,
             })
             .collect();

@@ -14,6 +14,7 @@ use std::process::{Child, Command, ExitStatus, Output};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+pub mod browser;
 pub mod netns;
 
 use nix::fcntl::{Flock, FlockArg};

@@ -200,13 +200,25 @@ fn dig_a(dns: std::net::SocketAddr, name: &str) -> std::net::Ipv4Addr {
 #[test]
 fn meshd_dev_starts_prints_what_to_try_and_stops_on_ctrl_c() {
     use std::io::{BufRead, BufReader};
-    let mut child = std::process::Command::new(&binaries().meshd)
-        .arg("dev")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("meshd dev");
-    let stdout = child.stdout.take().expect("stdout");
+    // Killed if the test fails half-way: a demo left running would hold its addresses.
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            if let Ok(None) = self.0.try_wait() {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+    }
+    let mut child = KillOnDrop(
+        std::process::Command::new(&binaries().meshd)
+            .arg("dev")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("meshd dev"),
+    );
+    let stdout = child.0.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
     let mut socket = None;
     let mut printed = String::new();
@@ -232,20 +244,20 @@ fn meshd_dev_starts_prints_what_to_try_and_stops_on_ctrl_c() {
             .output()
             .expect("meshctl")
     };
-    // The commands it prints answer: three members alive, the route, DNS, productpage.
+    // The commands it prints answer: four members alive, the route, DNS, productpage.
     let deadline = Instant::now() + LIVENESS;
     loop {
         let out = meshctl(&["members", "-o", "json"]);
         let members: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
         let alive = members.as_array().map_or(0, |m| m.iter().filter(|m| m["state"] == "alive").count());
-        if alive == 3 {
+        if alive == 4 {
             break;
         }
-        assert!(Instant::now() < deadline, "three members alive:\n{}", String::from_utf8_lossy(&out.stdout));
+        assert!(Instant::now() < deadline, "four members alive:\n{}", String::from_utf8_lossy(&out.stdout));
         std::thread::sleep(Duration::from_millis(50));
     }
     let route = meshctl(&["route", "get", "reviews"]);
-    assert!(String::from_utf8_lossy(&route.stdout).contains("weight = 80"), "{route:?}");
+    assert!(String::from_utf8_lossy(&route.stdout).contains("weight = 40"), "{route:?}");
     let dig = printed.lines().find_map(|l| l.trim().strip_prefix("dig @")).expect("a dig line");
     let mut words = dig.split_whitespace();
     let (ip, port) = (words.next().expect("ip"), words.nth(1).expect("port"));
@@ -307,15 +319,15 @@ fn meshd_dev_starts_prints_what_to_try_and_stops_on_ctrl_c() {
     assert_eq!(err.matches("in use").count(), 1, "the bind error is said once: {err}");
     assert!(err.contains("another meshd"), "the hint: {err}");
 
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.0.id()).expect("pid"));
     nix::sys::signal::kill(pid, Signal::SIGINT).expect("ctrl-c");
     let deadline = Instant::now() + LIVENESS;
     let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
+        if let Some(s) = child.0.try_wait().expect("wait") {
             break s;
         }
         if Instant::now() > deadline {
-            let _ = child.kill();
+            let _ = child.0.kill();
             panic!("meshd dev did not stop on Ctrl-C");
         }
         std::thread::sleep(Duration::from_millis(10));

@@ -44,7 +44,10 @@ fn read_request(reader: &mut impl BufRead) -> Option<(String, BTreeMap<String, S
 }
 
 /// A keep-alive HTTP server; `answer(request line, headers)` gives the status and body.
-fn http_server(listener: TcpListener, answer: impl Fn(&str, &BTreeMap<String, String>) -> (u16, String) + Send + Sync + 'static) {
+fn http_server(
+    listener: TcpListener,
+    answer: impl Fn(&str, &BTreeMap<String, String>) -> (u16, String) + Send + Sync + 'static,
+) {
     let answer = Arc::new(answer);
     std::thread::spawn(move || {
         for conn in listener.incoming().flatten() {
@@ -191,7 +194,10 @@ fn a_known_load_is_counted_by_both_reporters_logged_and_traced_across_two_hops()
     let ip2 = block.node_ip(2);
     let reviews = TcpListener::bind((ip2, 0)).expect("reviews");
     let reviews_port = reviews.local_addr().expect("addr").port();
-    http_server(reviews, |line, _| if line.contains("/fail") { (503, "down".into()) } else { (200, "ok reviews".into()) });
+    http_server(
+        reviews,
+        |line, _| if line.contains("/fail") { (503, "down".into()) } else { (200, "ok reviews".into()) },
+    );
     let db = TcpListener::bind((ip2, 0)).expect("db");
     let db_port = db.local_addr().expect("addr").port();
     std::thread::spawn(move || {
@@ -266,7 +272,11 @@ fn a_known_load_is_counted_by_both_reporters_logged_and_traced_across_two_hops()
             let text = node.metrics();
             let done = sum(&text, "istio_requests_total", &want("200")) == 20.0
                 && sum(&text, "istio_requests_total", &want("503")) == 5.0
-                && sum(&text, "istio_tcp_connections_closed_total", &[("reporter", reporter), ("destination_service_name", "db")]) == 3.0;
+                && sum(
+                    &text,
+                    "istio_tcp_connections_closed_total",
+                    &[("reporter", reporter), ("destination_service_name", "db")],
+                ) == 3.0;
             done.then_some(text)
         });
         assert_eq!(sum(&text, "istio_request_duration_milliseconds_count", &want("200")), 20.0, "{reporter}");
@@ -274,25 +284,39 @@ fn a_known_load_is_counted_by_both_reporters_logged_and_traced_across_two_hops()
         assert_eq!(sum(&text, "istio_response_bytes_sum", &want("200")), 200.0, "{reporter}: 20 x 'ok reviews'");
         assert_eq!(sum(&text, "istio_response_bytes_sum", &want("503")), 20.0, "{reporter}: 5 x 'down'");
         let principal = format!("spiffe://{}/node/node-1", "mesh.local");
-        let by_principal = sum(&text, "istio_requests_total", &[("reporter", reporter), ("source_principal", &principal)]);
+        let by_principal =
+            sum(&text, "istio_requests_total", &[("reporter", reporter), ("source_principal", &principal)]);
         assert!(by_principal >= 25.0, "{reporter}: source_principal is node-1's SPIFFE ID ({by_principal})");
-        let db = |name: &str| sum(&text, name, &[("reporter", reporter), ("source_workload", "node-1"), ("destination_service_name", "db")]);
+        let db = |name: &str| {
+            sum(
+                &text,
+                name,
+                &[("reporter", reporter), ("source_workload", "node-1"), ("destination_service_name", "db")],
+            )
+        };
         assert_eq!(db("istio_tcp_connections_opened_total"), 3.0, "{reporter}");
         assert_eq!(db("istio_tcp_received_bytes_total"), 15.0, "{reporter}: the server received 3 x 'hello'");
         assert_eq!(db("istio_tcp_sent_bytes_total"), 27.0, "{reporter}: the server sent 3 x 'db:hello!'");
         // An exemplar (the trace id) on the latency histogram; no path or host in a label.
         assert!(
-            text.lines().any(|l| l.starts_with("istio_request_duration_milliseconds_bucket") && l.contains("# {trace_id=\"")),
+            text.lines()
+                .any(|l| l.starts_with("istio_request_duration_milliseconds_bucket") && l.contains("# {trace_id=\"")),
             "{reporter}: no exemplar"
         );
         assert!(!text.contains("/fail") && !text.contains("svc.mesh"), "{reporter}: a path or Host in a label");
     }
     // productpage's call to reviews carries productpage as its source, on both sides.
     let from_page = |node: &Node, reporter: &str| {
-        sum(&node.metrics(), "istio_requests_total", &[("reporter", reporter), ("source_workload", "productpage"), ("destination_service_name", "reviews")])
+        sum(
+            &node.metrics(),
+            "istio_requests_total",
+            &[("reporter", reporter), ("source_workload", "productpage"), ("destination_service_name", "reviews")],
+        )
     };
     n3.eventually(Duration::from_secs(10), "productpage's call", || (from_page(&n3, "source") == 1.0).then_some(()));
-    n2.eventually(Duration::from_secs(10), "productpage's call", || (from_page(&n2, "destination") == 1.0).then_some(()));
+    n2.eventually(Duration::from_secs(10), "productpage's call", || {
+        (from_page(&n2, "destination") == 1.0).then_some(())
+    });
 
     // The access log: JSON lines with the trace id.
     let lines = n2.eventually(Duration::from_secs(10), "node-2's access log", || {
@@ -324,7 +348,14 @@ fn a_known_load_is_counted_by_both_reporters_logged_and_traced_across_two_hops()
         (got.len() >= 4).then_some(got)
     });
     std::thread::sleep(Duration::from_millis(1500));
-    let got = { let now = spans.lock().expect("lock").clone(); if now.len() > got.len() { now } else { got } };
+    let got = {
+        let now = spans.lock().expect("lock").clone();
+        if now.len() > got.len() {
+            now
+        } else {
+            got
+        }
+    };
     assert_eq!(got.len(), 4, "only the sampled request is traced: {got:#?}");
     assert!(got.iter().all(|(_, s)| hex(&s.trace_id) == trace));
     let find = |kind: i32, service: &str| {

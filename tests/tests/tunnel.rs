@@ -452,7 +452,14 @@ fn an_upstream_listener_reaches_the_service_and_carries_its_source() {
     );
     let n1 = Node::start(&block, 1, &extra);
     let seed = format!("join = [\"{}\"]", n1.addr());
-    let n2 = Node::join(&block, 2, &n1.token(&[]), &seed, "");
+    let access_log = tempfile::NamedTempFile::new().expect("a file");
+    let n2 = Node::join(
+        &block,
+        2,
+        &n1.token(&[]),
+        &seed,
+        &format!("[access_log]\npath = \"{}\"\n", access_log.path().display()),
+    );
     let backend = Backend::start(block.node_ip(2), "b");
     register(&n2, "echo", &backend);
     let (name, mut reader) = connect_eventually(listen);
@@ -462,9 +469,20 @@ fn an_upstream_listener_reaches_the_service_and_carries_its_source() {
     reader.read_exact(&mut buf).expect("echo");
     assert_eq!(&buf, b"ping");
     drop(reader);
-    // One access log event per connection, when it ends.
+    // One access log line per connection, when it ends: the instance received 4 bytes
+    // (and sent its name, then the echo).
     n2.eventually(CONVERGE, "node-2's access log names the source service", || {
-        n2.logs().lines().any(|l| l.contains("source_service=web") && l.contains("sent=4")).then_some(())
+        let text = std::fs::read_to_string(access_log.path()).ok()?;
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .any(|l| {
+                l["source_workload"] == "web"
+                    && l["reporter"] == "destination"
+                    && l["protocol"] == "TCP"
+                    && l["bytes_received"] == 4
+                    && l["bytes_sent"] == 6
+            })
+            .then_some(())
     });
 }
 

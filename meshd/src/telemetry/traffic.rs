@@ -342,9 +342,7 @@ impl Telemetry {
             self.window.lock().unwrap_or_else(|p| p.into_inner()).add(
                 Instant::now(),
                 EdgeKey { parties: &call.parties, protocol: "http" },
-                failed,
-                ms,
-                (call.request_bytes, call.response_bytes),
+                Outcome { failed, ms, bytes: (call.request_bytes, call.response_bytes), retries: call.retries },
                 Some(&path),
             );
         }
@@ -367,19 +365,19 @@ impl Telemetry {
     pub fn tcp(&self, call: TcpCall) {
         let labels = self.labels(call.reporter, &call.parties, "tcp", 0, call.flags);
         self.istio.tcp_closed.get_or_create(&labels).inc();
-        if call.sent > 0 {
-            self.istio.tcp_sent.get_or_create(&labels).inc_by(call.sent);
-        }
-        if call.received > 0 {
-            self.istio.tcp_received.get_or_create(&labels).inc_by(call.received);
-        }
+        // Both series exist once a connection closed, zero or not (as Istio's do).
+        self.istio.tcp_sent.get_or_create(&labels).inc_by(call.sent);
+        self.istio.tcp_received.get_or_create(&labels).inc_by(call.received);
         if call.reporter == Reporter::Source {
             self.window.lock().unwrap_or_else(|p| p.into_inner()).add(
                 Instant::now(),
                 EdgeKey { parties: &call.parties, protocol: "tcp" },
-                call.flags != "-",
-                call.duration.as_secs_f64() * 1000.0,
-                (call.received, call.sent),
+                Outcome {
+                    failed: call.flags != "-",
+                    ms: call.duration.as_secs_f64() * 1000.0,
+                    bytes: (call.received, call.sent),
+                    retries: 0,
+                },
                 None,
             );
         }
@@ -402,6 +400,15 @@ const SLOT: Duration = Duration::from_secs(5);
 const SLOTS: u64 = 6;
 /// Paths tracked per slot; beyond it, a path is counted as `(other)`.
 const MAX_TRACKED_PATHS: usize = 256;
+
+/// How one call went, for the window.
+struct Outcome {
+    failed: bool,
+    ms: f64,
+    /// Bytes the caller sent, and received.
+    bytes: (u64, u64),
+    retries: u32,
+}
 
 struct EdgeKey<'a> {
     parties: &'a Parties,
@@ -451,15 +458,8 @@ impl Window {
         (now.saturating_duration_since(self.started).as_millis() / SLOT.as_millis()) as u64
     }
 
-    fn add(
-        &mut self,
-        now: Instant,
-        key: EdgeKey<'_>,
-        failed: bool,
-        ms: f64,
-        (sent, received): (u64, u64),
-        path: Option<&str>,
-    ) {
+    fn add(&mut self, now: Instant, key: EdgeKey<'_>, outcome: Outcome, path: Option<&str>) {
+        let Outcome { failed, ms, bytes: (sent, received), retries } = outcome;
         let index = self.slot_of(now);
         if self.slots.back().is_none_or(|s| s.index != index) {
             self.slots.push_back(Slot { index, ..Slot::default() });
@@ -488,6 +488,7 @@ impl Window {
         edge.errors += u64::from(failed);
         edge.bytes_sent += sent;
         edge.bytes_received += received;
+        edge.retries += u64::from(retries);
         edge.latency[summary::latency_bucket(ms)] += 1;
         if let Some(path) = path {
             let service = &key.parties.destination_service;
@@ -565,6 +566,10 @@ fn parties(source: Option<&str>, node: &str, destination: &str) -> Parties {
 mod tests {
     use super::*;
 
+    fn ok(ms: f64) -> Outcome {
+        Outcome { failed: false, ms, bytes: (0, 0), retries: 0 }
+    }
+
     #[test]
     fn the_window_keeps_half_a_minute_and_merges_slots() {
         let t0 = Instant::now();
@@ -572,24 +577,18 @@ mod tests {
         let pp = parties(Some("productpage"), "n1", "reviews");
         let client = parties(None, "n1", "productpage");
         for i in 0..10 {
-            w.add(
-                t0 + Duration::from_secs(i),
-                EdgeKey { parties: &pp, protocol: "http" },
-                i % 5 == 0,
-                3.0,
-                (10, 20),
-                Some("GET /r"),
-            );
+            let outcome = Outcome { failed: i % 5 == 0, ms: 3.0, bytes: (10, 20), retries: 1 };
+            w.add(t0 + Duration::from_secs(i), EdgeKey { parties: &pp, protocol: "http" }, outcome, Some("GET /r"));
         }
-        w.add(t0, EdgeKey { parties: &client, protocol: "http" }, false, 1.0, (0, 0), Some("GET /"));
+        w.add(t0, EdgeKey { parties: &client, protocol: "http" }, ok(1.0), Some("GET /"));
         let s = w.summary(t0 + Duration::from_secs(10));
         let e = s.edges.iter().find(|e| e.source == "productpage").expect("edge");
-        assert_eq!((e.requests, e.errors, e.bytes_sent, e.bytes_received), (10, 2, 100, 200));
+        assert_eq!((e.requests, e.errors, e.bytes_sent, e.bytes_received, e.retries), (10, 2, 100, 200, 10));
         assert!(!e.source_is_node);
         assert!(s.edges.iter().any(|e| e.source == "n1" && e.source_is_node && e.destination == "productpage"));
         assert_eq!(s.paths.iter().find(|p| p.path == "GET /r").map(|p| (p.requests, p.errors)), Some((10, 2)));
         // 40 s later the first slots are gone; only calls of the last 30 s count.
-        w.add(t0 + Duration::from_secs(50), EdgeKey { parties: &pp, protocol: "http" }, false, 3.0, (1, 1), None);
+        w.add(t0 + Duration::from_secs(50), EdgeKey { parties: &pp, protocol: "http" }, ok(3.0), None);
         let s = w.summary(t0 + Duration::from_secs(50));
         assert_eq!(s.edges.iter().map(|e| e.requests).sum::<u64>(), 1);
         assert!(s.window_secs >= 25.0 && s.window_secs <= 30.0, "{}", s.window_secs);
@@ -602,7 +601,7 @@ mod tests {
         let pp = parties(Some("productpage"), "n1", "reviews");
         for i in 0..(MAX_TRACKED_PATHS + 10) {
             let path = format!("GET /item/{i}");
-            w.add(t0, EdgeKey { parties: &pp, protocol: "http" }, false, 1.0, (0, 0), Some(&path));
+            w.add(t0, EdgeKey { parties: &pp, protocol: "http" }, ok(1.0), Some(&path));
         }
         let slot = w.slots.back().expect("a slot");
         assert_eq!(slot.paths.len(), MAX_TRACKED_PATHS + 1);
