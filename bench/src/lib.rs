@@ -1,6 +1,7 @@
 //! What the benchmarks share: meshd clusters of real processes on loopback, polling,
 //! medians.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -53,6 +54,10 @@ pub struct Cluster {
     /// Runs every meshd on this core (`taskset`), from its start: the runtime then sizes
     /// itself to the one CPU it has, as it would on a host with one core.
     core: Option<u32>,
+    /// Where `meshd` and `meshctl` are: next to the bench, or another build's.
+    bins: PathBuf,
+    /// TOML appended to every node's config.
+    extra: String,
 }
 
 pub const DNS_PORT: u16 = 5300;
@@ -64,20 +69,40 @@ impl Cluster {
 
     /// Like [`Cluster::prepare`], every meshd pinned to `core`.
     pub fn prepare_on(subnet: u8, n: usize, core: Option<u32>) -> Cluster {
+        let bins = bin("meshd").parent().map(Path::to_owned).unwrap_or_default();
+        Cluster::prepare_with(subnet, n, core, &bins, "")
+    }
+
+    /// Like [`Cluster::prepare_on`], with the binaries in `bins` and `extra` TOML at the
+    /// end of every config.
+    pub fn prepare_with(subnet: u8, n: usize, core: Option<u32>, bins: &Path, extra: &str) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut c = Cluster { dir, subnet, n, procs: Procs::default(), configs: Vec::new(), core };
+        let mut c = Cluster {
+            dir,
+            subnet,
+            n,
+            procs: Procs::default(),
+            configs: Vec::new(),
+            core,
+            bins: bins.to_owned(),
+            extra: extra.to_owned(),
+        };
         c.configs = (1..=n).map(|i| c.write_config(i)).collect();
-        let init = Command::new(bin("meshd")).args(["init", "--config"]).arg(&c.configs[0]).output().expect("init");
+        let init = Command::new(c.bin("meshd")).args(["init", "--config"]).arg(&c.configs[0]).output().expect("init");
         assert!(init.status.success(), "init: {}", String::from_utf8_lossy(&init.stderr));
         c.procs.0.push(c.run(1));
         poll(Duration::from_secs(10), || c.meshctl(1, &["status"]).is_some()).expect("node 1 up");
         for i in 2..=n {
             let token = c.meshctl(1, &["token", "create"]).expect("token")["token"].as_str().expect("token").to_owned();
-            let out = Command::new(bin("meshd")).args(["join", &token, "--config"]).arg(&c.configs[i - 1]).output();
+            let out = Command::new(c.bin("meshd")).args(["join", &token, "--config"]).arg(&c.configs[i - 1]).output();
             let out = out.expect("join");
             assert!(out.status.success(), "join n{i}: {}", String::from_utf8_lossy(&out.stderr));
         }
         c
+    }
+
+    fn bin(&self, name: &str) -> PathBuf {
+        self.bins.join(name)
     }
 
     /// Starts nodes 2..N (node 1 runs since `prepare`).
@@ -124,7 +149,7 @@ impl Cluster {
             // Nodes share this machine's loopback: each gets its own virtual IPs.
             r = i,
         );
-        std::fs::write(&path, text).expect("config");
+        std::fs::write(&path, format!("{text}{}", self.extra)).expect("config");
         path
     }
 
@@ -132,10 +157,10 @@ impl Cluster {
         let mut command = match self.core {
             Some(core) => {
                 let mut c = Command::new("taskset");
-                c.args(["-c", &core.to_string()]).arg(bin("meshd"));
+                c.args(["-c", &core.to_string()]).arg(self.bin("meshd"));
                 c
             }
-            None => Command::new(bin("meshd")),
+            None => Command::new(self.bin("meshd")),
         };
         command
             .args(["run", "--config"])
@@ -153,7 +178,7 @@ impl Cluster {
     }
 
     pub fn meshctl_raw(&self, i: usize, args: &[&str]) -> Option<std::process::Output> {
-        Command::new(bin("meshctl")).arg("--socket").arg(self.socket(i)).args(args).output().ok()
+        Command::new(self.bin("meshctl")).arg("--socket").arg(self.socket(i)).args(args).output().ok()
     }
 
     /// Each member's name and state as node `i` sees them.
@@ -194,4 +219,70 @@ pub fn a_query(name: &str) -> Vec<u8> {
 pub fn answer_count(response: &[u8]) -> Option<u16> {
     let h = response.get(..12)?;
     (h[3] & 0x0f == 0).then(|| u16::from_be_bytes([h[6], h[7]]))
+}
+
+/// Pins `pid` (every thread) to `core`.
+pub fn pin(pid: u32, core: u32) {
+    let _ = Command::new("taskset")
+        .args(["-a", "-p", "-c", &core.to_string(), &pid.to_string()])
+        .stdout(Stdio::null())
+        .status();
+}
+
+pub fn spawn_on(core: u32, program: &str, args: &[&str]) -> Child {
+    Command::new("taskset")
+        .args(["-c", &core.to_string(), program])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(if std::env::var_os("BENCH_VERBOSE").is_some() { Stdio::inherit() } else { Stdio::null() })
+        .spawn()
+        .unwrap_or_else(|e| panic!("{program}: {e} (apt-get install iperf3 stunnel4 haproxy wrk nginx-light)"))
+}
+
+/// nginx serving a 612-byte `/small.html` on `addr` (core 0), its files in `dir`.
+pub fn nginx(dir: &Path, addr: SocketAddr) -> Child {
+    let root = dir.join("www");
+    std::fs::create_dir_all(&root).expect("www");
+    std::fs::write(root.join("small.html"), "x".repeat(612)).expect("small file");
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/nginx.err;\n\
+             events {{ worker_connections 4096; }}\nhttp {{ access_log off; keepalive_requests 100000;\n\
+             client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
+             server {{ listen {addr}; root {root}; }} }}\n",
+            d = dir.display(),
+            root = root.display()
+        ),
+    )
+    .expect("nginx.conf");
+    spawn_on(0, "nginx", &["-c", &conf.display().to_string(), "-e", &dir.join("nginx.err").display().to_string()])
+}
+
+/// wrk against `addr`'s `/small.html` for `secs` (core 0, one thread, 32 connections):
+/// requests/s, p50 and p99 in ms.
+pub fn wrk(addr: SocketAddr, secs: u64) -> (f64, f64, f64) {
+    let out = Command::new("taskset")
+        .args(["-c", "0", "wrk", "-t1", "-c32", &format!("-d{secs}s"), "--latency"])
+        .arg(format!("http://{addr}/small.html"))
+        .output()
+        .expect("wrk");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |prefix: &str| {
+        text.lines().find_map(|l| l.trim().strip_prefix(prefix).map(|r| r.trim().to_owned())).unwrap_or_default()
+    };
+    let ms = |s: String| {
+        let s = s.trim();
+        if let Some(v) = s.strip_suffix("us") {
+            v.parse::<f64>().unwrap_or(0.0) / 1e3
+        } else if let Some(v) = s.strip_suffix("ms") {
+            v.parse().unwrap_or(0.0)
+        } else if let Some(v) = s.strip_suffix('s') {
+            v.parse::<f64>().unwrap_or(0.0) * 1e3
+        } else {
+            0.0
+        }
+    };
+    (field("Requests/sec:").parse().unwrap_or(0.0), ms(field("50%")), ms(field("99%")))
 }

@@ -18,30 +18,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mesh_bench::{a_query, poll, Cluster, Procs};
+use mesh_bench::{a_query, nginx, pin, poll, spawn_on, wrk, Cluster, Procs};
 
 const SUBNET: u8 = 236;
 
 fn ip(host: u8) -> Ipv4Addr {
     Ipv4Addr::new(127, 0, SUBNET, host)
-}
-
-/// Pins `pid` (every thread) to `core`.
-fn pin(pid: u32, core: u32) {
-    let _ = Command::new("taskset")
-        .args(["-a", "-p", "-c", &core.to_string(), &pid.to_string()])
-        .stdout(Stdio::null())
-        .status();
-}
-
-fn spawn_on(core: u32, program: &str, args: &[&str]) -> Child {
-    Command::new("taskset")
-        .args(["-c", &core.to_string(), program])
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(if std::env::var_os("BENCH_VERBOSE").is_some() { Stdio::inherit() } else { Stdio::null() })
-        .spawn()
-        .unwrap_or_else(|e| panic!("{program}: {e} (apt-get install iperf3 stunnel4 haproxy wrk nginx-light)"))
 }
 
 fn wait_port(addr: SocketAddr) {
@@ -67,26 +49,6 @@ fn echo_server(addr: SocketAddr) {
             });
         }
     });
-}
-
-fn nginx(dir: &Path, addr: SocketAddr) -> Child {
-    let root = dir.join("www");
-    std::fs::create_dir_all(&root).expect("www");
-    std::fs::write(root.join("small.html"), "x".repeat(612)).expect("small file");
-    let conf = dir.join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/nginx.err;\n\
-             events {{ worker_connections 4096; }}\nhttp {{ access_log off; keepalive_requests 100000;\n\
-             client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
-             server {{ listen {addr}; root {root}; }} }}\n",
-            d = dir.display(),
-            root = root.display()
-        ),
-    )
-    .expect("nginx.conf");
-    spawn_on(0, "nginx", &["-c", &conf.display().to_string(), "-e", &dir.join("nginx.err").display().to_string()])
 }
 
 // ---------- the peer pairs (core 1) ----------
@@ -199,31 +161,6 @@ fn iperf(addr: SocketAddr, secs: u64) -> f64 {
 }
 
 /// wrk: requests/s, p50 and p99 in ms.
-fn wrk(addr: SocketAddr, secs: u64) -> (f64, f64, f64) {
-    let out = Command::new("taskset")
-        .args(["-c", "0", "wrk", "-t1", "-c32", &format!("-d{secs}s"), "--latency"])
-        .arg(format!("http://{addr}/small.html"))
-        .output()
-        .expect("wrk");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let field = |prefix: &str| {
-        text.lines().find_map(|l| l.trim().strip_prefix(prefix).map(|r| r.trim().to_owned())).unwrap_or_default()
-    };
-    let ms = |s: String| {
-        let s = s.trim();
-        if let Some(v) = s.strip_suffix("us") {
-            v.parse::<f64>().unwrap_or(0.0) / 1e3
-        } else if let Some(v) = s.strip_suffix("ms") {
-            v.parse().unwrap_or(0.0)
-        } else if let Some(v) = s.strip_suffix('s') {
-            v.parse::<f64>().unwrap_or(0.0) * 1e3
-        } else {
-            0.0
-        }
-    };
-    (field("Requests/sec:").parse().unwrap_or(0.0), ms(field("50%")), ms(field("99%")))
-}
-
 /// Round trips of 64 bytes on one connection at `rate` per second: p50 and p99 in µs.
 fn echo_latency(addr: SocketAddr, samples: usize, rate: u32) -> (f64, f64) {
     let mut s = TcpStream::connect(addr).expect("echo connect");

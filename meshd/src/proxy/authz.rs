@@ -111,6 +111,15 @@ impl Proxy {
     }
 }
 
+/// Envoy's flag for an answer that a policy gave.
+pub(super) fn refusal_flags(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::FORBIDDEN => "RBAC",
+        StatusCode::TOO_MANY_REQUESTS => "RL",
+        _ => "-",
+    }
+}
+
 fn text(status: StatusCode, body: &str) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from(body.to_owned())).map_err(|never| match never {}).boxed());
     *r.status_mut() = status;
@@ -174,7 +183,7 @@ pub(super) async fn serve_http(
             let request_bytes = Arc::new(AtomicU64::new(0));
             let (resp, flags) = match proxy.refuse_request(&parties.destination_service, &caller, &parts) {
                 Some(refused) => {
-                    let flags = super::http::refusal_flags(refused.status());
+                    let flags = refusal_flags(refused.status());
                     (refused, flags)
                 }
                 None => {

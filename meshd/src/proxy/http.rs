@@ -370,7 +370,7 @@ async fn handle(proxy: &Arc<Proxy>, dest: &Destination, req: Request<Incoming>) 
     };
     report.reached(reached.as_ref(), tried.len());
     if let Some(r) = refused {
-        let flags = refusal_flags(r.status());
+        let flags = super::authz::refusal_flags(r.status());
         return report.finish(proxy, r, flags);
     }
     match outcome {
@@ -382,15 +382,6 @@ async fn handle(proxy: &Arc<Proxy>, dest: &Destination, req: Request<Incoming>) 
             report.finish(proxy, Response::from_parts(rparts, rbody.boxed()), flags)
         }
         Err((status, text, flags)) => report.finish(proxy, full(status, text), flags),
-    }
-}
-
-/// Envoy's flag for an answer that a policy gave.
-pub(super) fn refusal_flags(status: StatusCode) -> &'static str {
-    match status {
-        StatusCode::FORBIDDEN => "RBAC",
-        StatusCode::TOO_MANY_REQUESTS => "RL",
-        _ => "-",
     }
 }
 

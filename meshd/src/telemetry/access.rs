@@ -15,7 +15,7 @@ use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
-use super::traffic::{HttpCall, Metrics, TcpCall};
+use super::record::{HttpCall, Metrics, TcpCall};
 
 /// Lines queued for the writer at most.
 const QUEUE: usize = 8192;

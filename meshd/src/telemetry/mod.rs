@@ -1,7 +1,7 @@
 //! What meshd tells about itself and its traffic. Here: logging through `tracing` (the
 //! filter comes from `RUST_LOG` when it is set, an operator debugging one host, else from
-//! `log_level` in meshd.toml). [`traffic`]: the record of each call and the `istio_*`
-//! metrics and summaries made from it; [`access`]: the JSON access log; [`otlp`]: spans
+//! `log_level` in meshd.toml). [`record`]: what the proxy reports of each call;
+//! [`traffic`]: the `istio_*` metrics and summaries made from it; [`access`]: the JSON access log; [`otlp`]: spans
 //! to an OpenTelemetry collector; [`trace`]: W3C trace context.
 //!
 //! Must not: block the data path: log events are formatted and written by `tracing`'s
@@ -9,6 +9,7 @@
 
 pub mod access;
 pub mod otlp;
+pub mod record;
 pub mod trace;
 pub mod traffic;
 

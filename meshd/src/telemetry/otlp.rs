@@ -18,7 +18,7 @@ use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 use tokio::sync::mpsc;
 
-use super::traffic::{HttpCall, Metrics, Reporter};
+use super::record::{HttpCall, Metrics, Reporter};
 
 /// Spans queued for export at most.
 const QUEUE: usize = 4096;
