@@ -16,6 +16,25 @@ pub const LATENCY_BOUNDS_MS: [f64; 24] = [
 
 /// The most paths a summary lists per destination service.
 pub const MAX_PATHS: usize = 20;
+/// The most edges, and paths, taken from one node's summary (more is a member lying:
+/// the rest is left out, so that merging stays cheap).
+pub const MAX_EDGES: usize = 4096;
+
+impl Summary {
+    /// Cuts a summary from another node down to what an honest one can hold.
+    pub fn bounded(mut self) -> Summary {
+        self.edges.truncate(MAX_EDGES);
+        self.paths.truncate(MAX_EDGES);
+        for e in &mut self.edges {
+            e.latency.truncate(LATENCY_BOUNDS_MS.len() + 1);
+        }
+        if !self.window_secs.is_finite() || self.window_secs < 0.0 {
+            self.window_secs = 0.0;
+        }
+        self.window_secs = self.window_secs.min(3600.0);
+        self
+    }
+}
 
 /// One node's summary.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -72,16 +91,16 @@ impl Edge {
 
     /// Adds `other`'s counts into this edge.
     pub fn absorb(&mut self, other: &Edge) {
-        self.requests += other.requests;
-        self.errors += other.errors;
-        self.bytes_sent += other.bytes_sent;
-        self.bytes_received += other.bytes_received;
-        self.retries += other.retries;
+        self.requests = self.requests.saturating_add(other.requests);
+        self.errors = self.errors.saturating_add(other.errors);
+        self.bytes_sent = self.bytes_sent.saturating_add(other.bytes_sent);
+        self.bytes_received = self.bytes_received.saturating_add(other.bytes_received);
+        self.retries = self.retries.saturating_add(other.retries);
         if self.latency.len() < other.latency.len() {
             self.latency.resize(other.latency.len(), 0);
         }
         for (a, b) in self.latency.iter_mut().zip(&other.latency) {
-            *a += b;
+            *a = a.saturating_add(*b);
         }
     }
 
@@ -89,14 +108,14 @@ impl Edge {
     /// the bucket that holds that rank (so an estimate, never an understatement).
     /// `None` without calls.
     pub fn quantile_ms(&self, q: f64) -> Option<f64> {
-        let total: u64 = self.latency.iter().sum();
+        let total = self.latency.iter().fold(0u64, |a, n| a.saturating_add(*n));
         if total == 0 {
             return None;
         }
         let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
-        let mut seen = 0;
+        let mut seen: u64 = 0;
         for (i, n) in self.latency.iter().enumerate() {
-            seen += n;
+            seen = seen.saturating_add(*n);
             if seen >= rank {
                 return Some(LATENCY_BOUNDS_MS.get(i).copied().unwrap_or(f64::INFINITY));
             }
@@ -106,7 +125,7 @@ impl Edge {
 
     /// The share of calls that did not fail, 0 to 1; `None` without calls.
     pub fn success_rate(&self) -> Option<f64> {
-        (self.requests > 0).then(|| 1.0 - self.errors as f64 / self.requests as f64)
+        (self.requests > 0).then(|| 1.0 - (self.errors.min(self.requests) as f64 / self.requests as f64))
     }
 }
 
@@ -153,11 +172,16 @@ impl MeshTraffic {
     /// Merges node summaries (edges reported by several nodes add up).
     pub fn merge(summaries: &[Summary], missing: Vec<String>) -> MeshTraffic {
         let mut merged: Vec<Edge> = Vec::new();
+        let mut at: std::collections::HashMap<(&str, bool, &str, &str), usize> = std::collections::HashMap::new();
         for s in summaries {
             for e in &s.edges {
-                match merged.iter_mut().find(|m| m.same(e)) {
-                    Some(m) => m.absorb(e),
-                    None => merged.push(e.clone()),
+                let key = (e.source.as_str(), e.source_is_node, e.destination.as_str(), e.protocol.as_str());
+                match at.get(&key) {
+                    Some(&i) => merged[i].absorb(e),
+                    None => {
+                        at.insert(key, merged.len());
+                        merged.push(e.clone());
+                    }
                 }
             }
         }
@@ -191,13 +215,17 @@ impl MeshTraffic {
 /// Paths of `service` across summaries, worst error rate first (then most requests).
 pub fn top_paths(summaries: &[Summary], service: &str) -> Vec<PathStats> {
     let mut paths: Vec<PathStats> = Vec::new();
+    let mut at: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
     for p in summaries.iter().flat_map(|s| &s.paths).filter(|p| p.service == service) {
-        match paths.iter_mut().find(|m| m.path == p.path) {
-            Some(m) => {
-                m.requests += p.requests;
-                m.errors += p.errors;
+        match at.get(p.path.as_str()) {
+            Some(&i) => {
+                paths[i].requests = paths[i].requests.saturating_add(p.requests);
+                paths[i].errors = paths[i].errors.saturating_add(p.errors);
             }
-            None => paths.push(p.clone()),
+            None => {
+                at.insert(&p.path, paths.len());
+                paths.push(p.clone());
+            }
         }
     }
     let rate = |p: &PathStats| if p.requests == 0 { 0.0 } else { p.errors as f64 / p.requests as f64 };
@@ -256,6 +284,22 @@ mod tests {
         let e = edge("pp", 1, 0, &[120_000.0]);
         assert_eq!(e.quantile_ms(0.5), Some(f64::INFINITY));
         assert_eq!(edge("pp", 0, 0, &[]).quantile_ms(0.5), None);
+    }
+
+    #[test]
+    fn a_lying_summary_is_cut_down_and_adds_up_without_overflow() {
+        let mut e = edge("pp", u64::MAX, u64::MAX, &[1.0]);
+        e.latency = vec![u64::MAX; 1000];
+        let liar =
+            Summary { node: "x".into(), window_secs: f64::NAN, edges: vec![e; MAX_EDGES + 10], ..Default::default() }
+                .bounded();
+        assert_eq!(liar.edges.len(), MAX_EDGES);
+        assert_eq!(liar.edges[0].latency.len(), LATENCY_BOUNDS_MS.len() + 1);
+        assert_eq!(liar.window_secs, 0.0);
+        let merged = MeshTraffic::merge(&[liar.clone(), liar], vec![]);
+        assert_eq!(merged.edges.len(), 1);
+        assert_eq!(merged.edges[0].requests, u64::MAX);
+        assert_eq!(merged.edges[0].success_rate, Some(0.0));
     }
 
     #[test]

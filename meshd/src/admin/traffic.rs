@@ -40,7 +40,8 @@ async fn gather(state: &AdminState) -> (Vec<Summary>, Vec<String>) {
     while let Some(joined) = asks.join_next().await {
         match joined {
             // A summary counts under the name the connection proved, not the one it claims.
-            Ok((name, Some(mut s))) => {
+            Ok((name, Some(s))) => {
+                let mut s = s.bounded();
                 s.node = name;
                 summaries.push(s);
             }

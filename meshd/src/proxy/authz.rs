@@ -160,13 +160,9 @@ pub(super) async fn serve_http(
                 protocol: "http",
                 method: parts.method.as_str().to_owned(),
                 path: parts.uri.path().chars().take(1024).collect(),
-                authority: parts.headers.get(hyper::header::HOST).and_then(|v| v.to_str().ok()).map(str::to_owned),
-                user_agent: parts
-                    .headers
-                    .get(hyper::header::USER_AGENT)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned),
-                request_id: parts.headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned),
+                authority: short(parts.headers.get(hyper::header::HOST)),
+                user_agent: short(parts.headers.get(hyper::header::USER_AGENT)),
+                request_id: short(parts.headers.get("x-request-id")),
                 code: 0,
                 flags: "-",
                 request_bytes: 0,
@@ -201,6 +197,11 @@ pub(super) async fn serve_http(
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(super::HEAD_DEADLINE);
     let _ = builder.serve_connection(TokioIo::new(stream), handler).await;
+}
+
+/// A header's value for the access log and spans: text, at most 256 characters.
+fn short(value: Option<&hyper::header::HeaderValue>) -> Option<String> {
+    value.and_then(|v| v.to_str().ok()).map(|v| v.chars().take(256).collect())
 }
 
 /// `resp`, its body wrapped so that `call` is reported when it ends.

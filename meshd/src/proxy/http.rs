@@ -420,7 +420,11 @@ impl Report {
             protocol: if parts.version == hyper::Version::HTTP_2 { "http2" } else { "http" },
             method: parts.method.as_str().to_owned(),
             path: parts.uri.path().chars().take(1024).collect(),
-            authority: parts.uri.authority().map(|a| a.to_string()).or_else(|| header(hyper::header::HOST)),
+            authority: parts
+                .uri
+                .authority()
+                .map(|a| a.as_str().chars().take(256).collect())
+                .or_else(|| header(hyper::header::HOST)),
             user_agent: header(hyper::header::USER_AGENT),
             request_id: header(HeaderName::from_static("x-request-id")),
             code: 0,
