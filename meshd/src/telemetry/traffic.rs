@@ -106,6 +106,70 @@ pub struct Telemetry {
     window: Mutex<Window>,
     access: Option<AccessLog>,
     spans: Option<Spans>,
+    /// The HTTP series each label set was given, found again without building its 25
+    /// labels (a request's record costs a hash of a few short strings).
+    http_series: Mutex<HashMap<u64, Vec<(SeriesKey, HttpSeries)>>>,
+}
+
+/// What distinguishes one HTTP label set from another (the rest follows from it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SeriesKey {
+    reporter: Reporter,
+    source_service: Option<String>,
+    source_node: String,
+    destination_service: String,
+    destination_node: Option<String>,
+    destination_version: Option<String>,
+    protocol: &'static str,
+    code: u16,
+    flags: &'static str,
+}
+
+impl SeriesKey {
+    fn hash_of(call: &HttpCall) -> u64 {
+        let p = &call.parties;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (call.reporter.as_str(), &p.source_service, &p.source_node, &p.destination_service).hash(&mut h);
+        (&p.destination_node, &p.destination_version, call.protocol, call.code, call.flags).hash(&mut h);
+        h.finish()
+    }
+
+    fn is(&self, call: &HttpCall) -> bool {
+        let p = &call.parties;
+        self.reporter == call.reporter
+            && self.code == call.code
+            && self.flags == call.flags
+            && self.protocol == call.protocol
+            && self.source_node == p.source_node
+            && self.destination_service == p.destination_service
+            && self.source_service == p.source_service
+            && self.destination_node == p.destination_node
+            && self.destination_version == p.destination_version
+    }
+
+    fn of(call: &HttpCall) -> SeriesKey {
+        let p = &call.parties;
+        SeriesKey {
+            reporter: call.reporter,
+            source_service: p.source_service.clone(),
+            source_node: p.source_node.clone(),
+            destination_service: p.destination_service.clone(),
+            destination_node: p.destination_node.clone(),
+            destination_version: p.destination_version.clone(),
+            protocol: call.protocol,
+            code: call.code,
+            flags: call.flags,
+        }
+    }
+}
+
+/// One HTTP label set's four series (handles: they share the registry's counts).
+#[derive(Clone)]
+struct HttpSeries {
+    requests: Counter,
+    duration: DurationHistogram,
+    request_bytes: Histogram,
+    response_bytes: Histogram,
 }
 
 impl Telemetry {
@@ -143,6 +207,7 @@ impl Telemetry {
             window: Mutex::new(Window::new(Instant::now())),
             access: None,
             spans: None,
+            http_series: Mutex::default(),
         };
         (telemetry, metrics)
     }
@@ -221,16 +286,12 @@ impl Telemetry {
 
     /// Records an HTTP request at its end.
     pub fn http(&self, call: HttpCall) {
-        let labels = self.labels(call.reporter, &call.parties, call.protocol, call.code, call.flags);
+        let series = self.http_series_of(&call);
         let ms = call.duration.as_secs_f64() * 1000.0;
-        self.istio.requests.get_or_create(&labels).inc();
-        self.istio.duration.get_or_create(&labels).observe(
-            ms,
-            Some(TraceLabel { trace_id: call.trace.trace_id.clone() }),
-            None,
-        );
-        self.istio.request_bytes.get_or_create(&labels).observe(call.request_bytes as f64);
-        self.istio.response_bytes.get_or_create(&labels).observe(call.response_bytes as f64);
+        series.requests.inc();
+        series.duration.observe(ms, Some(TraceLabel { trace_id: call.trace.trace_id.clone() }), None);
+        series.request_bytes.observe(call.request_bytes as f64);
+        series.response_bytes.observe(call.response_bytes as f64);
         if call.reporter == Reporter::Source {
             let failed = call.code >= 500 || call.code == 0;
             let path = format!("{} {}", call.method, call.path);
@@ -247,6 +308,25 @@ impl Telemetry {
         if let (Some(spans), true) = (&self.spans, call.trace.sampled) {
             spans.offer(SpanRecord::of(&call), &self.metrics);
         }
+    }
+
+    /// The series of `call`'s label set, made the first time it is seen.
+    fn http_series_of(&self, call: &HttpCall) -> HttpSeries {
+        let hash = SeriesKey::hash_of(call);
+        let mut cache = self.http_series.lock().unwrap_or_else(|p| p.into_inner());
+        let bucket = cache.entry(hash).or_default();
+        if let Some((_, series)) = bucket.iter().find(|(k, _)| k.is(call)) {
+            return series.clone();
+        }
+        let labels = self.labels(call.reporter, &call.parties, call.protocol, call.code, call.flags);
+        let series = HttpSeries {
+            requests: self.istio.requests.get_or_create(&labels).clone(),
+            duration: self.istio.duration.get_or_create(&labels).clone(),
+            request_bytes: self.istio.request_bytes.get_or_create(&labels).clone(),
+            response_bytes: self.istio.response_bytes.get_or_create(&labels).clone(),
+        };
+        bucket.push((SeriesKey::of(call), series.clone()));
+        series
     }
 
     /// Records that a TCP connection opened.
@@ -487,6 +567,68 @@ mod tests {
         let s = w.summary(t0 + Duration::from_secs(50));
         assert_eq!(s.edges.iter().map(|e| e.requests).sum::<u64>(), 1);
         assert!(s.window_secs >= 25.0 && s.window_secs <= 30.0, "{}", s.window_secs);
+    }
+
+    fn call(code: u16, version: &str) -> HttpCall {
+        let mut parties = parties(Some("productpage"), "n1", "reviews");
+        parties.destination_node = Some("n2".into());
+        parties.destination_version = Some(version.into());
+        HttpCall {
+            reporter: Reporter::Source,
+            parties,
+            protocol: "http",
+            method: "GET".into(),
+            path: "/".into(),
+            authority: None,
+            user_agent: None,
+            request_id: None,
+            code,
+            flags: "-",
+            request_bytes: 3,
+            response_bytes: 5,
+            start: std::time::SystemTime::now(),
+            duration: Duration::from_millis(2),
+            trace: super::super::trace::TraceContext { trace_id: "ab".repeat(16), ..Default::default() },
+            subset: None,
+            route_rule: None,
+            retries: 0,
+            upstream_host: None,
+        }
+    }
+
+    #[test]
+    fn calls_with_one_label_set_count_in_one_series_and_others_in_their_own() {
+        let mut root = Registry::default();
+        let settings = Settings {
+            node: "n1".into(),
+            trust_domain: "mesh.local".into(),
+            dns_domain: "mesh".into(),
+            admin_http: None,
+            sample_percent: 0.0,
+        };
+        let (t, _) = Telemetry::register(&mut root, settings);
+        for c in [call(200, "v1"), call(200, "v1"), call(503, "v1"), call(200, "v2")] {
+            t.http(c);
+        }
+        let text = crate::metrics::encode(&root).expect("encode");
+        let count = |code: &str, version: &str| {
+            text.lines()
+                .filter(|l| l.starts_with("istio_requests_total{"))
+                .filter(|l| {
+                    l.contains(&format!("response_code=\"{code}\""))
+                        && l.contains(&format!("destination_version=\"{version}\""))
+                })
+                .map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(count("200", "v1"), [2]);
+        assert_eq!(count("503", "v1"), [1]);
+        assert_eq!(count("200", "v2"), [1]);
+        assert!(
+            text.contains("istio_request_bytes_sum{")
+                && text.contains("destination_principal=\"spiffe://mesh.local/node/n2\"")
+        );
+        assert_eq!(t.http_series.lock().expect("lock").values().map(Vec::len).sum::<usize>(), 3);
     }
 
     #[test]
