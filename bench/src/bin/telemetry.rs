@@ -3,7 +3,8 @@
 //! (`BENCH_BASELINE=DIR` holds its `meshd` and `meshctl`; skipped when unset), this build
 //! (the `istio_*` metrics from both sides and the traffic summaries, always on), and this
 //! build with traces sampled at 1% and exported over OTLP/HTTP to a collector that
-//! accepts everything. Requests/s, p50/p99 and meshd's CPU seconds per 1,000 requests;
+//! accepts everything; then the first setup again, to show the drift between the first
+//! and the last pair (the noise of the run). Requests/s, p50/p99 and meshd's CPU seconds per 1,000 requests;
 //! load and backends on core 0, every meshd on core 1.
 //!
 //! `cargo build --release --workspace --bins && BENCH_BASELINE=/path/to/old/release \
@@ -134,9 +135,13 @@ fn main() {
     setups.push(("metrics".into(), this.clone(), String::new()));
     setups.push((
         "+1% traces".into(),
-        this,
+        this.clone(),
         format!("[tracing]\notlp_endpoint = \"{endpoint}\"\nsample_percent = 1\n"),
     ));
+    // The first setup again, last: how far the machine drifted during the run.
+    if let Some((name, bins, extra)) = setups.first().cloned() {
+        setups.push((format!("{name} again"), bins, extra));
+    }
     println!(
         "{:<12} {:>10} {:>7} {:>8} {:>8} {:>14}",
         "meshd", "wrk req/s", "ratio", "p50 ms", "p99 ms", "CPU s/1k req"
