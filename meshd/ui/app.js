@@ -142,17 +142,29 @@ async function graph() {
 }
 
 // ---- a service ----
+// A line diff of two texts, showing the changed lines with three lines of context.
 function diff(a, b) {
   const x = a.split("\n"), y = b.split("\n");
   const n = x.length, m = y.length;
   const lcs = Array.from({ length: n + 1 }, () => new Array(m + 1).fill(0));
   for (let i = n - 1; i >= 0; i--) for (let j = m - 1; j >= 0; j--) lcs[i][j] = x[i] === y[j] ? lcs[i + 1][j + 1] + 1 : Math.max(lcs[i + 1][j], lcs[i][j + 1]);
-  let i = 0, j = 0, out = "";
+  const ops = [];
+  let i = 0, j = 0;
   while (i < n || j < m) {
-    if (i < n && j < m && x[i] === y[j]) { out += "  " + esc(x[i]) + "\n"; i++; j++; }
-    else if (j < m && (i >= n || lcs[i][j + 1] >= lcs[i + 1][j])) { out += `<span class="add">+ ${esc(y[j])}</span>`; j++; }
-    else { out += `<span class="del">- ${esc(x[i])}</span>`; i++; }
+    if (i < n && j < m && x[i] === y[j]) { ops.push([" ", x[i]]); i++; j++; }
+    else if (j < m && (i >= n || lcs[i][j + 1] > lcs[i + 1][j])) { ops.push(["+", y[j]]); j++; }
+    else { ops.push(["-", x[i]]); i++; }
   }
+  const near = ops.map((_, k) => ops.slice(Math.max(0, k - 3), k + 4).some(o => o[0] !== " "));
+  if (!near.includes(true)) return '<span class="muted">The two revisions have the same content.</span>';
+  let out = "", skipped = false;
+  ops.forEach(([op, line], k) => {
+    if (!near[k]) { skipped = true; return; }
+    if (skipped) { out += '<span class="muted">…</span>\n'; skipped = false; }
+    if (op === "+") out += `<span class="add">+ ${esc(line)}</span>`;
+    else if (op === "-") out += `<span class="del">- ${esc(line)}</span>`;
+    else out += "  " + esc(line) + "\n";
+  });
   return out;
 }
 

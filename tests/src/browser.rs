@@ -150,10 +150,15 @@ impl Browser {
         }
     }
 
-    /// A PNG screenshot of the page, written to `path`.
+    /// A PNG screenshot of the whole page (beyond the window too), written to `path`.
     pub fn screenshot(&mut self, path: &Path) {
         use base64::Engine;
-        let r = self.call("Page.captureScreenshot", json!({ "format": "png" }));
+        let metrics = self.call("Page.getLayoutMetrics", json!({}));
+        let size = &metrics["cssContentSize"];
+        let (w, h) = (size["width"].as_f64().unwrap_or(1400.0), size["height"].as_f64().unwrap_or(900.0));
+        let clip = json!({ "x": 0, "y": 0, "width": w, "height": h.min(4000.0), "scale": 1 });
+        let r = self
+            .call("Page.captureScreenshot", json!({ "format": "png", "clip": clip, "captureBeyondViewport": true }));
         let data = r["data"].as_str().expect("screenshot data");
         let png = base64::engine::general_purpose::STANDARD.decode(data).expect("base64");
         std::fs::write(path, png).expect("write screenshot");
