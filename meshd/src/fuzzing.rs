@@ -26,6 +26,15 @@ pub fn wire_frame(data: &[u8]) {
     let _ = wire::decode::<SyncEntries>(data);
     let _ = wire::decode::<Holds>(data);
     let _ = wire::decode::<mesh_proto::wire::ClockReply>(data);
+    // A member's traffic summary: decoded, cut down and merged as the dashboard does.
+    if let Ok(summary) = wire::decode::<mesh_proto::traffic::Summary>(data) {
+        let s = summary.bounded();
+        let merged = mesh_proto::traffic::MeshTraffic::merge(&[s.clone(), s.clone()], vec![]);
+        for e in &merged.edges {
+            assert!(e.success_rate.is_none_or(|r| (0.0..=1.0).contains(&r)), "{e:?}");
+        }
+        let _ = mesh_proto::traffic::top_paths(&[s], "reviews");
+    }
 }
 
 /// The join token's text form.

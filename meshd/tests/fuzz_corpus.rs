@@ -113,6 +113,31 @@ fn write_seeds() {
             .expect("s"),
         ),
         ("renew", postcard::to_stdvec(&MeshRequest::Renew { csr: vec![48, 0] }).expect("s")),
+        ("traffic", postcard::to_stdvec(&MeshRequest::Traffic).expect("s")),
+        (
+            "traffic-summary",
+            postcard::to_stdvec(&mesh_proto::traffic::Summary {
+                node: "n2".into(),
+                admin_http: Some("127.0.0.1:9101".into()),
+                window_secs: 30.0,
+                edges: vec![mesh_proto::traffic::Edge {
+                    source: "productpage".into(),
+                    destination: "reviews".into(),
+                    protocol: "http".into(),
+                    requests: 10,
+                    errors: 1,
+                    latency: vec![1; mesh_proto::traffic::LATENCY_BOUNDS_MS.len() + 1],
+                    ..Default::default()
+                }],
+                paths: vec![mesh_proto::traffic::PathStats {
+                    service: "reviews".into(),
+                    path: "GET /r".into(),
+                    requests: 10,
+                    errors: 1,
+                }],
+            })
+            .expect("s"),
+        ),
     ];
     for (name, body) in frames {
         put("wire_frame", name, &body);
