@@ -129,6 +129,19 @@ pub fn top(t: &mesh_proto::traffic::MeshTraffic) -> String {
             ]
         })
         .collect();
+    // The note column only when some edge has a note.
+    let noted = edges.iter().any(|e| e.destination_down);
+    let rows: Vec<Vec<String>> = rows
+        .into_iter()
+        .map(|mut r| {
+            if noted {
+                r
+            } else {
+                r.truncate(7);
+                r
+            }
+        })
+        .collect();
     let mut out = format!(
         "calls over the last {:.0}s, from {}{}\n\n",
         t.window_secs,
@@ -139,7 +152,8 @@ pub fn top(t: &mesh_proto::traffic::MeshTraffic) -> String {
         out.push_str("no calls\n");
         return out;
     }
-    out.push_str(&columns(&["SOURCE", "DESTINATION", "PROTO", "RPS", "SUCCESS", "P50", "P99", ""], &rows));
+    let headers = ["SOURCE", "DESTINATION", "PROTO", "RPS", "SUCCESS", "P50", "P99", "NOTE"];
+    out.push_str(&columns(&headers[..if noted { 8 } else { 7 }], &rows));
     out
 }
 
