@@ -509,3 +509,44 @@ fn a_listener_holds_at_most_max_connections() {
     drop(first);
     assert_eq!(connect_eventually(addr).0, "b", "room again once one closes");
 }
+
+/// meshd allowed one CPU (here by `taskset`, as a cgroup or a one-core VM would) runs a
+/// current-thread runtime: a pair of them carries 50 concurrent tunnelled connections,
+/// and gossip, health and DNS keep working meanwhile.
+#[test]
+fn a_single_cpu_meshd_pair_carries_concurrent_connections() {
+    let block = Block::take();
+    let meshd = mesh_tests::binaries().meshd.display().to_string();
+    let one_cpu = ["taskset", "-c", "0", meshd.as_str()];
+    let n1 = Node::prepare(&block, 1, "").wrapped(&one_cpu);
+    let init = n1.meshd(&["init"]);
+    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    let n1 = n1.run();
+    let seed = format!("join = [\"{}\"]", n1.addr());
+    let n2 = Node::prepare_with(&block, 2, &seed, "").wrapped(&one_cpu);
+    let out = n2.meshd(&["join", &n1.token(&[])]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let n2 = n2.run();
+    let backend = Backend::start(block.node_ip(2), "b");
+    register(&n2, "echo", &backend);
+    let addr = SocketAddr::from((vip(&n1, "echo"), backend.addr.port()));
+    let _ = connect_eventually(addr);
+    let threads: Vec<_> = (0..50)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let (name, mut reader) = connect(addr);
+                let payload = format!("connection {i}\n").repeat(200);
+                reader.get_mut().write_all(payload.as_bytes()).expect("send");
+                let mut echoed = vec![0u8; payload.len()];
+                reader.read_exact(&mut echoed).expect("echo");
+                (name, echoed == payload.as_bytes())
+            })
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().expect("thread"), ("b".to_owned(), true));
+    }
+    for n in [&n1, &n2] {
+        assert!(n.logs().contains("one CPU: a current-thread runtime"), "{} says which runtime it runs", n.name);
+    }
+}
