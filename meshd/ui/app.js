@@ -31,7 +31,12 @@ function stamp() {
 
 // ---- overview ----
 async function overview() {
-  const [status, members, services, traffic] = await Promise.all([api("status"), api("members"), api("services"), api("traffic")]);
+  const [status, members, services, traffic, routes, policies] = await Promise.all(
+    [api("status"), api("members"), api("services"), api("traffic"), api("routes"), api("policies")]);
+  // Members that do not hold a document's current revision yet (lagging nodes).
+  const catchups = await Promise.all([...routes.map(d => ["routes", d]), ...policies.map(d => ["policies", d])].map(
+    ([kind, d]) => api(`${kind}/${encodeURIComponent(d.name)}/catchup?revision=${encodeURIComponent(d.id ?? d.revision)}`)
+      .then(c => [kind, d, c]).catch(() => null)));
   document.getElementById("node").textContent = status.node;
   const warnings = [];
   if (status.cert_warning) warnings.push(["bad", "Certificate: " + status.cert_warning]);
@@ -41,6 +46,10 @@ async function overview() {
     if (m.clock_offset_ms != null && Math.abs(m.clock_offset_ms) > 1000) warnings.push(["", `Clock of ${m.name} is ${m.clock_offset_ms} ms off this node's`]);
   }
   for (const n of traffic.missing || []) warnings.push(["", `Node ${n} did not send its traffic summary (lagging or unreachable)`]);
+  for (const [kind, d, c] of catchups.filter(Boolean)) {
+    const behind = [...(c.lagging || []), ...(c.unreachable || [])];
+    if (behind.length) warnings.push(["", `${kind === "routes" ? "Route" : "Policy"} ${d.name}: revision ${d.id ?? d.revision} not yet held by ${behind.join(", ")}`]);
+  }
   for (const s of services) {
     const up = s.instances.filter(i => i.healthy).length;
     if (up === 0) warnings.push(["bad", `Service ${s.name} has no healthy instance`]);

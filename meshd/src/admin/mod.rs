@@ -154,6 +154,8 @@ pub fn http_router(state: Arc<AdminState>) -> Router {
         .route("/ui/api/routes", get(documents::list::<RouteSpec>))
         .route("/ui/api/routes/{name}", get(documents::get::<RouteSpec>))
         .route("/ui/api/routes/{name}/history", get(documents::history::<RouteSpec>))
+        .route("/ui/api/routes/{name}/catchup", get(documents::catchup::<RouteSpec>))
+        .route("/ui/api/policies/{name}/catchup", get(documents::catchup::<PolicySpec>))
         .route("/ui/api/policies", get(documents::list::<PolicySpec>))
         .route("/ui/api/policies/{name}", get(documents::get::<PolicySpec>))
         .route("/ui/api/traffic", get(traffic::traffic))
