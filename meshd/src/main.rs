@@ -55,6 +55,11 @@ fn main() -> ExitCode {
     }
 }
 
+/// jemalloc, not the system allocator: memory freed after a burst of connections goes
+/// back to the system (measured in `bench-tunnel`).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
     eprintln!("meshd: {message}");
     ExitCode::from(code)
