@@ -348,7 +348,7 @@ impl Bound {
             vips: self.vips.clone(),
             seeds: self.seeds.clone(),
             policy_default: self.policy_default,
-            telemetry: self.proxy.telemetry_handle(),
+            telemetry: self.proxy.telemetry().clone(),
             blocking: Arc::new(tokio::sync::Semaphore::new(admin::MAX_BLOCKING)),
         });
 

@@ -35,31 +35,22 @@ use crate::telemetry::traffic::{HttpCall, Parties, Reporter};
 /// Policies by service, as the last snapshot had them.
 pub type Policies = BTreeMap<String, Arc<PolicySpec>>;
 
-/// What to do with a new connection to a service hosted here.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Admission {
-    /// Splice it: no policy looks at it, or it is allowed.
-    Allow,
-    /// Refuse it, saying why.
-    Deny(String),
-    /// Serve it as HTTP and decide each request.
-    PerRequest,
-}
-
 impl Proxy {
-    /// Whether a connection from `caller` to `service` (of `protocol`) is admitted.
-    pub(super) fn admit(&self, service: &str, http: bool, caller: &Caller<'_>) -> Admission {
+    /// Whether a connection from `caller` to `service` is admitted, or why not. An
+    /// `http` service's connections always are: each of their requests is decided when
+    /// it is served ([`serve_http`]).
+    pub(super) fn admit(&self, service: &str, http: bool, caller: &Caller<'_>) -> Result<(), String> {
+        if http {
+            return Ok(());
+        }
         let policies = self.policies.load();
         let policy = policies.get(service);
-        if http && (policy.is_some() || self.policy_default == crate::config::PolicyDefault::Deny) {
-            return Admission::PerRequest;
-        }
         let decision = policy::decide(policy.map(|p| &**p), self.policy_default, caller, None);
         if decision.allow {
-            return Admission::Allow;
+            return Ok(());
         }
         self.metrics.policy("denied", service, caller, &decision.by.to_string());
-        Admission::Deny(decision.explain(service, policy.is_some()))
+        Err(decision.explain(service, policy.is_some()))
     }
 
     /// The answer to a request that the policy refuses, or `None` to forward it.

@@ -12,7 +12,6 @@ use std::time::{Instant, SystemTime};
 use mesh_proto::wire::{TunnelHeader, TunnelRefusal, TunnelReply};
 use tokio::net::TcpStream;
 
-use super::authz::Admission;
 use super::{splice, Proxy};
 use crate::identity::cert::CertInfo;
 use crate::routing::Target;
@@ -49,7 +48,7 @@ pub async fn serve(
         trace_id: header.trace_id.clone(),
         upstream_host: host,
     };
-    let (instance, admission) = match check(&proxy, peer, &header) {
+    let instance = match check(&proxy, peer, &header, http) {
         Ok(t) => t,
         Err((reason, detail)) => {
             proxy.metrics.count("inbound", reason.as_str());
@@ -61,7 +60,7 @@ pub async fn serve(
                 "tunnel refused"
             );
             // Only a checked header names a service and a source worth a label.
-            if reason == TunnelRefusal::Denied && !http {
+            if reason == TunnelRefusal::Denied {
                 proxy.telemetry.tcp_opened(Reporter::Destination, &parties);
                 proxy.telemetry.tcp(report(parties, "RBAC", splice::Moved::default(), None));
             }
@@ -96,7 +95,6 @@ pub async fn serve(
     proxy.metrics.count("inbound", "ok");
     if http {
         // Every request is seen (reported, traced, and decided when a policy applies).
-        let _ = admission;
         let stream = tokio::io::join(recv, send);
         super::authz::serve_http(proxy.clone(), parties, instance, tcp, stream).await;
         return;
@@ -109,8 +107,9 @@ pub async fn serve(
     proxy.telemetry.tcp(report(parties, flags, moved, Some(host)));
 }
 
-/// The instance the header may reach and how its connection is admitted, or why not.
-fn check(proxy: &Proxy, peer: &CertInfo, h: &TunnelHeader) -> Result<(Target, Admission), (TunnelRefusal, String)> {
+/// The instance the header may reach, or why not (a `tcp` service's policy decides here;
+/// an `http` service's requests are decided one by one when served).
+fn check(proxy: &Proxy, peer: &CertInfo, h: &TunnelHeader, http: bool) -> Result<Target, (TunnelRefusal, String)> {
     if h.version != TunnelHeader::VERSION {
         return Err((TunnelRefusal::Malformed, format!("tunnel header version {} is not 1", h.version)));
     }
@@ -139,9 +138,6 @@ fn check(proxy: &Proxy, peer: &CertInfo, h: &TunnelHeader) -> Result<(Target, Ad
         return Err((TunnelRefusal::NoInstance, format!("no instance of {} on port {} here", h.service, h.port)));
     };
     let caller = crate::policy::Caller { node: &peer.id.node, service: h.source_service.as_deref() };
-    let http = tables.services.get(&h.service).is_some_and(|s| s.protocol == "http");
-    match proxy.admit(&h.service, http, &caller) {
-        Admission::Deny(why) => Err((TunnelRefusal::Denied, why)),
-        admission => Ok((instance, admission)),
-    }
+    proxy.admit(&h.service, http, &caller).map_err(|why| (TunnelRefusal::Denied, why))?;
+    Ok(instance)
 }

@@ -264,14 +264,10 @@ impl Proxy {
         }
     }
 
-    /// The recorder calls are reported to (the peer server reads its summary).
-    pub fn telemetry(&self) -> &crate::telemetry::traffic::Telemetry {
+    /// The recorder calls are reported to (the peer server and the admin API serve its
+    /// summary).
+    pub fn telemetry(&self) -> &Arc<crate::telemetry::traffic::Telemetry> {
         &self.telemetry
-    }
-
-    /// The same, shared (the admin API serves its summary).
-    pub fn telemetry_handle(&self) -> Arc<crate::telemetry::traffic::Telemetry> {
-        self.telemetry.clone()
     }
 
     /// This hop's trace context: the incoming `traceparent` continued, or a new trace

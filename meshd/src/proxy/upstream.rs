@@ -42,7 +42,7 @@ pub(super) async fn reach(
         // The destination is this host: its policy is decided here.
         let caller = crate::policy::Caller { node: &proxy.node, service: source.as_deref() };
         let http = tables.services.get(&target.service).is_some_and(|s| s.protocol == "http");
-        if let super::authz::Admission::Deny(_) = proxy.admit(&target.service, http, &caller) {
+        if proxy.admit(&target.service, http, &caller).is_err() {
             return Err("refused_denied");
         }
         return match tokio::time::timeout(timeout, TcpStream::connect((target.addr, target.port))).await {
