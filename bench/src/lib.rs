@@ -105,6 +105,21 @@ impl Cluster {
         self.bins.join(name)
     }
 
+    /// The virtual IP node `i`'s DNS answers for `NAME.mesh`, once it answers (30 s).
+    pub fn vip(&self, i: usize, name: &str) -> std::net::Ipv4Addr {
+        let dns = std::net::UdpSocket::bind((self.ip(i).as_str(), 0)).expect("udp");
+        dns.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
+        let mut found = None;
+        poll(Duration::from_secs(30), || {
+            let mut buf = [0u8; 512];
+            let _ = dns.send_to(&a_query(&format!("{name}.mesh")), self.dns(i));
+            found = dns.recv(&mut buf).ok().and_then(|n| first_a(&buf[..n]));
+            found.is_some()
+        })
+        .unwrap_or_else(|| panic!("{name}.mesh answers on node {i}"));
+        found.expect("found")
+    }
+
     /// Starts nodes 2..N (node 1 runs since `prepare`).
     pub fn start(&mut self) {
         for i in 2..=self.n {
@@ -285,4 +300,38 @@ pub fn wrk(addr: SocketAddr, secs: u64) -> (f64, f64, f64) {
         }
     };
     (field("Requests/sec:").parse().unwrap_or(0.0), ms(field("50%")), ms(field("99%")))
+}
+
+/// The first A record's address in a DNS response to [`a_query`] (one question).
+pub fn first_a(r: &[u8]) -> Option<std::net::Ipv4Addr> {
+    let mut i = 12;
+    while *r.get(i)? != 0 {
+        i += 1 + usize::from(r[i]);
+    }
+    i += 5; // root, type, class
+    if u16::from_be_bytes([*r.get(6)?, *r.get(7)?]) == 0 {
+        return None;
+    }
+    i += 2 + 2 + 2 + 4; // pointer, type, class, ttl
+    let len = usize::from(u16::from_be_bytes([*r.get(i)?, *r.get(i + 1)?]));
+    (len == 4).then(|| std::net::Ipv4Addr::new(r[i + 2], r[i + 3], r[i + 4], r[i + 5]))
+}
+
+/// The CPU seconds (user and system) the processes `pids` have used so far.
+pub fn cpu_seconds(pids: &[u32]) -> f64 {
+    let ticks: f64 = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0);
+    pids.iter()
+        .map(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            let after = stat.rsplit(')').next().unwrap_or("");
+            let f: Vec<&str> = after.split_whitespace().collect();
+            let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            (t(11) + t(12)) / ticks
+        })
+        .sum()
 }

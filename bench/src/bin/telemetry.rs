@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::process::Child;
 use std::time::Duration;
 
-use mesh_bench::{a_query, bin, nginx, pin, poll, wrk, Cluster, Procs};
+use mesh_bench::{bin, cpu_seconds, nginx, pin, poll, wrk, Cluster, Procs};
 
 const SUBNET: u8 = 240;
 
@@ -64,27 +64,6 @@ fn collector(listener: TcpListener) -> std::sync::Arc<std::sync::atomic::AtomicU
     requests
 }
 
-fn first_a(msg: &[u8]) -> Option<std::net::Ipv4Addr> {
-    // The answer's last four bytes are the A record's address (one answer, no EDNS).
-    (msg.len() >= 16 && msg[7] >= 1).then(|| {
-        let n = msg.len();
-        std::net::Ipv4Addr::new(msg[n - 4], msg[n - 3], msg[n - 2], msg[n - 1])
-    })
-}
-
-/// meshd's CPU seconds so far, both processes.
-fn cpu(pids: &[u32]) -> f64 {
-    pids.iter()
-        .map(|p| {
-            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
-            let after = stat.rsplit(')').next().unwrap_or("");
-            let f: Vec<&str> = after.split_whitespace().collect();
-            let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-            (t(11) + t(12)) / 100.0
-        })
-        .sum()
-}
-
 /// A pair of meshd from `bins` with `extra` config, an http service on node 2 in front
 /// of `web`: the address to load through node 1, and the pids.
 fn pair(subnet: u8, bins: &std::path::Path, extra: &str, web: SocketAddr) -> (Cluster, SocketAddr, Vec<u32>) {
@@ -99,17 +78,7 @@ fn pair(subnet: u8, bins: &std::path::Path, extra: &str, web: SocketAddr) -> (Cl
     .expect("service");
     let out = cluster.meshctl_raw(2, &["service", "register", "-f", &file.display().to_string()]).expect("meshctl");
     assert!(out.status.success(), "register web: {}", String::from_utf8_lossy(&out.stderr));
-    let dns = std::net::UdpSocket::bind((cluster.ip(1).as_str(), 0)).expect("udp");
-    dns.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
-    let mut vip = None;
-    poll(Duration::from_secs(30), || {
-        let mut buf = [0u8; 512];
-        let _ = dns.send_to(&a_query("web.mesh"), cluster.dns(1));
-        vip = dns.recv(&mut buf).ok().and_then(|n| first_a(&buf[..n]));
-        vip.is_some()
-    })
-    .expect("web.mesh answers");
-    let addr = SocketAddr::from((vip.expect("vip"), web.port()));
+    let addr = SocketAddr::from((cluster.vip(1, "web"), web.port()));
     poll(Duration::from_secs(30), || TcpStream::connect(addr).is_ok()).expect("the VIP answers");
     let pids = cluster.procs.0.iter().map(Child::id).collect();
     (cluster, addr, pids)
@@ -151,9 +120,9 @@ fn main() {
         let subnet = SUBNET + 1 + u8::try_from(i).expect("few") * 2;
         let (cluster, addr, pids) = pair(subnet, bins, extra, web);
         let _ = wrk(addr, 1); // warm the pools
-        let before = cpu(&pids);
+        let before = cpu_seconds(&pids);
         let (rps, p50, p99) = wrk(addr, secs);
-        let per_1k = (cpu(&pids) - before) / (rps * secs as f64).max(1.0) * 1000.0;
+        let per_1k = (cpu_seconds(&pids) - before) / (rps * secs as f64).max(1.0) * 1000.0;
         let base = *first.get_or_insert(rps);
         println!("{name:<12} {rps:>10.0} {:>6.2}x {p50:>8.3} {p99:>8.3} {per_1k:>14.4}", rps / base);
         drop(cluster);

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mesh_bench::{a_query, nginx, pin, poll, spawn_on, wrk, Cluster, Procs};
+use mesh_bench::{cpu_seconds, nginx, pin, poll, spawn_on, wrk, Cluster, Procs};
 
 const SUBNET: u8 = 236;
 
@@ -229,21 +229,6 @@ fn rss_mb(pid: u32) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-/// The first A record of a DNS response.
-fn first_a(r: &[u8]) -> Option<Ipv4Addr> {
-    let mut i = 12;
-    while *r.get(i)? != 0 {
-        i += 1 + usize::from(r[i]);
-    }
-    i += 5; // root, type, class
-    if u16::from_be_bytes([*r.get(6)?, *r.get(7)?]) == 0 {
-        return None;
-    }
-    i += 2 + 2 + 2 + 4; // pointer, type, class, ttl
-    let len = usize::from(u16::from_be_bytes([*r.get(i)?, *r.get(i + 1)?]));
-    (len == 4).then(|| Ipv4Addr::new(r[i + 2], r[i + 3], r[i + 4], r[i + 5]))
-}
-
 fn mtus(cluster: &Cluster) -> String {
     let list: Vec<String> = cluster
         .meshctl(1, &["connections"])
@@ -304,19 +289,7 @@ fn main() {
         let out = cluster.meshctl_raw(2, &["service", "register", "-f", &file.display().to_string()]).expect("meshctl");
         assert!(out.status.success(), "register {name}");
     }
-    let dns = std::net::UdpSocket::bind((cluster.ip(1).as_str(), 0)).expect("udp");
-    dns.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
-    let vip = |name: &str| {
-        let mut found = None;
-        poll(Duration::from_secs(30), || {
-            let mut buf = [0u8; 512];
-            let _ = dns.send_to(&a_query(&format!("{name}.mesh")), cluster.dns(1));
-            found = dns.recv(&mut buf).ok().and_then(|n| first_a(&buf[..n]));
-            found.is_some()
-        })
-        .unwrap_or_else(|| panic!("{name}.mesh answers on node 1"));
-        found.expect("found")
-    };
+    let vip = |name: &str| cluster.vip(1, name);
     let mesh = Path4 {
         name: "meshd",
         iperf: SocketAddr::from((vip("iperf"), iperf_b.port())),
@@ -467,23 +440,7 @@ fn main() {
     assert!(out.status.success(), "route: {}", String::from_utf8_lossy(&out.stderr));
     let webh = SocketAddr::from((vip("webh"), web_b.port()));
     poll(Duration::from_secs(30), || TcpStream::connect(webh).is_ok()).expect("webh answers");
-    let ticks: f64 = Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0);
-    let cpu = |pids: &[u32]| -> f64 {
-        pids.iter()
-            .map(|p| {
-                let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
-                let after = stat.rsplit(')').next().unwrap_or("");
-                let f: Vec<&str> = after.split_whitespace().collect();
-                let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-                (t(11) + t(12)) / ticks
-            })
-            .sum()
-    };
+    let cpu = cpu_seconds;
     println!();
     println!(
         "{:<11} {:>10} {:>7} {:>8} {:>8} {:>16}",

@@ -15,7 +15,7 @@ use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
-use super::record::{HttpCall, Metrics, TcpCall};
+use super::record::{HttpCall, Metrics, Parties, TcpCall};
 
 /// Lines queued for the writer at most.
 const QUEUE: usize = 8192;
@@ -73,13 +73,8 @@ struct Line<'a> {
     trace_id: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     span_id: Option<&'a str>,
-    source_workload: &'a str,
-    source_node: &'a str,
-    destination_service: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    destination_node: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    destination_version: Option<&'a str>,
+    #[serde(flatten)]
+    who: Who<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     upstream_host: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -90,6 +85,30 @@ struct Line<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     retries: Option<u32>,
     connection_security_policy: &'static str,
+}
+
+/// Who called whom, as every line says it.
+#[derive(Serialize)]
+struct Who<'a> {
+    source_workload: &'a str,
+    source_node: &'a str,
+    destination_service: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    destination_node: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    destination_version: Option<&'a str>,
+}
+
+impl<'a> Who<'a> {
+    fn of(p: &'a Parties) -> Who<'a> {
+        Who {
+            source_workload: p.source_name(),
+            source_node: &p.source_node,
+            destination_service: &p.destination_service,
+            destination_node: p.destination_node.as_deref(),
+            destination_version: p.destination_version.as_deref(),
+        }
+    }
 }
 
 fn rfc3339(t: SystemTime) -> String {
@@ -112,7 +131,6 @@ impl AccessLog {
     }
 
     pub(super) fn http(&self, c: &HttpCall, metrics: &Metrics) {
-        let p = &c.parties;
         let line = Line {
             start_time: rfc3339(c.start),
             reporter: c.reporter.as_str(),
@@ -129,11 +147,7 @@ impl AccessLog {
             duration: c.duration.as_millis() as u64,
             trace_id: &c.trace.trace_id,
             span_id: Some(&c.trace.span_id),
-            source_workload: p.source_name(),
-            source_node: &p.source_node,
-            destination_service: &p.destination_service,
-            destination_node: p.destination_node.as_deref(),
-            destination_version: p.destination_version.as_deref(),
+            who: Who::of(&c.parties),
             upstream_host: c.upstream_host.as_deref(),
             subset: c.subset.as_deref(),
             route_name: c.route_rule.as_ref().map(|(route, rule)| format!("{route}[{rule}]")),
@@ -144,7 +158,6 @@ impl AccessLog {
     }
 
     pub(super) fn tcp(&self, c: &TcpCall, metrics: &Metrics) {
-        let p = &c.parties;
         let line = Line {
             start_time: rfc3339(c.start),
             reporter: c.reporter.as_str(),
@@ -161,11 +174,7 @@ impl AccessLog {
             duration: c.duration.as_millis() as u64,
             trace_id: &c.trace_id,
             span_id: None,
-            source_workload: p.source_name(),
-            source_node: &p.source_node,
-            destination_service: &p.destination_service,
-            destination_node: p.destination_node.as_deref(),
-            destination_version: p.destination_version.as_deref(),
+            who: Who::of(&c.parties),
             upstream_host: c.upstream_host.as_deref(),
             subset: None,
             route_name: None,
