@@ -145,6 +145,22 @@ pub struct Connection {
     /// The largest UDP payload the path carries, as MTU discovery found it.
     #[serde(default)]
     pub mtu: u16,
+    /// UDP datagrams sent, and the system calls that sent them: their ratio is the
+    /// average GSO batch.
+    #[serde(default)]
+    pub udp_datagrams_sent: u64,
+    #[serde(default)]
+    pub udp_sends: u64,
+    #[serde(default)]
+    pub udp_datagrams_received: u64,
+    /// Packets QUIC declared lost, and the congestion events they caused.
+    #[serde(default)]
+    pub lost_packets: u64,
+    #[serde(default)]
+    pub congestion_events: u64,
+    /// The congestion window, bytes.
+    #[serde(default)]
+    pub cwnd: u64,
 }
 
 /// `GET /v1/routes/NAME/catchup?revision=N`: who holds at least revision N of the route.

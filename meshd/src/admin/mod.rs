@@ -495,7 +495,8 @@ async fn connections(State(state): State<Arc<AdminState>>) -> Json<Vec<api::Conn
         .transport
         .peers()
         .into_iter()
-        .map(|p| api::Connection {
+        .map(|p| (p.conn.stats(), p))
+        .map(|(stats, p)| api::Connection {
             node: p.name().to_owned(),
             identity: p.info.id.to_string(),
             addr: p.conn.remote_address().to_string(),
@@ -503,7 +504,13 @@ async fn connections(State(state): State<Arc<AdminState>>) -> Json<Vec<api::Conn
             since: rfc3339(p.since),
             id: p.conn.stable_id() as u64,
             rtt_ms: p.conn.rtt().as_secs_f64() * 1e3,
-            mtu: p.conn.stats().path.current_mtu,
+            mtu: stats.path.current_mtu,
+            udp_datagrams_sent: stats.udp_tx.datagrams,
+            udp_sends: stats.udp_tx.ios,
+            udp_datagrams_received: stats.udp_rx.datagrams,
+            lost_packets: stats.path.lost_packets,
+            congestion_events: stats.path.congestion_events,
+            cwnd: stats.path.cwnd,
         })
         .collect();
     Json(list)
