@@ -206,7 +206,9 @@ pub async fn build(config: &Config) -> Result<Bound, AppError> {
     identity.set_roots(&publisher.current().parts.roots, store::wall_ms());
     let transport_metrics = crate::transport::Metrics::register(metrics::mesh(&mut registry));
     let (conns_tx, conns_rx) = tokio::sync::mpsc::channel(1024);
-    let transport = Arc::new(Transport::new(udp_socket, identity.clone(), transport_metrics, Some(conns_tx))?);
+    // A peer may hold as many tunnels to this node as a listener admits connections.
+    let streams = u32::try_from(config.proxy.max_connections).unwrap_or(u32::MAX);
+    let transport = Arc::new(Transport::new(udp_socket, identity.clone(), transport_metrics, Some(conns_tx), streams)?);
     let (writes_tx, writes_rx) = tokio::sync::mpsc::channel(1024);
     store.broadcast_to(writes_tx);
     let gossip = GossipParts {

@@ -41,8 +41,10 @@ async fn server() -> Server {
     let identity = Arc::new(Identity::load(&config.data_dir, "server", metrics.clone()).expect("identity"));
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
     let (tx, accepted) = mpsc::channel(16);
-    let transport =
-        Arc::new(Transport::new(socket, identity.clone(), Default::default(), Some(tx)).expect("transport"));
+    let transport = Arc::new(
+        Transport::new(socket, identity.clone(), Default::default(), Some(tx), meshd::transport::MIN_STREAMS_PER_PEER)
+            .expect("transport"),
+    );
     let (joins, _) = mpsc::channel(16);
     let (trigger, watcher) = drain::new();
     tokio::spawn(transport.clone().serve(joins, watcher));

@@ -113,7 +113,14 @@ fn one_anti_entropy_exchange_carries_a_bounded_amount() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let socket = std::net::UdpSocket::bind((block.node_ip(3), 0)).expect("udp");
     let transport = rt.block_on(async {
-        meshd::transport::Transport::new(socket, Arc::new(identity), Default::default(), None).expect("endpoint")
+        meshd::transport::Transport::new(
+            socket,
+            Arc::new(identity),
+            Default::default(),
+            None,
+            meshd::transport::MIN_STREAMS_PER_PEER,
+        )
+        .expect("endpoint")
     });
     let before = rss_mib(&n1);
     let n1_addr: SocketAddr = n1.addr().parse().expect("address");

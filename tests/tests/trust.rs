@@ -38,7 +38,14 @@ impl Hostile {
         let rt = tokio::runtime::Runtime::new().expect("runtime");
         let socket = std::net::UdpSocket::bind((block.node_ip(i), 0)).expect("udp");
         let transport = rt.block_on(async {
-            meshd::transport::Transport::new(socket, identity.clone(), Default::default(), None).expect("endpoint")
+            meshd::transport::Transport::new(
+                socket,
+                identity.clone(),
+                Default::default(),
+                None,
+                meshd::transport::MIN_STREAMS_PER_PEER,
+            )
+            .expect("endpoint")
         });
         Hostile { _node: node, identity, rt, transport: Arc::new(transport) }
     }

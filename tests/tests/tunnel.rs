@@ -352,8 +352,14 @@ fn forged_tunnel_headers_are_refused() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
         let socket = std::net::UdpSocket::bind((block.node_ip(1), 0)).expect("udp");
-        let transport = meshd::transport::Transport::new(socket, Arc::new(identity), Default::default(), None)
-            .expect("a QUIC endpoint");
+        let transport = meshd::transport::Transport::new(
+            socket,
+            Arc::new(identity),
+            Default::default(),
+            None,
+            meshd::transport::MIN_STREAMS_PER_PEER,
+        )
+        .expect("a QUIC endpoint");
         let peer = transport.dial(n2_addr).await.expect("a mesh/1 connection with node-1's certificate");
         let honest = TunnelHeader {
             version: TunnelHeader::VERSION,

@@ -126,12 +126,24 @@ async fn main() {
     let server_id = node(dir.path(), "server", None);
     let client_id = node(dir.path(), "client", Some(&server_id));
     let server = Arc::new(
-        Transport::new(std::net::UdpSocket::bind("127.0.0.1:0").expect("udp"), server_id, Default::default(), None)
-            .expect("t"),
+        Transport::new(
+            std::net::UdpSocket::bind("127.0.0.1:0").expect("udp"),
+            server_id,
+            Default::default(),
+            None,
+            meshd::transport::MIN_STREAMS_PER_PEER,
+        )
+        .expect("t"),
     );
     let client = Arc::new(
-        Transport::new(std::net::UdpSocket::bind("127.0.0.1:0").expect("udp"), client_id, Default::default(), None)
-            .expect("t"),
+        Transport::new(
+            std::net::UdpSocket::bind("127.0.0.1:0").expect("udp"),
+            client_id,
+            Default::default(),
+            None,
+            meshd::transport::MIN_STREAMS_PER_PEER,
+        )
+        .expect("t"),
     );
     let addr = server.local_addr().expect("addr");
     let (tx, mut rx) = tokio::sync::mpsc::channel(1024);

@@ -51,7 +51,10 @@ fn fixture() -> Fixture {
     )
     .expect("store");
     let socket = std::net::UdpSocket::bind("127.0.5.1:0").expect("udp");
-    let transport = Arc::new(Transport::new(socket, identity.clone(), Default::default(), None).expect("transport"));
+    let transport = Arc::new(
+        Transport::new(socket, identity.clone(), Default::default(), None, crate::transport::MIN_STREAMS_PER_PEER)
+            .expect("transport"),
+    );
     let signer = Arc::new(Signer::new(identity.clone(), store.clone(), addr, Duration::from_secs(3600)));
     let (trigger, watcher) = drain::new();
     let state = Arc::new(AdminState {

@@ -50,7 +50,7 @@ pub async fn join(
     let setup = |detail: String| PeerError::Signer { addr: signer, detail };
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls)).map_err(|e| setup(e.to_string()))?;
     let mut client = quinn::ClientConfig::new(Arc::new(quic));
-    client.transport_config(Arc::new(crate::transport::transport_config()));
+    client.transport_config(Arc::new(crate::transport::transport_config(crate::transport::MIN_STREAMS_PER_PEER)));
     let bind: SocketAddr = if signer.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
     let endpoint = quinn::Endpoint::client(bind).map_err(|e| setup(e.to_string()))?;
     let conn = endpoint
