@@ -56,7 +56,9 @@ fn main() -> ExitCode {
 }
 
 /// jemalloc, not the system allocator: memory freed after a burst of connections goes
-/// back to the system (measured in `bench-tunnel`).
+/// back to the system (measured in `bench-tunnel`). With its `background_threads`
+/// feature a thread of its own returns idle pages over the following seconds; without it
+/// jemalloc purges only while allocating, so an idle meshd kept a burst's memory.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
