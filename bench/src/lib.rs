@@ -51,9 +51,10 @@ pub struct Cluster {
     pub n: usize,
     pub procs: Procs,
     configs: Vec<PathBuf>,
-    /// Runs every meshd on this core (`taskset`), from its start: the runtime then sizes
-    /// itself to the one CPU it has, as it would on a host with one core.
-    core: Option<u32>,
+    /// The CPUs each meshd runs on (`taskset -c` lists, one per node; empty: any), from
+    /// its start: the runtime then sizes itself to the CPUs it has, as it would on a
+    /// host with that many cores.
+    cpus: Vec<String>,
     /// Where `meshd` and `meshctl` are: next to the bench, or another build's.
     bins: PathBuf,
     /// TOML appended to every node's config.
@@ -69,13 +70,15 @@ impl Cluster {
 
     /// Like [`Cluster::prepare`], every meshd pinned to `core`.
     pub fn prepare_on(subnet: u8, n: usize, core: Option<u32>) -> Cluster {
+        let cpus: Vec<String> = (0..n).map(|_| core.map(|c| c.to_string()).unwrap_or_default()).collect();
         let bins = bin("meshd").parent().map(Path::to_owned).unwrap_or_default();
-        Cluster::prepare_with(subnet, n, core, &bins, "")
+        Cluster::prepare_with(subnet, &cpus, &bins, "")
     }
 
-    /// Like [`Cluster::prepare_on`], with the binaries in `bins` and `extra` TOML at the
-    /// end of every config.
-    pub fn prepare_with(subnet: u8, n: usize, core: Option<u32>, bins: &Path, extra: &str) -> Cluster {
+    /// One meshd per entry of `cpus`, each on those CPUs (a `taskset -c` list; empty:
+    /// any), with the binaries in `bins` and `extra` TOML at the end of every config.
+    pub fn prepare_with(subnet: u8, cpus: &[String], bins: &Path, extra: &str) -> Cluster {
+        let n = cpus.len();
         let dir = tempfile::tempdir().expect("tempdir");
         let mut c = Cluster {
             dir,
@@ -83,7 +86,7 @@ impl Cluster {
             n,
             procs: Procs::default(),
             configs: Vec::new(),
-            core,
+            cpus: cpus.to_vec(),
             bins: bins.to_owned(),
             extra: extra.to_owned(),
         };
@@ -169,10 +172,10 @@ impl Cluster {
     }
 
     fn run(&self, i: usize) -> Child {
-        let mut command = match self.core {
-            Some(core) => {
+        let mut command = match self.cpus.get(i - 1).filter(|c| !c.is_empty()) {
+            Some(cpus) => {
                 let mut c = Command::new("taskset");
-                c.args(["-c", &core.to_string()]).arg(self.bin("meshd"));
+                c.args(["-c", cpus]).arg(self.bin("meshd"));
                 c
             }
             None => Command::new(self.bin("meshd")),
@@ -236,17 +239,15 @@ pub fn answer_count(response: &[u8]) -> Option<u16> {
     (h[3] & 0x0f == 0).then(|| u16::from_be_bytes([h[6], h[7]]))
 }
 
-/// Pins `pid` (every thread) to `core`.
-pub fn pin(pid: u32, core: u32) {
-    let _ = Command::new("taskset")
-        .args(["-a", "-p", "-c", &core.to_string(), &pid.to_string()])
-        .stdout(Stdio::null())
-        .status();
+/// Pins `pid` (every thread) to `cpus` (a `taskset -c` list).
+pub fn pin(pid: u32, cpus: &str) {
+    let _ = Command::new("taskset").args(["-a", "-p", "-c", cpus, &pid.to_string()]).stdout(Stdio::null()).status();
 }
 
-pub fn spawn_on(core: u32, program: &str, args: &[&str]) -> Child {
+/// Starts `program` on `cpus` (a `taskset -c` list: "0", "1", "0,1").
+pub fn spawn_on(cpus: &str, program: &str, args: &[&str]) -> Child {
     Command::new("taskset")
-        .args(["-c", &core.to_string(), program])
+        .args(["-c", cpus, program])
         .args(args)
         .stdout(Stdio::null())
         .stderr(if std::env::var_os("BENCH_VERBOSE").is_some() { Stdio::inherit() } else { Stdio::null() })
@@ -254,8 +255,8 @@ pub fn spawn_on(core: u32, program: &str, args: &[&str]) -> Child {
         .unwrap_or_else(|e| panic!("{program}: {e} (apt-get install iperf3 stunnel4 haproxy wrk nginx-light)"))
 }
 
-/// nginx serving a 612-byte `/small.html` on `addr` (core 0), its files in `dir`.
-pub fn nginx(dir: &Path, addr: SocketAddr) -> Child {
+/// nginx serving a 612-byte `/small.html` on `addr` (on `cpus`), its files in `dir`.
+pub fn nginx(dir: &Path, addr: SocketAddr, cpus: &str) -> Child {
     let root = dir.join("www");
     std::fs::create_dir_all(&root).expect("www");
     std::fs::write(root.join("small.html"), "x".repeat(612)).expect("small file");
@@ -272,14 +273,14 @@ pub fn nginx(dir: &Path, addr: SocketAddr) -> Child {
         ),
     )
     .expect("nginx.conf");
-    spawn_on(0, "nginx", &["-c", &conf.display().to_string(), "-e", &dir.join("nginx.err").display().to_string()])
+    spawn_on(cpus, "nginx", &["-c", &conf.display().to_string(), "-e", &dir.join("nginx.err").display().to_string()])
 }
 
-/// wrk against `addr`'s `/small.html` for `secs` (core 0, one thread, 32 connections):
-/// requests/s, p50 and p99 in ms.
-pub fn wrk(addr: SocketAddr, secs: u64) -> (f64, f64, f64) {
+/// wrk against `addr`'s `/small.html` for `secs` (on `cpus`, one thread, 32
+/// connections): requests/s, p50 and p99 in ms.
+pub fn wrk(addr: SocketAddr, secs: u64, cpus: &str) -> (f64, f64, f64) {
     let out = Command::new("taskset")
-        .args(["-c", "0", "wrk", "-t1", "-c32", &format!("-d{secs}s"), "--latency"])
+        .args(["-c", cpus, "wrk", "-t1", "-c32", &format!("-d{secs}s"), "--latency"])
         .arg(format!("http://{addr}/small.html"))
         .output()
         .expect("wrk");

@@ -67,7 +67,7 @@ fn collector(listener: TcpListener) -> std::sync::Arc<std::sync::atomic::AtomicU
 /// A pair of meshd from `bins` with `extra` config, an http service on node 2 in front
 /// of `web`: the address to load through node 1, and the pids.
 fn pair(subnet: u8, bins: &std::path::Path, extra: &str, web: SocketAddr) -> (Cluster, SocketAddr, Vec<u32>) {
-    let mut cluster = Cluster::prepare_with(subnet, 2, Some(1), bins, extra);
+    let mut cluster = Cluster::prepare_with(subnet, &["1".to_owned(), "1".to_owned()], bins, extra);
     cluster.start();
     cluster.converge(Duration::from_secs(30)).expect("two meshd converge");
     let file = cluster.path().join("web.toml");
@@ -86,11 +86,11 @@ fn pair(subnet: u8, bins: &std::path::Path, extra: &str, web: SocketAddr) -> (Cl
 
 fn main() {
     let secs: u64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(5);
-    pin(std::process::id(), 0);
+    pin(std::process::id(), "0");
     let dir = tempfile::tempdir().expect("tempdir");
     let mut procs = Procs::default();
     let web = SocketAddr::from(([127, 0, SUBNET, 1], 8089));
-    procs.0.push(nginx(dir.path(), web));
+    procs.0.push(nginx(dir.path(), web, "0"));
     poll(Duration::from_secs(10), || TcpStream::connect(web).is_ok()).expect("nginx listens");
     let otlp = TcpListener::bind((std::net::Ipv4Addr::new(127, 0, SUBNET, 1), 0)).expect("collector");
     let endpoint = format!("http://{}", otlp.local_addr().expect("addr"));
@@ -119,9 +119,9 @@ fn main() {
     for (i, (name, bins, extra)) in setups.iter().enumerate() {
         let subnet = SUBNET + 1 + u8::try_from(i).expect("few") * 2;
         let (cluster, addr, pids) = pair(subnet, bins, extra, web);
-        let _ = wrk(addr, 1); // warm the pools
+        let _ = wrk(addr, 1, "0"); // warm the pools
         let before = cpu_seconds(&pids);
-        let (rps, p50, p99) = wrk(addr, secs);
+        let (rps, p50, p99) = wrk(addr, secs, "0");
         let per_1k = (cpu_seconds(&pids) - before) / (rps * secs as f64).max(1.0) * 1000.0;
         let base = *first.get_or_insert(rps);
         println!("{name:<12} {rps:>10.0} {:>6.2}x {p50:>8.3} {p99:>8.3} {per_1k:>14.4}", rps / base);
