@@ -30,6 +30,7 @@ use super::{Body, Proxy};
 use crate::policy::{self, Caller};
 use crate::routing::http::{ambiguous_path, normalize_path, RequestView};
 use crate::routing::Target;
+use crate::telemetry::record::clipped;
 use crate::telemetry::traffic::{HttpCall, Parties, Reporter};
 
 /// Policies by service, as the last snapshot had them.
@@ -150,7 +151,7 @@ pub(super) async fn serve_http(
                 parties: (*parties).clone(),
                 protocol: "http",
                 method: parts.method.as_str().to_owned(),
-                path: parts.uri.path().chars().take(1024).collect(),
+                path: clipped(parts.uri.path(), 1024),
                 authority: short(parts.headers.get(hyper::header::HOST)),
                 user_agent: short(parts.headers.get(hyper::header::USER_AGENT)),
                 request_id: short(parts.headers.get("x-request-id")),
@@ -190,9 +191,9 @@ pub(super) async fn serve_http(
     let _ = builder.serve_connection(TokioIo::new(stream), handler).await;
 }
 
-/// A header's value for the access log and spans: text, at most 256 characters.
+/// A header's value for the access log and spans: text, at most 256 bytes.
 fn short(value: Option<&hyper::header::HeaderValue>) -> Option<String> {
-    value.and_then(|v| v.to_str().ok()).map(|v| v.chars().take(256).collect())
+    value.and_then(|v| v.to_str().ok()).map(|v| clipped(v, 256))
 }
 
 /// `resp`, its body wrapped so that `call` is reported when it ends.

@@ -27,6 +27,7 @@ use super::{Destination, LoadGuard, Proxy};
 use crate::routing::http::{match_rule, normalize_path, RequestView};
 use crate::routing::plan::{self, exhausted, Failure, InstanceKey, Outcome, Tries, Verdict};
 use crate::routing::{Tables, Target};
+use crate::telemetry::record::clipped;
 use crate::telemetry::trace::TraceContext;
 use crate::telemetry::traffic::{HttpCall, Parties, Reporter};
 
@@ -406,7 +407,7 @@ impl Report {
         started: Instant,
     ) -> Report {
         let header = |name: hyper::header::HeaderName| {
-            parts.headers.get(name).and_then(|v| v.to_str().ok()).map(|v| v.chars().take(256).collect())
+            parts.headers.get(name).and_then(|v| v.to_str().ok()).map(|v| clipped(v, 256))
         };
         let call = HttpCall {
             reporter: Reporter::Source,
@@ -419,12 +420,8 @@ impl Report {
             },
             protocol: if parts.version == hyper::Version::HTTP_2 { "http2" } else { "http" },
             method: parts.method.as_str().to_owned(),
-            path: parts.uri.path().chars().take(1024).collect(),
-            authority: parts
-                .uri
-                .authority()
-                .map(|a| a.as_str().chars().take(256).collect())
-                .or_else(|| header(hyper::header::HOST)),
+            path: clipped(parts.uri.path(), 1024),
+            authority: parts.uri.authority().map(|a| clipped(a.as_str(), 256)).or_else(|| header(hyper::header::HOST)),
             user_agent: header(hyper::header::USER_AGENT),
             request_id: header(HeaderName::from_static("x-request-id")),
             code: 0,

@@ -50,6 +50,17 @@ impl Parties {
     }
 }
 
+/// At most `max` bytes of `s`, cut at a character boundary: what the records keep of a
+/// path or a header (both ASCII in practice, so this is a plain slice, not a walk over
+/// characters).
+pub fn clipped(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}
+
 /// One HTTP request, at its end.
 #[derive(Debug, Clone)]
 pub struct HttpCall {
@@ -114,5 +125,20 @@ pub(super) struct DropLabels {
 impl Metrics {
     pub(super) fn dropped(&self, what: &'static str, reason: &'static str, n: u64) {
         self.dropped.get_or_create(&DropLabels { what, reason }).inc_by(n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clipped;
+
+    #[test]
+    fn clipped_keeps_at_most_max_bytes_and_never_splits_a_character() {
+        assert_eq!(clipped("/reviews/1", 1024), "/reviews/1");
+        assert_eq!(clipped("/reviews/1", 4), "/rev");
+        // "é" is two bytes: a cut through it steps back to before it.
+        assert_eq!(clipped("abé", 3), "ab");
+        assert_eq!(clipped("abé", 4), "abé");
+        assert_eq!(clipped("", 0), "");
     }
 }
