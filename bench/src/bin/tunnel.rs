@@ -531,6 +531,21 @@ fn main() {
     sampling.store(false, Ordering::Relaxed);
     let _ = sampler.join();
 
+    if part("tcp") {
+        tcp_table(&o, &paths, &runs, &idle_rss, &peak, &after_iperf);
+    }
+
+    if part("http") {
+        http_table(&o, &cluster, d, web_b, haproxy_web, &haproxy_pids, &pids);
+    }
+    if part("memory") {
+        memory(&o, paths[3].echo, &pids, &idle_rss);
+    }
+    drop(procs);
+}
+
+/// The first table: each path's medians, then meshd against haproxy.
+fn tcp_table(o: &Options, paths: &[Path4], runs: &[Vec<Row>], idle_rss: &[f64], peak: &AtomicU64, after_iperf: &str) {
     let rows: Vec<Row> = runs.iter().map(|r| Row::median(r)).collect();
     let direct = rows[0];
     println!(
@@ -566,7 +581,7 @@ fn main() {
     let (st, hp, m) = (rows[1], rows[2], rows[3]);
     println!(
         "meshd vs haproxy: throughput {:.2}x, wrk {:.2}x, added echo p50 {:.0} vs {:.0} us, p99 {:.0} vs {:.0} us; \
-         conn/s vs stunnel {:.2}x",
+     conn/s vs stunnel {:.2}x",
         m.gbps / hp.gbps,
         m.rps / hp.rps,
         m.echo50 - direct.echo50,
@@ -590,14 +605,6 @@ fn main() {
         peak.load(Ordering::Relaxed) as f64 / 1024.0
     );
     println!("meshd QUIC after its last iperf3 run: {after_iperf}");
-
-    if part("http") {
-        http_table(&o, &cluster, d, web_b, haproxy_web, &haproxy_pids, &pids);
-    }
-    if part("memory") {
-        memory(&o, paths[3].echo, &pids, &idle_rss);
-    }
-    drop(procs);
 }
 
 /// HTTP: the same nginx as a `protocol = "http"` service with a route loaded, so each
@@ -643,9 +650,11 @@ fn http_table(
     let mut runs: Vec<Vec<HttpRow>> = vec![Vec::new(); paths.len()];
     for run in 0..o.runs {
         if run > 0 {
-            // Each run starts without the policy the last one ended with.
-            let out = cluster.meshctl_raw(1, &["policy", "delete", "webh", "--wait"]).expect("meshctl");
+            // Each run starts without the policy the last one ended with, on both nodes.
+            let out = cluster.meshctl_raw(1, &["policy", "delete", "webh"]).expect("meshctl");
             assert!(out.status.success(), "policy delete: {}", String::from_utf8_lossy(&out.stderr));
+            poll(Duration::from_secs(30), || cluster.meshctl(2, &["policy", "get", "webh"]).is_none())
+                .expect("the policy's deletion reaches node 2");
         }
         for (i, (name, addr, pids)) in paths.iter().enumerate() {
             eprintln!("run {}/{}: measuring {name}...", run + 1, o.runs);
@@ -734,7 +743,7 @@ fn apply_hundred_rules(cluster: &Cluster, d: &Path) {
 
 /// Memory per connection and memory coming back: `--connections` echo connections open
 /// at once through the pair, 64 KiB each way on each, all closed; meshd's RSS with them
-/// open, and 5 s after they closed, against idle.
+/// open, and 5 s and 20 s after they closed, against idle.
 fn memory(o: &Options, echo: SocketAddr, pids: &[u32], idle_rss: &[f64]) {
     let n = o.connections;
     let started = Instant::now();
@@ -757,12 +766,14 @@ fn memory(o: &Options, echo: SocketAddr, pids: &[u32], idle_rss: &[f64]) {
     drop(conns);
     std::thread::sleep(Duration::from_secs(5));
     let after: Vec<f64> = pids.iter().map(|p| rss_mb(*p)).collect();
+    std::thread::sleep(Duration::from_secs(15));
+    let later: Vec<f64> = pids.iter().map(|p| rss_mb(*p)).collect();
     let at = |v: &[f64], i: usize| v.get(i).copied().unwrap_or(0.0);
     println!();
     println!(
         "meshd RSS, {n} concurrent echo connections ({opened} opened, {intact} echoed 64 KiB intact, in {:.1} s): \
          idle {:.1} / {:.1} MB, all open {:.1} / {:.1} MB ({:.1} / {:.1} KiB per open connection), \
-         5 s after they closed {:.1} / {:.1} MB (node 1 / node 2)",
+         5 s after they closed {:.1} / {:.1} MB, 20 s after {:.1} / {:.1} MB (node 1 / node 2)",
         took.as_secs_f64(),
         at(idle_rss, 0),
         at(idle_rss, 1),
@@ -772,5 +783,7 @@ fn memory(o: &Options, echo: SocketAddr, pids: &[u32], idle_rss: &[f64]) {
         (at(&loaded, 1) - at(idle_rss, 1)) * 1024.0 / n.max(1) as f64,
         at(&after, 0),
         at(&after, 1),
+        at(&later, 0),
+        at(&later, 1),
     );
 }
