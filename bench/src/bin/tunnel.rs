@@ -104,7 +104,8 @@ fn wait_port(addr: SocketAddr) {
 
 // ---------- the backends (the load's cores) ----------
 
-/// A thread-per-connection echo server (small stacks: it may hold 10,000).
+/// A thread-per-connection echo server (small stacks: it may hold 10,000), in a process
+/// of its own (`--echo-server ADDR`).
 fn echo_server(addr: SocketAddr) {
     let listener = TcpListener::bind(addr).expect("echo listen");
     std::thread::spawn(move || {
@@ -403,12 +404,24 @@ struct Path4 {
 }
 
 fn main() {
+    // The echo backend runs as a process of its own (this binary again): 10,000
+    // connections are 20,000 descriptors on this side alone.
+    let mut args = std::env::args().skip(1);
+    if args.next().as_deref() == Some("--echo-server") {
+        let addr = args.next().and_then(|a| a.parse().ok()).expect("--echo-server ADDR");
+        echo_server(addr);
+        loop {
+            std::thread::park();
+        }
+    }
     let o = Options::parse();
     let (secs, at) = (o.secs, o.layout);
-    // Room for the memory part's connections: each is three sockets here and two in each
-    // meshd, which inherit the limit.
-    let _ =
-        Command::new("prlimit").args(["--pid", &std::process::id().to_string(), "--nofile=1048576:1048576"]).status();
+    // Room for the memory part's connections (each meshd inherits the limit), as far as
+    // the hard limit allows.
+    let _ = Command::new("prlimit")
+        .args(["--pid", &std::process::id().to_string(), "--nofile=1048576:1048576"])
+        .stderr(Stdio::null())
+        .status();
     pin(std::process::id(), at.load);
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
@@ -418,7 +431,8 @@ fn main() {
     let (iperf_b, web_b, echo_b) = (backend(5201), backend(8088), backend(7007));
     procs.0.push(spawn_on(at.load, "iperf3", &["-s", "-B", &ip(1).to_string(), "-p", "5201"]));
     procs.0.push(nginx(d, web_b, at.load));
-    echo_server(echo_b);
+    let me = std::env::current_exe().expect("own path");
+    procs.0.push(spawn_on(at.load, &me.display().to_string(), &["--echo-server", &echo_b.to_string()]));
     for a in [iperf_b, web_b, echo_b] {
         wait_port(a);
     }
