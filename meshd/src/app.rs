@@ -116,6 +116,9 @@ pub struct Bound {
     registry: prometheus_client::registry::Registry,
     /// The access log's writer and the span exporter, when configured.
     telemetry_tasks: Vec<Task>,
+    /// The configuration it started with, and where reloaded ones arrive.
+    config: crate::config::Config,
+    reloads: Option<tokio::sync::mpsc::Receiver<crate::config::Config>>,
 }
 
 /// A task `run` starts.
@@ -315,10 +318,18 @@ pub async fn build(config: &Config) -> Result<Bound, AppError> {
         http_listener,
         registry,
         telemetry_tasks,
+        config: config.clone(),
+        reloads: None,
     })
 }
 
 impl Bound {
+    /// Configs read again while serving (SIGHUP) arrive on `configs`; see [`crate::reload`].
+    pub fn reload_from(mut self, configs: tokio::sync::mpsc::Receiver<crate::config::Config>) -> Bound {
+        self.reloads = Some(configs);
+        self
+    }
+
     /// This node's signer (tokens, joins), for `meshd dev`'s in-process joins.
     pub fn signer(&self) -> &Arc<Signer> {
         &self.signer
@@ -435,7 +446,11 @@ impl Bound {
             bound_rx.borrow().clone(),
         ));
         tasks.spawn("dns answers", crate::dns::keep_current(responder.clone(), snapshots, bound_rx, watcher.clone()));
-        tasks.spawn("dns", crate::dns::serve(responder, dns_udp, dns_tcp, watcher.clone()));
+        tasks.spawn("dns", crate::dns::serve(responder.clone(), dns_udp, dns_tcp, watcher.clone()));
+        let targets = crate::reload::Targets { catalog: self.catalog.clone(), proxy: self.proxy.clone(), responder };
+        // Without a sender (`meshd dev`) the channel is closed and the task waits for the drain.
+        let reloads = self.reloads.take().unwrap_or_else(|| tokio::sync::mpsc::channel(1).1);
+        tasks.spawn("reload", crate::reload::run(reloads, self.config.clone(), targets, watcher.clone()));
         tasks.spawn(
             "catalog",
             crate::catalog::run(self.catalog.clone(), self.vips.clone(), self.publisher.subscribe(), watcher.clone()),

@@ -7,7 +7,7 @@
 //!
 //! Must not: be bypassed: no module reads the environment or decides a default itself.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -471,6 +471,29 @@ impl Config {
             keys.push("[bridge]: this meshd does not bridge Kubernetes clusters yet".to_owned());
         }
         keys
+    }
+
+    /// The keys whose values differ between `self` and `other`, dotted (`dns.ttl`); a
+    /// list or a list of tables (`join`, `service`) is one key.
+    pub fn changed_keys(&self, other: &Config) -> Vec<String> {
+        fn flatten(prefix: &str, v: &serde_json::Value, out: &mut BTreeMap<String, serde_json::Value>) {
+            match v {
+                serde_json::Value::Object(map) => {
+                    for (k, v) in map {
+                        let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                        flatten(&key, v, out);
+                    }
+                }
+                other => {
+                    out.insert(prefix.to_owned(), other.clone());
+                }
+            }
+        }
+        let (mut a, mut b) = (BTreeMap::new(), BTreeMap::new());
+        flatten("", &serde_json::to_value(self).unwrap_or_default(), &mut a);
+        flatten("", &serde_json::to_value(other).unwrap_or_default(), &mut b);
+        let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+        keys.into_iter().filter(|k| a.get(*k) != b.get(*k)).cloned().collect()
     }
 
     fn validate(&self, src: &Source<'_>) -> Result<(), InputError> {

@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod peer;
 pub mod policy;
 pub mod proxy;
+pub mod reload;
 pub mod routing;
 pub mod signal;
 pub mod state;

@@ -166,10 +166,17 @@ fn run(path: &std::path::Path) -> ExitCode {
             Ok(s) => s,
             Err(e) => return fail(1, format!("cannot handle signals: {e}")),
         };
+        let hangup = match signal::Hangup::new() {
+            Ok(s) => s,
+            Err(e) => return fail(1, format!("cannot handle signals: {e}")),
+        };
         let bound = match app::build(&config).await {
             Ok(b) => b,
             Err(e) => return fail(if e.is_usage() { 2 } else { 1 }, e),
         };
+        let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(hangup.reload(path.to_owned(), reload_tx));
+        let bound = bound.reload_from(reload_rx);
         let ran = bound
             .run(async move {
                 let first = signals.recv().await;

@@ -1,6 +1,8 @@
 //! Process signals and the systemd notification protocol.
 //!
 //! SIGTERM or SIGINT starts a graceful drain; a second one ends the process at once.
+//! SIGHUP reads the config file again and hands it to `reload` when it loads; when it
+//! does not, the error (file:line:key) is logged and nothing changes.
 //! With `Type=notify`, systemd learns READY once every socket serves, STOPPING when the
 //! drain starts, and gets WATCHDOG pings when the unit sets `WatchdogSec`.
 //!
@@ -57,6 +59,31 @@ impl Shutdown {
             tracing::warn!(signal = ?second, "second signal: exiting without finishing the drain");
             std::process::exit(second.exit_status());
         })
+    }
+}
+
+/// SIGHUP, registered at start (its default action would end the process).
+pub struct Hangup(Signal);
+
+impl Hangup {
+    pub fn new() -> std::io::Result<Hangup> {
+        Ok(Hangup(signal(SignalKind::hangup())?))
+    }
+
+    /// On every SIGHUP: loads `path` again and sends the config on; a file that does not
+    /// load is logged and dropped. Ends when nobody receives.
+    pub async fn reload(mut self, path: std::path::PathBuf, configs: tokio::sync::mpsc::Sender<crate::config::Config>) {
+        while self.0.recv().await.is_some() {
+            tracing::info!(config = %path.display(), "SIGHUP: reading the config again");
+            match crate::config::Config::load(&path) {
+                Ok(config) => {
+                    if configs.send(config).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "the config was not reloaded; the running configuration stays"),
+            }
+        }
     }
 }
 

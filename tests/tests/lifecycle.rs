@@ -559,3 +559,56 @@ fn a_full_disk_makes_the_store_read_only_until_there_is_room_and_never_hangs() {
     drop(node);
     drop(disk);
 }
+
+/// `systemctl reload meshd` sends SIGHUP: meshd reads meshd.toml again, applies the
+/// services, the DNS TTL and the proxy's limits, names the keys that wait for a
+/// restart, and refuses a file that does not load (file:line:key) without changing
+/// anything.
+#[test]
+fn sighup_applies_an_added_service_and_a_new_ttl_and_a_bad_file_changes_nothing() {
+    use hickory_proto::op::ResponseCode;
+    use hickory_proto::rr::RecordType;
+
+    let block = Block::take();
+    let node = Node::start(&block, 1, "");
+    let original = std::fs::read_to_string(&node.config).expect("config");
+    let with_ttl = original.replace("[dns]\n", "[dns]\nttl = \"30s\"\n");
+    assert_ne!(with_ttl, original, "the harness's config has a [dns] table");
+    let service = "\n[[service]]\nname = \"web\"\nport = 8080\n";
+    // Added: a service, a TTL, and a key that only a restart applies.
+    let added = format!("{}{service}", with_ttl.replace("drain_timeout = \"5s\"", "drain_timeout = \"7s\""));
+    std::fs::write(&node.config, &added).expect("write config");
+    node.signal(Signal::SIGHUP);
+    let ttl = node.eventually(LIVENESS, "web.mesh answers after the reload", || {
+        let answer = node.dig("web.mesh.", RecordType::A, false);
+        answer.answers.first().map(|r| r.ttl)
+    });
+    assert_eq!(ttl, 30, "the new TTL");
+    node.eventually(LIVENESS, "the reload is logged", || node.logs().contains("meshd.toml reloaded").then_some(()));
+    let logs = node.logs();
+    assert!(
+        logs.lines().any(|l| l.contains("take effect when meshd restarts") && l.contains("drain_timeout")),
+        "the key waiting for a restart is named: {logs}"
+    );
+
+    // A file that does not load: the error names line and key; nothing changes.
+    let bad = format!("{added}\n[[service]]\nname = \"api\"\nport = \"eighty\"\n");
+    std::fs::write(&node.config, bad).expect("write config");
+    node.signal(Signal::SIGHUP);
+    node.eventually(LIVENESS, "the refused reload is logged", || {
+        node.logs().lines().find(|l| l.contains("was not reloaded")).map(str::to_owned)
+    });
+    let refused = node.logs().lines().find(|l| l.contains("was not reloaded")).map(str::to_owned).unwrap_or_default();
+    assert!(refused.contains("service[1].port") && refused.contains("meshd.toml:"), "{refused}");
+    let answer = node.dig("web.mesh.", RecordType::A, false);
+    assert_eq!(answer.metadata.response_code, ResponseCode::NoError, "web.mesh still answers");
+    assert_eq!(answer.answers.first().map(|r| r.ttl), Some(30));
+    assert_eq!(node.dig("api.mesh.", RecordType::A, false).metadata.response_code, ResponseCode::NXDomain);
+
+    // The service removed from the file leaves the mesh at the next reload.
+    std::fs::write(&node.config, &with_ttl).expect("write config");
+    node.signal(Signal::SIGHUP);
+    node.eventually(LIVENESS, "web.mesh is gone after the reload", || {
+        (node.dig("web.mesh.", RecordType::A, false).metadata.response_code == ResponseCode::NXDomain).then_some(())
+    });
+}

@@ -30,6 +30,7 @@ pub enum Answer {
     Refused,
 }
 
+#[derive(Clone)]
 pub struct Zone {
     pub domain: Name,
     pub ttl: u32,

@@ -115,8 +115,12 @@ pub enum Transport {
 
 /// Answers DNS packets from the latest published [`Answers`].
 pub struct Responder {
-    zone: Zone,
+    /// Swapped only by a reload of the config (`dns.ttl`).
+    zone: ArcSwap<Zone>,
     current: ArcSwap<Answers>,
+    /// Held while answers are built and swapped in, so that a build from the old zone
+    /// never lands after one from the new.
+    building: std::sync::Mutex<()>,
     rotation: AtomicUsize,
     metrics: Metrics,
 }
@@ -124,13 +128,31 @@ pub struct Responder {
 impl Responder {
     pub fn new(zone: Zone, metrics: Metrics, snap: Arc<Snapshot>, vips: VipMap) -> Responder {
         let answers = Answers::build(&zone, &metrics, snap, vips, None);
-        Responder { zone, current: ArcSwap::from_pointee(answers), rotation: AtomicUsize::new(0), metrics }
+        Responder {
+            zone: ArcSwap::from_pointee(zone),
+            current: ArcSwap::from_pointee(answers),
+            building: std::sync::Mutex::new(()),
+            rotation: AtomicUsize::new(0),
+            metrics,
+        }
     }
 
     /// Encodes the answers of a new snapshot (or new virtual IPs) and swaps them in.
     pub fn update(&self, snap: Arc<Snapshot>, vips: VipMap) {
+        let _building = self.building.lock().unwrap_or_else(|p| p.into_inner());
         let prev = self.current.load_full();
-        let answers = Answers::build(&self.zone, &self.metrics, snap, vips, Some(&prev));
+        let answers = Answers::build(&self.zone.load(), &self.metrics, snap, vips, Some(&prev));
+        self.current.store(Arc::new(answers));
+    }
+
+    /// Answers with `ttl` from now on: every answer is encoded again (blocking: call it
+    /// off the runtime's threads).
+    pub fn set_ttl(&self, ttl: u32) {
+        let _building = self.building.lock().unwrap_or_else(|p| p.into_inner());
+        let zone = Zone { ttl, ..Zone::clone(&self.zone.load()) };
+        let current = self.current.load_full();
+        let answers = Answers::build(&zone, &self.metrics, current.snap.clone(), current.vips.clone(), None);
+        self.zone.store(Arc::new(zone));
         self.current.store(Arc::new(answers));
     }
 
@@ -193,11 +215,11 @@ impl Responder {
         let decision = if query.query_class() == DNSClass::IN {
             let shuffle = self.rotation.fetch_add(1, Ordering::Relaxed);
             let name = LowerName::new(query.name());
-            self.zone.answer(&answers.snap, &answers.vips, &name, query.query_type(), shuffle)
+            self.zone.load().answer(&answers.snap, &answers.vips, &name, query.query_type(), shuffle)
         } else {
             Answer::Refused
         };
-        fill(&self.zone, &mut response, decision);
+        fill(&self.zone.load(), &mut response, decision);
         self.finish(&mut response, query.query_type(), limit, out)
     }
 

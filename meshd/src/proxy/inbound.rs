@@ -74,7 +74,7 @@ pub async fn serve(
         proxy.telemetry.tcp_opened(Reporter::Destination, &parties);
     }
     let connected =
-        tokio::time::timeout(proxy.connect_timeout, TcpStream::connect((instance.addr, instance.port))).await;
+        tokio::time::timeout(proxy.connect_timeout(), TcpStream::connect((instance.addr, instance.port))).await;
     let mut tcp = match connected {
         Ok(Ok(s)) => s,
         _ => {

@@ -196,6 +196,10 @@ impl Drop for ActiveGuard {
     }
 }
 
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// What both directions share.
 pub struct Proxy {
     node: String,
@@ -204,8 +208,9 @@ pub struct Proxy {
     /// Open connections per instance, for the power-of-two choice.
     loads: Mutex<HashMap<InstanceKey, Arc<AtomicUsize>>>,
     metrics: Metrics,
-    connect_timeout: Duration,
-    max_connections: usize,
+    /// `[proxy]` limits, which a reload of the config may change.
+    connect_timeout_ms: std::sync::atomic::AtomicU64,
+    max_connections: AtomicUsize,
     rng: Mutex<rand::rngs::SmallRng>,
     budget: Mutex<crate::routing::plan::RetryBudget>,
     ejections: Mutex<crate::routing::plan::Ejections>,
@@ -248,8 +253,8 @@ impl Proxy {
             tables: ArcSwap::from_pointee(Tables::default()),
             loads: Mutex::new(HashMap::new()),
             metrics,
-            connect_timeout: settings.connect_timeout,
-            max_connections: settings.max_connections,
+            connect_timeout_ms: std::sync::atomic::AtomicU64::new(millis(settings.connect_timeout)),
+            max_connections: AtomicUsize::new(settings.max_connections),
             policies: ArcSwap::from_pointee(BTreeMap::new()),
             policy_changes: watch::channel(0).0,
             policy_default: settings.policy_default,
@@ -262,6 +267,23 @@ impl Proxy {
             pool: upstream::Pool::default(),
             telemetry,
         }
+    }
+
+    /// How long to wait for an instance to accept (`proxy.connect_timeout`).
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Connections each listener holds at once (`proxy.max_connections`).
+    pub fn max_connections(&self) -> usize {
+        self.max_connections.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// New `[proxy]` limits from a reload of the config: connections accepted from now on
+    /// follow them, open ones keep going.
+    pub fn set_limits(&self, connect_timeout: Duration, max_connections: usize) {
+        self.connect_timeout_ms.store(millis(connect_timeout), std::sync::atomic::Ordering::Relaxed);
+        self.max_connections.store(max_connections, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The recorder calls are reported to (the peer server and the admin API serve its
@@ -308,7 +330,8 @@ impl Proxy {
     }
 }
 
-/// Holds one open connection against an instance's load.
+/// Counts one open connection while it lives: against an instance's load, or among a
+/// listener's connections.
 struct LoadGuard(Arc<AtomicUsize>);
 
 impl LoadGuard {

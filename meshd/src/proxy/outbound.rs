@@ -9,8 +9,9 @@
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 
 use super::upstream::{reach, Upstream};
 use super::{splice, Destination, LoadGuard, Proxy};
@@ -25,7 +26,7 @@ pub const ATTEMPTS: usize = 3;
 /// Accepts until the drain starts (or the listener's service goes away: the task is
 /// aborted, and the connections it started carry on).
 pub async fn listen(proxy: Arc<Proxy>, listener: TcpListener, dest: Destination, drain: DrainWatcher) {
-    let limit = Arc::new(Semaphore::new(proxy.max_connections));
+    let open = Arc::new(AtomicUsize::new(0));
     let dest = Arc::new(dest);
     loop {
         let accepted = tokio::select! {
@@ -41,11 +42,13 @@ pub async fn listen(proxy: Arc<Proxy>, listener: TcpListener, dest: Destination,
                 continue;
             }
         };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
+        // The limit as it is now: a reload of the config may have changed it.
+        if open.load(Ordering::Relaxed) >= proxy.max_connections() {
             proxy.metrics.count("outbound", "over_limit");
             splice::abort(&stream);
             continue;
-        };
+        }
+        let permit = LoadGuard::new(open.clone());
         let _ = stream.set_nodelay(true);
         let (proxy, dest, drain) = (proxy.clone(), dest.clone(), drain.clone());
         tokio::spawn(async move {

@@ -33,7 +33,7 @@ pub(super) async fn reach(
     dest: &Destination,
     trace_id: &str,
 ) -> Result<Upstream, &'static str> {
-    let timeout = proxy.connect_timeout;
+    let timeout = proxy.connect_timeout();
     let tables = proxy.tables.load();
     // The source service is claimed only while this node hosts it (the destination
     // checks, and would refuse the tunnel as forged).
