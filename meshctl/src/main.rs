@@ -90,6 +90,9 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Print the man page (roff), as the package installs it.
+    #[command(hide = true)]
+    Man,
 }
 
 #[derive(Subcommand)]
@@ -177,9 +180,21 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Completions { shell } = cli.command {
-        clap_complete::generate(shell, &mut Cli::command(), "meshctl", &mut std::io::stdout());
-        return ExitCode::SUCCESS;
+    match cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "meshctl", &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        Command::Man => {
+            return match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("meshctl: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        _ => {}
     }
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -323,6 +338,7 @@ async fn execute(client: &Client, command: &Command, output: Output) -> Result<S
             })
         }
         Command::Completions { .. }
+        | Command::Man
         | Command::Route { .. }
         | Command::Policy { .. }
         | Command::Ca { .. }

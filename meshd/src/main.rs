@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use meshd::config::{self, Config};
 use meshd::{app, bootstrap, datadir, dev, signal, telemetry};
 
@@ -36,6 +36,14 @@ enum Command {
     /// Validate the config file: exit 0 when meshd would start with it, 2 (naming the
     /// line and key) when not. Changes nothing.
     CheckConfig,
+    /// Print shell completions.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), as the package installs it.
+    #[command(hide = true)]
+    Man,
 }
 
 fn main() -> ExitCode {
@@ -45,6 +53,14 @@ fn main() -> ExitCode {
         Command::Init => init(&cli.config),
         Command::Join { token } => join(&cli.config, &token),
         Command::Dev => dev(),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "meshd", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Man => match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(1, e),
+        },
         Command::CheckConfig => match load(&cli.config) {
             Ok(_) => {
                 println!("{}: ok", cli.config.display());

@@ -161,3 +161,38 @@ fn the_getting_started_guide_runs_as_written() {
         assert!(stdout.contains(said), "the guide's output has {said:?}:\n{stdout}\n{stderr}");
     }
 }
+
+/// The package installs man pages and shell completions from `packaging/deb/generated/`;
+/// they are what the binaries print from their clap definitions, so they cannot drift.
+/// `MESH_REGENERATE=1 cargo nextest run -p mesh-tests --test docs generated` rewrites them.
+#[test]
+fn the_packaged_man_pages_and_completions_are_what_the_binaries_print() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/deb/generated");
+    let regenerate = std::env::var_os("MESH_REGENERATE").is_some();
+    let bins = binaries();
+    let mut stale = Vec::new();
+    for (bin, name) in [(&bins.meshd, "meshd"), (&bins.meshctl, "meshctl")] {
+        let outputs = [
+            (vec!["man"], format!("{name}.1")),
+            (vec!["completions", "bash"], format!("{name}.bash")),
+            (vec!["completions", "zsh"], format!("_{name}")),
+            (vec!["completions", "fish"], format!("{name}.fish")),
+        ];
+        for (args, file) in outputs {
+            let out = Command::new(bin).args(&args).output().expect("run the binary");
+            assert!(out.status.success(), "{name} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(!out.stdout.is_empty(), "{name} {args:?} printed nothing");
+            let path = dir.join(&file);
+            if regenerate {
+                std::fs::create_dir_all(&dir).expect("mkdir");
+                std::fs::write(&path, &out.stdout).expect("write");
+            } else if std::fs::read(&path).ok().as_deref() != Some(out.stdout.as_slice()) {
+                stale.push(file);
+            }
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "stale in packaging/deb/generated: {stale:?}; run MESH_REGENERATE=1 cargo nextest run -p mesh-tests --test docs generated"
+    );
+}
