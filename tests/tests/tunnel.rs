@@ -569,3 +569,61 @@ fn a_single_cpu_meshd_pair_carries_concurrent_connections() {
         assert!(n.logs().contains("one CPU: a current-thread runtime"), "{} says which runtime it runs", n.name);
     }
 }
+
+/// A plain restart (SIGTERM, the drain, a new start) of a node that hosts one of a
+/// service's two instances: clients on another node see no failed connection before,
+/// during or after it. The draining node refuses new tunnels and gossips that it left;
+/// the caller's node tries the other instance.
+#[test]
+fn restarting_a_node_fails_no_connection_to_a_service_with_another_instance() {
+    let block = Block::take();
+    let Three { n1: _n1, mut n2, n3: _n3, _b2, _b3, addr } = three_nodes(&block);
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0u64, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                let attempt = (|| {
+                    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+                    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+                    let mut reader = BufReader::new(stream);
+                    let mut name = String::new();
+                    reader.read_line(&mut name)?;
+                    reader.get_mut().write_all(b"ping\n")?;
+                    let mut echo = String::new();
+                    reader.read_line(&mut echo)?;
+                    if echo != "ping\n" {
+                        return Err(std::io::Error::other(format!("echo {echo:?} from {name:?}")));
+                    }
+                    Ok::<_, std::io::Error>(())
+                })();
+                match attempt {
+                    Ok(()) => ok += 1,
+                    Err(e) => failed.push(e.to_string()),
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            (ok, failed)
+        })
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let restarted = Instant::now();
+    n2.signal(Signal::SIGTERM);
+    assert_eq!(n2.wait_exit(Duration::from_secs(20)).code(), Some(0), "{}", n2.logs());
+    let down = restarted.elapsed();
+    let n2 = n2.run();
+    n2.wait_healthy("echo", 2, CONVERGE);
+    eprintln!("node-2 stopped {down:?} after SIGTERM, served again {:?} after it", restarted.elapsed());
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = load.join().expect("load");
+    eprintln!("{ok} connections through the restart, {} failed", failed.len());
+    assert!(ok > 50, "the load ran: {ok} connections");
+    assert!(
+        failed.is_empty(),
+        "{} of {} connections failed across the restart: {failed:?}",
+        failed.len(),
+        ok + failed.len() as u64
+    );
+}
