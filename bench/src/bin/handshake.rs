@@ -125,26 +125,12 @@ async fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server_id = node(dir.path(), "server", None);
     let client_id = node(dir.path(), "client", Some(&server_id));
-    let server = Arc::new(
-        Transport::new(
-            std::net::UdpSocket::bind("127.0.0.1:0").expect("udp"),
-            server_id,
-            Default::default(),
-            None,
-            meshd::transport::MIN_STREAMS_PER_PEER,
-        )
-        .expect("t"),
-    );
-    let client = Arc::new(
-        Transport::new(
-            std::net::UdpSocket::bind("127.0.0.1:0").expect("udp"),
-            client_id,
-            Default::default(),
-            None,
-            meshd::transport::MIN_STREAMS_PER_PEER,
-        )
-        .expect("t"),
-    );
+    let endpoint = |identity| {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+        let streams = meshd::transport::MIN_STREAMS_PER_PEER;
+        Arc::new(Transport::new(socket, identity, Default::default(), None, streams).expect("t"))
+    };
+    let (server, client) = (endpoint(server_id), endpoint(client_id));
     let addr = server.local_addr().expect("addr");
     let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
     let (_trigger, watcher) = meshd::drain::new();

@@ -212,14 +212,15 @@ impl Responder {
             return self.finish(&mut response, RecordType::Unknown(0), limit, out);
         };
         response.add_query(query.clone());
+        let zone = self.zone.load();
         let decision = if query.query_class() == DNSClass::IN {
             let shuffle = self.rotation.fetch_add(1, Ordering::Relaxed);
             let name = LowerName::new(query.name());
-            self.zone.load().answer(&answers.snap, &answers.vips, &name, query.query_type(), shuffle)
+            zone.answer(&answers.snap, &answers.vips, &name, query.query_type(), shuffle)
         } else {
             Answer::Refused
         };
-        fill(&self.zone.load(), &mut response, decision);
+        fill(&zone, &mut response, decision);
         self.finish(&mut response, query.query_type(), limit, out)
     }
 
