@@ -12,6 +12,7 @@
 //! failed.
 
 pub mod frame;
+pub mod socket;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -44,6 +45,9 @@ pub mod close {
     pub const GONE: u32 = 0x104;
     /// Over a connection limit: try again shortly.
     pub const BUSY: u32 = 0x105;
+    /// This process handed over to its successor (an upgrade): open the stream again on a
+    /// new connection to the same address, which reaches the successor.
+    pub const MOVED: u32 = 0x106;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -180,6 +184,7 @@ impl Drop for JoinTicket {
 pub struct Transport {
     joins: Arc<Joins>,
     endpoint: quinn::Endpoint,
+    socket: Arc<socket::MeshSocket>,
     identity: Arc<Identity>,
     pool: Mutex<HashMap<String, Peer>>,
     metrics: Metrics,
@@ -304,6 +309,22 @@ impl Transport {
         new_conns: Option<mpsc::Sender<Peer>>,
         streams: u32,
     ) -> Result<Transport, TransportError> {
+        Transport::with_generation(socket, rand::random(), None, identity, metrics, new_conns, streams)
+    }
+
+    /// [`Transport::new`], issuing connection IDs that start with `generation` (see
+    /// [`socket`]): an upgrade's new process picks one its predecessor does not use, and
+    /// passes the predecessor's datagrams on to it (`previous`: its generation and where
+    /// to) from the first one it reads.
+    pub fn with_generation(
+        socket: std::net::UdpSocket,
+        generation: u8,
+        previous: Option<(u8, std::os::unix::net::UnixDatagram)>,
+        identity: Arc<Identity>,
+        metrics: Metrics,
+        new_conns: Option<mpsc::Sender<Peer>>,
+        streams: u32,
+    ) -> Result<Transport, TransportError> {
         let server_tls = identity.server_config()?;
         let quic_server =
             QuicServerConfig::try_from(Arc::new(server_tls)).map_err(|e| TransportError::Config(e.to_string()))?;
@@ -312,17 +333,28 @@ impl Transport {
         let runtime = quinn::default_runtime().ok_or_else(|| TransportError::Config("no async runtime".to_owned()))?;
         let mut config = quinn::EndpointConfig::default();
         config.max_udp_payload_size(MAX_UDP_PAYLOAD).map_err(|e| TransportError::Config(e.to_string()))?;
-        let mut endpoint = quinn::Endpoint::new(config, Some(server), socket, runtime)?;
+        config.cid_generator(move || Box::new(socket::Cids::new(generation)));
+        let socket = Arc::new(socket::MeshSocket::new(runtime.wrap_udp_socket(socket)?, generation));
+        if let Some((previous, to)) = previous {
+            socket.route_previous(previous, to)?;
+        }
+        let mut endpoint = quinn::Endpoint::new_with_abstract_socket(config, Some(server), socket.clone(), runtime)?;
         endpoint.set_default_client_config(mesh_client(&identity, streams)?);
         Ok(Transport {
             joins: Arc::default(),
             endpoint,
+            socket,
             identity,
             pool: Mutex::new(HashMap::new()),
             metrics,
             connections: new_conns,
             removed: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The endpoint's socket, which an upgrade shares between two processes.
+    pub fn socket(&self) -> &Arc<socket::MeshSocket> {
+        &self.socket
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -443,6 +475,13 @@ impl Transport {
             tracing::info!(peer = %name, why, "closing the connection");
             p.conn.close(quinn::VarInt::from_u32(close::GONE), why.as_bytes());
         }
+    }
+
+    /// Stops offering `conn` for new work (its peer's process handed over to a
+    /// successor): the next [`Transport::connection_to`] dials again. Open streams on it
+    /// finish; the peer closes it.
+    pub fn forget(&self, conn: &quinn::Connection) {
+        self.lock().retain(|_, p| p.conn.stable_id() != conn.stable_id());
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Peer>> {
