@@ -8,6 +8,7 @@
 
 use std::future::Future;
 use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use tokio::net::{TcpListener, UnixListener};
 use crate::admin::{self, AdminState};
 use crate::config::{AdvertiseError, Config};
 use crate::drain::{self, DrainOutcome, DrainTrigger, DrainWatcher};
+use crate::handover::{Inherited, Kind, Slot};
 use crate::identity::signer::Signer;
 use crate::identity::{verify, Identity, IdentityError};
 use crate::state::{self, Publisher, Snapshot};
@@ -119,6 +121,22 @@ pub struct Bound {
     /// The configuration it started with, and where reloaded ones arrive.
     config: crate::config::Config,
     reloads: Option<tokio::sync::mpsc::Receiver<crate::config::Config>>,
+    /// Copies of the listening sockets, for a successor.
+    handover_fds: Vec<(Slot, OwnedFd)>,
+    /// What a predecessor handed over, when this process is a successor.
+    inherited: Option<Arc<Inherited>>,
+    upgrades: Option<Upgrades>,
+}
+
+/// Where upgrade requests come from and what to start.
+pub struct Upgrades {
+    /// One message per request (SIGUSR2, `meshd upgrade`).
+    pub requests: tokio::sync::mpsc::Receiver<()>,
+    /// The binary to start: the path this one was started from (a package upgrade has
+    /// replaced the file there).
+    pub exe: PathBuf,
+    /// The config file, for the successor.
+    pub config: PathBuf,
 }
 
 /// A task `run` starts.
@@ -138,11 +156,21 @@ struct GossipParts {
 
 /// Binds every socket `config` names.
 pub async fn build(config: &Config) -> Result<Bound, AppError> {
-    let udp_socket = UdpSocket::bind(config.bind).map_err(|error| AppError::Bind {
-        what: "the mesh UDP port (bind)",
-        addr: config.bind.to_string(),
-        error,
-    })?;
+    build_with(config, None).await
+}
+
+/// [`build`], taking each socket from `inherited` when the predecessor handed one over
+/// for the same address (an upgrade), binding it otherwise.
+pub async fn build_with(config: &Config, inherited: Option<Arc<Inherited>>) -> Result<Bound, AppError> {
+    let from = inherited.as_deref();
+    let udp_socket = match from.and_then(|i| i.udp(Kind::Mesh, &config.bind.to_string())) {
+        Some(socket) => socket,
+        None => UdpSocket::bind(config.bind).map_err(|error| AppError::Bind {
+            what: "the mesh UDP port (bind)",
+            addr: config.bind.to_string(),
+            error,
+        })?,
+    };
     let udp = udp_socket.local_addr().map_err(|error| AppError::Bind {
         what: "the mesh UDP port (bind)",
         addr: config.bind.to_string(),
@@ -153,9 +181,19 @@ pub async fn build(config: &Config) -> Result<Bound, AppError> {
 
     // DNS on UDP and TCP, the same port for both (port 0: the one UDP got).
     let dns_err = |error| AppError::Bind { what: "DNS (dns.listen)", addr: config.dns.listen.to_string(), error };
-    let dns_udp = tokio::net::UdpSocket::bind(config.dns.listen).await.map_err(dns_err)?;
+    let dns_key = config.dns.listen.to_string();
+    let dns_udp = match from.and_then(|i| i.udp(Kind::DnsUdp, &dns_key)) {
+        Some(s) => {
+            s.set_nonblocking(true).map_err(dns_err)?;
+            tokio::net::UdpSocket::from_std(s).map_err(dns_err)?
+        }
+        None => tokio::net::UdpSocket::bind(config.dns.listen).await.map_err(dns_err)?,
+    };
     let dns_addr = dns_udp.local_addr().map_err(dns_err)?;
-    let dns_tcp = TcpListener::bind(dns_addr).await.map_err(dns_err)?;
+    let dns_tcp = match from.and_then(|i| i.tcp(Kind::DnsTcp, &dns_key)) {
+        Some(l) => tokio_listener(l).map_err(dns_err)?,
+        None => TcpListener::bind(dns_addr).await.map_err(dns_err)?,
+    };
     let zone = crate::dns::answer::Zone::new(&config.dns.domain, u32::try_from(config.dns.ttl.as_secs()).unwrap_or(5))
         .map_err(|e| AppError::Bind {
             what: "DNS (dns.domain)",
@@ -163,25 +201,58 @@ pub async fn build(config: &Config) -> Result<Bound, AppError> {
             error: std::io::Error::other(e.to_string()),
         })?;
 
-    let (admin_listener, admin_inode) = bind_admin_socket(&config.admin.socket)?;
+    let (admin_listener, admin_inode) = match from.and_then(|i| i.unix(&config.admin.socket.display().to_string())) {
+        Some(l) => inherit_admin_socket(&config.admin.socket, l)?,
+        None => bind_admin_socket(&config.admin.socket)?,
+    };
     let http_listener = match config.admin.http {
-        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|error| AppError::Bind {
-            what: "the metrics address (admin.http)",
-            addr: addr.to_string(),
-            error,
-        })?),
+        Some(addr) => {
+            let err =
+                |error| AppError::Bind { what: "the metrics address (admin.http)", addr: addr.to_string(), error };
+            Some(match from.and_then(|i| i.tcp(Kind::AdminHttp, &addr.to_string())) {
+                Some(l) => tokio_listener(l).map_err(err)?,
+                None => TcpListener::bind(addr).await.map_err(err)?,
+            })
+        }
         None => None,
     };
     let admin_http = http_listener.as_ref().and_then(|l| l.local_addr().ok());
     let mut upstreams = Vec::new();
     for u in &config.upstream {
-        let listener = TcpListener::bind(u.listen).await.map_err(|error| AppError::Bind {
-            what: "an upstream ([[upstream]] listen)",
-            addr: u.listen.to_string(),
-            error,
-        })?;
+        let err =
+            |error| AppError::Bind { what: "an upstream ([[upstream]] listen)", addr: u.listen.to_string(), error };
+        let listener = match from.and_then(|i| i.tcp(Kind::Proxy, &u.listen.to_string())) {
+            Some(l) => tokio_listener(l).map_err(err)?,
+            None => TcpListener::bind(u.listen).await.map_err(err)?,
+        };
         let dest = crate::proxy::Destination { name: u.service.clone(), source_service: u.source.clone() };
         upstreams.push((listener, dest));
+    }
+    // Copies of every listening socket, for a successor (an upgrade).
+    let dup_err = |error| AppError::Bind { what: "a copy of a socket for upgrades", addr: String::new(), error };
+    let mut handover_fds: Vec<(Slot, OwnedFd)> = vec![
+        (
+            Slot { kind: Kind::Mesh, key: config.bind.to_string() },
+            udp_socket.as_fd().try_clone_to_owned().map_err(dup_err)?,
+        ),
+        (Slot { kind: Kind::DnsUdp, key: dns_key.clone() }, dns_udp.as_fd().try_clone_to_owned().map_err(dup_err)?),
+        (Slot { kind: Kind::DnsTcp, key: dns_key }, dns_tcp.as_fd().try_clone_to_owned().map_err(dup_err)?),
+        (
+            Slot { kind: Kind::Admin, key: config.admin.socket.display().to_string() },
+            admin_listener.as_fd().try_clone_to_owned().map_err(dup_err)?,
+        ),
+    ];
+    if let (Some(l), Some(addr)) = (&http_listener, config.admin.http) {
+        handover_fds.push((
+            Slot { kind: Kind::AdminHttp, key: addr.to_string() },
+            l.as_fd().try_clone_to_owned().map_err(dup_err)?,
+        ));
+    }
+    for ((l, _), u) in upstreams.iter().zip(&config.upstream) {
+        handover_fds.push((
+            Slot { kind: Kind::Proxy, key: u.listen.to_string() },
+            l.as_fd().try_clone_to_owned().map_err(dup_err)?,
+        ));
     }
 
     let publisher = Publisher::new(Snapshot::new(
@@ -197,13 +268,32 @@ pub async fn build(config: &Config) -> Result<Bound, AppError> {
     let store_metrics = store::Metrics::register(metrics::mesh(&mut registry));
     let tls_metrics = verify::Metrics::register(metrics::mesh(&mut registry));
     let identity = Arc::new(Identity::load(&config.data_dir, &config.node_name, tls_metrics)?);
-    let store = Store::open(
-        &datadir::store_path(&config.data_dir),
-        &config.node_name,
-        Arc::new(identity.entry_authority()?),
-        store_metrics,
-        publisher.store_sink(),
-    )?;
+    let authority = Arc::new(identity.entry_authority()?);
+    let open = || {
+        Store::open(
+            &datadir::store_path(&config.data_dir),
+            &config.node_name,
+            authority.clone(),
+            store_metrics.clone(),
+            publisher.store_sink(),
+        )
+    };
+    let store = match open() {
+        Ok(store) => store,
+        // A predecessor has just closed it; its last threads may still hold the lock.
+        Err(first) if inherited.is_some() => {
+            let deadline = std::time::Instant::now() + STORE_RELEASE;
+            loop {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                match open() {
+                    Ok(store) => break store,
+                    Err(_) if std::time::Instant::now() < deadline => {}
+                    Err(_) => return Err(first.into()),
+                }
+            }
+        }
+        Err(e) => return Err(e.into()),
+    };
     // Revocations are in force before the first handshake.
     identity.revocations.replace(publisher.current().parts.revoked.clone());
     identity.set_roots(&publisher.current().parts.roots, store::wall_ms());
@@ -211,7 +301,27 @@ pub async fn build(config: &Config) -> Result<Bound, AppError> {
     let (conns_tx, conns_rx) = tokio::sync::mpsc::channel(1024);
     // A peer may hold as many tunnels to this node as a listener admits connections.
     let streams = u32::try_from(config.proxy.max_connections).unwrap_or(u32::MAX);
-    let transport = Arc::new(Transport::new(udp_socket, identity.clone(), transport_metrics, Some(conns_tx), streams)?);
+    // Connection IDs name this process; a successor's must differ from its predecessor's.
+    let previous = from.and_then(|i| i.previous.as_ref().map(|(g, _)| *g));
+    let generation = loop {
+        let g: u8 = rand::random();
+        if Some(g) != previous {
+            break g;
+        }
+    };
+    let route = match from.and_then(|i| i.previous.as_ref()) {
+        Some((g, to)) => Some((*g, to.try_clone().map_err(TransportError::Endpoint)?)),
+        None => None,
+    };
+    let transport = Arc::new(Transport::with_generation(
+        udp_socket,
+        generation,
+        route,
+        identity.clone(),
+        transport_metrics,
+        Some(conns_tx),
+        streams,
+    )?);
     let (writes_tx, writes_rx) = tokio::sync::mpsc::channel(1024);
     store.broadcast_to(writes_tx);
     let gossip = GossipParts {
@@ -241,7 +351,13 @@ pub async fn build(config: &Config) -> Result<Bound, AppError> {
         .with_publisher(publisher.clone())?;
     catalog.declare_config(&config.service)?;
     let vips = Arc::new(crate::catalog::vip::Vips::load(store.clone(), config.proxy.vip_range)?);
-    let seeds: Vec<SocketAddr> = config.join.iter().copied().filter(|s| *s != advertise && *s != udp).collect();
+    let mut seeds: Vec<SocketAddr> = config.join.iter().copied().filter(|s| *s != advertise && *s != udp).collect();
+    // A successor announces itself to every member its predecessor knew.
+    for (_, addr) in from.map(|i| i.members.as_slice()).unwrap_or_default() {
+        if !seeds.contains(addr) && *addr != advertise {
+            seeds.push(*addr);
+        }
+    }
     let (telemetry, telemetry_metrics) = crate::telemetry::traffic::Telemetry::register(
         &mut registry,
         crate::telemetry::traffic::Settings {
@@ -320,13 +436,41 @@ pub async fn build(config: &Config) -> Result<Bound, AppError> {
         telemetry_tasks,
         config: config.clone(),
         reloads: None,
+        handover_fds,
+        inherited,
+        upgrades: None,
     })
+}
+
+/// How long a successor waits for its predecessor's store to close.
+const STORE_RELEASE: Duration = Duration::from_secs(10);
+
+/// A listening socket received from a predecessor, for tokio.
+fn tokio_listener(l: std::net::TcpListener) -> std::io::Result<TcpListener> {
+    l.set_nonblocking(true)?;
+    TcpListener::from_std(l)
+}
+
+/// The admin socket as the predecessor bound it (same file, same inode).
+fn inherit_admin_socket(path: &Path, l: std::os::unix::net::UnixListener) -> Result<(UnixListener, u64), AppError> {
+    let err =
+        |error| AppError::Bind { what: "the admin socket (admin.socket)", addr: path.display().to_string(), error };
+    l.set_nonblocking(true).map_err(err)?;
+    let inode = std::fs::metadata(path).map_err(err)?.ino();
+    Ok((UnixListener::from_std(l).map_err(err)?, inode))
 }
 
 impl Bound {
     /// Configs read again while serving (SIGHUP) arrive on `configs`; see [`crate::reload`].
     pub fn reload_from(mut self, configs: tokio::sync::mpsc::Receiver<crate::config::Config>) -> Bound {
         self.reloads = Some(configs);
+        self
+    }
+
+    /// Upgrade requests (SIGUSR2, `meshd upgrade`) arrive on `upgrades`; see
+    /// [`crate::handover`].
+    pub fn upgrade_from(mut self, upgrades: Upgrades) -> Bound {
+        self.upgrades = Some(upgrades);
         self
     }
 
@@ -340,6 +484,9 @@ impl Bound {
     /// once serving and STOPPING when the drain starts.
     pub async fn run(mut self, stop: impl Future<Output = ()>) -> Ran {
         let (trigger, watcher) = drain::new();
+        if let Some(inherited) = &self.inherited {
+            self.proxy.inherit(inherited.clone());
+        }
         let admin_metrics = admin::Metrics::register(metrics::mesh(&mut self.registry));
         let part_failures = Family::<PartLabel, Counter>::default();
         metrics::mesh(&mut self.registry).register(
@@ -427,6 +574,26 @@ impl Bound {
         let (dns_udp, dns_tcp, zone, dns_metrics) = self.dns_sockets;
         // DNS answers a virtual IP once the proxy listens on it.
         let (bound_tx, bound_rx) = tokio::sync::watch::channel(crate::dns::VipMap::default());
+        // A successor routes once gossip has confirmed the members its predecessor knew
+        // (connections wait in the listeners' queues meanwhile, rather than find no
+        // healthy instance).
+        let expected: Vec<String> =
+            self.inherited.as_ref().map(|i| i.members.iter().map(|(n, _)| n.clone()).collect()).unwrap_or_default();
+        let mut snapshots = self.publisher.subscribe();
+        let hold: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>> = (!expected.is_empty()).then(|| {
+            Box::pin(async move {
+                let known = |s: &Snapshot| {
+                    expected.iter().all(|n| s.members.iter().any(|m| &m.name == n && m.state == MemberState::Alive))
+                };
+                let confirmed = tokio::time::timeout(MEMBERS_WITHIN, snapshots.wait_for(|s| known(s))).await;
+                match confirmed {
+                    Ok(_) => tracing::info!(members = expected.len(), "upgrade: gossip confirmed the members; routing"),
+                    Err(_) => {
+                        tracing::warn!(within = ?MEMBERS_WITHIN, "upgrade: not every member confirmed; routing anyway")
+                    }
+                }
+            }) as std::pin::Pin<Box<dyn Future<Output = ()> + Send>>
+        });
         tasks.spawn(
             "proxy",
             crate::proxy::run(
@@ -435,6 +602,7 @@ impl Bound {
                 self.vips.subscribe(),
                 bound_tx,
                 std::mem::take(&mut self.upstreams),
+                hold,
                 watcher.clone(),
             ),
         );
@@ -474,13 +642,78 @@ impl Bound {
         drop(watcher);
 
         signal::notify_ready();
+        if let Some(inherited) = self.inherited.take() {
+            // Serving on every inherited socket: the predecessor may hand systemd over.
+            match tokio::task::spawn_blocking(move || inherited.serving()).await {
+                Ok(Ok(())) => tracing::info!("took over from the previous meshd process"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot tell the previous meshd process it may go"),
+                Err(e) => tracing::warn!(error = %e, "cannot tell the previous meshd process it may go"),
+            }
+        }
 
-        let failed = tokio::select! {
-            () = stop => None,
-            (part, why) = tasks.first_ended() => {
-                part_failures.get_or_create(&PartLabel { part }).inc();
-                tracing::error!(part, %why, "a part of meshd failed; draining and exiting non-zero so that the service manager restarts meshd");
-                Some(part)
+        let mut upgrades = self.upgrades.take();
+        let mut stop = std::pin::pin!(stop);
+        let end = loop {
+            let upgrade = async {
+                match &mut upgrades {
+                    Some(u) => u.requests.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = &mut stop => break End::Stop,
+                (part, why) = tasks.first_ended() => {
+                    part_failures.get_or_create(&PartLabel { part }).inc();
+                    tracing::error!(part, %why, "a part of meshd failed; draining and exiting non-zero so that the service manager restarts meshd");
+                    break End::Failed(part);
+                }
+                Some(()) = upgrade => {
+                    let Some(u) = &upgrades else { continue };
+                    match start_successor(&self.admin_socket, u).await {
+                        Ok(successor) => break End::Upgrade(successor),
+                        Err(e) => tracing::error!(error = %e, "upgrade refused: this process keeps serving"),
+                    }
+                }
+            }
+        };
+        let failed = match end {
+            End::Stop => None,
+            End::Failed(part) => Some(part),
+            End::Upgrade(successor) => {
+                let fds = std::mem::take(&mut self.handover_fds);
+                let members: Vec<(String, SocketAddr)> = self
+                    .publisher
+                    .current()
+                    .members
+                    .iter()
+                    .filter(|m| m.state == MemberState::Alive && m.name != self.node_name)
+                    .map(|m| (m.name.clone(), m.addr))
+                    .collect();
+                let handed = match hand_over(
+                    fds,
+                    members,
+                    &self.transport,
+                    &self.proxy,
+                    successor,
+                    &trigger,
+                    &mut tasks,
+                )
+                .await
+                {
+                    Ok(successor) => {
+                        // The store closes with its last user: the successor opens it.
+                        drop(state);
+                        drop((self.store, self.catalog, self.vips, self.signer));
+                        take_over(successor).await
+                    }
+                    Err(part) => Err(part),
+                };
+                tracing::info!(deadline = ?self.drain_timeout, "draining the connections that were open at the upgrade");
+                let drained = drain_with(trigger, self.drain_timeout).await;
+                tasks.shutdown().await;
+                self.transport.close().await;
+                // The admin socket is the successor's now: it stays.
+                return Ran { drained, failed: handed.err() };
             }
         };
         signal::notify_stopping();
@@ -493,6 +726,126 @@ impl Bound {
         Ran { drained, failed }
     }
 }
+
+/// Checks and starts the new binary, up to its asking for the sockets.
+async fn start_successor(admin: &Path, u: &Upgrades) -> Result<crate::handover::Successor, String> {
+    let (exe, config, admin) = (u.exe.clone(), u.config.clone(), admin.to_owned());
+    tracing::info!(exe = %exe.display(), "upgrade: starting the new binary");
+    match tokio::task::spawn_blocking(move || crate::handover::start(&exe, &config, &admin)).await {
+        Ok(started) => started.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Hands every socket to `successor`, stops serving anything new and waits for the
+/// control plane to end; the caller then closes the store and calls [`take_over`].
+/// On error, the part name for [`Ran::failed`]. Open connections then drain on this
+/// process.
+async fn hand_over(
+    mut sockets: Vec<(Slot, OwnedFd)>,
+    members: Vec<(String, SocketAddr)>,
+    transport: &Transport,
+    proxy: &crate::proxy::Proxy,
+    successor: crate::handover::Successor,
+    trigger: &DrainTrigger,
+    tasks: &mut crate::supervisor::Parts,
+) -> Result<crate::handover::Successor, &'static str> {
+    sockets.extend(proxy.listener_copies());
+    let count = sockets.len();
+    let generation = transport.socket().generation();
+    let sent = tokio::task::spawn_blocking(move || {
+        let borrowed: Vec<(Slot, std::os::fd::BorrowedFd<'_>)> =
+            sockets.iter().map(|(slot, fd)| (slot.clone(), fd.as_fd())).collect();
+        let sent = successor.send_sockets(&borrowed, generation, members);
+        sent.map(|forwarded| (successor, forwarded))
+    })
+    .await;
+    let (successor, forwarded) = match sent {
+        Ok(Ok(sent)) => sent,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "upgrade: cannot hand the sockets over; draining so that meshd is restarted");
+            trigger.hand_over();
+            return Err("upgrade");
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "upgrade: cannot hand the sockets over; draining so that meshd is restarted");
+            trigger.hand_over();
+            return Err("upgrade");
+        }
+    };
+    let new_pid = successor.pid();
+    tracing::info!(
+        sockets = count,
+        pid = new_pid,
+        "upgrade: sockets handed over; stopping everything but the open connections"
+    );
+    // This process's QUIC datagrams now come through the successor, which reads the port.
+    if let Err(e) = transport.socket().take_forwarded(forwarded) {
+        tracing::error!(error = %e, "upgrade: cannot take datagrams from the successor");
+    }
+    trigger.hand_over();
+    // Peers open nothing new on this process's connections.
+    let mut told = tokio::task::JoinSet::new();
+    for p in transport.peers() {
+        told.spawn(async move { tokio::time::timeout(GO_AWAY_WITHIN, crate::peer::client::go_away(&p)).await });
+    }
+    while told.join_next().await.is_some() {}
+    // The control plane ends at the drain signal.
+    if !tasks.join_within(PARTS_END_WITHIN).await {
+        tracing::warn!(within = ?PARTS_END_WITHIN, "upgrade: parts still running were stopped");
+    }
+    Ok(successor)
+}
+
+/// Tells `successor` the store is closed and waits until it serves; then systemd learns
+/// it is the main process.
+async fn take_over(successor: crate::handover::Successor) -> Result<u32, &'static str> {
+    {
+        let released = tokio::task::spawn_blocking(move || successor.released().map(|()| successor)).await;
+        let successor = match released {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "upgrade: the successor went away");
+                return Err("upgrade");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "upgrade: the successor went away");
+                return Err("upgrade");
+            }
+        };
+        match tokio::task::spawn_blocking(move || successor.wait_serving()).await {
+            Ok(Ok(pid)) => {
+                signal::notify_main_pid(pid);
+                tracing::info!(pid, "upgrade: the new process serves; this one exits once its connections end");
+                Ok(pid)
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "upgrade: the new process did not start serving; exiting so that meshd is restarted");
+                Err("upgrade")
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "upgrade: the new process did not start serving; exiting so that meshd is restarted");
+                Err("upgrade")
+            }
+        }
+    }
+}
+
+/// How a [`Bound::run`] stopped serving.
+enum End {
+    Stop,
+    Failed(&'static str),
+    Upgrade(crate::handover::Successor),
+}
+
+/// How long a successor waits for gossip to confirm its predecessor's members.
+const MEMBERS_WITHIN: Duration = Duration::from_secs(3);
+
+/// How long telling a peer that this process handed over may take.
+const GO_AWAY_WITHIN: Duration = Duration::from_secs(1);
+
+/// How long the control plane's parts have to end at a handover.
+const PARTS_END_WITHIN: Duration = Duration::from_secs(5);
 
 /// How a [`Bound::run`] ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,6 +6,11 @@
 //! every watcher is gone, or when the deadline passes, whichever is first; the caller
 //! then aborts whatever is left. An idle daemon therefore exits at once.
 //!
+//! A drain may be a *handover* ([`DrainTrigger::hand_over`]): an upgrade's new process
+//! serves from now on, so the drain must not look like this node leaving (no gossip
+//! "left", no STOPPING to systemd, and peers are told to reconnect rather than go
+//! elsewhere). Tasks ask [`DrainWatcher::is_handover`].
+//!
 //! Must not: know what the tasks do; it only counts who is still busy.
 
 use std::time::Duration;
@@ -14,14 +19,14 @@ use tokio::sync::{mpsc, watch};
 
 /// Starts a drain. Held by whoever handles the shutdown signal.
 pub struct DrainTrigger {
-    signal: watch::Sender<bool>,
+    signal: watch::Sender<Phase>,
     all_released: mpsc::Receiver<()>,
 }
 
 /// Tells a task that a drain has started; the drain waits until every clone is dropped.
 #[derive(Clone)]
 pub struct DrainWatcher {
-    signal: watch::Receiver<bool>,
+    signal: watch::Receiver<Phase>,
     _alive: mpsc::Sender<()>,
 }
 
@@ -29,6 +34,15 @@ pub struct DrainWatcher {
 #[must_use = "the drain waits until this is dropped"]
 pub struct Release {
     _alive: mpsc::Sender<()>,
+}
+
+/// Where the process is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Serving,
+    Draining,
+    /// Draining because a new process took over.
+    HandingOver,
 }
 
 /// How a drain ended.
@@ -42,7 +56,7 @@ pub enum DrainOutcome {
 
 /// A trigger and its first watcher.
 pub fn new() -> (DrainTrigger, DrainWatcher) {
-    let (signal_tx, signal_rx) = watch::channel(false);
+    let (signal_tx, signal_rx) = watch::channel(Phase::Serving);
     // Nothing is ever sent: the channel only tells when the last sender is gone.
     let (alive_tx, alive_rx) = mpsc::channel(1);
     (DrainTrigger { signal: signal_tx, all_released: alive_rx }, DrainWatcher { signal: signal_rx, _alive: alive_tx })
@@ -52,11 +66,25 @@ impl DrainTrigger {
     /// Signals every watcher, then waits until all of them are dropped or `deadline`
     /// passes.
     pub async fn start_drain_and_wait(mut self, deadline: Duration) -> DrainOutcome {
-        self.signal.send_replace(true);
+        self.signal.send_if_modified(|p| {
+            let serving = *p == Phase::Serving;
+            if serving {
+                *p = Phase::Draining;
+            }
+            serving
+        });
         match tokio::time::timeout(deadline, self.all_released.recv()).await {
             Ok(_) => DrainOutcome::Complete,
             Err(_) => DrainOutcome::DeadlineExceeded,
         }
+    }
+}
+
+impl DrainTrigger {
+    /// Starts a drain that is a handover to a new process (see the module doc); wait for
+    /// it with [`DrainTrigger::start_drain_and_wait`].
+    pub fn hand_over(&self) {
+        self.signal.send_replace(Phase::HandingOver);
     }
 }
 
@@ -66,7 +94,12 @@ impl DrainWatcher {
         let mut rx = self.signal.clone();
         // An error means the trigger was dropped without draining: treat it as a drain,
         // since nobody can start one any more.
-        let _ = rx.wait_for(|draining| *draining).await;
+        let _ = rx.wait_for(|p| *p != Phase::Serving).await;
+    }
+
+    /// Whether the drain is a handover to a new process.
+    pub fn is_handover(&self) -> bool {
+        *self.signal.borrow() == Phase::HandingOver
     }
 
     /// Resolves once the drain has started, with a [`Release`] that keeps the drain
@@ -77,7 +110,7 @@ impl DrainWatcher {
     }
 
     pub fn is_draining(&self) -> bool {
-        *self.signal.borrow()
+        *self.signal.borrow() != Phase::Serving
     }
 
     /// A handle that sees the drain start but does not hold it up: for request handlers
@@ -90,13 +123,22 @@ impl DrainWatcher {
 /// Sees a drain start without delaying it. See [`DrainWatcher::signal`].
 #[derive(Clone)]
 pub struct DrainSignal {
-    signal: watch::Receiver<bool>,
+    signal: watch::Receiver<Phase>,
 }
 
 impl DrainSignal {
     pub async fn signaled(&self) {
         let mut rx = self.signal.clone();
-        let _ = rx.wait_for(|draining| *draining).await;
+        let _ = rx.wait_for(|p| *p != Phase::Serving).await;
+    }
+
+    /// Whether the drain is a handover to a new process.
+    pub fn is_handover(&self) -> bool {
+        *self.signal.borrow() == Phase::HandingOver
+    }
+
+    pub fn is_draining(&self) -> bool {
+        *self.signal.borrow() != Phase::Serving
     }
 }
 
@@ -123,6 +165,19 @@ mod tests {
         });
         assert_eq!(trigger.start_drain_and_wait(Duration::from_secs(2)).await, DrainOutcome::DeadlineExceeded);
         task.abort();
+    }
+
+    #[tokio::test]
+    async fn a_handover_is_a_drain_that_says_so_and_stays_one() {
+        let (trigger, watcher) = new();
+        assert!(!watcher.is_draining() && !watcher.is_handover());
+        trigger.hand_over();
+        watcher.signaled().await;
+        assert!(watcher.is_draining() && watcher.is_handover());
+        let signal = watcher.signal();
+        drop(watcher);
+        assert_eq!(trigger.start_drain_and_wait(Duration::from_secs(5)).await, DrainOutcome::Complete);
+        assert!(signal.is_handover(), "waiting for the drain keeps it a handover");
     }
 
     #[tokio::test(start_paused = true)]

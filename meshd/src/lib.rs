@@ -18,6 +18,7 @@ pub mod documents;
 pub mod drain;
 pub mod failpoint;
 pub mod fuzzing;
+pub mod handover;
 pub mod identity;
 pub mod membership;
 pub mod metrics;

@@ -36,6 +36,14 @@ enum Command {
     /// Validate the config file: exit 0 when meshd would start with it, 2 (naming the
     /// line and key) when not. Changes nothing.
     CheckConfig,
+    /// Upgrade the running meshd without dropping a connection: it starts the binary now
+    /// at its path (a package upgrade replaced it), hands it every socket, and drains.
+    /// Waits until the new process serves the admin socket; exit 0 then, 1 if not.
+    Upgrade {
+        /// How long to wait for the new process.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Print shell completions.
     Completions {
         #[arg(value_enum)]
@@ -53,6 +61,7 @@ fn main() -> ExitCode {
         Command::Init => init(&cli.config),
         Command::Join { token } => join(&cli.config, &token),
         Command::Dev => dev(),
+        Command::Upgrade { timeout } => upgrade(&cli.config, timeout),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "meshd", &mut std::io::stdout());
             ExitCode::SUCCESS
@@ -177,6 +186,21 @@ fn run(path: &std::path::Path) -> ExitCode {
         }
         (Err(e), _) => return fail(if e.is_usage() { 2 } else { 1 }, e),
     }
+    // Started by a running meshd to take over from it (an upgrade): its sockets first,
+    // then, once it has closed the store, the rest.
+    let inherited = match meshd::handover::inherit() {
+        None => None,
+        Some(Ok(inherited)) => {
+            tracing::info!("upgrade: took the sockets of the running meshd; waiting for it to close the store");
+            if let Err(e) = inherited.wait_released() {
+                return fail(1, format!("upgrade: {e}"));
+            }
+            Some(std::sync::Arc::new(inherited))
+        }
+        Some(Err(e)) => return fail(1, format!("upgrade: {e}")),
+    };
+    // The binary to start at an upgrade: the file at this path, whatever it is by then.
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/usr/bin/meshd"));
     let code = rt.block_on(async {
         let mut signals = match signal::Shutdown::new() {
             Ok(s) => s,
@@ -186,13 +210,20 @@ fn run(path: &std::path::Path) -> ExitCode {
             Ok(s) => s,
             Err(e) => return fail(1, format!("cannot handle signals: {e}")),
         };
-        let bound = match app::build(&config).await {
+        let upgrade = match signal::Upgrade::new() {
+            Ok(s) => s,
+            Err(e) => return fail(1, format!("cannot handle signals: {e}")),
+        };
+        let bound = match app::build_with(&config, inherited).await {
             Ok(b) => b,
             Err(e) => return fail(if e.is_usage() { 2 } else { 1 }, e),
         };
         let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(hangup.reload(path.to_owned(), reload_tx));
-        let bound = bound.reload_from(reload_rx);
+        let (upgrade_tx, upgrade_rx) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(upgrade.forward(upgrade_tx));
+        let upgrades = app::Upgrades { requests: upgrade_rx, exe, config: path.to_owned() };
+        let bound = bound.reload_from(reload_rx).upgrade_from(upgrades);
         let ran = bound
             .run(async move {
                 let first = signals.recv().await;
@@ -215,6 +246,51 @@ fn run(path: &std::path::Path) -> ExitCode {
 /// How long the runtime waits, after the drain, for blocking work before the process
 /// exits anyway.
 const EXIT_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `meshd upgrade`: SIGUSR2 to the meshd serving the admin socket (found by the
+/// socket's peer credentials), then waits until another process serves it.
+fn upgrade(path: &std::path::Path, timeout: std::time::Duration) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let socket = &config.admin.socket;
+    // The process that answers on the admin socket (its credentials would name the one
+    // that bound it, which an upgrade keeps).
+    let server = |socket: &std::path::Path| -> Option<i32> {
+        use std::io::{Read, Write};
+        let mut stream = std::os::unix::net::UnixStream::connect(socket).ok()?;
+        stream.set_read_timeout(Some(std::time::Duration::from_secs(5))).ok()?;
+        stream.write_all(b"GET /v1/status HTTP/1.0\r\nHost: meshd\r\n\r\n").ok()?;
+        let mut response = Vec::new();
+        stream.take(1 << 20).read_to_end(&mut response).ok()?;
+        let body = response.windows(4).position(|w| w == b"\r\n\r\n").map(|at| &response[at + 4..])?;
+        let status: mesh_proto::api::Status = serde_json::from_slice(body).ok()?;
+        status.pid.and_then(|p| i32::try_from(p).ok())
+    };
+    let Some(old) = server(socket) else {
+        return fail(1, format!("no meshd serves {}: nothing to upgrade (start it instead)", socket.display()));
+    };
+    if let Err(e) = nix::sys::signal::kill(nix::unistd::Pid::from_raw(old), nix::sys::signal::Signal::SIGUSR2) {
+        return fail(1, format!("cannot signal meshd (pid {old}): {e}"));
+    }
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        match server(socket) {
+            Some(new) if new != old => {
+                println!("upgraded: pid {new} serves now; pid {old} finishes its open connections");
+                return ExitCode::SUCCESS;
+            }
+            // Refused or not yet taken over: the old process logs why.
+            _ => {}
+        }
+        if nix::sys::signal::kill(nix::unistd::Pid::from_raw(old), None).is_err() && server(socket).is_none() {
+            return fail(1, format!("meshd (pid {old}) exited and nothing serves {}: see its log", socket.display()));
+        }
+    }
+    fail(1, format!("no new meshd within {timeout:?}: pid {old} still serves (see its log for why)"))
+}
 
 fn dev() -> ExitCode {
     telemetry::init("warn");

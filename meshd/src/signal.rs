@@ -1,6 +1,7 @@
 //! Process signals and the systemd notification protocol.
 //!
 //! SIGTERM or SIGINT starts a graceful drain; a second one ends the process at once.
+//! SIGUSR2 starts an upgrade (`crate::handover`).
 //! SIGHUP reads the config file again and hands it to `reload` when it loads; when it
 //! does not, the error (file:line:key) is logged and nothing changes.
 //! With `Type=notify`, systemd learns READY once every socket serves, STOPPING when the
@@ -87,9 +88,34 @@ impl Hangup {
     }
 }
 
+/// SIGUSR2: upgrade to the binary now at meshd's path ([`crate::handover`]).
+pub struct Upgrade(Signal);
+
+impl Upgrade {
+    pub fn new() -> std::io::Result<Upgrade> {
+        Ok(Upgrade(signal(SignalKind::user_defined2())?))
+    }
+
+    /// Sends one request on `requests` per SIGUSR2, until nobody receives.
+    pub async fn forward(mut self, requests: tokio::sync::mpsc::Sender<()>) {
+        while self.0.recv().await.is_some() {
+            tracing::info!("SIGUSR2: upgrading");
+            if requests.send(()).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
 /// Tells systemd (if it is listening) that meshd is ready to serve.
 pub fn notify_ready() {
     notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
+}
+
+/// Tells systemd that the process `pid` (an upgrade's successor) is meshd's main process
+/// from now on.
+pub fn notify_main_pid(pid: u32) {
+    notify(&[NotifyState::MainPid(pid), NotifyState::Status("handed over to the new process")]);
 }
 
 /// Tells systemd that meshd is draining and will stop.

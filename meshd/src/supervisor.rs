@@ -99,6 +99,15 @@ impl Parts {
         self.names.get(&id).copied().unwrap_or("?")
     }
 
+    /// Waits up to `within` for every part to end (after the drain signal each returns);
+    /// aborts the rest. Whether all ended in time.
+    pub async fn join_within(&mut self, within: std::time::Duration) -> bool {
+        let all = async { while self.set.join_next().await.is_some() {} };
+        let ended = tokio::time::timeout(within, all).await.is_ok();
+        self.set.shutdown().await;
+        ended
+    }
+
     /// Ends every part (after the drain).
     pub async fn shutdown(&mut self) {
         self.set.shutdown().await;

@@ -43,6 +43,9 @@ pub struct Status {
     pub services: Option<u64>,
     /// Number of routes; null until routing runs.
     pub routes: Option<u64>,
+    /// The serving meshd process's ID (it changes at `meshd upgrade`).
+    #[serde(default)]
+    pub pid: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

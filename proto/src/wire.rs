@@ -114,6 +114,10 @@ pub enum MeshRequest {
     /// The callee's traffic summary (the dashboard, `meshctl top` and service discovery
     /// ask on view). Answered with a [`crate::traffic::Summary`].
     Traffic,
+    /// The caller's process handed over to its successor (an upgrade): open nothing new
+    /// on this connection (its open streams finish); the next connection to the same
+    /// address reaches the successor. No answer.
+    GoAway,
 }
 
 /// The answer to [`MeshRequest::CaKey`].

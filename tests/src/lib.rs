@@ -104,6 +104,9 @@ pub struct Node {
     netns: Option<String>,
     /// A command meshd runs under (`strace ...`, `setpriv ...`), if any.
     wrapper: Vec<String>,
+    /// The process that took over at `meshd upgrade` (not this test's child: its
+    /// predecessor started it). Killed with the node.
+    successor: Option<Pid>,
 }
 
 impl Node {
@@ -162,7 +165,18 @@ socket = "{socket}"
         );
         std::fs::write(&config, text).expect("write config");
         let log = dir.path().join("meshd.log");
-        Node { name, dir, config, socket, child: None, log, env: Vec::new(), netns: None, wrapper: Vec::new() }
+        Node {
+            name,
+            dir,
+            config,
+            socket,
+            child: None,
+            log,
+            env: Vec::new(),
+            netns: None,
+            wrapper: Vec::new(),
+            successor: None,
+        }
     }
 
     /// Prepares node `i` with `top` and `extra`, joins it with `token` (which must
@@ -385,6 +399,30 @@ socket = "{socket}"
             .map_or(0, |v| v as u64)
     }
 
+    /// Runs `meshd upgrade` (which must succeed) and returns the new process's ID, read
+    /// back from the admin API; from then on that process is this node.
+    pub fn upgrade(&mut self) -> Pid {
+        let out = self.meshd(&["upgrade"]);
+        assert!(
+            out.status.success(),
+            "meshd upgrade failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.logs()
+        );
+        let status = self.meshctl_json(&["status"]);
+        let pid = status["pid"].as_i64().and_then(|p| i32::try_from(p).ok()).expect("status names the pid");
+        let pid = Pid::from_raw(pid);
+        assert_ne!(pid, self.pid(), "a new process serves");
+        self.successor = Some(pid);
+        pid
+    }
+
+    /// Whether the process that started as this node has exited (after an upgrade, once
+    /// its connections drained).
+    pub fn first_process_exited(&mut self) -> Option<ExitStatus> {
+        self.try_wait()
+    }
+
     pub fn pid(&self) -> Pid {
         let child = self.child.as_ref().expect("running");
         Pid::from_raw(i32::try_from(child.id()).expect("pid fits"))
@@ -418,6 +456,9 @@ socket = "{socket}"
 
 impl Drop for Node {
     fn drop(&mut self) {
+        if let Some(pid) = self.successor.take() {
+            let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+        }
         if let Some(mut child) = self.child.take() {
             if child.try_wait().ok().flatten().is_none() {
                 let _ = child.kill();

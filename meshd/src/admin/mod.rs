@@ -335,6 +335,7 @@ async fn status(
         members: Some(count_members(&member_list(&state, &snap))),
         services: Some(crate::catalog::count(&snap)),
         routes: Some(snap.routes().len() as u64),
+        pid: Some(std::process::id()),
     };
     Ok(with_index(snap.index, Json(body)))
 }

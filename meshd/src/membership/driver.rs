@@ -101,9 +101,12 @@ pub async fn run(
         d.after(out);
     }
 
-    d.leave();
-    // Give the last datagrams a moment before the endpoint closes.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A handover is no leave: the successor is this node, already gossiping.
+    if !drain.is_handover() {
+        d.leave();
+        // Give the last datagrams a moment before the endpoint closes.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     readers.shutdown().await;
     d.work.shutdown().await;
     drop(drain);

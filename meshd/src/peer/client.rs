@@ -20,6 +20,7 @@ use crate::membership::sync::{Caller, Stats};
 use crate::membership::Exchange;
 use crate::store::entry::Entry;
 use crate::store::Store;
+use crate::transport::frame::FrameError;
 use crate::transport::{close, frame, Peer, Transport};
 
 /// One request, one answer, on a new stream to the member at `addr`.
@@ -173,6 +174,25 @@ pub async fn open_tunnel(
     match frame::read::<TunnelReply>(&mut recv).await.map_err(PeerError::Receive)? {
         TunnelReply::Accepted => Ok((send, recv)),
         TunnelReply::Refused { reason, .. } => Err(PeerError::Refused(reason)),
+    }
+}
+
+/// Tells the member on `peer` that this process handed over to its successor.
+pub async fn go_away(peer: &Peer) -> Result<(), PeerError> {
+    let (mut send, _recv) = peer.conn.open_bi().await?;
+    frame::write_last(&mut send, &MeshRequest::GoAway).await.map_err(PeerError::Send)
+}
+
+/// Whether a request failed because the member's process handed over to its successor
+/// ([`close::MOVED`]): it may be sent again on a new connection to the same address.
+pub fn moved(e: &PeerError) -> bool {
+    let code = quinn::VarInt::from_u32(close::MOVED);
+    match e {
+        PeerError::Send(FrameError::Write(quinn::WriteError::Stopped(c))) => *c == code,
+        PeerError::Receive(FrameError::Read(quinn::ReadExactError::ReadError(quinn::ReadError::Reset(c)))) => {
+            *c == code
+        }
+        _ => false,
     }
 }
 

@@ -81,11 +81,15 @@ pub async fn serve_peer(peer: Peer, services: Services) {
             }
         };
         let Some(services) = &services else {
-            let _ = send.reset(quinn::VarInt::from_u32(close::SHUTDOWN));
-            let _ = recv.stop(quinn::VarInt::from_u32(close::SHUTDOWN));
+            // After a handover the successor serves this node: the caller opens the
+            // stream again on a new connection. Otherwise it tries another node.
+            let code = if draining.is_handover() { close::MOVED } else { close::SHUTDOWN };
+            let _ = send.reset(quinn::VarInt::from_u32(code));
+            let _ = recv.stop(quinn::VarInt::from_u32(code));
             continue;
         };
         let info = peer.info.clone();
+        let conn = peer.conn.clone();
         let Services { signer, store, exchange, proxy, drain } = services.clone();
         requests.spawn(async move {
             let request: MeshRequest = match frame::read(&mut recv).await {
@@ -128,6 +132,10 @@ pub async fn serve_peer(peer: Peer, services: Services) {
                         }
                     };
                     let _ = frame::write_last(&mut send, &reply).await;
+                }
+                MeshRequest::GoAway => {
+                    tracing::info!(peer = %info.id, "the peer handed over to a new process: reconnecting to it");
+                    proxy.moved_away(&conn);
                 }
                 MeshRequest::Traffic => {
                     let _ = frame::write_last(&mut send, &proxy.telemetry().summary()).await;

@@ -37,6 +37,9 @@ const REPLAYABLE: u64 = 64 * 1024;
 /// Mirror copies in flight at once; more are shed.
 pub(super) const MIRRORS: usize = 64;
 pub use super::HEAD_DEADLINE;
+/// How long after a drain starts an application's idle keep-alive connection is closed.
+pub const IDLE_GRACE: Duration = Duration::from_secs(2);
+
 /// The largest request head (hyper answers 431 beyond it).
 pub const MAX_HEAD: usize = 64 * 1024;
 
@@ -52,16 +55,28 @@ fn full(status: StatusCode, text: &str) -> Response<Body> {
 }
 
 /// Serves one application connection until it closes; counted like a TCP connection
-/// (`mesh_proxy_connections_total`, `mesh_proxy_bytes_total`, active connections).
-pub async fn serve(proxy: Arc<Proxy>, client: TcpStream, dest: Arc<Destination>) {
+/// (`mesh_proxy_connections_total`, `mesh_proxy_bytes_total`, active connections). Once
+/// a drain starts, every response says `Connection: close` (the client's next request
+/// opens a new connection: to the successor, after an upgrade), and after
+/// [`IDLE_GRACE`] a connection still idle is closed.
+pub async fn serve(proxy: Arc<Proxy>, client: TcpStream, dest: Arc<Destination>, draining: crate::drain::DrainSignal) {
     let _active = proxy.metrics.active("outbound");
     proxy.metrics.count("outbound", "ok");
     let counted = Arc::new(ByteCounts::default());
     let guard = HeadGuard::new(client, counted.clone());
     let p = proxy.clone();
+    let closing = draining.clone();
     let service = hyper::service::service_fn(move |req| {
-        let (proxy, dest) = (p.clone(), dest.clone());
-        async move { Ok::<_, std::convert::Infallible>(handle(&proxy, &dest, req).await) }
+        let (proxy, dest, closing) = (p.clone(), dest.clone(), closing.clone());
+        async move {
+            let mut response = handle(&proxy, &dest, req).await;
+            if closing.is_draining() {
+                response
+                    .headers_mut()
+                    .insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("close"));
+            }
+            Ok::<_, std::convert::Infallible>(response)
+        }
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     // A whole request head within HEAD_DEADLINE (the clock runs from the first byte
@@ -73,7 +88,24 @@ pub async fn serve(proxy: Arc<Proxy>, client: TcpStream, dest: Arc<Destination>)
         .timer(hyper_util::rt::TokioTimer::new())
         .keep_alive_interval(Some(HEAD_DEADLINE))
         .keep_alive_timeout(Duration::from_secs(10));
-    if let Err(e) = builder.serve_connection(TokioIo::new(guard), service).await {
+    let conn = builder.serve_connection(TokioIo::new(guard), service);
+    tokio::pin!(conn);
+    let ended = tokio::select! {
+        ended = conn.as_mut() => ended,
+        _ = draining.signaled() => {
+            // A client that keeps sending learns `Connection: close` from its next
+            // response; closing a connection between requests races the client's next
+            // one, so only a connection idle for the grace is closed.
+            tokio::select! {
+                ended = conn.as_mut() => ended,
+                _ = tokio::time::sleep(IDLE_GRACE) => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            }
+        }
+    };
+    if let Err(e) = ended {
         tracing::debug!(error = %e, "HTTP connection ended with an error");
     }
     proxy.metrics.moved("outbound", counted.moved());

@@ -228,6 +228,10 @@ pub struct Proxy {
     source: Option<String>,
     /// Where each call is reported at its end.
     telemetry: Arc<crate::telemetry::traffic::Telemetry>,
+    /// A copy of each virtual IP listener's socket, for a successor (an upgrade).
+    listener_fds: Mutex<HashMap<SocketAddr, std::os::fd::OwnedFd>>,
+    /// Listeners a predecessor handed over, taken as the tables ask for them.
+    inherited: Mutex<Option<Arc<crate::handover::Inherited>>>,
 }
 
 /// How the proxy is set up, from the config.
@@ -266,6 +270,46 @@ impl Proxy {
             mirrors: Arc::new(tokio::sync::Semaphore::new(http::MIRRORS)),
             pool: upstream::Pool::default(),
             telemetry,
+            listener_fds: Mutex::default(),
+            inherited: Mutex::default(),
+        }
+    }
+
+    /// Virtual IP listeners are taken from `inherited` where it has them (an upgrade).
+    pub fn inherit(&self, inherited: Arc<crate::handover::Inherited>) {
+        *self.inherited.lock().unwrap_or_else(|p| p.into_inner()) = Some(inherited);
+    }
+
+    /// Copies of every virtual IP listener's socket, for a successor.
+    pub fn listener_copies(&self) -> Vec<(crate::handover::Slot, std::os::fd::OwnedFd)> {
+        let fds = self.listener_fds.lock().unwrap_or_else(|p| p.into_inner());
+        fds.iter()
+            .filter_map(|(addr, fd)| {
+                let slot = crate::handover::Slot { kind: crate::handover::Kind::Proxy, key: addr.to_string() };
+                Some((slot, fd.try_clone().ok()?))
+            })
+            .collect()
+    }
+
+    /// A listener on `addr`: the predecessor's when it handed one over, else a new one.
+    async fn listen_on(&self, addr: SocketAddr) -> std::io::Result<TcpListener> {
+        let inherited = self.inherited.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let listener = match inherited.and_then(|i| i.tcp(crate::handover::Kind::Proxy, &addr.to_string())) {
+            Some(l) => {
+                l.set_nonblocking(true)?;
+                TcpListener::from_std(l)?
+            }
+            None => TcpListener::bind(addr).await?,
+        };
+        let copy = std::os::fd::AsFd::as_fd(&listener).try_clone_to_owned()?;
+        self.listener_fds.lock().unwrap_or_else(|p| p.into_inner()).insert(addr, copy);
+        Ok(listener)
+    }
+
+    /// After the first pass over the tables: inherited listeners nobody asked for close.
+    fn inherited_taken(&self) {
+        if let Some(i) = self.inherited.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            i.close_rest(crate::handover::Kind::Proxy);
         }
     }
 
@@ -284,6 +328,14 @@ impl Proxy {
     pub fn set_limits(&self, connect_timeout: Duration, max_connections: usize) {
         self.connect_timeout_ms.store(millis(connect_timeout), std::sync::atomic::Ordering::Relaxed);
         self.max_connections.store(max_connections, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The peer on `conn` handed over to a new process (an upgrade): nothing new goes on
+    /// that connection, idle pooled HTTP connections on it are let go, and the next
+    /// tunnel to that node dials it again.
+    pub fn moved_away(&self, conn: &quinn::Connection) {
+        self.transport.forget(conn);
+        self.pool.forget_connection(conn.stable_id());
     }
 
     /// The recorder calls are reported to (the peer server and the admin API serve its
@@ -356,18 +408,20 @@ pub struct Destination {
 }
 
 /// Keeps tables and listeners current until the drain starts; publishes into `bound`
-/// the virtual IPs whose every listener is bound.
+/// the virtual IPs whose every listener is bound. With `hold`, the first tables serve
+/// inbound tunnels at once while listeners wait for `hold` (an upgrade's successor waits
+/// for gossip to confirm its members, so that no connection meets stale tables).
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     proxy: Arc<Proxy>,
     mut snapshots: SnapshotRx,
     mut vips: watch::Receiver<VipMap>,
     bound: watch::Sender<VipMap>,
     upstreams: Vec<(TcpListener, Destination)>,
+    mut hold: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
     drain: DrainWatcher,
 ) {
-    for (listener, dest) in upstreams {
-        tokio::spawn(outbound::listen(proxy.clone(), listener, dest, drain.clone()));
-    }
+    let mut upstreams = Some(upstreams);
     let mut listening: HashMap<SocketAddr, (String, AbortHandle)> = HashMap::new();
     let mut failed_binds: HashMap<SocketAddr, String> = HashMap::new();
     let mut states: HashMap<String, MemberState> = HashMap::new();
@@ -390,6 +444,17 @@ pub async fn run(
             })
             .collect();
         proxy.tables.store(Arc::new(tables));
+        if let Some(hold) = hold.take() {
+            tokio::select! {
+                () = hold => {}
+                _ = drain.signaled() => break,
+            }
+            // Tables from the snapshot as it is now, before any listener accepts.
+            continue;
+        }
+        for (listener, dest) in upstreams.take().into_iter().flatten() {
+            tokio::spawn(outbound::listen(proxy.clone(), listener, dest, drain.clone()));
+        }
 
         // Close what is no longer wanted (open connections carry on), open what is new.
         let keep: HashMap<SocketAddr, &String> =
@@ -398,6 +463,7 @@ pub async fn run(
             let stay = keep.get(addr) == Some(&&*name);
             if !stay {
                 handle.abort();
+                proxy.listener_fds.lock().unwrap_or_else(|p| p.into_inner()).remove(addr);
                 tracing::debug!(%addr, %name, "listener closed");
             }
             stay
@@ -406,7 +472,7 @@ pub async fn run(
             if listening.contains_key(addr) {
                 continue;
             }
-            match TcpListener::bind(addr).await {
+            match proxy.listen_on(*addr).await {
                 Ok(listener) => {
                     failed_binds.remove(addr);
                     let dest = Destination { name: (*name).clone(), source_service: proxy.source.clone() };
@@ -425,6 +491,7 @@ pub async fn run(
             .filter(|(_, addrs)| addrs.iter().all(|a| listening.contains_key(a)))
             .filter_map(|(name, _)| Some((name.clone(), *vip_map.get(name)?)))
             .collect();
+        proxy.inherited_taken();
         bound.send_if_modified(|current| {
             let changed = **current != ready;
             if changed {

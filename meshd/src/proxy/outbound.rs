@@ -54,7 +54,7 @@ pub async fn listen(proxy: Arc<Proxy>, listener: TcpListener, dest: Destination,
             let service = mesh_proto::service::ServiceName::service_of(&dest.name);
             let http = proxy.tables.load().services.get(service).map(|t| t.protocol == "http");
             if http == Some(true) {
-                super::http::serve(proxy.clone(), stream, dest).await;
+                super::http::serve(proxy.clone(), stream, dest, drain.signal()).await;
             } else {
                 connection(&proxy, stream, &dest).await;
             }
@@ -134,7 +134,7 @@ async fn connection(proxy: &Proxy, mut client: TcpStream, dest: &Destination) {
     }
     let (moved, result) = match upstream {
         Upstream::Local(mut server) => splice::tcp_tcp(&mut client, &mut server).await,
-        Upstream::Tunnel(mut send, mut recv) => splice::tcp_quic(&mut client, &mut send, &mut recv).await,
+        Upstream::Tunnel(mut send, mut recv, _) => splice::tcp_quic(&mut client, &mut send, &mut recv).await,
     };
     proxy.metrics.moved("outbound", moved);
     let flags = if result.is_err() { "UC" } else { "-" };

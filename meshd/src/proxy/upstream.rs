@@ -23,7 +23,8 @@ use super::Body;
 /// Where a connection went.
 pub(super) enum Upstream {
     Local(TcpStream),
-    Tunnel(quinn::SendStream, quinn::RecvStream),
+    /// A tunnel stream, and the connection it rides (its `stable_id`).
+    Tunnel(quinn::SendStream, quinn::RecvStream, usize),
 }
 
 /// Connects to one instance; the error is the metric's reason.
@@ -73,8 +74,24 @@ pub(super) async fn reach(
         source_service: source,
         trace_id: trace_id.to_owned(),
     };
-    match tokio::time::timeout(timeout, client::open_tunnel(&peer, header)).await {
-        Ok(Ok((send, recv))) => Ok(Upstream::Tunnel(send, recv)),
+    let mut peer = peer;
+    let mut opened = tokio::time::timeout(timeout, client::open_tunnel(&peer, header.clone())).await;
+    if let Ok(Err(e)) = &opened {
+        if client::moved(e) {
+            // The node's process handed over to its successor (an upgrade): the same
+            // request on a new connection to the same address reaches the successor.
+            proxy.transport.forget(&peer.conn);
+            let Some(addr) = tables.nodes.get(&target.node) else { return Err("node_unknown") };
+            peer = match tokio::time::timeout(timeout, proxy.transport.connection_to(*addr)).await {
+                Ok(Ok(p)) if p.name() == target.node => p,
+                Ok(Ok(_)) => return Err("node_mismatch"),
+                Ok(Err(_)) | Err(_) => return Err("node_unreachable"),
+            };
+            opened = tokio::time::timeout(timeout, client::open_tunnel(&peer, header)).await;
+        }
+    }
+    match opened {
+        Ok(Ok((send, recv))) => Ok(Upstream::Tunnel(send, recv, peer.conn.stable_id())),
         Ok(Err(PeerError::Refused(reason))) => Err(refused(reason)),
         Ok(Err(PeerError::Send(_))) => Err("tunnel_write"),
         Ok(Err(PeerError::Receive(_))) => Err("tunnel_reply"),
@@ -98,28 +115,57 @@ fn refused(reason: mesh_proto::wire::TunnelRefusal) -> &'static str {
 /// later requests: a pooled request pays no tunnel header round trip and no connect.
 #[derive(Default)]
 pub struct Pool {
-    idle: std::sync::Mutex<std::collections::HashMap<InstanceKey, Vec<SendRequest<Body>>>>,
+    /// Each with the tunnel connection it rides (`None`: a local connection).
+    idle: std::sync::Mutex<Idle>,
+    /// Tunnel connections whose peer handed over: a connection busy then is not kept
+    /// when its response ends. The last few only.
+    moved: std::sync::Mutex<std::collections::VecDeque<usize>>,
 }
+
+/// Moved-away connections remembered.
+const MOVED_KEPT: usize = 64;
+
+/// Idle connections by instance, each with the tunnel connection it rides.
+type Idle = std::collections::HashMap<InstanceKey, Vec<(Option<usize>, SendRequest<Body>)>>;
 
 /// Connections kept per instance.
 const POOLED: usize = 64;
 
 impl Pool {
     /// A ready connection to `key`; closed ones are dropped, busy ones stay.
-    fn take(&self, key: &InstanceKey) -> Option<SendRequest<Body>> {
+    fn take(&self, key: &InstanceKey) -> Option<(Option<usize>, SendRequest<Body>)> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.get_mut(key)?;
-        list.retain(|s| !s.is_closed());
-        let ready = list.iter().position(|s| s.is_ready())?;
+        list.retain(|(_, s)| !s.is_closed());
+        let ready = list.iter().position(|(_, s)| s.is_ready())?;
         Some(list.swap_remove(ready))
     }
 
     /// Keeps `sender` (it becomes ready again once its response body has been read).
-    fn put(&self, key: &InstanceKey, sender: SendRequest<Body>) {
+    fn put(&self, key: &InstanceKey, conn: Option<usize>, sender: SendRequest<Body>) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if conn.is_some_and(|c| self.moved.lock().unwrap_or_else(|p| p.into_inner()).contains(&c)) {
+            return;
+        }
         let list = idle.entry(key.clone()).or_default();
         if list.len() < POOLED && !sender.is_closed() {
-            list.push(sender);
+            list.push((conn, sender));
+        }
+    }
+
+    /// Drops the idle connections that ride tunnels on the connection `conn` (its peer's
+    /// process handed over): each ends its stream, and the old process's drain ends.
+    pub(super) fn forget_connection(&self, conn: usize) {
+        {
+            let mut moved = self.moved.lock().unwrap_or_else(|p| p.into_inner());
+            if moved.len() >= MOVED_KEPT {
+                moved.pop_front();
+            }
+            moved.push_back(conn);
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        for list in idle.values_mut() {
+            list.retain(|(c, _)| *c != Some(conn));
         }
     }
 }
@@ -134,10 +180,10 @@ pub(super) async fn send(
     mut request: Request<Body>,
     trace: &str,
 ) -> Result<Response<Incoming>, Failure> {
-    while let Some(mut sender) = proxy.pool.take(instance) {
+    while let Some((conn, mut sender)) = proxy.pool.take(instance) {
         match sender.try_send_request(request).await {
             Ok(resp) => {
-                proxy.pool.put(instance, sender);
+                proxy.pool.put(instance, conn, sender);
                 return Ok(resp);
             }
             // Closed before the request went out (the instance dropped an idle
@@ -148,9 +194,9 @@ pub(super) async fn send(
             },
         }
     }
-    let io: Box<dyn Io> = match reach(proxy, target, dest, trace).await {
-        Ok(Upstream::Local(tcp)) => Box::new(tcp),
-        Ok(Upstream::Tunnel(send, recv)) => Box::new(tokio::io::join(recv, send)),
+    let (io, tunnel): (Box<dyn Io>, _) = match reach(proxy, target, dest, trace).await {
+        Ok(Upstream::Local(tcp)) => (Box::new(tcp), None),
+        Ok(Upstream::Tunnel(send, recv, conn)) => (Box::new(tokio::io::join(recv, send)), Some(conn)),
         Err(_) => return Err(Failure::Connect),
     };
     let (mut sender, conn) =
@@ -159,7 +205,7 @@ pub(super) async fn send(
         let _ = conn.await;
     });
     let resp = sender.send_request(request).await.map_err(|_| Failure::Reset)?;
-    proxy.pool.put(instance, sender);
+    proxy.pool.put(instance, tunnel, sender);
     Ok(resp)
 }
 
