@@ -40,6 +40,9 @@ _meshd() {
             meshd,run)
                 cmd="meshd__subcmd__run"
                 ;;
+            meshd,upgrade)
+                cmd="meshd__subcmd__upgrade"
+                ;;
             meshd__subcmd__help,check-config)
                 cmd="meshd__subcmd__help__subcmd__check__subcmd__config"
                 ;;
@@ -64,6 +67,9 @@ _meshd() {
             meshd__subcmd__help,run)
                 cmd="meshd__subcmd__help__subcmd__run"
                 ;;
+            meshd__subcmd__help,upgrade)
+                cmd="meshd__subcmd__help__subcmd__upgrade"
+                ;;
             *)
                 ;;
         esac
@@ -71,7 +77,7 @@ _meshd() {
 
     case "${cmd}" in
         meshd)
-            opts="-h -V --config --help --version run init join dev check-config completions man help"
+            opts="-h -V --config --help --version run init join dev check-config upgrade completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -143,7 +149,7 @@ _meshd() {
             return 0
             ;;
         meshd__subcmd__help)
-            opts="run init join dev check-config completions man help"
+            opts="run init join dev check-config upgrade completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -268,6 +274,20 @@ _meshd() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        meshd__subcmd__help__subcmd__upgrade)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         meshd__subcmd__init)
             opts="-h --config --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -329,6 +349,28 @@ _meshd() {
                 return 0
             fi
             case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        meshd__subcmd__upgrade)
+            opts="-h --timeout --config --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --config)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
