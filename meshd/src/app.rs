@@ -352,6 +352,10 @@ pub async fn build_with(config: &Config, inherited: Option<Arc<Inherited>>) -> R
     catalog.declare_config(&config.service)?;
     let vips = Arc::new(crate::catalog::vip::Vips::load(store.clone(), config.proxy.vip_range)?);
     let mut seeds: Vec<SocketAddr> = config.join.iter().copied().filter(|s| *s != advertise && *s != udp).collect();
+    // A node restarted without seeds announces itself to the members it last knew.
+    if seeds.is_empty() {
+        seeds.extend(datadir::known_members(&config.data_dir).into_iter().filter(|a| *a != advertise && *a != udp));
+    }
     // A successor announces itself to every member its predecessor knew.
     for (_, addr) in from.map(|i| i.members.as_slice()).unwrap_or_default() {
         if !seeds.contains(addr) && *addr != advertise {
@@ -638,6 +642,10 @@ impl Bound {
             crate::transport::apply_revocations(self.publisher.subscribe(), self.transport.clone(), watcher.clone()),
         );
         tasks.spawn("data_dir", datadir::watch(self.data_dir.clone(), watcher.clone()));
+        tasks.spawn(
+            "members file",
+            datadir::keep_members(self.data_dir.clone(), self.publisher.subscribe(), watcher.clone()),
+        );
         tasks.spawn("store recovery", keep_store_writable(self.store.clone(), watcher.clone()));
         drop(watcher);
 

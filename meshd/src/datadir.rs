@@ -19,6 +19,55 @@ use serde::{Deserialize, Serialize};
 pub const FORMAT: u32 = 1;
 const MARKER: &str = "node.toml";
 
+/// The addresses of the members last known alive (one per line), as serf keeps a
+/// snapshot: a node restarted without join seeds (the mesh's first node, typically)
+/// announces itself to them, or nobody would know it came back.
+const MEMBERS: &str = "members";
+
+/// The member addresses [`keep_members`] last wrote; empty when there are none.
+pub fn known_members(data_dir: &Path) -> Vec<std::net::SocketAddr> {
+    let text = std::fs::read_to_string(data_dir.join(MEMBERS)).unwrap_or_default();
+    text.lines().filter_map(|l| l.trim().parse().ok()).take(MAX_KNOWN).collect()
+}
+
+/// At most this many addresses are kept (and read back).
+const MAX_KNOWN: usize = 64;
+
+/// Until the drain: whenever the set of other members alive changes (and is not empty),
+/// writes their addresses to `data_dir/members`, atomically.
+pub async fn keep_members(
+    data_dir: PathBuf,
+    mut snapshots: crate::state::SnapshotRx,
+    drain: crate::drain::DrainWatcher,
+) {
+    let mut written: Vec<std::net::SocketAddr> = Vec::new();
+    loop {
+        let mut alive: Vec<std::net::SocketAddr> = {
+            let snap = snapshots.borrow_and_update();
+            snap.members
+                .iter()
+                .filter(|m| m.name != snap.node && m.state == mesh_proto::api::MemberState::Alive)
+                .map(|m| m.addr)
+                .collect()
+        };
+        alive.sort();
+        alive.truncate(MAX_KNOWN);
+        if !alive.is_empty() && alive != written {
+            let text: String = alive.iter().map(|a| format!("{a}\n")).collect();
+            let tmp = data_dir.join(format!("{MEMBERS}.tmp"));
+            let done = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, data_dir.join(MEMBERS)));
+            match done {
+                Ok(()) => written = alive,
+                Err(e) => tracing::debug!(error = %e, "cannot record the members' addresses"),
+            }
+        }
+        tokio::select! {
+            changed = snapshots.changed() => if changed.is_err() { return },
+            _ = drain.signaled() => return,
+        }
+    }
+}
+
 /// Where the store lives inside `data_dir`.
 pub fn store_path(data_dir: &Path) -> PathBuf {
     data_dir.join("store")

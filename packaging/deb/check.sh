@@ -68,6 +68,12 @@ zcat /usr/share/man/man1/meshd.1.gz | grep -q '^\.TH meshd 1' || fail "meshd.1 i
 systemd-analyze verify /usr/lib/systemd/system/meshd.service
 echo "files, owners, modes, binaries, unit: ok"
 
+# meshd's real system calls (strace -f through init, join, a tunnel, DNS over UDP and
+# TCP, an admin write, an upgrade and the drain) against the installed unit's filter.
+MESH_UNIT_FILE=/usr/lib/systemd/system/meshd.service cargo nextest run --no-fail-fast -p mesh-tests \
+    --test systemd every_system_call_meshd_makes_is_allowed_by_the_units_filter
+echo "the installed unit's system call filter allows every call meshd made: ok"
+
 # Upgrade: a changed conffile is kept.
 echo "# changed by the operator" >> /etc/meshd/meshd.toml
 DEBIAN_FRONTEND=noninteractive dpkg -i "$out/meshd_2.deb" >/dev/null
