@@ -286,6 +286,29 @@ impl Catalog {
         }
     }
 
+    /// This node's declarations that `keep` selects, with their recorded health.
+    pub fn declarations(
+        &self,
+        keep: impl Fn(&ServiceSpec) -> bool,
+    ) -> Result<BTreeMap<String, (ServiceSpec, bool)>, StoreError> {
+        Ok(self
+            .declared()?
+            .into_values()
+            .filter(|d| keep(&d.spec))
+            .map(|d| {
+                let healthy = self.record(&d.spec.name).is_none_or(|r| r.healthy);
+                (d.spec.name.clone(), (d.spec, healthy))
+            })
+            .collect())
+    }
+
+    /// Records the health of an instance without a check whose owner knows it otherwise
+    /// (a bridge: whether its Service has a ready endpoint).
+    pub fn set_reported_health(&self, name: &str, healthy: bool) -> Result<(), StoreError> {
+        let Some(d) = self.declared()?.remove(name) else { return Ok(()) };
+        self.set_health(&d.spec, healthy)
+    }
+
     /// Records a health change of a local instance (if it still is the same instance).
     fn set_health(&self, spec: &ServiceSpec, healthy: bool) -> Result<(), StoreError> {
         let _writing = self.lock();

@@ -73,8 +73,10 @@ pub async fn serve(
     if !http {
         proxy.telemetry.tcp_opened(Reporter::Destination, &parties);
     }
-    let connected =
-        tokio::time::timeout(proxy.connect_timeout(), TcpStream::connect((instance.addr, instance.port))).await;
+    let connected = match proxy.local_address(&instance) {
+        Some(to) => tokio::time::timeout(proxy.connect_timeout(), TcpStream::connect(to)).await,
+        None => Ok(Err(std::io::Error::other("no endpoint"))),
+    };
     let mut tcp = match connected {
         Ok(Ok(s)) => s,
         _ => {

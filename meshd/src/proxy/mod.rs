@@ -232,6 +232,30 @@ pub struct Proxy {
     listener_fds: Mutex<HashMap<SocketAddr, std::os::fd::OwnedFd>>,
     /// Listeners a predecessor handed over, taken as the tables ask for them.
     inherited: Mutex<Option<Arc<crate::handover::Inherited>>>,
+    /// Services whose instance here is a gateway to endpoints elsewhere (a Kubernetes
+    /// bridge): connections go to these instead of the instance's address.
+    gateways: ArcSwap<HashMap<String, Arc<Gateway>>>,
+}
+
+/// Where a gateway service's connections go: ready endpoints in turn, draining ones only
+/// when none is ready.
+#[derive(Debug, Default)]
+pub struct Gateway {
+    pub ready: Vec<SocketAddr>,
+    pub draining: Vec<SocketAddr>,
+    next: AtomicUsize,
+}
+
+impl Gateway {
+    pub fn new(ready: Vec<SocketAddr>, draining: Vec<SocketAddr>) -> Gateway {
+        Gateway { ready, draining, next: AtomicUsize::new(0) }
+    }
+
+    /// The next endpoint, if any.
+    fn pick(&self) -> Option<SocketAddr> {
+        let from = if self.ready.is_empty() { &self.draining } else { &self.ready };
+        (!from.is_empty()).then(|| from[self.next.fetch_add(1, Ordering::Relaxed) % from.len()])
+    }
 }
 
 /// How the proxy is set up, from the config.
@@ -272,6 +296,23 @@ impl Proxy {
             telemetry,
             listener_fds: Mutex::default(),
             inherited: Mutex::default(),
+            gateways: ArcSwap::from_pointee(HashMap::new()),
+        }
+    }
+
+    /// Replaces the gateway services' endpoints (`None` for a service: no longer one).
+    pub fn set_gateways(&self, gateways: HashMap<String, Arc<Gateway>>) {
+        self.gateways.store(Arc::new(gateways));
+    }
+
+    /// Where a connection to the local instance `target` goes: its address, or for a
+    /// gateway service one of its endpoints (None: it has none).
+    pub(crate) fn local_address(&self, target: &crate::routing::Target) -> Option<SocketAddr> {
+        match self.gateways.load().get(&target.service) {
+            Some(g) => g.pick(),
+            // A gateway's placeholder address is never dialled.
+            None if target.addr.is_unspecified() => None,
+            None => Some(SocketAddr::new(target.addr, target.port)),
         }
     }
 

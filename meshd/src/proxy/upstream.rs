@@ -46,7 +46,8 @@ pub(super) async fn reach(
         if proxy.admit(&target.service, http, &caller).is_err() {
             return Err("refused_denied");
         }
-        return match tokio::time::timeout(timeout, TcpStream::connect((target.addr, target.port))).await {
+        let Some(to) = proxy.local_address(target) else { return Err("local_refused") };
+        return match tokio::time::timeout(timeout, TcpStream::connect(to)).await {
             Ok(Ok(s)) => {
                 let _ = s.set_nodelay(true);
                 Ok(Upstream::Local(s))
