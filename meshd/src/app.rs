@@ -53,6 +53,9 @@ pub enum AppError {
     /// The QUIC endpoint could not start.
     #[error(transparent)]
     Transport(#[from] TransportError),
+    /// `[bridge]` is set but the cluster cannot be reached with what it names.
+    #[error("[bridge]: {0}")]
+    Bridge(#[from] crate::bridge::BridgeError),
 }
 
 impl AppError {
@@ -126,6 +129,8 @@ pub struct Bound {
     /// What a predecessor handed over, when this process is a successor.
     inherited: Option<Arc<Inherited>>,
     upgrades: Option<Upgrades>,
+    /// The Kubernetes bridge's client, with `[bridge]`.
+    bridge: Option<(crate::config::BridgeConfig, kube::Client)>,
 }
 
 /// Where upgrade requests come from and what to start.
@@ -411,6 +416,11 @@ pub async fn build_with(config: &Config, inherited: Option<Arc<Inherited>>) -> R
         Arc::new(telemetry),
     ));
 
+    let bridge = match &config.bridge {
+        Some(b) => Some((b.clone(), crate::bridge::client(b).await?)),
+        None => None,
+    };
+
     Ok(Bound {
         admin_socket: config.admin.socket.clone(),
         admin_http,
@@ -443,6 +453,7 @@ pub async fn build_with(config: &Config, inherited: Option<Arc<Inherited>>) -> R
         handover_fds,
         inherited,
         upgrades: None,
+        bridge,
     })
 }
 
@@ -492,6 +503,8 @@ impl Bound {
             self.proxy.inherit(inherited.clone());
         }
         let admin_metrics = admin::Metrics::register(metrics::mesh(&mut self.registry));
+        let bridge_metrics =
+            self.bridge.is_some().then(|| crate::bridge::Metrics::register(metrics::mesh(&mut self.registry)));
         let part_failures = Family::<PartLabel, Counter>::default();
         metrics::mesh(&mut self.registry).register(
             "part_failures",
@@ -642,6 +655,12 @@ impl Bound {
             crate::transport::apply_revocations(self.publisher.subscribe(), self.transport.clone(), watcher.clone()),
         );
         tasks.spawn("data_dir", datadir::watch(self.data_dir.clone(), watcher.clone()));
+        if let (Some((config, client)), Some(metrics)) = (self.bridge.take(), bridge_metrics) {
+            tasks.spawn(
+                "bridge",
+                crate::bridge::run(config, client, self.catalog.clone(), self.proxy.clone(), metrics, watcher.clone()),
+            );
+        }
         tasks.spawn(
             "members file",
             datadir::keep_members(self.data_dir.clone(), self.publisher.subscribe(), watcher.clone()),

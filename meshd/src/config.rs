@@ -156,6 +156,10 @@ pub struct BridgeConfig {
     /// Mesh services appear in this namespace of the cluster. Default: `mesh`.
     #[serde(default = "default_export_namespace")]
     pub export_namespace: String,
+    /// A kubeconfig file to reach the API server with. Default: none, the in-cluster
+    /// credentials of the pod meshd runs in.
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
 }
 
 fn default_import_selector() -> String {
@@ -467,8 +471,11 @@ impl Config {
     /// yet, each with what happens instead; meshd logs them at WARN when it starts.
     pub fn not_yet_in_effect(&self) -> Vec<String> {
         let mut keys = Vec::new();
-        if self.bridge.is_some() {
-            keys.push("[bridge]: this meshd does not bridge Kubernetes clusters yet".to_owned());
+        if self.bridge.as_ref().is_some_and(|b| b.export_namespace != default_export_namespace()) {
+            keys.push(
+                "bridge.export_namespace: exporting mesh services into the cluster is not in this version (import is)"
+                    .to_owned(),
+            );
         }
         keys
     }

@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod app;
 pub mod bootstrap;
+pub mod bridge;
 pub mod catalog;
 pub mod config;
 pub mod datadir;
