@@ -15,6 +15,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 pub mod browser;
+pub mod kube;
 pub mod netns;
 
 use nix::fcntl::{Flock, FlockArg};

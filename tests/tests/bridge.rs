@@ -1,0 +1,199 @@
+//! The Kubernetes bridge with real meshd processes and a FAKE API server (a test double:
+//! no real Kubernetes API server can run here; `mesh_tests::kube` speaks the real
+//! list/watch protocol). The "pods" are TCP servers on loopback addresses.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use mesh_tests::kube::{self, FakeApi, Kind};
+use mesh_tests::{Block, Node};
+use nix::sys::signal::Signal;
+
+const CONVERGE: Duration = Duration::from_secs(30);
+/// The mesh port of the imported services.
+const PORT: u16 = 7000;
+
+/// A "pod": answers its name, then echoes.
+fn pod(ip: Ipv4Addr, port: u16, name: &'static str) {
+    let listener = TcpListener::bind((ip, port)).expect("pod listen");
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let _ = conn.write_all(format!("{name}\n").as_bytes());
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = conn.read(&mut buf) {
+                    if n == 0 || conn.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+}
+
+fn call(addr: SocketAddr) -> Result<String, String> {
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+    let mut r = BufReader::new(s);
+    let mut name = String::new();
+    r.read_line(&mut name).map_err(|e| e.to_string())?;
+    Ok(name.trim_end().to_owned())
+}
+
+/// Whether `node` lists `service` with a healthy instance (None: not listed at all).
+fn healthy(node: &Node, service: &str) -> Option<bool> {
+    let s = node.meshctl_json(&["services"]);
+    let svc = s.as_array()?.iter().find(|s| s["name"] == service)?.clone();
+    let instances = svc["instances"].as_array()?.clone();
+    if instances.is_empty() {
+        return None;
+    }
+    Some(instances.iter().any(|i| i["healthy"] == true))
+}
+
+fn writes(node: &Node) -> u64 {
+    ["declare", "health", "remove"]
+        .iter()
+        .map(|k| node.metric(&format!("mesh_bridge_writes_total{{kind=\"{k}\"}}")))
+        .sum()
+}
+
+struct Setup {
+    api: FakeApi,
+    bridge: Node,
+    vm: Node,
+    pod_ips: Vec<Ipv4Addr>,
+    /// The port the pods listen on.
+    target: u16,
+}
+
+fn setup(block: &Block) -> Setup {
+    let api = FakeApi::start();
+    let pod_ips: Vec<Ipv4Addr> = (40..42).map(|i| block.node_ip(i)).collect();
+    let target = {
+        let probe = TcpListener::bind((pod_ips[0], 0)).expect("port");
+        probe.local_addr().expect("addr").port()
+    };
+    pod(pod_ips[0], target, "pod-a");
+    pod(pod_ips[1], target, "pod-b");
+    api.apply(Kind::Service, kube::service("shop", "orders", "tcp", PORT, &[("meshd.io/import", "true")]));
+    // Not selected: never imported.
+    api.apply(Kind::Service, kube::service("shop", "internal", "tcp", PORT, &[]));
+    let eps: Vec<(String, bool, bool)> = pod_ips.iter().map(|ip| (ip.to_string(), true, false)).collect();
+    api.apply(Kind::EndpointSlice, kube::slice("shop", "orders-1", "orders", "tcp", target, &eps));
+
+    let prepared = Node::prepare(block, 1, "");
+    let kubeconfig = prepared.dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, api.kubeconfig()).expect("kubeconfig");
+    let text = std::fs::read_to_string(&prepared.config).expect("config");
+    std::fs::write(
+        &prepared.config,
+        format!("{text}\n[bridge]\ncluster = \"test\"\nkubeconfig = \"{}\"\n", kubeconfig.display()),
+    )
+    .expect("config");
+    let init = prepared.meshd(&["init"]);
+    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    let bridge = prepared.run();
+    let seed = format!("join = [\"{}\"]", bridge.addr());
+    let vm = Node::join(block, 2, &bridge.token(&[]), &seed, "");
+    Setup { api, bridge, vm, pod_ips, target }
+}
+
+#[test]
+fn a_vm_calls_an_imported_service_through_the_bridge_and_a_410_relists_without_a_delete() {
+    let block = Block::take();
+    let Setup { api, bridge, vm, pod_ips, target } = setup(&block);
+    vm.wait_healthy("orders", 1, CONVERGE);
+    assert_eq!(healthy(&vm, "internal"), None, "an unselected Service is not imported");
+    let addr = SocketAddr::from((vm.vip("orders", CONVERGE), PORT));
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        seen.insert(call(addr).expect("a VM reaches a pod through the bridge"));
+    }
+    assert_eq!(seen, ["pod-a".to_owned(), "pod-b".to_owned()].into(), "both pods take connections");
+
+    // 410 Gone mid-watch: the watchers list again; nothing is deleted or written.
+    let before = writes(&bridge);
+    let (lists, _) = api.requests(Kind::Service);
+    api.expire();
+    bridge.eventually(CONVERGE, "a relist after 410 Gone", || (api.requests(Kind::Service).0 > lists).then_some(()));
+    api.bookmark();
+    for _ in 0..20 {
+        assert_eq!(healthy(&vm, "orders"), Some(true), "orders stays through the relist");
+        assert!(call(addr).is_ok());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(writes(&bridge), before, "a relist that changes nothing writes nothing");
+
+    // A pod terminating drains: not chosen while another is ready.
+    let eps = vec![(pod_ips[0].to_string(), false, true), (pod_ips[1].to_string(), true, false)];
+    api.apply(Kind::EndpointSlice, kube::slice("shop", "orders-1", "orders", "tcp", target, &eps));
+    bridge.eventually(CONVERGE, "new connections avoid the terminating pod", || {
+        (0..10).all(|_| call(addr).as_deref() == Ok("pod-b")).then_some(())
+    });
+    assert_eq!(healthy(&vm, "orders"), Some(true));
+}
+
+#[test]
+fn churn_is_coalesced_a_mass_delete_is_held_until_a_relist_confirms_it_and_a_restart_writes_nothing() {
+    let block = Block::take();
+    let Setup { api, mut bridge, vm, .. } = setup(&block);
+    vm.wait_healthy("orders", 1, CONVERGE);
+
+    // A rolling update of 300 pods: 900 slice updates (each pod replaced and made ready).
+    api.apply(Kind::Service, kube::service("shop", "batch", "tcp", PORT, &[("meshd.io/import", "true")]));
+    let ip = |g: u32, i: u32| format!("10.{g}.{}.{}", i / 250, i % 250 + 1);
+    let mut eps: Vec<(String, bool, bool)> = (0..300).map(|i| (ip(1, i), true, false)).collect();
+    api.apply(Kind::EndpointSlice, kube::slice("shop", "batch-1", "batch", "tcp", 9000, &eps));
+    vm.wait_healthy("batch", 1, CONVERGE);
+    let before = writes(&bridge);
+    let started = Instant::now();
+    for i in 0..300u32 {
+        if let Some(e) = eps.iter_mut().find(|(a, _, _)| *a == ip(1, i)) {
+            *e = (ip(1, i), false, true);
+        }
+        api.apply(Kind::EndpointSlice, kube::slice("shop", "batch-1", "batch", "tcp", 9000, &eps));
+        eps.push((ip(2, i), false, false));
+        api.apply(Kind::EndpointSlice, kube::slice("shop", "batch-1", "batch", "tcp", 9000, &eps));
+        eps.retain(|(a, _, _)| *a != ip(1, i));
+        if let Some(e) = eps.iter_mut().find(|(a, _, _)| *a == ip(2, i)) {
+            e.1 = true;
+        }
+        api.apply(Kind::EndpointSlice, kube::slice("shop", "batch-1", "batch", "tcp", 9000, &eps));
+    }
+    eprintln!("900 slice updates sent in {:?}", started.elapsed());
+    std::thread::sleep(bridge_settle());
+    let churn = writes(&bridge) - before;
+    eprintln!("a 900-update rolling update: {churn} store writes");
+    assert!(churn <= 2, "the rolling update is coalesced: {churn} writes");
+    assert_eq!(healthy(&vm, "batch"), Some(true));
+
+    // Every endpoint gone at once: held, logged, and applied once a new full list says so.
+    let held = bridge.metric("mesh_bridge_held_deletes_total");
+    api.delete(Kind::EndpointSlice, "shop", "batch-1");
+    bridge.eventually(CONVERGE, "the mass delete held", || {
+        (bridge.metric("mesh_bridge_held_deletes_total") > held).then_some(())
+    });
+    bridge.eventually(CONVERGE, "the delete confirmed by a relist", || {
+        (healthy(&vm, "batch") == Some(false)).then_some(())
+    });
+    assert!(bridge.logs().contains("held until a new full list"));
+
+    // A restart of the bridge: nothing disappears from the VM, and the new process
+    // writes nothing.
+    bridge.signal(Signal::SIGTERM);
+    assert_eq!(bridge.wait_exit(CONVERGE).code(), Some(0), "{}", bridge.logs());
+    assert!(healthy(&vm, "orders").is_some(), "the instance stays while the bridge is down");
+    let bridge = bridge.run();
+    vm.wait_healthy("orders", 1, CONVERGE);
+    std::thread::sleep(bridge_settle());
+    assert_eq!(writes(&bridge), 0, "a restarted bridge finds everything as it left it:\n{}", bridge.logs());
+    assert_eq!(healthy(&vm, "batch"), Some(false));
+}
+
+/// Longer than the bridge's coalescing limit (5 s), ten times over is too long for CI:
+/// twice its quiet-or-max window.
+fn bridge_settle() -> Duration {
+    Duration::from_secs(7)
+}
