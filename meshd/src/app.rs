@@ -656,6 +656,18 @@ impl Bound {
         );
         tasks.spawn("data_dir", datadir::watch(self.data_dir.clone(), watcher.clone()));
         if let (Some((config, client)), Some(metrics)) = (self.bridge.take(), bridge_metrics) {
+            if config.export {
+                let inputs = crate::bridge::ExportInputs {
+                    config: config.clone(),
+                    client: client.clone(),
+                    node: self.node_name.clone(),
+                    address: self.advertise.ip(),
+                    proxy: self.proxy.clone(),
+                    snapshots: self.publisher.subscribe(),
+                    metrics: metrics.clone(),
+                };
+                tasks.spawn("bridge export", crate::bridge::export(inputs, watcher.clone()));
+            }
             tasks.spawn(
                 "bridge",
                 crate::bridge::run(config, client, self.catalog.clone(), self.proxy.clone(), metrics, watcher.clone()),

@@ -156,6 +156,9 @@ pub struct BridgeConfig {
     /// Mesh services appear in this namespace of the cluster. Default: `mesh`.
     #[serde(default = "default_export_namespace")]
     pub export_namespace: String,
+    /// Whether mesh services are exported into the cluster. Default: true.
+    #[serde(default = "default_true")]
+    pub export: bool,
     /// A kubeconfig file to reach the API server with. Default: none, the in-cluster
     /// credentials of the pod meshd runs in.
     #[serde(default)]
@@ -164,6 +167,10 @@ pub struct BridgeConfig {
 
 fn default_import_selector() -> String {
     "meshd.io/import=true".to_owned()
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_export_namespace() -> String {
@@ -469,15 +476,9 @@ impl Config {
 
     /// Keys this meshd accepts (so one config serves every version) but does not act on
     /// yet, each with what happens instead; meshd logs them at WARN when it starts.
+    /// None at present: every key acts.
     pub fn not_yet_in_effect(&self) -> Vec<String> {
-        let mut keys = Vec::new();
-        if self.bridge.as_ref().is_some_and(|b| b.export_namespace != default_export_namespace()) {
-            keys.push(
-                "bridge.export_namespace: exporting mesh services into the cluster is not in this version (import is)"
-                    .to_owned(),
-            );
-        }
-        keys
+        Vec::new()
     }
 
     /// The keys whose values differ between `self` and `other`, dotted (`dns.ttl`); a

@@ -44,6 +44,9 @@ enum Command {
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
     },
+    /// The Kubernetes bridge's housekeeping.
+    #[command(subcommand)]
+    Bridge(BridgeCommand),
     /// Print shell completions.
     Completions {
         #[arg(value_enum)]
@@ -54,6 +57,17 @@ enum Command {
     Man,
 }
 
+#[derive(Subcommand)]
+enum BridgeCommand {
+    /// Delete every Service and EndpointSlice a bridge of CLUSTER wrote in the export
+    /// namespace (objects carrying its `meshd.io/bridge` label; nothing else), with the
+    /// config's `[bridge]` credentials. Run after the bridges are gone.
+    Purge {
+        #[arg(long)]
+        cluster: String,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run) {
@@ -62,6 +76,7 @@ fn main() -> ExitCode {
         Command::Join { token } => join(&cli.config, &token),
         Command::Dev => dev(),
         Command::Upgrade { timeout } => upgrade(&cli.config, timeout),
+        Command::Bridge(BridgeCommand::Purge { cluster }) => bridge_purge(&cli.config, &cluster),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "meshd", &mut std::io::stdout());
             ExitCode::SUCCESS
@@ -290,6 +305,36 @@ fn upgrade(path: &std::path::Path, timeout: std::time::Duration) -> ExitCode {
         }
     }
     fail(1, format!("no new meshd within {timeout:?}: pid {old} still serves (see its log for why)"))
+}
+
+fn bridge_purge(path: &std::path::Path, cluster: &str) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let Some(bridge) = config.bridge else {
+        return fail(2, format!("{}: no [bridge] table: nothing says how to reach the cluster", path.display()));
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    rt.block_on(async {
+        let client = match meshd::bridge::client(&bridge).await {
+            Ok(c) => c,
+            Err(e) => return fail(1, e),
+        };
+        match meshd::bridge::purge(client, &bridge.export_namespace, cluster).await {
+            Ok((services, slices)) => {
+                println!(
+                    "deleted {services} Service(s) and {slices} EndpointSlice(s) of cluster {cluster} in namespace {}",
+                    bridge.export_namespace
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(1, format!("purge: {e}")),
+        }
+    })
 }
 
 fn dev() -> ExitCode {

@@ -4,7 +4,9 @@
 //! a `resourceVersion`, watches as chunked streams of JSON events from a given
 //! `resourceVersion`, BOOKMARK events, and `410 Gone` (an ERROR event mid-watch, or a
 //! watch from a version it no longer has) that forces the client to list again. Label
-//! selectors `k=v` and `k` (comma-separated) are honoured. Everything else answers 404.
+//! selectors `k=v` and `k` (comma-separated) are honoured. Namespaced paths take
+//! server-side apply (PATCH: the body becomes the object), DELETE, GET and lists.
+//! Everything else answers 404.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -20,15 +22,29 @@ pub enum Kind {
     EndpointSlice,
 }
 
-impl Kind {
-    fn of_path(path: &str) -> Option<Kind> {
-        match path {
-            "/api/v1/services" => Some(Kind::Service),
-            "/apis/discovery.k8s.io/v1/endpointslices" => Some(Kind::EndpointSlice),
-            _ => None,
-        }
+/// What a path names: a kind, a namespace (None: all) and an object name (None: a list).
+fn parse_path(path: &str) -> Option<(Kind, Option<String>, Option<String>)> {
+    let (kind, rest) = if let Some(r) = path.strip_prefix("/api/v1") {
+        (Kind::Service, r)
+    } else if let Some(r) = path.strip_prefix("/apis/discovery.k8s.io/v1") {
+        (Kind::EndpointSlice, r)
+    } else {
+        return None;
+    };
+    let resource = match kind {
+        Kind::Service => "services",
+        Kind::EndpointSlice => "endpointslices",
+    };
+    let parts: Vec<&str> = rest.trim_start_matches('/').split('/').collect();
+    match parts.as_slice() {
+        [r] if *r == resource => Some((kind, None, None)),
+        ["namespaces", ns, r] if *r == resource => Some((kind, Some((*ns).to_owned()), None)),
+        ["namespaces", ns, r, name] if *r == resource => Some((kind, Some((*ns).to_owned()), Some((*name).to_owned()))),
+        _ => None,
     }
+}
 
+impl Kind {
     fn list_kind(self) -> (&'static str, &'static str) {
         match self {
             Kind::Service => ("v1", "ServiceList"),
@@ -152,20 +168,40 @@ impl FakeApi {
             if reader.read_line(&mut line).map_or(true, |n| n == 0) {
                 return;
             }
+            let mut length = 0usize;
             loop {
                 let mut h = String::new();
                 if reader.read_line(&mut h).map_or(true, |n| n == 0) || h.trim_end().is_empty() {
                     break;
                 }
+                if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
             }
+            let mut body = vec![0u8; length];
+            if std::io::Read::read_exact(&mut reader, &mut body).is_err() {
+                return;
+            }
+            let method = line.split_whitespace().next().unwrap_or("GET").to_owned();
             let target = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
             let (path, query) = target.split_once('?').unwrap_or((&target, ""));
             let params: BTreeMap<String, String> =
                 query.split('&').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_owned(), decode(v))).collect();
-            let Some(kind) = Kind::of_path(path) else {
+            let Some((kind, namespace, name)) = parse_path(path) else {
                 let _ = conn.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n");
                 continue;
             };
+            if let (Some(ns), Some(name)) = (&namespace, &name) {
+                let (status, reply) = self.object(&method, kind, ns, name, &body);
+                let head = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                    reply.len()
+                );
+                if conn.write_all(head.as_bytes()).and_then(|()| conn.write_all(reply.as_bytes())).is_err() {
+                    return;
+                }
+                continue;
+            }
             let selector = params.get("labelSelector").cloned().unwrap_or_default();
             if params.get("watch").map(String::as_str) == Some("true") {
                 let from = params.get("resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(0);
@@ -178,7 +214,9 @@ impl FakeApi {
                 let items: Vec<&Value> = s
                     .objects
                     .iter()
-                    .filter(|((k, _, _), o)| *k == kind && matches(&selector, o))
+                    .filter(|((k, ns, _), o)| {
+                        *k == kind && matches(&selector, o) && namespace.as_ref().is_none_or(|n| n == ns)
+                    })
                     .map(|(_, o)| o)
                     .collect();
                 let (api_version, list_kind) = kind.list_kind();
@@ -191,6 +229,46 @@ impl FakeApi {
                 return;
             }
         }
+    }
+
+    /// One object: PATCH (server-side apply: the body becomes the object), DELETE, GET.
+    fn object(&self, method: &str, kind: Kind, ns: &str, name: &str, body: &[u8]) -> (&'static str, String) {
+        let key = (kind, ns.to_owned(), name.to_owned());
+        let not_found = || {
+            let status = json!({"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure", "reason": "NotFound", "code": 404, "message": format!("{name} not found")});
+            ("404 Not Found", status.to_string())
+        };
+        match method {
+            "PATCH" => {
+                let Ok(mut object) = serde_json::from_slice::<Value>(body) else {
+                    return ("400 Bad Request", json!({"kind": "Status", "code": 400}).to_string());
+                };
+                object["metadata"]["namespace"] = json!(ns);
+                object["metadata"]["name"] = json!(name);
+                self.apply(kind, object);
+                let stored = self.lock().objects.get(&key).cloned().unwrap_or_default();
+                ("200 OK", stored.to_string())
+            }
+            "DELETE" => {
+                let Some(object) = self.lock().objects.get(&key).cloned() else { return not_found() };
+                self.delete(kind, ns, name);
+                ("200 OK", object.to_string())
+            }
+            _ => match self.lock().objects.get(&key) {
+                Some(o) => ("200 OK", o.to_string()),
+                None => not_found(),
+            },
+        }
+    }
+
+    /// The objects of `kind` in `namespace` whose labels match `selector`.
+    pub fn list(&self, kind: Kind, namespace: &str, selector: &str) -> Vec<Value> {
+        self.lock()
+            .objects
+            .iter()
+            .filter(|((k, ns, _), o)| *k == kind && ns == namespace && matches(selector, o))
+            .map(|(_, o)| o.clone())
+            .collect()
     }
 
     /// A watch from version `from`: the events after it, then new ones as they come.

@@ -197,3 +197,62 @@ fn churn_is_coalesced_a_mass_delete_is_held_until_a_relist_confirms_it_and_a_res
 fn bridge_settle() -> Duration {
     Duration::from_secs(7)
 }
+
+#[test]
+fn a_pod_calls_a_mesh_service_through_the_bridges_listener_and_purge_removes_only_the_bridges_objects() {
+    let block = Block::take();
+    let Setup { api, mut bridge, vm, .. } = setup(&block);
+    // A service on the VM, exported into the cluster by the bridge.
+    pod(block.node_ip(2), 9080, "reviews-on-vm");
+    let file = vm.dir.path().join("reviews.toml");
+    std::fs::write(&file, format!("name = \"reviews\"\naddress = \"{}\"\nport = 9080\n", block.node_ip(2)))
+        .expect("file");
+    let out = vm.meshctl(&["service", "register", "-f", &file.display().to_string()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Someone else's object in the export namespace: never touched.
+    api.apply(Kind::Service, kube::service("mesh", "not-ours", "tcp", 80, &[]));
+
+    let slice = bridge.eventually(CONVERGE, "the bridge's EndpointSlice for reviews", || {
+        api.list(Kind::EndpointSlice, "mesh", "kubernetes.io/service-name=reviews").into_iter().next()
+    });
+    let services = api.list(Kind::Service, "mesh", "meshd.io/bridge=test");
+    let names: Vec<&str> = services.iter().filter_map(|s| s["metadata"]["name"].as_str()).collect();
+    assert!(names.contains(&"reviews"), "{names:?}");
+    assert!(!names.contains(&"orders"), "a service imported from this cluster is not exported back: {names:?}");
+    let reviews = services.iter().find(|s| s["metadata"]["name"] == "reviews").expect("reviews");
+    assert_eq!(reviews["spec"]["ports"][0]["port"], 9080);
+    assert!(reviews["spec"]["selector"].is_null(), "no selector: the bridges' slices are its endpoints");
+
+    // What kube-proxy would do for a pod calling reviews.mesh.svc.cluster.local:9080.
+    let ip = slice["endpoints"][0]["addresses"][0].as_str().expect("address");
+    let port = slice["ports"][0]["port"].as_u64().expect("port");
+    let to: SocketAddr = format!("{ip}:{port}").parse().expect("endpoint");
+    assert_eq!(slice["ports"][0]["name"], "p9080");
+    assert_eq!(call(to).as_deref(), Ok("reviews-on-vm"), "a pod reaches the VM's service through the bridge");
+
+    // The service leaves the mesh: its objects go.
+    let out = vm.meshctl(&["service", "deregister", "reviews"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    bridge.eventually(CONVERGE, "reviews unexported", || {
+        api.list(Kind::Service, "mesh", "meshd.io/bridge=test")
+            .iter()
+            .all(|s| s["metadata"]["name"] != "reviews")
+            .then_some(())
+    });
+    assert!(api.list(Kind::EndpointSlice, "mesh", "kubernetes.io/service-name=reviews").is_empty());
+
+    // Purge, once the bridge is gone: only the bridge's objects.
+    let out = vm.meshctl(&["service", "register", "-f", &file.display().to_string()]);
+    assert!(out.status.success());
+    bridge.eventually(CONVERGE, "reviews exported again", || {
+        (!api.list(Kind::EndpointSlice, "mesh", "kubernetes.io/service-name=reviews").is_empty()).then_some(())
+    });
+    bridge.signal(Signal::SIGTERM);
+    assert_eq!(bridge.wait_exit(CONVERGE).code(), Some(0), "{}", bridge.logs());
+    let out = bridge.meshd(&["bridge", "purge", "--cluster", "test"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("deleted 1 Service(s) and 1 EndpointSlice(s)"));
+    assert!(api.list(Kind::Service, "mesh", "meshd.io/bridge=test").is_empty());
+    assert!(api.list(Kind::EndpointSlice, "mesh", "meshd.io/bridge=test").is_empty());
+    assert_eq!(api.list(Kind::Service, "mesh", "").len(), 1, "not-ours stays");
+}

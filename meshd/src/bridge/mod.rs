@@ -14,10 +14,11 @@
 //! Must not: write anything but this node's own declarations (those labelled with the
 //! cluster) and the proxy's gateway table.
 
+pub mod export;
 pub mod import;
 pub mod plan;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -285,4 +286,204 @@ async fn apply(
         Ok(Err(e)) => tracing::error!(error = %e, "bridge: cannot write the changes (tried again at the next change)"),
         Err(e) => tracing::error!(error = %e, "bridge: cannot write the changes"),
     }
+}
+
+/// The listener ports exported services get on a bridge, by default.
+pub const EXPORT_PORTS: std::ops::RangeInclusive<u16> = 20000..=20999;
+
+/// What export needs.
+pub struct ExportInputs {
+    pub config: BridgeConfig,
+    pub client: Client,
+    /// This bridge's mesh node name (it names its EndpointSlices).
+    pub node: String,
+    /// The address pods reach this bridge on (its advertise address: with host networking,
+    /// the node's).
+    pub address: std::net::IpAddr,
+    pub proxy: Arc<Proxy>,
+    pub snapshots: crate::state::SnapshotRx,
+    pub metrics: Metrics,
+}
+
+/// Runs the export until the drain: a listener per exported service and port (which
+/// leads into the mesh like a virtual IP), the Services and this replica's
+/// EndpointSlices in `export_namespace`, stale ones (carrying this cluster's label)
+/// deleted. Failed writes are tried again after [`MAX_DELAY`].
+pub async fn export(inputs: ExportInputs, drain: DrainWatcher) {
+    use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+    let ExportInputs { config, client, node, address, proxy, mut snapshots, metrics } = inputs;
+    let ns = config.export_namespace.clone();
+    let cluster = config.cluster.clone();
+    let services_api: Api<Service> = Api::namespaced(client.clone(), &ns);
+    let slices_api: Api<EndpointSlice> = Api::namespaced(client, &ns);
+    let apply = PatchParams::apply("meshd-bridge").force();
+    let mut listeners: BTreeMap<(String, u16), (u16, tokio::task::AbortHandle)> = BTreeMap::new();
+    let mut given: BTreeMap<(String, u16), u16> = BTreeMap::new();
+    let mut applied_services: BTreeMap<String, Service> = BTreeMap::new();
+    let mut applied_slices: BTreeMap<String, EndpointSlice> = BTreeMap::new();
+    // What earlier runs left: deleted once no longer wanted.
+    let mut stale_services: BTreeSet<String> = BTreeSet::new();
+    let mut stale_slices: BTreeSet<String> = BTreeSet::new();
+    let mut listed = false;
+    loop {
+        if !listed {
+            let owner = format!("{}={cluster}", export::OWNER_LABEL);
+            let mine = format!("{owner},{}={node}", export::NODE_LABEL);
+            match (
+                services_api.list(&ListParams::default().labels(&owner)).await,
+                slices_api.list(&ListParams::default().labels(&mine)).await,
+            ) {
+                (Ok(s), Ok(l)) => {
+                    stale_services = s.items.iter().filter_map(|o| o.metadata.name.clone()).collect();
+                    stale_slices = l.items.iter().filter_map(|o| o.metadata.name.clone()).collect();
+                    listed = true;
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::warn!(error = %e, namespace = %ns, "bridge: cannot list the exported objects (trying again)")
+                }
+            }
+        }
+        let services = crate::catalog::services(&snapshots.borrow_and_update());
+        let desired = export::exported(&services, &cluster);
+        let alloc = export::allocate(&desired, &given, EXPORT_PORTS);
+        given = alloc.clone();
+        // Listeners: one per exported (service, port), leading into the mesh.
+        listeners.retain(|key, (port, handle)| {
+            let keep = alloc.get(key) == Some(port);
+            if !keep {
+                handle.abort();
+            }
+            keep
+        });
+        for (key, port) in &alloc {
+            if listeners.contains_key(key) {
+                continue;
+            }
+            match tokio::net::TcpListener::bind((address, *port)).await {
+                Ok(l) => {
+                    let dest = crate::proxy::Destination { name: key.0.clone(), source_service: None };
+                    let task = tokio::spawn(crate::proxy::outbound::listen(proxy.clone(), l, dest, drain.clone()));
+                    listeners.insert(key.clone(), (*port, task.abort_handle()));
+                }
+                Err(e) => {
+                    tracing::warn!(service = %key.0, port, error = %e, "bridge: cannot listen for an exported service")
+                }
+            }
+        }
+        let mut failed = false;
+        if listed {
+            for e in desired.values() {
+                let svc = export::service(e, &cluster, &ns);
+                if applied_services.get(&e.name) != Some(&svc) {
+                    match services_api.patch(&e.name, &apply, &Patch::Apply(&svc)).await {
+                        Ok(_) => {
+                            metrics.writes.get_or_create(&KindLabel { kind: "export" }).inc();
+                            applied_services.insert(e.name.clone(), svc);
+                        }
+                        Err(err) => {
+                            tracing::warn!(service = %e.name, error = %err, "bridge: cannot write an exported Service");
+                            failed = true;
+                        }
+                    }
+                }
+                let sl = export::slice(e, &cluster, &ns, &node, address, &alloc);
+                let name = export::slice_name(&e.name, &node);
+                if applied_slices.get(&name) != Some(&sl) {
+                    match slices_api.patch(&name, &apply, &Patch::Apply(&sl)).await {
+                        Ok(_) => {
+                            metrics.writes.get_or_create(&KindLabel { kind: "export" }).inc();
+                            applied_slices.insert(name, sl);
+                        }
+                        Err(err) => {
+                            tracing::warn!(slice = %name, error = %err, "bridge: cannot write an EndpointSlice");
+                            failed = true;
+                        }
+                    }
+                }
+            }
+            let gone_services: Vec<String> = applied_services
+                .keys()
+                .chain(stale_services.iter())
+                .filter(|n| !desired.contains_key(*n))
+                .cloned()
+                .collect();
+            for name in gone_services {
+                let deleted = services_api.delete(&name, &DeleteParams::default()).await;
+                match deleted.as_ref().map_err(not_found) {
+                    Ok(_) | Err(true) => {
+                        applied_services.remove(&name);
+                        stale_services.remove(&name);
+                        metrics.writes.get_or_create(&KindLabel { kind: "unexport" }).inc();
+                    }
+                    Err(false) => {
+                        let err = deleted.err().map(|e| e.to_string()).unwrap_or_default();
+                        tracing::warn!(service = %name, error = %err, "bridge: cannot delete an exported Service");
+                        failed = true;
+                    }
+                }
+            }
+            let wanted_slices: BTreeSet<String> = desired.keys().map(|n| export::slice_name(n, &node)).collect();
+            let gone_slices: Vec<String> = applied_slices
+                .keys()
+                .chain(stale_slices.iter())
+                .filter(|n| !wanted_slices.contains(*n))
+                .cloned()
+                .collect();
+            for name in gone_slices {
+                let deleted = slices_api.delete(&name, &DeleteParams::default()).await;
+                match deleted.as_ref().map_err(not_found) {
+                    Ok(_) | Err(true) => {
+                        applied_slices.remove(&name);
+                        stale_slices.remove(&name);
+                    }
+                    Err(false) => {
+                        let err = deleted.err().map(|e| e.to_string()).unwrap_or_default();
+                        tracing::warn!(slice = %name, error = %err, "bridge: cannot delete an EndpointSlice");
+                        failed = true;
+                    }
+                }
+            }
+        }
+        let retry = failed || !listed;
+        tokio::select! {
+            changed = snapshots.changed() => {
+                if changed.is_err() { return }
+                // Coalesce a burst of changes.
+                tokio::select! {
+                    _ = tokio::time::sleep(QUIET) => {}
+                    _ = drain.signaled() => return,
+                }
+            }
+            _ = tokio::time::sleep(MAX_DELAY), if retry => {}
+            _ = drain.signaled() => return,
+        }
+    }
+}
+
+/// Whether the API server answered 404 (already gone).
+fn not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404)
+}
+
+/// `meshd bridge purge --cluster X`: deletes every Service and EndpointSlice in
+/// `namespace` that a bridge of cluster X wrote (and nothing else). How many of each.
+pub async fn purge(client: Client, namespace: &str, cluster: &str) -> Result<(usize, usize), kube::Error> {
+    use kube::api::{DeleteParams, ListParams};
+    let owner = format!("{}={cluster}", export::OWNER_LABEL);
+    let services_api: Api<Service> = Api::namespaced(client.clone(), namespace);
+    let slices_api: Api<EndpointSlice> = Api::namespaced(client, namespace);
+    let mut counts = (0, 0);
+    for s in services_api.list(&ListParams::default().labels(&owner)).await?.items {
+        if let Some(name) = s.metadata.name {
+            services_api.delete(&name, &DeleteParams::default()).await?;
+            counts.0 += 1;
+        }
+    }
+    for s in slices_api.list(&ListParams::default().labels(&owner)).await?.items {
+        if let Some(name) = s.metadata.name {
+            slices_api.delete(&name, &DeleteParams::default()).await?;
+            counts.1 += 1;
+        }
+    }
+    Ok(counts)
 }
