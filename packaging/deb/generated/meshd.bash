@@ -16,6 +16,9 @@ _meshd() {
             ",$1")
                 cmd="meshd"
                 ;;
+            meshd,bridge)
+                cmd="meshd__subcmd__bridge"
+                ;;
             meshd,check-config)
                 cmd="meshd__subcmd__check__subcmd__config"
                 ;;
@@ -42,6 +45,21 @@ _meshd() {
                 ;;
             meshd,upgrade)
                 cmd="meshd__subcmd__upgrade"
+                ;;
+            meshd__subcmd__bridge,help)
+                cmd="meshd__subcmd__bridge__subcmd__help"
+                ;;
+            meshd__subcmd__bridge,purge)
+                cmd="meshd__subcmd__bridge__subcmd__purge"
+                ;;
+            meshd__subcmd__bridge__subcmd__help,help)
+                cmd="meshd__subcmd__bridge__subcmd__help__subcmd__help"
+                ;;
+            meshd__subcmd__bridge__subcmd__help,purge)
+                cmd="meshd__subcmd__bridge__subcmd__help__subcmd__purge"
+                ;;
+            meshd__subcmd__help,bridge)
+                cmd="meshd__subcmd__help__subcmd__bridge"
                 ;;
             meshd__subcmd__help,check-config)
                 cmd="meshd__subcmd__help__subcmd__check__subcmd__config"
@@ -70,6 +88,9 @@ _meshd() {
             meshd__subcmd__help,upgrade)
                 cmd="meshd__subcmd__help__subcmd__upgrade"
                 ;;
+            meshd__subcmd__help__subcmd__bridge,purge)
+                cmd="meshd__subcmd__help__subcmd__bridge__subcmd__purge"
+                ;;
             *)
                 ;;
         esac
@@ -77,12 +98,94 @@ _meshd() {
 
     case "${cmd}" in
         meshd)
-            opts="-h -V --config --help --version run init join dev check-config upgrade completions man help"
+            opts="-h -V --config --help --version run init join dev check-config upgrade bridge completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        meshd__subcmd__bridge)
+            opts="-h --config --help purge help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        meshd__subcmd__bridge__subcmd__help)
+            opts="purge help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        meshd__subcmd__bridge__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        meshd__subcmd__bridge__subcmd__help__subcmd__purge)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        meshd__subcmd__bridge__subcmd__purge)
+            opts="-h --cluster --config --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --cluster)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --config)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -149,8 +252,36 @@ _meshd() {
             return 0
             ;;
         meshd__subcmd__help)
-            opts="run init join dev check-config upgrade completions man help"
+            opts="run init join dev check-config upgrade bridge completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        meshd__subcmd__help__subcmd__bridge)
+            opts="purge"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        meshd__subcmd__help__subcmd__bridge__subcmd__purge)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
