@@ -144,6 +144,19 @@ fn churn_is_coalesced_a_mass_delete_is_held_until_a_relist_confirms_it_and_a_res
     // A rolling update of 300 pods: 900 slice updates (each pod replaced and made ready).
     api.apply(Kind::Service, kube::service("shop", "batch", "tcp", PORT, &[("meshd.io/import", "true")]));
     let ip = |g: u32, i: u32| format!("10.{g}.{}.{}", i / 250, i % 250 + 1);
+    // The slice exists before its endpoints and ports are filled in, as the endpoint
+    // controller creates it: imported, with no endpoint yet.
+    api.apply(
+        Kind::EndpointSlice,
+        serde_json::json!({
+            "metadata": {"namespace": "shop", "name": "batch-1", "labels": {"kubernetes.io/service-name": "batch"}},
+            "addressType": "IPv4",
+            "endpoints": null
+        }),
+    );
+    bridge.eventually(CONVERGE, "batch imported, without endpoints", || {
+        (healthy(&vm, "batch") == Some(false)).then_some(())
+    });
     let mut eps: Vec<(String, bool, bool)> = (0..300).map(|i| (ip(1, i), true, false)).collect();
     api.apply(Kind::EndpointSlice, kube::slice("shop", "batch-1", "batch", "tcp", 9000, &eps));
     vm.wait_healthy("batch", 1, CONVERGE);
@@ -255,4 +268,65 @@ fn a_pod_calls_a_mesh_service_through_the_bridges_listener_and_purge_removes_onl
     assert!(api.list(Kind::Service, "mesh", "meshd.io/bridge=test").is_empty());
     assert!(api.list(Kind::EndpointSlice, "mesh", "meshd.io/bridge=test").is_empty());
     assert_eq!(api.list(Kind::Service, "mesh", "").len(), 1, "not-ours stays");
+}
+
+#[test]
+fn two_bridge_replicas_both_import_and_export_and_one_may_die() {
+    let block = Block::take();
+    let Setup { api, bridge, vm, .. } = setup(&block);
+    let kubeconfig = bridge.dir.path().join("kubeconfig");
+    let seed = format!("join = [\"{}\"]", bridge.addr());
+    let extra = format!("[bridge]\ncluster = \"test\"\nkubeconfig = \"{}\"\n", kubeconfig.display());
+    let mut second = Node::join(&block, 3, &bridge.token(&[]), &seed, &extra);
+    vm.wait_healthy("orders", 2, CONVERGE);
+
+    // Export: one Service, one EndpointSlice per replica.
+    pod(block.node_ip(2), 9080, "reviews-on-vm");
+    let file = vm.dir.path().join("reviews.toml");
+    std::fs::write(&file, format!("name = \"reviews\"\naddress = \"{}\"\nport = 9080\n", block.node_ip(2)))
+        .expect("file");
+    let out = vm.meshctl(&["service", "register", "-f", &file.display().to_string()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let slices = bridge.eventually(CONVERGE, "a slice from each replica", || {
+        let s = api.list(Kind::EndpointSlice, "mesh", "kubernetes.io/service-name=reviews");
+        (s.len() == 2).then_some(s)
+    });
+    let mut writers: Vec<&str> =
+        slices.iter().filter_map(|s| s["metadata"]["labels"]["meshd.io/node"].as_str()).collect();
+    writers.sort_unstable();
+    assert_eq!(writers, ["node-1", "node-3"]);
+    assert_eq!(api.list(Kind::Service, "mesh", "meshd.io/bridge=test").len(), 1, "one Service, written alike by both");
+    for s in &slices {
+        let to: SocketAddr = format!(
+            "{}:{}",
+            s["endpoints"][0]["addresses"][0].as_str().expect("address"),
+            s["ports"][0]["port"].as_u64().expect("port")
+        )
+        .parse()
+        .expect("endpoint");
+        assert_eq!(call(to).as_deref(), Ok("reviews-on-vm"), "through either replica");
+    }
+
+    // One replica dies (kill -9): the VM's calls go on through the other.
+    let addr = SocketAddr::from((vm.vip("orders", CONVERGE), PORT));
+    let killed_at = Instant::now();
+    second.signal(Signal::SIGKILL);
+    let _ = second.wait_exit(CONVERGE);
+    let (mut ok, mut failed, mut slowest) = (0, Vec::new(), Duration::ZERO);
+    while killed_at.elapsed() < Duration::from_secs(8) {
+        let started = Instant::now();
+        match call(addr) {
+            Ok(_) => ok += 1,
+            Err(e) => failed.push(e),
+        }
+        slowest = slowest.max(started.elapsed());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("one bridge killed: {ok} calls ok, {} failed, slowest {slowest:?}", failed.len());
+    assert!(failed.is_empty(), "calls failed while a bridge died: {failed:?}");
+    vm.eventually(CONVERGE, "the dead bridge's instance out of routing", || {
+        let s = vm.meshctl_json(&["services"]);
+        let orders = s.as_array()?.iter().find(|s| s["name"] == "orders")?.clone();
+        (orders["instances"].as_array()?.iter().filter(|i| i["healthy"] == true).count() == 1).then_some(())
+    });
 }
