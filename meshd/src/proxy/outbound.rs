@@ -22,6 +22,12 @@ use crate::telemetry::traffic::{Parties, Reporter, TcpCall};
 /// Instances tried per connection before giving up.
 pub const ATTEMPTS: usize = 3;
 
+/// While another instance is left to try, a tunnel whose node has not answered within
+/// this long is given up for it (a node that just died answers nothing, and the client
+/// would wait out the whole `connect_timeout`: measured 5.0 s after a kill -9). The last
+/// try waits the whole `connect_timeout`.
+pub const FIRST_ANSWER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Accepts until the drain starts (or the listener's service goes away: the task is
 /// aborted, and the connections it started carry on).
 pub async fn listen(proxy: Arc<Proxy>, listener: TcpListener, dest: Destination, drain: DrainWatcher) {
@@ -93,7 +99,15 @@ async fn connection(proxy: &Proxy, mut client: TcpStream, dest: &Destination) {
         tried.push(i);
         let target = candidates[i];
         let guard = LoadGuard::new(loads[i].clone());
-        match reach(proxy, target, dest, &trace_id).await {
+        let another_left = tried.len() < ATTEMPTS && tried.len() < candidates.len();
+        let attempt = reach(proxy, target, dest, &trace_id);
+        let reached = if another_left && target.node != proxy.node {
+            let first = FIRST_ANSWER.min(proxy.connect_timeout());
+            tokio::time::timeout(first, attempt).await.unwrap_or(Err("tunnel_slow"))
+        } else {
+            attempt.await
+        };
+        match reached {
             Ok(upstream) => break Some((target, upstream, guard)),
             Err(reason) => {
                 tracing::debug!(service = %dest.name, node = %target.node, reason, "instance not reached; trying another");
