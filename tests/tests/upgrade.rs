@@ -242,6 +242,11 @@ fn an_upgrade_under_load_both_ways_fails_no_request_and_resets_no_connection() {
     let log = n1.logs();
     assert!(log.contains("upgrade: sockets handed over"), "{log}");
     assert!(log.contains("took over from the previous meshd process"), "{log}");
+    // The old process's connections kept working through the new one, which read the
+    // shared UDP port and passed their datagrams on.
+    let passed = n1.metric("mesh_transport_handover_datagrams_total{reason=\"passed\"}");
+    eprintln!("datagrams passed to the old process: {passed}");
+    assert!(passed > 0, "the successor passed the old process's datagrams on");
     // The new process is the node: it still answers, with the same services.
     let status = n1.meshctl_json(&["status"]);
     assert_eq!(status["pid"].as_i64(), Some(i64::from(new.as_raw())));

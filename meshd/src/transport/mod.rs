@@ -95,6 +95,7 @@ struct HandshakeLabels {
 pub struct Metrics {
     handshakes: Family<HandshakeLabels, Counter>,
     refused: Family<ReasonLabel, Counter>,
+    handover: Family<ReasonLabel, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -114,6 +115,11 @@ impl Metrics {
             "refused_connections",
             "Inbound connections refused or retried before any work, by reason: handshakes (too many at once), retry (an address validation asked for under load), joins or joins_per_address (mesh-join/1 limits), join_lifetime (a join connection held too long)",
             m.refused.clone(),
+        );
+        registry.sub_registry_with_prefix("transport").register(
+            "handover_datagrams",
+            "During an upgrade, datagrams of the previous process's connections that this one passed on to it (passed), or could not (dropped: QUIC resends them)",
+            m.handover.clone(),
         );
         m
     }
@@ -334,7 +340,13 @@ impl Transport {
         let mut config = quinn::EndpointConfig::default();
         config.max_udp_payload_size(MAX_UDP_PAYLOAD).map_err(|e| TransportError::Config(e.to_string()))?;
         config.cid_generator(move || Box::new(socket::Cids::new(generation)));
-        let socket = Arc::new(socket::MeshSocket::new(runtime.wrap_udp_socket(socket)?, generation));
+        let count = |reason| metrics.handover.get_or_create(&ReasonLabel { reason }).clone();
+        let socket = Arc::new(socket::MeshSocket::new(
+            runtime.wrap_udp_socket(socket)?,
+            generation,
+            count("passed"),
+            count("dropped"),
+        ));
         if let Some((previous, to)) = previous {
             socket.route_previous(previous, to)?;
         }

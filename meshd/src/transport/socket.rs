@@ -17,11 +17,11 @@ use std::fmt;
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
 use quinn::udp::{EcnCodepoint, RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
 
@@ -106,12 +106,12 @@ enum Receive {
 pub struct MeshSocket {
     inner: Arc<dyn AsyncUdpSocket>,
     generation: u8,
-    receive: Mutex<Receive>,
-    /// The endpoint driver's waker, so that switching where datagrams come from wakes it.
-    waker: Mutex<Option<Waker>>,
+    /// Where datagrams come from, and the endpoint driver's waker (so that switching
+    /// wakes it): one lock per receive.
+    receive: Mutex<(Receive, Option<Waker>)>,
     /// Datagrams passed to the previous process, and those it could not take.
-    pub passed: AtomicU64,
-    pub dropped: AtomicU64,
+    passed: Counter,
+    dropped: Counter,
 }
 
 impl fmt::Debug for MeshSocket {
@@ -124,15 +124,10 @@ impl fmt::Debug for MeshSocket {
 const HEADER: usize = 20;
 
 impl MeshSocket {
-    pub fn new(inner: Arc<dyn AsyncUdpSocket>, generation: u8) -> MeshSocket {
-        MeshSocket {
-            inner,
-            generation,
-            receive: Mutex::new(Receive::Direct),
-            waker: Mutex::new(None),
-            passed: AtomicU64::new(0),
-            dropped: AtomicU64::new(0),
-        }
+    /// `passed` and `dropped` count the datagrams passed on to a previous process, and
+    /// those it could not take.
+    pub fn new(inner: Arc<dyn AsyncUdpSocket>, generation: u8, passed: Counter, dropped: Counter) -> MeshSocket {
+        MeshSocket { inner, generation, receive: Mutex::new((Receive::Direct, None)), passed, dropped }
     }
 
     /// The generation byte this endpoint's connection IDs start with.
@@ -147,11 +142,6 @@ impl MeshSocket {
         Ok(())
     }
 
-    /// The previous process is gone: read everything directly again.
-    pub fn stop_routing(&self) {
-        self.switch(Receive::Direct);
-    }
-
     /// From now on, datagrams come from `from` (the next process passes this one's on);
     /// the UDP socket is left to the next process. Sending is unchanged.
     pub fn take_forwarded(&self, from: std::os::unix::net::UnixDatagram) -> io::Result<()> {
@@ -162,8 +152,12 @@ impl MeshSocket {
     }
 
     fn switch(&self, to: Receive) {
-        *self.receive.lock().unwrap_or_else(|p| p.into_inner()) = to;
-        if let Some(w) = self.waker.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        let waker = {
+            let mut receive = self.receive.lock().unwrap_or_else(|p| p.into_inner());
+            receive.0 = to;
+            receive.1.take()
+        };
+        if let Some(w) = waker {
             w.wake();
         }
     }
@@ -214,9 +208,9 @@ impl MeshSocket {
         message.extend_from_slice(&encode_header(from, ecn));
         message.extend_from_slice(datagram);
         match to.send(&message) {
-            Ok(_) => self.passed.fetch_add(1, Ordering::Relaxed),
+            Ok(_) => self.passed.inc(),
             // Full or gone: the datagram is lost, as on a congested path; QUIC resends.
-            Err(_) => self.dropped.fetch_add(1, Ordering::Relaxed),
+            Err(_) => self.dropped.inc(),
         };
     }
 }
@@ -264,14 +258,12 @@ impl AsyncUdpSocket for MeshSocket {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
-        {
-            let mut w = self.waker.lock().unwrap_or_else(|p| p.into_inner());
-            if !w.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                *w = Some(cx.waker().clone());
-            }
+        let mut guard = self.receive.lock().unwrap_or_else(|p| p.into_inner());
+        let (receive, waker) = &mut *guard;
+        if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            *waker = Some(cx.waker().clone());
         }
-        let receive = self.receive.lock().unwrap_or_else(|p| p.into_inner());
-        match &*receive {
+        match receive {
             Receive::Direct => self.inner.poll_recv(cx, bufs, meta),
             Receive::Routing { previous, to } => {
                 let n = std::task::ready!(self.inner.poll_recv(cx, bufs, meta))?;
