@@ -9,7 +9,7 @@
 //! Everything else answers 404.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -164,26 +164,13 @@ impl FakeApi {
         let mut reader = BufReader::new(conn.try_clone().expect("clone"));
         let mut conn = conn;
         loop {
-            let mut line = String::new();
-            if reader.read_line(&mut line).map_or(true, |n| n == 0) {
-                return;
-            }
-            let mut length = 0usize;
-            loop {
-                let mut h = String::new();
-                if reader.read_line(&mut h).map_or(true, |n| n == 0) || h.trim_end().is_empty() {
-                    break;
-                }
-                if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
-                    length = v.trim().parse().unwrap_or(0);
-                }
-            }
-            let mut body = vec![0u8; length];
+            let Some(head) = crate::read_head(&mut reader) else { return };
+            let mut body = vec![0u8; head.content_length()];
             if std::io::Read::read_exact(&mut reader, &mut body).is_err() {
                 return;
             }
-            let method = line.split_whitespace().next().unwrap_or("GET").to_owned();
-            let target = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
+            let method = head.line.split_whitespace().next().unwrap_or("GET").to_owned();
+            let target = head.line.split_whitespace().nth(1).unwrap_or("/").to_owned();
             let (path, query) = target.split_once('?').unwrap_or((&target, ""));
             let params: BTreeMap<String, String> =
                 query.split('&').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_owned(), decode(v))).collect();

@@ -418,12 +418,6 @@ socket = "{socket}"
         pid
     }
 
-    /// Whether the process that started as this node has exited (after an upgrade, once
-    /// its connections drained).
-    pub fn first_process_exited(&mut self) -> Option<ExitStatus> {
-        self.try_wait()
-    }
-
     pub fn pid(&self) -> Pid {
         let child = self.child.as_ref().expect("running");
         Pid::from_raw(i32::try_from(child.id()).expect("pid fits"))
@@ -470,4 +464,89 @@ impl Drop for Node {
             eprintln!("---- log of {} ----\n{}", self.name, self.logs());
         }
     }
+}
+
+/// One call to an echo backend through `addr`, as the tests' backends answer: it sends
+/// its name and a newline, then echoes. Sends `ping`, checks the echo; the backend's
+/// name and how long the call took, or why it failed.
+pub fn echo_once(addr: std::net::SocketAddr) -> Result<(String, Duration), String> {
+    use std::io::{BufRead, Write};
+    let started = Instant::now();
+    let attempt = (|| {
+        let stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+        let mut reader = std::io::BufReader::new(stream);
+        let mut name = String::new();
+        reader.read_line(&mut name)?;
+        reader.get_mut().write_all(b"ping\n")?;
+        let mut echo = String::new();
+        reader.read_line(&mut echo)?;
+        if echo != "ping\n" {
+            return Err(std::io::Error::other(format!("echo {echo:?} from {name:?}")));
+        }
+        Ok::<_, std::io::Error>(name.trim_end().to_owned())
+    })();
+    attempt.map(|name| (name, started.elapsed())).map_err(|e| format!("{addr}: {e}"))
+}
+
+/// An HTTP/1.1 message head: its first line and its headers (names lower-cased).
+pub struct Head {
+    pub line: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Head {
+    /// The value of header `name` (lower-case), if present.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    /// `content-length`, 0 when absent or unreadable.
+    pub fn content_length(&self) -> usize {
+        self.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0)
+    }
+}
+
+/// Reads one HTTP/1.1 head; None at the end of the stream (or a cut head).
+pub fn read_head(reader: &mut impl std::io::BufRead) -> Option<Head> {
+    let mut line = String::new();
+    if reader.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).ok()? == 0 {
+            return None;
+        }
+        let h = h.trim_end();
+        if h.is_empty() {
+            return Some(Head { line: line.trim_end().to_owned(), headers });
+        }
+        if let Some((name, value)) = h.split_once(':') {
+            headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
+        }
+    }
+}
+
+/// An echo backend on `addr` (port 0: any) for as long as the test runs: each connection
+/// gets `name` and a newline, then an echo of what it sends. Its address.
+pub fn echo_server(addr: std::net::SocketAddr, name: &'static str) -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind(addr).expect("echo server listen");
+    let bound = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let _ = conn.write_all(format!("{name}\n").as_bytes());
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = conn.read(&mut buf) {
+                    if n == 0 || conn.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    bound
 }

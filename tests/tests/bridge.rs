@@ -2,12 +2,11 @@
 //! no real Kubernetes API server can run here; `mesh_tests::kube` speaks the real
 //! list/watch protocol). The "pods" are TCP servers on loopback addresses.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
 use mesh_tests::kube::{self, FakeApi, Kind};
-use mesh_tests::{Block, Node};
+use mesh_tests::{echo_once, echo_server, Block, Node};
 use nix::sys::signal::Signal;
 
 const CONVERGE: Duration = Duration::from_secs(30);
@@ -16,29 +15,23 @@ const PORT: u16 = 7000;
 
 /// A "pod": answers its name, then echoes.
 fn pod(ip: Ipv4Addr, port: u16, name: &'static str) {
-    let listener = TcpListener::bind((ip, port)).expect("pod listen");
-    std::thread::spawn(move || {
-        for mut conn in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let _ = conn.write_all(format!("{name}\n").as_bytes());
-                let mut buf = [0u8; 1024];
-                while let Ok(n) = conn.read(&mut buf) {
-                    if n == 0 || conn.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
+    echo_server((ip, port).into(), name);
 }
 
+/// One call: the name of the pod (or VM service) that answered.
 fn call(addr: SocketAddr) -> Result<String, String> {
-    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
-    let mut r = BufReader::new(s);
-    let mut name = String::new();
-    r.read_line(&mut name).map_err(|e| e.to_string())?;
-    Ok(name.trim_end().to_owned())
+    echo_once(addr).map(|(name, _)| name)
+}
+
+/// A service `reviews` on the VM (an echo server), registered there; its service file.
+fn reviews_on(vm: &Node, block: &Block) -> std::path::PathBuf {
+    pod(block.node_ip(2), 9080, "reviews-on-vm");
+    let file = vm.dir.path().join("reviews.toml");
+    std::fs::write(&file, format!("name = \"reviews\"\naddress = \"{}\"\nport = 9080\n", block.node_ip(2)))
+        .expect("file");
+    let out = vm.meshctl(&["service", "register", "-f", &file.display().to_string()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    file
 }
 
 /// Whether `node` lists `service` with a healthy instance (None: not listed at all).
@@ -216,12 +209,7 @@ fn a_pod_calls_a_mesh_service_through_the_bridges_listener_and_purge_removes_onl
     let block = Block::take();
     let Setup { api, mut bridge, vm, .. } = setup(&block);
     // A service on the VM, exported into the cluster by the bridge.
-    pod(block.node_ip(2), 9080, "reviews-on-vm");
-    let file = vm.dir.path().join("reviews.toml");
-    std::fs::write(&file, format!("name = \"reviews\"\naddress = \"{}\"\nport = 9080\n", block.node_ip(2)))
-        .expect("file");
-    let out = vm.meshctl(&["service", "register", "-f", &file.display().to_string()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let file = reviews_on(&vm, &block);
     // Someone else's object in the export namespace: never touched.
     api.apply(Kind::Service, kube::service("mesh", "not-ours", "tcp", 80, &[]));
 
@@ -281,12 +269,7 @@ fn two_bridge_replicas_both_import_and_export_and_one_may_die() {
     vm.wait_healthy("orders", 2, CONVERGE);
 
     // Export: one Service, one EndpointSlice per replica.
-    pod(block.node_ip(2), 9080, "reviews-on-vm");
-    let file = vm.dir.path().join("reviews.toml");
-    std::fs::write(&file, format!("name = \"reviews\"\naddress = \"{}\"\nport = 9080\n", block.node_ip(2)))
-        .expect("file");
-    let out = vm.meshctl(&["service", "register", "-f", &file.display().to_string()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    reviews_on(&vm, &block);
     let slices = bridge.eventually(CONVERGE, "a slice from each replica", || {
         let s = api.list(Kind::EndpointSlice, "mesh", "kubernetes.io/service-name=reviews");
         (s.len() == 2).then_some(s)

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mesh_tests::{Block, Node};
+use mesh_tests::{echo_once, Block, Node};
 use nix::sys::signal::Signal;
 
 const CONVERGE: Duration = Duration::from_secs(30);
@@ -584,23 +584,9 @@ fn restarting_a_node_fails_no_connection_to_a_service_with_another_instance() {
         std::thread::spawn(move || {
             let (mut ok, mut failed) = (0u64, Vec::new());
             while !stop.load(Ordering::Relaxed) {
-                let attempt = (|| {
-                    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-                    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-                    let mut reader = BufReader::new(stream);
-                    let mut name = String::new();
-                    reader.read_line(&mut name)?;
-                    reader.get_mut().write_all(b"ping\n")?;
-                    let mut echo = String::new();
-                    reader.read_line(&mut echo)?;
-                    if echo != "ping\n" {
-                        return Err(std::io::Error::other(format!("echo {echo:?} from {name:?}")));
-                    }
-                    Ok::<_, std::io::Error>(())
-                })();
-                match attempt {
-                    Ok(()) => ok += 1,
-                    Err(e) => failed.push(e.to_string()),
+                match echo_once(addr) {
+                    Ok(_) => ok += 1,
+                    Err(e) => failed.push(e),
                 }
                 std::thread::sleep(Duration::from_millis(5));
             }
@@ -628,26 +614,6 @@ fn restarting_a_node_fails_no_connection_to_a_service_with_another_instance() {
     );
 }
 
-/// One connection attempt through `addr`: name, echo, close. Its latency, or why it failed.
-fn echo_once(addr: SocketAddr) -> Result<Duration, String> {
-    let started = Instant::now();
-    let attempt = (|| {
-        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-        stream.set_read_timeout(Some(Duration::from_secs(20)))?;
-        let mut reader = BufReader::new(stream);
-        let mut name = String::new();
-        reader.read_line(&mut name)?;
-        reader.get_mut().write_all(b"ping\n")?;
-        let mut echo = String::new();
-        reader.read_line(&mut echo)?;
-        if echo != "ping\n" {
-            return Err(std::io::Error::other(format!("echo {echo:?} from {name:?}")));
-        }
-        Ok::<_, std::io::Error>(())
-    })();
-    attempt.map(|()| started.elapsed()).map_err(|e| e.to_string())
-}
-
 /// A kill -9 under load, measured from both sides (printed, not asserted: the figures go
 /// in the notes; the test asserts that traffic recovers at all).
 /// 1. The node hosting one of a service's two instances dies: clients elsewhere.
@@ -663,7 +629,7 @@ fn a_kill_9_under_load_is_survived_and_measured_from_both_sides() {
         let mut last_failure = None;
         while began.elapsed() < Duration::from_secs(secs) {
             match echo_once(addr) {
-                Ok(latency) => {
+                Ok((_, latency)) => {
                     ok += 1;
                     slowest = slowest.max(latency);
                     if last_failure.is_some() && first_ok_after_failure.is_none() {

@@ -5,36 +5,15 @@
 //! hide a failure. (No systemd runs as PID 1 here: the test plays the service manager,
 //! and `MAINPID=` goes nowhere.)
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mesh_tests::{Block, Node};
+use mesh_tests::{echo_once, echo_server, read_head, Block, Node};
 
 const CONVERGE: Duration = Duration::from_secs(30);
-
-/// A TCP backend: each connection gets `name` and a newline, then an echo.
-fn echo_backend(ip: std::net::Ipv4Addr, name: &'static str) -> SocketAddr {
-    let listener = TcpListener::bind((ip, 0)).expect("backend listen");
-    let addr = listener.local_addr().expect("addr");
-    std::thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut conn = conn;
-                let _ = conn.write_all(format!("{name}\n").as_bytes());
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = conn.read(&mut buf) {
-                    if n == 0 || conn.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
 
 /// A keep-alive HTTP/1.1 backend answering `name`.
 fn http_backend(ip: std::net::Ipv4Addr, name: &'static str) -> SocketAddr {
@@ -45,20 +24,7 @@ fn http_backend(ip: std::net::Ipv4Addr, name: &'static str) -> SocketAddr {
             std::thread::spawn(move || {
                 let mut reader = BufReader::new(conn.try_clone().expect("clone"));
                 let mut conn = conn;
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).map_or(true, |n| n == 0) {
-                        return;
-                    }
-                    loop {
-                        let mut h = String::new();
-                        if reader.read_line(&mut h).map_or(true, |n| n == 0) {
-                            return;
-                        }
-                        if h.trim_end().is_empty() {
-                            break;
-                        }
-                    }
+                while read_head(&mut reader).is_some() {
                     let reply = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{name}", name.len());
                     if conn.write_all(reply.as_bytes()).is_err() {
                         return;
@@ -93,24 +59,11 @@ fn tcp_load(addr: SocketAddr, want: &'static str, stop: Arc<AtomicBool>) -> std:
     std::thread::spawn(move || {
         let mut t = Tally::default();
         while !stop.load(Ordering::Relaxed) {
-            let attempt = (|| {
-                let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
-                stream.set_read_timeout(Some(Duration::from_secs(20)))?;
-                let mut reader = BufReader::new(stream);
-                let mut name = String::new();
-                reader.read_line(&mut name)?;
-                reader.get_mut().write_all(b"ping\n")?;
-                let mut echo = String::new();
-                reader.read_line(&mut echo)?;
-                if name.trim_end() != want || echo != "ping\n" {
-                    return Err(std::io::Error::other(format!("got {name:?} then {echo:?}")));
-                }
-                Ok::<_, std::io::Error>(())
-            })();
             t.connections += 1;
-            match attempt {
-                Ok(()) => t.ok += 1,
-                Err(e) => t.failed.push(format!("tcp {addr}: {e}")),
+            match echo_once(addr) {
+                Ok((name, _)) if name == want => t.ok += 1,
+                Ok((name, _)) => t.failed.push(format!("tcp {addr}: reached {name}")),
+                Err(e) => t.failed.push(format!("tcp {e}")),
             }
             std::thread::sleep(Duration::from_millis(3));
         }
@@ -134,31 +87,13 @@ fn http_load(addr: SocketAddr, want: &'static str, stop: Arc<AtomicBool>) -> std
                 }
                 let reader = conn.as_mut().ok_or_else(|| std::io::Error::other("no connection"))?;
                 reader.get_mut().write_all(b"GET /upgrade HTTP/1.1\r\nHost: svc.mesh\r\n\r\n")?;
-                let mut status = String::new();
-                reader.read_line(&mut status)?;
-                let (mut length, mut close) = (0usize, false);
-                loop {
-                    let mut h = String::new();
-                    reader.read_line(&mut h)?;
-                    let h = h.trim_end().to_ascii_lowercase();
-                    if h.is_empty() {
-                        break;
-                    }
-                    if let Some(v) = h.strip_prefix("content-length:") {
-                        length = v.trim().parse().unwrap_or(0);
-                    }
-                    close |= h == "connection: close";
-                }
-                let mut body = vec![0u8; length];
+                let head = read_head(reader).ok_or_else(|| std::io::Error::other("the connection ended"))?;
+                let mut body = vec![0u8; head.content_length()];
                 reader.read_exact(&mut body)?;
-                if !status.starts_with("HTTP/1.1 200") || body != want.as_bytes() {
-                    return Err(std::io::Error::other(format!(
-                        "{} {:?}",
-                        status.trim_end(),
-                        String::from_utf8_lossy(&body)
-                    )));
+                if !head.line.starts_with("HTTP/1.1 200") || body != want.as_bytes() {
+                    return Err(std::io::Error::other(format!("{} {:?}", head.line, String::from_utf8_lossy(&body))));
                 }
-                if close {
+                if head.get("connection") == Some("close") {
                     conn = None;
                 }
                 Ok::<_, std::io::Error>(())
@@ -183,9 +118,9 @@ fn an_upgrade_under_load_both_ways_fails_no_request_and_resets_no_connection() {
     let seed = format!("join = [\"{}\"]", n1.addr());
     let n2 = Node::join(&block, 2, &n1.token(&[]), &seed, "");
     // One instance each: on node-1 (called from node-2), on node-2 (called from node-1).
-    register(&n1, "tcp-on-1", echo_backend(block.node_ip(1), "tcp-on-1"), "tcp");
+    register(&n1, "tcp-on-1", echo_server((block.node_ip(1), 0).into(), "tcp-on-1"), "tcp");
     register(&n1, "http-on-1", http_backend(block.node_ip(1), "http-on-1"), "http");
-    register(&n2, "tcp-on-2", echo_backend(block.node_ip(2), "tcp-on-2"), "tcp");
+    register(&n2, "tcp-on-2", echo_server((block.node_ip(2), 0).into(), "tcp-on-2"), "tcp");
     register(&n2, "http-on-2", http_backend(block.node_ip(2), "http-on-2"), "http");
     let port = |node: &Node, name: &str| -> u16 {
         let services = node.meshctl_json(&["services"]);
@@ -219,7 +154,7 @@ fn an_upgrade_under_load_both_ways_fails_no_request_and_resets_no_connection() {
     // The old process drains and exits by itself (0: a clean handover).
     let deadline = Instant::now() + Duration::from_secs(60);
     let exited = loop {
-        if let Some(status) = n1.first_process_exited() {
+        if let Some(status) = n1.try_wait() {
             break status;
         }
         assert!(Instant::now() < deadline, "the old process still runs 60 s after the upgrade:\n{}", n1.logs());

@@ -305,57 +305,107 @@ pub struct ExportInputs {
     pub metrics: Metrics,
 }
 
+/// The objects of one kind that export keeps in the cluster: what it applied, and what
+/// an earlier run left (deleted once no longer wanted).
+struct Synced<K> {
+    api: Api<K>,
+    /// For the log: `Service`, `EndpointSlice`.
+    what: &'static str,
+    applied: BTreeMap<String, K>,
+    left: BTreeSet<String>,
+}
+
+impl<K> Synced<K>
+where
+    K: kube::Resource + Clone + PartialEq + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    fn new(api: Api<K>, what: &'static str) -> Synced<K> {
+        Synced { api, what, applied: BTreeMap::new(), left: BTreeSet::new() }
+    }
+
+    /// Learns what an earlier run left (objects with `labels`).
+    async fn list(&mut self, labels: &str) -> Result<(), kube::Error> {
+        let found = self.api.list(&kube::api::ListParams::default().labels(labels)).await?;
+        self.left = found.items.iter().filter_map(|o| o.meta().name.clone()).collect();
+        Ok(())
+    }
+
+    /// Applies `object` unless it is what was applied last; whether it is in place.
+    async fn apply(&mut self, name: String, object: K, metrics: &Metrics) -> bool {
+        if self.applied.get(&name) == Some(&object) {
+            return true;
+        }
+        let params = kube::api::PatchParams::apply("meshd-bridge").force();
+        match self.api.patch(&name, &params, &kube::api::Patch::Apply(&object)).await {
+            Ok(_) => {
+                metrics.writes.get_or_create(&KindLabel { kind: "export" }).inc();
+                self.applied.insert(name, object);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(kind = self.what, %name, error = %e, "bridge: cannot write an exported object");
+                false
+            }
+        }
+    }
+
+    /// Deletes what was applied or left and is not in `wanted`; whether all went.
+    async fn delete_unwanted(&mut self, wanted: &BTreeSet<String>, metrics: &Metrics) -> bool {
+        let gone: BTreeSet<String> =
+            self.applied.keys().chain(self.left.iter()).filter(|n| !wanted.contains(*n)).cloned().collect();
+        let mut all = true;
+        for name in gone {
+            match self.api.delete(&name, &kube::api::DeleteParams::default()).await {
+                Err(e) if !not_found(&e) => {
+                    tracing::warn!(kind = self.what, %name, error = %e, "bridge: cannot delete an exported object");
+                    all = false;
+                }
+                _ => {
+                    self.applied.remove(&name);
+                    self.left.remove(&name);
+                    metrics.writes.get_or_create(&KindLabel { kind: "unexport" }).inc();
+                }
+            }
+        }
+        all
+    }
+}
+
 /// Runs the export until the drain: a listener per exported service and port (which
 /// leads into the mesh like a virtual IP), the Services and this replica's
 /// EndpointSlices in `export_namespace`, stale ones (carrying this cluster's label)
 /// deleted. Failed writes are tried again after [`MAX_DELAY`].
 pub async fn export(inputs: ExportInputs, drain: DrainWatcher) {
-    use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
     let ExportInputs { config, client, node, address, proxy, mut snapshots, metrics } = inputs;
     let ns = config.export_namespace.clone();
     let cluster = config.cluster.clone();
-    let services_api: Api<Service> = Api::namespaced(client.clone(), &ns);
-    let slices_api: Api<EndpointSlice> = Api::namespaced(client, &ns);
-    let apply = PatchParams::apply("meshd-bridge").force();
+    let mut services = Synced::<Service>::new(Api::namespaced(client.clone(), &ns), "Service");
+    let mut slices = Synced::<EndpointSlice>::new(Api::namespaced(client, &ns), "EndpointSlice");
     let mut listeners: BTreeMap<(String, u16), (u16, tokio::task::AbortHandle)> = BTreeMap::new();
     let mut given: BTreeMap<(String, u16), u16> = BTreeMap::new();
-    let mut applied_services: BTreeMap<String, Service> = BTreeMap::new();
-    let mut applied_slices: BTreeMap<String, EndpointSlice> = BTreeMap::new();
-    // What earlier runs left: deleted once no longer wanted.
-    let mut stale_services: BTreeSet<String> = BTreeSet::new();
-    let mut stale_slices: BTreeSet<String> = BTreeSet::new();
     let mut listed = false;
     loop {
         if !listed {
             let owner = format!("{}={cluster}", export::OWNER_LABEL);
             let mine = format!("{owner},{}={node}", export::NODE_LABEL);
-            match (
-                services_api.list(&ListParams::default().labels(&owner)).await,
-                slices_api.list(&ListParams::default().labels(&mine)).await,
-            ) {
-                (Ok(s), Ok(l)) => {
-                    stale_services = s.items.iter().filter_map(|o| o.metadata.name.clone()).collect();
-                    stale_slices = l.items.iter().filter_map(|o| o.metadata.name.clone()).collect();
-                    listed = true;
-                }
+            match (services.list(&owner).await, slices.list(&mine).await) {
+                (Ok(()), Ok(())) => listed = true,
                 (Err(e), _) | (_, Err(e)) => {
                     tracing::warn!(error = %e, namespace = %ns, "bridge: cannot list the exported objects (trying again)")
                 }
             }
         }
-        let services = crate::catalog::services(&snapshots.borrow_and_update());
-        let desired = export::exported(&services, &cluster);
-        let alloc = export::allocate(&desired, &given, EXPORT_PORTS);
-        given = alloc.clone();
+        let desired = export::exported(&crate::catalog::services(&snapshots.borrow_and_update()), &cluster);
+        given = export::allocate(&desired, &given, EXPORT_PORTS);
         // Listeners: one per exported (service, port), leading into the mesh.
         listeners.retain(|key, (port, handle)| {
-            let keep = alloc.get(key) == Some(port);
+            let keep = given.get(key) == Some(port);
             if !keep {
                 handle.abort();
             }
             keep
         });
-        for (key, port) in &alloc {
+        for (key, port) in &given {
             if listeners.contains_key(key) {
                 continue;
             }
@@ -370,81 +420,18 @@ pub async fn export(inputs: ExportInputs, drain: DrainWatcher) {
                 }
             }
         }
-        let mut failed = false;
+        let mut in_place = listed;
         if listed {
             for e in desired.values() {
-                let svc = export::service(e, &cluster, &ns);
-                if applied_services.get(&e.name) != Some(&svc) {
-                    match services_api.patch(&e.name, &apply, &Patch::Apply(&svc)).await {
-                        Ok(_) => {
-                            metrics.writes.get_or_create(&KindLabel { kind: "export" }).inc();
-                            applied_services.insert(e.name.clone(), svc);
-                        }
-                        Err(err) => {
-                            tracing::warn!(service = %e.name, error = %err, "bridge: cannot write an exported Service");
-                            failed = true;
-                        }
-                    }
-                }
-                let sl = export::slice(e, &cluster, &ns, &node, address, &alloc);
-                let name = export::slice_name(&e.name, &node);
-                if applied_slices.get(&name) != Some(&sl) {
-                    match slices_api.patch(&name, &apply, &Patch::Apply(&sl)).await {
-                        Ok(_) => {
-                            metrics.writes.get_or_create(&KindLabel { kind: "export" }).inc();
-                            applied_slices.insert(name, sl);
-                        }
-                        Err(err) => {
-                            tracing::warn!(slice = %name, error = %err, "bridge: cannot write an EndpointSlice");
-                            failed = true;
-                        }
-                    }
-                }
+                in_place &= services.apply(e.name.clone(), export::service(e, &cluster, &ns), &metrics).await;
+                let slice = export::slice(e, &cluster, &ns, &node, address, &given);
+                in_place &= slices.apply(export::slice_name(&e.name, &node), slice, &metrics).await;
             }
-            let gone_services: Vec<String> = applied_services
-                .keys()
-                .chain(stale_services.iter())
-                .filter(|n| !desired.contains_key(*n))
-                .cloned()
-                .collect();
-            for name in gone_services {
-                let deleted = services_api.delete(&name, &DeleteParams::default()).await;
-                match deleted.as_ref().map_err(not_found) {
-                    Ok(_) | Err(true) => {
-                        applied_services.remove(&name);
-                        stale_services.remove(&name);
-                        metrics.writes.get_or_create(&KindLabel { kind: "unexport" }).inc();
-                    }
-                    Err(false) => {
-                        let err = deleted.err().map(|e| e.to_string()).unwrap_or_default();
-                        tracing::warn!(service = %name, error = %err, "bridge: cannot delete an exported Service");
-                        failed = true;
-                    }
-                }
-            }
-            let wanted_slices: BTreeSet<String> = desired.keys().map(|n| export::slice_name(n, &node)).collect();
-            let gone_slices: Vec<String> = applied_slices
-                .keys()
-                .chain(stale_slices.iter())
-                .filter(|n| !wanted_slices.contains(*n))
-                .cloned()
-                .collect();
-            for name in gone_slices {
-                let deleted = slices_api.delete(&name, &DeleteParams::default()).await;
-                match deleted.as_ref().map_err(not_found) {
-                    Ok(_) | Err(true) => {
-                        applied_slices.remove(&name);
-                        stale_slices.remove(&name);
-                    }
-                    Err(false) => {
-                        let err = deleted.err().map(|e| e.to_string()).unwrap_or_default();
-                        tracing::warn!(slice = %name, error = %err, "bridge: cannot delete an EndpointSlice");
-                        failed = true;
-                    }
-                }
-            }
+            let wanted: BTreeSet<String> = desired.keys().cloned().collect();
+            in_place &= services.delete_unwanted(&wanted, &metrics).await;
+            let wanted: BTreeSet<String> = desired.keys().map(|n| export::slice_name(n, &node)).collect();
+            in_place &= slices.delete_unwanted(&wanted, &metrics).await;
         }
-        let retry = failed || !listed;
         tokio::select! {
             changed = snapshots.changed() => {
                 if changed.is_err() { return }
@@ -454,7 +441,7 @@ pub async fn export(inputs: ExportInputs, drain: DrainWatcher) {
                     _ = drain.signaled() => return,
                 }
             }
-            _ = tokio::time::sleep(MAX_DELAY), if retry => {}
+            _ = tokio::time::sleep(MAX_DELAY), if !in_place => {}
             _ = drain.signaled() => return,
         }
     }
