@@ -533,7 +533,7 @@ pub fn read_head(reader: &mut impl std::io::BufRead) -> Option<Head> {
 /// gets `name` and a newline, then an echo of what it sends. Its address.
 pub fn echo_server(addr: std::net::SocketAddr, name: &'static str) -> std::net::SocketAddr {
     use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind(addr).expect("echo server listen");
+    let listener = std::net::TcpListener::bind(addr).unwrap_or_else(|e| panic!("echo server on {addr}: {e}"));
     let bound = listener.local_addr().expect("addr");
     std::thread::spawn(move || {
         for mut conn in listener.incoming().flatten() {

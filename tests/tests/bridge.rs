@@ -225,8 +225,8 @@ fn a_pod_calls_a_mesh_service_through_the_bridges_listener_and_purge_removes_onl
     assert!(reviews["spec"]["selector"].is_null(), "no selector: the bridges' slices are its endpoints");
 
     // What kube-proxy would do for a pod calling reviews.mesh.svc.cluster.local:9080.
-    let ip = slice["endpoints"][0]["addresses"][0].as_str().expect("address");
-    let port = slice["ports"][0]["port"].as_u64().expect("port");
+    let ip = slice["endpoints"][0]["addresses"][0].as_str().unwrap_or_else(|| panic!("an address in {slice}"));
+    let port = slice["ports"][0]["port"].as_u64().unwrap_or_else(|| panic!("a port in {slice}"));
     let to: SocketAddr = format!("{ip}:{port}").parse().expect("endpoint");
     assert_eq!(slice["ports"][0]["name"], "p9080");
     assert_eq!(call(to).as_deref(), Ok("reviews-on-vm"), "a pod reaches the VM's service through the bridge");
@@ -282,8 +282,8 @@ fn two_bridge_replicas_both_import_and_export_and_one_may_die() {
     for s in &slices {
         let to: SocketAddr = format!(
             "{}:{}",
-            s["endpoints"][0]["addresses"][0].as_str().expect("address"),
-            s["ports"][0]["port"].as_u64().expect("port")
+            s["endpoints"][0]["addresses"][0].as_str().unwrap_or_else(|| panic!("an address in {s}")),
+            s["ports"][0]["port"].as_u64().unwrap_or_else(|| panic!("a port in {s}"))
         )
         .parse()
         .expect("endpoint");

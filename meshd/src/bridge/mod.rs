@@ -181,24 +181,22 @@ pub async fn run(
     let mut breaker = Breaker::default();
     let mut applied: Option<BTreeMap<String, Imported>> = None;
     // Full lists of both watchers completed when the breaker last held.
-    let mut dirty_since: Option<tokio::time::Instant> = None;
-    let mut last_event = tokio::time::Instant::now();
+    let mut pending = Coalesce::default();
     tracing::info!(%cluster, %selector, "bridge: watching Services and EndpointSlices");
     loop {
-        let write_at = dirty_since.map(|first| (last_event + QUIET).min(first + MAX_DELAY));
         tokio::select! {
             event = services_events.next() => match event {
-                Some(Ok(e)) => if services.apply(e, &metrics) { (dirty_since, last_event) = (dirty_since.or(Some(tokio::time::Instant::now())), tokio::time::Instant::now()) },
+                Some(Ok(e)) => if services.apply(e, &metrics) { pending.touch(tokio::time::Instant::now()) },
                 Some(Err(e)) => tracing::warn!(error = %e, "bridge: watching Services (retrying with backoff)"),
                 None => return,
             },
             event = slices_events.next() => match event {
-                Some(Ok(e)) => if slices.apply(e, &metrics) { (dirty_since, last_event) = (dirty_since.or(Some(tokio::time::Instant::now())), tokio::time::Instant::now()) },
+                Some(Ok(e)) => if slices.apply(e, &metrics) { pending.touch(tokio::time::Instant::now()) },
                 Some(Err(e)) => tracing::warn!(error = %e, "bridge: watching EndpointSlices (retrying with backoff)"),
                 None => return,
             },
-            () = sleep_until(write_at) => {
-                dirty_since = None;
+            () = sleep_until(pending.due()) => {
+                pending = Coalesce::default();
                 let listed = services.lists > 0 && slices.lists > 0;
                 let svcs: Vec<Service> = services.objects.values().cloned().collect();
                 let sls: Vec<EndpointSlice> = slices.objects.values().cloned().collect();
@@ -222,6 +220,26 @@ pub async fn run(
             }
             _ = drain.signaled() => return,
         }
+    }
+}
+
+/// When to write a burst of changes: after [`QUIET`] without another, at most
+/// [`MAX_DELAY`] after the first.
+#[derive(Debug, Default, Clone, Copy)]
+struct Coalesce {
+    /// The first unwritten change and the last one.
+    changes: Option<(tokio::time::Instant, tokio::time::Instant)>,
+}
+
+impl Coalesce {
+    fn touch(&mut self, now: tokio::time::Instant) {
+        let first = self.changes.map_or(now, |(first, _)| first);
+        self.changes = Some((first, now));
+    }
+
+    /// When to write, if anything waits.
+    fn due(&self) -> Option<tokio::time::Instant> {
+        self.changes.map(|(first, last)| (last + QUIET).min(first + MAX_DELAY))
     }
 }
 
@@ -473,4 +491,23 @@ pub async fn purge(client: Client, namespace: &str, cluster: &str) -> Result<(us
         }
     }
     Ok(counts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_are_written_after_a_quiet_second_or_five_seconds_after_the_first() {
+        let t0 = tokio::time::Instant::now();
+        let mut c = Coalesce::default();
+        assert_eq!(c.due(), None, "nothing waits");
+        c.touch(t0);
+        assert_eq!(c.due(), Some(t0 + QUIET));
+        // A change every half second keeps it waiting, but not past MAX_DELAY.
+        for i in 1..=20u32 {
+            c.touch(t0 + Duration::from_millis(500) * i);
+        }
+        assert_eq!(c.due(), Some(t0 + MAX_DELAY));
+    }
 }
