@@ -20,27 +20,10 @@ const CONVERGE: Duration = Duration::from_secs(30);
 
 /// Reads one HTTP/1.1 request: request line, headers (lower-cased), body.
 fn read_request(reader: &mut impl BufRead) -> Option<(String, BTreeMap<String, String>, Vec<u8>)> {
-    let mut line = String::new();
-    if reader.read_line(&mut line).ok()? == 0 {
-        return None;
-    }
-    let mut headers = BTreeMap::new();
-    loop {
-        let mut h = String::new();
-        if reader.read_line(&mut h).ok()? == 0 {
-            return None;
-        }
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        let (k, v) = h.split_once(':')?;
-        headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
-    }
-    let length: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
-    let mut body = vec![0u8; length];
+    let head = mesh_tests::read_head(reader)?;
+    let mut body = vec![0u8; head.content_length()];
     reader.read_exact(&mut body).ok()?;
-    Some((line, headers, body))
+    Some((head.line, head.headers.into_iter().collect(), body))
 }
 
 /// A keep-alive HTTP server; `answer(request line, headers)` gives the status and body.
